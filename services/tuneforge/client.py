@@ -1,0 +1,151 @@
+"""Python SDK: a thin, typed wrapper over the generated stubs that adds the API key and chunked uploads.
+
+    client = TuneforgeClient("127.0.0.1:50051", api_key="...")
+    file = client.upload_file("data.jsonl")
+    for f in client.list_files(): print(f.id, f.filename)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from tuneforge.v1 import curation_pb2, curation_pb2_grpc, evaluation_pb2_grpc, inference_pb2, inference_pb2_grpc
+from tuneforge.v1 import training_pb2_grpc
+
+UPLOAD_CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass
+class TuneforgeError(Exception):
+    """A failed call: status code name, message, and field violations (`field` → description)."""
+
+    code: str
+    message: str
+    violations: list[tuple[str, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"{self.code}: {self.message}"]
+        lines += [f"  - {name}: {description}" for name, description in self.violations]
+        return "\n".join(lines)
+
+    @classmethod
+    def from_rpc_error(cls, error: grpc.RpcError) -> TuneforgeError:
+        violations: list[tuple[str, str]] = []
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+        for detail in status.details if status is not None else ():
+            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad_request = error_details_pb2.BadRequest()
+                detail.Unpack(bad_request)
+                violations += [(v.field, v.description) for v in bad_request.field_violations]
+        return cls(error.code().name, error.details() or "", violations)
+
+
+class TuneforgeClient:
+    """One channel to a Tuneforge endpoint (all services, or one), authenticated with an API key."""
+
+    def __init__(self, address: str, api_key: str | None = None, timeout: float = 60.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(
+            address, options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+        )
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self.datasets = curation_pb2_grpc.DatasetServiceStub(self.channel)
+        self.training = training_pb2_grpc.TrainingServiceStub(self.channel)
+        self.adapters = training_pb2_grpc.AdapterServiceStub(self.channel)
+        self.inference = inference_pb2_grpc.InferenceServiceStub(self.channel)
+        self.evaluation = evaluation_pb2_grpc.EvaluationServiceStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> TuneforgeClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def call(self, method: Callable[..., Any], request: Any, timeout: float | None = None) -> Any:
+        """Calls a stub method with the API key; raises TuneforgeError with the server's details."""
+        try:
+            return method(request, metadata=self._metadata, timeout=timeout or self.timeout)
+        except grpc.RpcError as error:
+            raise TuneforgeError.from_rpc_error(error) from None
+
+    def health(self, service: str = "") -> str:
+        """`SERVING`, `NOT_SERVING`, … for `service` ('' = the whole server)."""
+        try:
+            response = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        except grpc.RpcError as error:
+            raise TuneforgeError.from_rpc_error(error) from None
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def wait_until_serving(self, services: list[str], timeout: float = 300.0) -> None:
+        """Blocks until every service reports SERVING; TimeoutError naming those that do not."""
+        deadline = time.monotonic() + timeout
+        pending = list(services)
+        while pending:
+            still = []
+            for service in pending:
+                try:
+                    if self.health(service) != "SERVING":
+                        still.append(service)
+                except TuneforgeError:
+                    still.append(service)
+            pending = still
+            if pending and time.monotonic() > deadline:
+                raise TimeoutError(f"not SERVING after {timeout:.0f}s: {', '.join(pending)}")
+            if pending:
+                time.sleep(0.2)
+
+    def upload_file(
+        self,
+        source: str | Path | bytes,
+        filename: str | None = None,
+        data_format: int = curation_pb2.DATA_FORMAT_UNSPECIFIED,
+        idempotency_key: str = "",
+    ) -> curation_pb2.File:
+        """Uploads a file (path or bytes) in chunks, with its SHA-256 for end-to-end verification."""
+        if isinstance(source, bytes):
+            data, name = source, filename or "upload.jsonl"
+        else:
+            path = Path(source)
+            data, name = path.read_bytes(), filename or path.name
+        header = curation_pb2.UploadFileHeader(
+            filename=name,
+            format=data_format,
+            idempotency_key=idempotency_key,
+            expected_sha256=hashlib.sha256(data).hexdigest(),
+        )
+
+        def messages() -> Iterator[curation_pb2.UploadFileRequest]:
+            yield curation_pb2.UploadFileRequest(header=header)
+            for offset in range(0, len(data), UPLOAD_CHUNK_BYTES):
+                yield curation_pb2.UploadFileRequest(chunk=data[offset : offset + UPLOAD_CHUNK_BYTES])
+
+        return self.call(self.datasets.UploadFile, messages()).file
+
+    def list_files(self, page_size: int = 100) -> Iterator[curation_pb2.File]:
+        """All of the caller's files, newest first, following page tokens."""
+        token = ""
+        while True:
+            page = self.call(self.datasets.ListFiles, curation_pb2.ListFilesRequest(page_size=page_size, page_token=token))
+            yield from page.files
+            token = page.next_page_token
+            if not token:
+                return
+
+    def list_models(self) -> list[inference_pb2.ModelInfo]:
+        """The base model and the caller's adapters the inference service can serve."""
+        return list(self.call(self.inference.ListModels, inference_pb2.ListModelsRequest()).models)

@@ -1,0 +1,1 @@
+"""Plumbing every Tuneforge service shares: settings, errors, auth, gRPC runtime, logging, metrics."""

@@ -1,0 +1,171 @@
+"""API keys → tenant and role.
+
+The keys file is YAML (mounted from a Kubernetes Secret in clusters); store SHA-256 digests of keys
+rather than the keys themselves (`tuneforge keys hash` prints one):
+
+    keys:
+      - sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+        tenant: acme
+        role: member        # member | admin
+        name: ci-pipeline   # shown in logs, never the key
+
+The file is re-read when it changes, so rotated secrets take effect without a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from tuneforge.common.errors import Unauthenticated
+from tuneforge.common.names import RESOURCE_NAME
+
+Role = Literal["member", "admin"]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the tenant every resource is scoped to, and the role."""
+
+    tenant: str
+    role: Role
+    key_name: str
+
+
+_current: ContextVar[Principal | None] = ContextVar("tuneforge_principal", default=None)
+
+
+def current_principal() -> Principal:
+    """The authenticated caller of the RPC being served (set by the auth interceptor)."""
+    principal = _current.get()
+    if principal is None:
+        raise Unauthenticated("no authenticated caller in this context")
+    return principal
+
+
+def bind_principal(principal: Principal) -> object:
+    """Makes `principal` the current caller; returns a token for `reset_principal`."""
+    return _current.set(principal)
+
+
+def reset_principal(token: object) -> None:
+    """Restores the caller that was current before `bind_principal`."""
+    _current.reset(token)  # type: ignore[arg-type]
+
+
+def hash_key(key: str) -> str:
+    """The SHA-256 hex digest under which a key is stored in the keys file."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class _KeyEntry(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    key: str | None = Field(default=None, min_length=16)
+    tenant: str = Field(pattern=RESOURCE_NAME.pattern)
+    role: Role = "member"
+    name: str = ""
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> _KeyEntry:
+        if (self.sha256 is None) == (self.key is None):
+            raise ValueError("give exactly one of 'sha256' (preferred) or 'key'")
+        return self
+
+    def digest(self) -> str:
+        return self.sha256 or hash_key(self.key or "")
+
+
+class _KeysFile(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    keys: list[_KeyEntry]
+
+
+class KeyResolver:
+    """Maps a presented key to a Principal."""
+
+    def resolve(self, key: str | None) -> Principal:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class LocalResolver(KeyResolver):
+    """Single-tenant embedded mode: every caller is `tenant` with the admin role, key or not."""
+
+    def __init__(self, tenant: str) -> None:
+        self.principal = Principal(tenant=tenant, role="admin", key_name="local-mode")
+
+    def resolve(self, key: str | None) -> Principal:
+        return self.principal
+
+
+class ApiKeyFile(KeyResolver):
+    """Keys from a YAML file, re-read when its modification time or size changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int] | None = None
+        self._by_digest: dict[str, Principal] = {}
+        self._reload_if_changed()
+
+    def _reload_if_changed(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise ValueError(f"API keys file {self.path} cannot be read: {exc.strerror}") from exc
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp == self._stamp:
+            return
+        with self._lock:
+            if stamp == self._stamp:
+                return
+            self._by_digest = self._parse()
+            self._stamp = stamp
+
+    def _parse(self) -> dict[str, Principal]:
+        try:
+            raw = yaml.safe_load(self.path.read_text()) or {}
+            parsed = _KeysFile.model_validate(raw)
+        except (yaml.YAMLError, ValidationError) as exc:
+            raise ValueError(f"API keys file {self.path} is invalid: {exc}") from exc
+        table: dict[str, Principal] = {}
+        for index, entry in enumerate(parsed.keys):
+            digest = entry.digest()
+            if digest in table:
+                raise ValueError(f"API keys file {self.path}: keys[{index}] repeats an earlier key")
+            table[digest] = Principal(entry.tenant, entry.role, entry.name or f"keys[{index}]")
+        return table
+
+    def resolve(self, key: str | None) -> Principal:
+        if not key:
+            raise Unauthenticated("missing API key: send metadata 'authorization: Bearer <key>'")
+        try:
+            self._reload_if_changed()
+        except ValueError:
+            pass  # keep serving with the last good keys; the broken file is logged at start-up/reload
+        principal = self._by_digest.get(hash_key(key))
+        if principal is None:
+            raise Unauthenticated("unknown API key")
+        return principal
+
+
+def bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+    """The key from `authorization: Bearer <key>` metadata, or None."""
+    for name, value in metadata or ():
+        if name.lower() == "authorization":
+            text = value.decode() if isinstance(value, bytes) else value
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+            return None
+    return None

@@ -1,0 +1,148 @@
+"""The asyncio gRPC server every Tuneforge service runs in.
+
+A server hosts one or more *components* (one per service, or all of them for the embedded
+`tuneforge up`). It registers the standard health service and reflection, installs the metrics,
+error-mapping and auth interceptors, and reports SERVING for a component only once its `start()`
+has finished (stores open, models loaded). SIGTERM/SIGINT drain it: health turns NOT_SERVING,
+new calls are refused, in-flight calls get `shutdown_grace_s` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Sequence
+from typing import Protocol
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from tuneforge.common.auth import ApiKeyFile, KeyResolver, LocalResolver
+from tuneforge.common.interceptors import AuthInterceptor, ErrorMappingInterceptor, MetricsInterceptor
+from tuneforge.common.logging import get_logger
+from tuneforge.common.settings import Settings
+
+log = get_logger("tuneforge.server")
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+class Component(Protocol):
+    """One service hosted by a server."""
+
+    #: Fully qualified gRPC service names it serves, e.g. `tuneforge.v1.DatasetService`.
+    service_names: tuple[str, ...]
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """Adds its servicers to `server`."""
+
+    async def start(self) -> None:
+        """Gets ready to serve (open stores, load models); health says SERVING only after this."""
+
+    async def stop(self) -> None:
+        """Releases what `start()` acquired."""
+
+
+def key_resolver(settings: Settings) -> KeyResolver:
+    """The credential check the settings ask for; local mode is logged loudly, never implied."""
+    if settings.auth.mode == "local":
+        log.warning(
+            "auth_local_mode",
+            tenant=settings.auth.local_tenant,
+            detail="single-tenant local mode: every caller acts as this tenant; loopback only",
+        )
+        return LocalResolver(settings.auth.local_tenant)
+    assert settings.auth.keys_file is not None  # enforced by Settings
+    resolver = ApiKeyFile(settings.auth.keys_file)
+    log.info("auth_api_keys", keys_file=str(settings.auth.keys_file))
+    return resolver
+
+
+class TuneforgeServer:
+    """A started or startable gRPC server with its components, health and graceful stop."""
+
+    def __init__(self, settings: Settings, components: Sequence[Component], resolver: KeyResolver) -> None:
+        self.settings = settings
+        self.components = list(components)
+        self.grpc = grpc.aio.server(
+            interceptors=[MetricsInterceptor(), ErrorMappingInterceptor(), AuthInterceptor(resolver)],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        names = [health.SERVICE_NAME, reflection.SERVICE_NAME]
+        for component in self.components:
+            component.register(self.grpc)
+            names.extend(component.service_names)
+        reflection.enable_server_reflection(names, self.grpc)
+        self.port = self.grpc.add_insecure_port(f"{_bind_host(settings.host)}:{settings.port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind {settings.host}:{settings.port}")
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        """Starts accepting calls, then starts each component and marks it SERVING when ready."""
+        for name in self._all_names():
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.grpc.start()
+        if self.settings.metrics_port is not None:
+            start_http_server(self.settings.metrics_port, addr=_bind_host(self.settings.host))
+        log.info("server_listening", host=self.settings.host, port=self.port)
+        # Components get ready concurrently: quick ones serve while a model is still loading.
+        await asyncio.gather(*(self._start_component(component) for component in self.components))
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+
+    async def _start_component(self, component: Component) -> None:
+        try:
+            await component.start()
+        except Exception:
+            log.exception("component_start_failed", services=list(component.service_names))
+            raise
+        for name in component.service_names:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", services=list(component.service_names))
+
+    def _all_names(self) -> list[str]:
+        return ["", *(name for component in self.components for name in component.service_names)]
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drains: NOT_SERVING first (so balancers move away), then stop with a grace period."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        await self.health.enter_graceful_shutdown()
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        log.info("server_stopping", grace_s=grace)
+        await self.grpc.stop(grace)
+        for component in reversed(self.components):
+            await component.stop()
+        log.info("server_stopped")
+
+    async def serve_until_signal(self) -> None:
+        """Runs until SIGTERM or SIGINT, then stops gracefully."""
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop_requested.set)
+        await self.start()
+        await stop_requested.wait()
+        await self.stop()
+
+
+def _bind_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+async def build_server(settings: Settings, component_types: Sequence[type]) -> tuple[TuneforgeServer, int]:
+    """A server (not yet started) hosting one component of each type over one shared Platform."""
+    from tuneforge.platform import Platform  # platform imports stores and models; keep this module light
+
+    platform = Platform(settings)
+    server = TuneforgeServer(settings, [kind(platform) for kind in component_types], key_resolver(settings))
+    return server, server.port

@@ -1,0 +1,147 @@
+"""Runtime settings: typed, validated at start-up, from env vars (`TUNEFORGE_…`) and an optional YAML file.
+
+Precedence: explicit arguments > environment (`TUNEFORGE_AUTH__MODE=local`) > YAML file
+(`--config FILE` or `TUNEFORGE_CONFIG`) > defaults. The defaults run the embedded mode with no file
+at all: SQLite and artifacts under `~/.tuneforge`, models cached under `~/.cache/tuneforge`.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+_yaml_file: ContextVar[Path | None] = ContextVar("tuneforge_yaml_file", default=None)
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("TUNEFORGE_HOME", "~/.tuneforge")).expanduser()
+
+
+class AuthSettings(BaseModel):
+    """How callers are identified."""
+
+    model_config = {"extra": "forbid"}
+
+    #: `api_keys`: every call needs `authorization: Bearer <key>` from `keys_file`.
+    #: `local`: single-tenant embedded mode, every call acts as `local_tenant`; loopback only.
+    mode: Literal["api_keys", "local"] = "api_keys"
+    #: YAML file of API keys (mounted from a Kubernetes Secret in clusters); see `tuneforge.common.auth`.
+    keys_file: Path | None = None
+    #: Tenant every call acts as in local mode.
+    local_tenant: str = "local"
+
+
+class ModelSettings(BaseModel):
+    """Where models come from and what may run."""
+
+    model_config = {"extra": "forbid"}
+
+    #: Where embedded models are built and hub models cached.
+    cache_dir: Path = Field(default_factory=lambda: Path("~/.cache/tuneforge/models").expanduser())
+    #: Model ids allowed to run their own code (`trust_remote_code`); empty means none.
+    trust_remote_code: list[str] = Field(default_factory=list)
+
+
+class InferenceSettings(BaseModel):
+    """The model an inference replica serves."""
+
+    model_config = {"extra": "forbid"}
+
+    #: Base model of this replica: an embedded name, a local path or a hub id.
+    base_model: str = "smollm2-135m-instruct"
+    #: `auto` picks CUDA when present, else CPU.
+    device: str = "auto"
+    #: `auto` is bf16 on GPU and fp32 on CPU.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class Settings(BaseSettings):
+    """All runtime settings of a Tuneforge process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TUNEFORGE_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    #: Root of the embedded default's state (database, artifacts).
+    home: Path = Field(default_factory=_default_home)
+    #: Interface the gRPC server binds; non-loopback addresses need `auth.mode: api_keys`.
+    host: str = "127.0.0.1"
+    #: gRPC port (0 picks a free one).
+    port: int = Field(default=50051, ge=0, le=65535)
+    #: Port of the Prometheus `/metrics` endpoint; unset disables it.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    #: SQLAlchemy URL of the metadata store; unset means SQLite at `<home>/metadata.db`.
+    database_url: str | None = None
+    #: Root directory of the artifact store; unset means `<home>/artifacts`.
+    artifact_root: Path | None = None
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    #: `json` for machines (the default in containers), `console` for people.
+    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: Seconds in-flight calls get to finish after SIGTERM.
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    #: Largest upload accepted by DatasetService.UploadFile, in bytes.
+    max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
+
+    @field_validator("home", "artifact_root", mode="after")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @model_validator(mode="after")
+    def _derive(self) -> Settings:
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{self.home / 'metadata.db'}"
+        if self.artifact_root is None:
+            self.artifact_root = self.home / "artifacts"
+        if self.auth.mode == "local" and self.host not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(
+                f"auth.mode 'local' lets every caller act as tenant {self.auth.local_tenant!r}; it is only "
+                f"allowed on loopback, but host is {self.host!r}. Use auth.mode 'api_keys' with auth.keys_file."
+            )
+        if self.auth.mode == "api_keys" and self.auth.keys_file is None:
+            raise ValueError(
+                "auth.mode 'api_keys' needs auth.keys_file (env TUNEFORGE_AUTH__KEYS_FILE); "
+                "for a laptop, choose the single-tenant local mode (TUNEFORGE_AUTH__MODE=local or `tuneforge up`)"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        yaml_file = _yaml_file.get()
+        if yaml_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from `overrides`, the environment and the YAML file (`config_file` or `$TUNEFORGE_CONFIG`)."""
+    path = config_file or os.environ.get("TUNEFORGE_CONFIG")
+    yaml_path = Path(path).expanduser() if path else None
+    if yaml_path is not None and not yaml_path.is_file():
+        raise FileNotFoundError(f"settings file {yaml_path} does not exist")
+    token = _yaml_file.set(yaml_path)
+    try:
+        return Settings(**overrides)
+    finally:
+        _yaml_file.reset(token)

@@ -1,0 +1,1 @@
+"""DatasetService: raw instruction files in, curated dataset versions out."""

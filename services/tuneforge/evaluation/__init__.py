@@ -1,0 +1,1 @@
+"""EvaluationService: suites, runs and base-vs-adapter comparison reports."""

@@ -1,0 +1,1 @@
+"""InferenceService: many tenants' adapters on one shared base model."""

@@ -1,0 +1,45 @@
+"""What one Tuneforge process shares between the services it hosts: settings, stores, models."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tuneforge.common.logging import get_logger
+from tuneforge.common.settings import Settings
+from tuneforge.models import ModelResolver
+from tuneforge.store.artifacts import ArtifactStore
+from tuneforge.store.metadata import MetadataStore
+
+log = get_logger(__name__)
+
+
+class Platform:
+    """Opened once per process (migrations run, stale temp files swept), then shared by components."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        assert settings.database_url is not None and settings.artifact_root is not None
+        self.metadata = MetadataStore(settings.database_url)
+        self.artifacts = ArtifactStore(settings.artifact_root)
+        self.models = ModelResolver(settings.models.cache_dir, settings.models.trust_remote_code)
+        self._opened = False
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        """Migrates the metadata schema and sweeps abandoned temp files; idempotent."""
+        async with self._lock:
+            if self._opened:
+                return
+            revision = await asyncio.to_thread(self.metadata.migrate)
+            swept = await asyncio.to_thread(self.artifacts.sweep_temp)
+            log.info(
+                "platform_open",
+                database=self.metadata.safe_url,
+                schema_revision=revision,
+                artifact_root=str(self.artifacts.root),
+                swept_temp_files=swept,
+            )
+            self._opened = True
+
+    def close(self) -> None:
+        self.metadata.close()

@@ -1,0 +1,1 @@
+"""Stores: the metadata database (SQLAlchemy + Alembic) and the artifact directory."""

@@ -1,0 +1,133 @@
+"""The metadata store: SQLAlchemy 2 over SQLite (embedded default, WAL) or PostgreSQL (clusters).
+
+The schema is owned by Alembic migrations (`tuneforge/store/migrations`); `MetadataStore.migrate()`
+brings any database to the head revision and is safe to run from several replicas at start-up on
+PostgreSQL (Alembic runs each migration in a transaction).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from tuneforge.common.errors import InvalidArgument, Unavailable
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+    cursor.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; safe with WAL
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def create_db_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite files get WAL and a busy timeout, their directory is created."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3 is the driver we ship
+    return create_engine(parsed, pool_pre_ping=True)
+
+
+class MetadataStore:
+    """Owns the engine and hands out transactional sessions."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = create_db_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _alembic_config(self) -> Config:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        return config
+
+    def migrate(self) -> str:
+        """Upgrades the schema to the newest migration; returns the revision now in force."""
+        config = self._alembic_config()
+        try:
+            with self.engine.begin() as connection:
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+        except OperationalError as exc:
+            raise Unavailable(f"metadata database {self.safe_url} is not reachable: {exc.orig}") from exc
+        return self.current_revision()
+
+    def current_revision(self) -> str | None:
+        """The Alembic revision the database is at (None before the first migration)."""
+        with self.engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    def head_revision(self) -> str | None:
+        """The newest revision this code knows."""
+        return ScriptDirectory.from_config(self._alembic_config()).get_current_head()
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password hidden, for logs and errors."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    def ping(self) -> None:
+        """Raises Unavailable unless the database answers."""
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except OperationalError as exc:
+            raise Unavailable(f"metadata database {self.safe_url} is not reachable: {exc.orig}") from exc
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on any error."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def encode_page_token(created_at: datetime, row_id: str) -> str:
+    """Opaque keyset cursor after the row (`created_at`, `id`) in newest-first order."""
+    raw = json.dumps([created_at.isoformat(), row_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(token: str, field: str = "page_token") -> tuple[datetime, str] | None:
+    """The cursor in `token`, None for the first page; INVALID_ARGUMENT if it was not made by us."""
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        created, row_id = json.loads(raw)
+        return datetime.fromisoformat(created), str(row_id)
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgument.for_field(field, "is not a token returned by a previous list call") from exc
+
+
+def page_size_of(requested: int, field: str = "page_size", default: int = 100, maximum: int = 1000) -> int:
+    """The page size to use: `default` for 0, INVALID_ARGUMENT outside 0..maximum."""
+    if requested < 0 or requested > maximum:
+        raise InvalidArgument.for_field(field, f"must be between 0 and {maximum} (0 means {default})")
+    return requested or default

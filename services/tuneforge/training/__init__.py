@@ -1,0 +1,1 @@
+"""TrainingService and AdapterService: fine-tuning jobs on Ray and the adapter registry."""
