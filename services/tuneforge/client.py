@@ -83,6 +83,13 @@ class TuneforgeClient:
         except grpc.RpcError as error:
             raise TuneforgeError.from_rpc_error(error) from None
 
+    def stream(self, method: Callable[..., Any], request: Any, timeout: float | None = None) -> Iterator[Any]:
+        """Iterates a server-streaming call with the API key; errors become TuneforgeError."""
+        try:
+            yield from method(request, metadata=self._metadata, timeout=timeout)
+        except grpc.RpcError as error:
+            raise TuneforgeError.from_rpc_error(error) from None
+
     def health(self, service: str = "") -> str:
         """`SERVING`, `NOT_SERVING`, … for `service` ('' = the whole server)."""
         try:
@@ -118,10 +125,10 @@ class TuneforgeClient:
     ) -> curation_pb2.File:
         """Uploads a file (path or bytes) in chunks, with its SHA-256 for end-to-end verification."""
         if isinstance(source, bytes):
-            data, name = source, filename or "upload.jsonl"
+            data, name = source, "upload.jsonl" if filename is None else filename
         else:
             path = Path(source)
-            data, name = path.read_bytes(), filename or path.name
+            data, name = path.read_bytes(), path.name if filename is None else filename
         header = curation_pb2.UploadFileHeader(
             filename=name,
             format=data_format,

@@ -71,7 +71,7 @@ class _KeyEntry(BaseModel):
 
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     key: str | None = Field(default=None, min_length=16)
-    tenant: str = Field(pattern=RESOURCE_NAME.pattern)
+    tenant: str = Field(pattern=f"^{RESOURCE_NAME.pattern}$")
     role: Role = "member"
     name: str = ""
 

@@ -10,6 +10,7 @@ new calls are refused, in-flight calls get `shutdown_grace_s` to finish.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import signal
 from collections.abc import Sequence
 from typing import Protocol
@@ -146,3 +147,38 @@ async def build_server(settings: Settings, component_types: Sequence[type]) -> t
     platform = Platform(settings)
     server = TuneforgeServer(settings, [kind(platform) for kind in component_types], key_resolver(settings))
     return server, server.port
+
+
+class BackgroundServer:
+    """A server running on its own event loop in a daemon thread, for tests, benchmarks and notebooks.
+
+    Synchronous gRPC clients can then call it from the current thread without blocking its loop.
+    """
+
+    def __init__(
+        self, settings: Settings, component_types: Sequence[type], start_timeout: float | None = 600.0
+    ) -> None:
+        """Builds the server (its port is bound) and, unless `start_timeout` is None, starts it and waits."""
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="tuneforge-server", daemon=True)
+        self._thread.start()
+        self.server, self.port = asyncio.run_coroutine_threadsafe(
+            build_server(settings, component_types), self.loop
+        ).result()
+        if start_timeout is not None:
+            self.begin_start().result(start_timeout)
+
+    def begin_start(self) -> concurrent.futures.Future[None]:
+        """Starts the server; the future completes once every component is SERVING."""
+        return asyncio.run_coroutine_threadsafe(self.server.start(), self.loop)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, grace: float = 0.0) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(grace), self.loop).result(60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)

@@ -1,0 +1,117 @@
+"""Shared fixtures: one keys file, one server with every service (tiny-qwen2 as base model) per session."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import create_engine, text
+
+from tuneforge.client import TuneforgeClient
+from tuneforge.common.auth import hash_key
+from tuneforge.common.server import BackgroundServer
+from tuneforge.common.settings import Settings, load_settings
+from tuneforge.services import COMPONENTS
+
+ACME_KEY = "tf_acme_key_0123456789abcdef"
+GLOBEX_KEY = "tf_globex_key_0123456789abcdef"
+MODEL_CACHE = Path(os.environ.get("TUNEFORGE_TEST_MODEL_CACHE", "~/.cache/tuneforge/models")).expanduser()
+POSTGRES_URL = os.environ.get("TUNEFORGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("auth") / "keys.yaml"
+    path.write_text(yaml.safe_dump({"keys": [
+        {"sha256": hash_key(ACME_KEY), "tenant": "acme", "role": "member", "name": "acme-ci"},
+        {"key": GLOBEX_KEY, "tenant": "globex", "role": "admin", "name": "globex-admin"},
+    ]}))
+    return path
+
+
+def make_settings(home: Path, keys_file: Path, **overrides: object) -> Settings:
+    """Settings for a test server: its own home, API keys, shared model cache, tiny model, any port."""
+    values: dict[str, object] = {
+        "home": home,
+        "port": 0,
+        "auth": {"mode": "api_keys", "keys_file": str(keys_file)},
+        "models": {"cache_dir": str(MODEL_CACHE)},
+        "inference": {"base_model": "tiny-qwen2"},
+        "log_format": "console",
+    }
+    values.update(overrides)
+    return load_settings(None, **values)
+
+
+@pytest.fixture(scope="session")
+def server_settings(tmp_path_factory: pytest.TempPathFactory, keys_file: Path) -> Settings:
+    return make_settings(tmp_path_factory.mktemp("home"), keys_file, max_upload_bytes=256 * 1024)
+
+
+@pytest.fixture(scope="session")
+def platform_server(server_settings: Settings) -> Iterator[BackgroundServer]:
+    """Every service in one server on a free loopback port, as `tuneforge up` runs them."""
+    server = BackgroundServer(server_settings, list(COMPONENTS.values()))
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def acme(platform_server: BackgroundServer) -> Iterator[TuneforgeClient]:
+    with TuneforgeClient(platform_server.address, api_key=ACME_KEY) as client:
+        yield client
+
+
+@pytest.fixture()
+def globex(platform_server: BackgroundServer) -> Iterator[TuneforgeClient]:
+    with TuneforgeClient(platform_server.address, api_key=GLOBEX_KEY) as client:
+        yield client
+
+
+@pytest.fixture()
+def anonymous(platform_server: BackgroundServer) -> Iterator[TuneforgeClient]:
+    with TuneforgeClient(platform_server.address) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """The PostgreSQL server's URL; the tests that need it are skipped where none is reachable."""
+    admin = create_engine(POSTGRES_URL)
+    try:
+        with admin.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        pytest.skip(f"PostgreSQL tests skipped: no server at {POSTGRES_URL} ({type(exc).__name__}); "
+                    "set TUNEFORGE_TEST_POSTGRES_URL to run them")
+    finally:
+        admin.dispose()
+    yield POSTGRES_URL
+
+
+@pytest.fixture()
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A private, empty schema on the PostgreSQL server for one test, dropped afterwards."""
+    admin = create_engine(postgres_server)
+    schema = f"tf_test_{uuid.uuid4().hex[:10]}"
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    separator = "&" if "?" in postgres_server else "?"
+    try:
+        yield f"{postgres_server}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each store test runs against the embedded SQLite file and against PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'metadata.db'}"
+    return request.getfixturevalue("postgres_url")

@@ -1,0 +1,180 @@
+"""Health, reflection, auth and error details, over a real channel to the session's server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from conftest import ACME_KEY, make_settings
+from tuneforge.client import TuneforgeClient, TuneforgeError
+from tuneforge.common.auth import ApiKeyFile, LocalResolver, bearer_token, hash_key
+from tuneforge.common.errors import Unauthenticated
+from tuneforge.common.server import BackgroundServer
+from tuneforge.curation.server import CurationComponent
+from tuneforge.services import COMPONENTS, service_names
+from tuneforge.v1 import curation_pb2, evaluation_pb2, inference_pb2, training_pb2
+
+
+def test_every_service_reports_serving_without_a_key(anonymous: TuneforgeClient) -> None:
+    assert anonymous.health("") == "SERVING"
+    for name in service_names(list(COMPONENTS)):
+        assert anonymous.health(name) == "SERVING", name
+
+
+def test_health_of_an_unknown_service_is_not_found(anonymous: TuneforgeClient) -> None:
+    with pytest.raises(TuneforgeError) as info:
+        anonymous.health("tuneforge.v1.NoSuchService")
+    assert info.value.code == "NOT_FOUND"
+
+
+def test_reflection_lists_every_service(platform_server: BackgroundServer) -> None:
+    with grpc.insecure_channel(platform_server.address) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        names = {s.name for r in responses for s in r.list_services_response.service}
+    assert set(service_names(list(COMPONENTS))) <= names
+    assert "grpc.health.v1.Health" in names
+
+
+def test_a_good_key_is_accepted(acme: TuneforgeClient) -> None:
+    assert isinstance(list(acme.list_files()), list)
+
+
+@pytest.mark.parametrize("metadata", [
+    (),
+    (("authorization", "Bearer not-a-known-key"),),
+    (("authorization", f"Basic {ACME_KEY}"),),
+    (("authorization", "Bearer "),),
+])
+def test_missing_or_unknown_keys_are_unauthenticated(platform_server: BackgroundServer, metadata: tuple) -> None:
+    with grpc.insecure_channel(platform_server.address) as channel:
+        stub = __import__("tuneforge.v1.curation_pb2_grpc", fromlist=["x"]).DatasetServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ListFiles(curation_pb2.ListFilesRequest(), metadata=metadata, timeout=10)
+    assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert "API key" in info.value.details()
+
+
+def test_unauthenticated_streaming_upload_is_refused(anonymous: TuneforgeClient) -> None:
+    with pytest.raises(TuneforgeError) as info:
+        anonymous.upload_file(b'{"a": 1}\n', filename="x.jsonl")
+    assert info.value.code == "UNAUTHENTICATED"
+
+
+def test_contract_calls_not_offered_yet_answer_unimplemented_not_fake_results(acme: TuneforgeClient) -> None:
+    calls = [
+        (acme.training.GetJob, training_pb2.GetJobRequest(job_id="job-0123456789ab")),
+        (acme.adapters.ListAdapters, training_pb2.ListAdaptersRequest()),
+        (acme.evaluation.ListSuites, evaluation_pb2.ListSuitesRequest()),
+        (acme.inference.Generate, inference_pb2.GenerateRequest()),
+        (acme.datasets.GetDatasetVersion, curation_pb2.GetDatasetVersionRequest(dataset_version_id="dsv-00")),
+    ]
+    for method, request in calls:
+        with pytest.raises(TuneforgeError) as info:
+            acme.call(method, request)
+        assert info.value.code == "UNIMPLEMENTED", method
+
+
+def test_unimplemented_streaming_call(acme: TuneforgeClient) -> None:
+    with pytest.raises(TuneforgeError) as info:
+        list(acme.stream(acme.training.StreamJobEvents, training_pb2.StreamJobEventsRequest(job_id="job-01234567")))
+    assert info.value.code == "UNIMPLEMENTED"
+
+
+def test_inference_lists_its_loaded_base_model(acme: TuneforgeClient) -> None:
+    models = acme.list_models()
+    assert [(m.name, m.is_base) for m in models] == [("tiny-qwen2", True)]
+
+
+def test_bearer_token_parsing() -> None:
+    assert bearer_token((("authorization", "Bearer abc"),)) == "abc"
+    assert bearer_token((("Authorization", b"bearer  abc "),)) == "abc"
+    assert bearer_token((("authorization", "Token abc"),)) is None
+    assert bearer_token(()) is None
+
+
+def test_keys_file_is_reloaded_when_rotated(tmp_path: Path) -> None:
+    path = tmp_path / "keys.yaml"
+    path.write_text(yaml.safe_dump({"keys": [{"sha256": hash_key("old-key-0123456789"), "tenant": "acme"}]}))
+    keys = ApiKeyFile(path)
+    assert keys.resolve("old-key-0123456789").tenant == "acme"
+    path.write_text(yaml.safe_dump({"keys": [{"key": "new-key-0123456789abc", "tenant": "acme", "role": "admin"}]}))
+    assert keys.resolve("new-key-0123456789abc").role == "admin"
+    with pytest.raises(Unauthenticated):
+        keys.resolve("old-key-0123456789")
+
+
+@pytest.mark.parametrize("entries, problem", [
+    ([{"tenant": "acme"}], "exactly one"),
+    ([{"key": "short", "tenant": "acme"}], "key"),
+    ([{"sha256": "x" * 64, "tenant": "acme"}], "sha256"),
+    ([{"key": "a-long-enough-key-0", "tenant": "Not A Tenant"}], "tenant"),
+    ([{"key": "a-long-enough-key-0", "tenant": "a"}, {"key": "a-long-enough-key-0", "tenant": "b"}], "keys[1]"),
+])
+def test_invalid_keys_files_are_refused_at_start(tmp_path: Path, entries: list, problem: str) -> None:
+    path = tmp_path / "keys.yaml"
+    path.write_text(yaml.safe_dump({"keys": entries}))
+    with pytest.raises(ValueError, match="invalid|repeats") as info:
+        ApiKeyFile(path)
+    assert problem in str(info.value)
+
+
+def test_local_mode_is_single_tenant_and_loopback_only(tmp_path: Path, keys_file: Path) -> None:
+    assert LocalResolver("local").resolve(None).tenant == "local"
+    with pytest.raises(ValueError, match="only allowed on loopback"):
+        make_settings(tmp_path, keys_file, host="0.0.0.0", auth={"mode": "local"})
+    with pytest.raises(ValueError, match="needs auth.keys_file"):
+        make_settings(tmp_path, keys_file, auth={"mode": "api_keys", "keys_file": None})
+
+
+def test_a_server_in_local_mode_needs_no_key(tmp_path: Path, keys_file: Path) -> None:
+    server = BackgroundServer(make_settings(tmp_path, keys_file, auth={"mode": "local"}), [CurationComponent])
+    try:
+        with TuneforgeClient(server.address) as client:
+            stored = client.upload_file(b'{"x": 1}\n', filename="a.jsonl")
+            assert [f.id for f in client.list_files()] == [stored.id]
+    finally:
+        server.stop()
+
+
+def test_health_is_not_serving_until_a_component_is_ready(tmp_path: Path, keys_file: Path) -> None:
+    import asyncio
+    import threading
+
+    release = threading.Event()
+
+    class SlowComponent(CurationComponent):
+        async def start(self) -> None:
+            await super().start()
+            await asyncio.to_thread(release.wait, 30)
+
+    server = BackgroundServer(make_settings(tmp_path, keys_file), [SlowComponent], start_timeout=None)
+    started = server.begin_start()
+    try:
+        with TuneforgeClient(server.address) as client:
+            deadline_status = _poll_status(client, "tuneforge.v1.DatasetService", until=lambda s: s is not None)
+            assert deadline_status == "NOT_SERVING"
+            release.set()
+            started.result(30)
+            assert client.health("tuneforge.v1.DatasetService") == "SERVING"
+    finally:
+        release.set()
+        server.stop()
+
+
+def _poll_status(client: TuneforgeClient, service: str, until, timeout: float = 20.0) -> str | None:  # noqa: ANN001
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status = client.health(service)
+        except TuneforgeError:
+            status = None  # not listening yet
+        if until(status) or time.monotonic() > deadline:
+            return status
+        time.sleep(0.05)
