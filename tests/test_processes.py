@@ -1,0 +1,98 @@
+"""Services as real processes: `tuneforge serve`, metrics, graceful SIGTERM, and the demo end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import ACME_KEY, MODEL_CACHE
+from tuneforge.client import TuneforgeClient
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _read_until(process: subprocess.Popen, event: str, timeout: float = 60) -> dict:
+    """The first JSON log record with this event from the process's stderr."""
+    assert process.stderr is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("event") == event:
+            return record
+    raise AssertionError(f"no {event!r} log record from the process")
+
+
+def test_serve_one_service_then_drain_on_sigterm(tmp_path: Path, keys_file: Path) -> None:
+    metrics_port = _free_port()
+    env = {
+        **os.environ,
+        "TUNEFORGE_AUTH__KEYS_FILE": str(keys_file),
+        "TUNEFORGE_MODELS__CACHE_DIR": str(MODEL_CACHE),
+        "TUNEFORGE_LOG_FORMAT": "json",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tuneforge.cli", "serve", "curation", "--port", "0", "--home", str(tmp_path),
+         "--metrics-port", str(metrics_port)],
+        env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )
+    try:
+        port = _read_until(process, "server_listening")["port"]
+        with TuneforgeClient(f"127.0.0.1:{port}", api_key=ACME_KEY) as client:
+            client.wait_until_serving(["tuneforge.v1.DatasetService"], timeout=60)
+            stored = client.upload_file(b'{"instruction": "a", "output": "b"}\n', filename="p.jsonl")
+            assert [f.id for f in client.list_files()] == [stored.id]
+        body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        assert 'tuneforge_grpc_requests_total{code="OK",method="/tuneforge.v1.DatasetService/UploadFile"} 1.0' in body
+        assert "tuneforge_grpc_request_seconds_bucket" in body
+        rpc_log = _read_until(process, "rpc")
+        assert rpc_log["tenant"] == "acme" and rpc_log["code"] == "OK" and "timestamp" in rpc_log
+        process.send_signal(signal.SIGTERM)
+        assert _read_until(process, "server_stopped")
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_serve_refuses_to_start_without_keys_when_not_local(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFORGE_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli", "serve", "curation", "--port", "0", "--home", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode != 0
+    assert "auth.keys_file" in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_to_the_end(tmp_path: Path) -> None:
+    env = {**os.environ, "TUNEFORGE_MODELS__CACHE_DIR": str(MODEL_CACHE)}
+    result = subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli", "demo", "--workdir", str(tmp_path / "demo")],
+        env=env, capture_output=True, text=True, timeout=900, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all 5 services SERVING" in result.stdout
+    assert "same file" in result.stdout and "(ok)" in result.stdout
+    assert "smollm2-135m-instruct (base)" in result.stdout
+    assert "exited with code 0" in result.stdout
