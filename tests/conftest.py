@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import yaml
 from sqlalchemy import create_engine, text
-
 from tuneforge.client import TuneforgeClient
 from tuneforge.common.auth import hash_key
 from tuneforge.common.server import BackgroundServer
@@ -26,10 +25,16 @@ POSTGRES_URL = os.environ.get("TUNEFORGE_TEST_POSTGRES_URL", "postgresql+psycopg
 @pytest.fixture(scope="session")
 def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("auth") / "keys.yaml"
-    path.write_text(yaml.safe_dump({"keys": [
-        {"sha256": hash_key(ACME_KEY), "tenant": "acme", "role": "member", "name": "acme-ci"},
-        {"key": GLOBEX_KEY, "tenant": "globex", "role": "admin", "name": "globex-admin"},
-    ]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "keys": [
+                    {"sha256": hash_key(ACME_KEY), "tenant": "acme", "role": "member", "name": "acme-ci"},
+                    {"key": GLOBEX_KEY, "tenant": "globex", "role": "admin", "name": "globex-admin"},
+                ]
+            }
+        )
+    )
     return path
 
 
@@ -86,8 +91,10 @@ def postgres_server() -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(text("SELECT 1"))
     except Exception as exc:
-        pytest.skip(f"PostgreSQL tests skipped: no server at {POSTGRES_URL} ({type(exc).__name__}); "
-                    "set TUNEFORGE_TEST_POSTGRES_URL to run them")
+        pytest.skip(
+            f"PostgreSQL tests skipped: no server at {POSTGRES_URL} ({type(exc).__name__}); "
+            "set TUNEFORGE_TEST_POSTGRES_URL to run them"
+        )
     finally:
         admin.dispose()
     yield POSTGRES_URL

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from tuneforge import contracts
 from tuneforge.v1 import common_pb2, curation_pb2, training_pb2
 
@@ -40,14 +39,18 @@ def test_editing_a_proto_makes_the_package_unimportable(tmp_path: Path) -> None:
     """A changed .proto beside the generated code stops `import tuneforge.v1` in a fresh interpreter."""
     copy = tmp_path / "repo"
     shutil.copytree(REPO / "proto", copy / "proto")
-    shutil.copytree(REPO / "services" / "tuneforge", copy / "services" / "tuneforge",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO / "services" / "tuneforge", copy / "services" / "tuneforge", ignore=shutil.ignore_patterns("__pycache__")
+    )
     proto = copy / "proto" / "tuneforge" / "v1" / "common.proto"
     proto.write_text(proto.read_text() + "\n// an edit without `make proto`\n")
     result = subprocess.run(
         ["python", "-c", "import tuneforge.v1"],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(copy / "services")},
-        capture_output=True, text=True, check=False,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(copy / "services")},
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode != 0
     assert "stale" in result.stderr and "make proto" in result.stderr
@@ -79,8 +82,13 @@ def test_every_service_rpc_and_field_is_documented() -> None:
 def test_job_states_follow_the_hosted_fine_tuning_lifecycle() -> None:
     names = [v.name for v in training_pb2.JobState.DESCRIPTOR.values]
     assert names == [
-        "JOB_STATE_UNSPECIFIED", "JOB_STATE_VALIDATING_FILES", "JOB_STATE_QUEUED", "JOB_STATE_RUNNING",
-        "JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED",
+        "JOB_STATE_UNSPECIFIED",
+        "JOB_STATE_VALIDATING_FILES",
+        "JOB_STATE_QUEUED",
+        "JOB_STATE_RUNNING",
+        "JOB_STATE_SUCCEEDED",
+        "JOB_STATE_FAILED",
+        "JOB_STATE_CANCELLED",
     ]
 
 
@@ -100,8 +108,9 @@ def test_no_request_carries_a_tenant_field() -> None:
     targets=st.lists(st.text(max_size=20), max_size=5),
     metrics=st.dictionaries(st.text(max_size=10), st.floats(allow_nan=False), max_size=5),
 )
-def test_job_round_trips_through_the_wire_format(base_model: str, r: int, targets: list[str],
-                                                 metrics: dict[str, float]) -> None:
+def test_job_round_trips_through_the_wire_format(
+    base_model: str, r: int, targets: list[str], metrics: dict[str, float]
+) -> None:
     job = training_pb2.Job(
         id="job-0123456789ab",
         spec=training_pb2.JobSpec(base_model=base_model, lora=training_pb2.LoraSpec(r=r, target_modules=targets)),

@@ -6,7 +6,6 @@ import hashlib
 
 import grpc
 import pytest
-
 from tuneforge.client import TuneforgeClient, TuneforgeError
 from tuneforge.common.server import BackgroundServer
 from tuneforge.v1 import curation_pb2, curation_pb2_grpc
@@ -47,8 +46,9 @@ def test_list_pages_newest_first_without_gaps_or_repeats(globex: TuneforgeClient
     assert pages >= 3
 
 
-def test_idempotent_retry_returns_the_same_file_and_stores_once(acme: TuneforgeClient,
-                                                                platform_server: BackgroundServer) -> None:
+def test_idempotent_retry_returns_the_same_file_and_stores_once(
+    acme: TuneforgeClient, platform_server: BackgroundServer
+) -> None:
     first = acme.upload_file(DATA, filename="same.jsonl", idempotency_key="retry-1")
     before = _artifact_files(platform_server, "acme")
     again = acme.upload_file(DATA, filename="same.jsonl", idempotency_key="retry-1")
@@ -64,7 +64,9 @@ def test_same_idempotency_key_for_a_different_upload_is_refused(acme: TuneforgeC
     assert "retry-2" in info.value.message
 
 
-@pytest.mark.parametrize("filename", ["../escape.jsonl", "/etc/passwd", "a/b.jsonl", "bad\x00name", "x" * 300, "", ".."])
+@pytest.mark.parametrize(
+    "filename", ["../escape.jsonl", "/etc/passwd", "a/b.jsonl", "bad\x00name", "x" * 300, "", ".."]
+)
 def test_invalid_filenames_are_rejected_with_the_field_named(acme: TuneforgeClient, filename: str) -> None:
     with pytest.raises(TuneforgeError) as info:
         acme.upload_file(b"{}\n", filename=filename)
@@ -73,13 +75,18 @@ def test_invalid_filenames_are_rejected_with_the_field_named(acme: TuneforgeClie
     assert "header.filename" in info.value.message
 
 
-def test_hash_mismatch_is_data_loss_and_stores_nothing(acme: TuneforgeClient, platform_server: BackgroundServer) -> None:
+def test_hash_mismatch_is_data_loss_and_stores_nothing(
+    acme: TuneforgeClient, platform_server: BackgroundServer
+) -> None:
     before_files = {f.id for f in acme.list_files()}
     before_artifacts = _artifact_files(platform_server, "acme")
 
     def messages():
-        yield curation_pb2.UploadFileRequest(header=curation_pb2.UploadFileHeader(
-            filename="corrupt.jsonl", expected_sha256=hashlib.sha256(b"something else").hexdigest()))
+        yield curation_pb2.UploadFileRequest(
+            header=curation_pb2.UploadFileHeader(
+                filename="corrupt.jsonl", expected_sha256=hashlib.sha256(b"something else").hexdigest()
+            )
+        )
         yield curation_pb2.UploadFileRequest(chunk=b'{"a": 1}\n')
 
     with pytest.raises(TuneforgeError) as info:
@@ -106,7 +113,9 @@ def test_stream_without_header_or_with_two_headers_is_invalid(acme: TuneforgeCli
     assert info.value.code == "INVALID_ARGUMENT" and info.value.violations[0][0] == "message[2]"
 
 
-def test_a_cancelled_upload_leaves_no_partial_artifact(platform_server: BackgroundServer, acme: TuneforgeClient) -> None:
+def test_a_cancelled_upload_leaves_no_partial_artifact(
+    platform_server: BackgroundServer, acme: TuneforgeClient
+) -> None:
     import threading
 
     before_files = {f.id for f in acme.list_files()}
@@ -123,7 +132,9 @@ def test_a_cancelled_upload_leaves_no_partial_artifact(platform_server: Backgrou
 
     with grpc.insecure_channel(platform_server.address) as channel:
         stub = curation_pb2_grpc.DatasetServiceStub(channel)
-        future = stub.UploadFile.future(messages(), metadata=(("authorization", "Bearer tf_acme_key_0123456789abcdef"),))
+        future = stub.UploadFile.future(
+            messages(), metadata=(("authorization", "Bearer tf_acme_key_0123456789abcdef"),)
+        )
         assert sent_some.wait(10)
         import time
 
@@ -172,14 +183,17 @@ def test_delete_removes_the_file_and_its_bytes(acme: TuneforgeClient, platform_s
     assert info.value.code == "NOT_FOUND"
 
 
-@pytest.mark.parametrize("request_, field", [
-    (curation_pb2.GetFileRequest(file_id="../../etc"), "file_id"),
-    (curation_pb2.GetFileRequest(file_id=""), "file_id"),
-    (curation_pb2.ListFilesRequest(page_size=-1), "page_size"),
-    (curation_pb2.ListFilesRequest(page_size=5000), "page_size"),
-    (curation_pb2.ListFilesRequest(page_token="!!not-a-token!!"), "page_token"),
-])
-def test_bad_request_fields_are_named_in_the_error_details(acme: TuneforgeClient, request_, field: str) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(
+    "request_, field",
+    [
+        (curation_pb2.GetFileRequest(file_id="../../etc"), "file_id"),
+        (curation_pb2.GetFileRequest(file_id=""), "file_id"),
+        (curation_pb2.ListFilesRequest(page_size=-1), "page_size"),
+        (curation_pb2.ListFilesRequest(page_size=5000), "page_size"),
+        (curation_pb2.ListFilesRequest(page_token="!!not-a-token!!"), "page_token"),
+    ],
+)
+def test_bad_request_fields_are_named_in_the_error_details(acme: TuneforgeClient, request_, field: str) -> None:
     method = acme.datasets.GetFile if isinstance(request_, curation_pb2.GetFileRequest) else acme.datasets.ListFiles
     with pytest.raises(TuneforgeError) as info:
         acme.call(method, request_)
@@ -187,11 +201,12 @@ def test_bad_request_fields_are_named_in_the_error_details(acme: TuneforgeClient
     assert [name for name, _ in info.value.violations] == [field]
 
 
-def test_unexpected_errors_are_internal_without_leaking_details(acme: TuneforgeClient,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unexpected_errors_are_internal_without_leaking_details(
+    acme: TuneforgeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from tuneforge.curation.files import FileCatalog
 
-    def broken(*args, **kwargs):  # noqa: ANN002, ANN003
+    def broken(*args, **kwargs):
         raise RuntimeError("secret database password in a traceback")
 
     monkeypatch.setattr(FileCatalog, "list", broken)

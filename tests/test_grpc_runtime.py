@@ -7,9 +7,8 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
 from conftest import ACME_KEY, make_settings
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tuneforge.client import TuneforgeClient, TuneforgeError
 from tuneforge.common.auth import ApiKeyFile, LocalResolver, bearer_token, hash_key
 from tuneforge.common.errors import Unauthenticated
@@ -44,12 +43,15 @@ def test_a_good_key_is_accepted(acme: TuneforgeClient) -> None:
     assert isinstance(list(acme.list_files()), list)
 
 
-@pytest.mark.parametrize("metadata", [
-    (),
-    (("authorization", "Bearer not-a-known-key"),),
-    (("authorization", f"Basic {ACME_KEY}"),),
-    (("authorization", "Bearer "),),
-])
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        (),
+        (("authorization", "Bearer not-a-known-key"),),
+        (("authorization", f"Basic {ACME_KEY}"),),
+        (("authorization", "Bearer "),),
+    ],
+)
 def test_missing_or_unknown_keys_are_unauthenticated(platform_server: BackgroundServer, metadata: tuple) -> None:
     with grpc.insecure_channel(platform_server.address) as channel:
         stub = __import__("tuneforge.v1.curation_pb2_grpc", fromlist=["x"]).DatasetServiceStub(channel)
@@ -108,26 +110,29 @@ def test_keys_file_is_reloaded_when_rotated(tmp_path: Path) -> None:
         keys.resolve("old-key-0123456789")
 
 
-@pytest.mark.parametrize("entries, problem", [
-    ([{"tenant": "acme"}], "exactly one"),
-    ([{"key": "short", "tenant": "acme"}], "key"),
-    ([{"sha256": "x" * 64, "tenant": "acme"}], "sha256"),
-    ([{"key": "a-long-enough-key-0", "tenant": "Not A Tenant"}], "tenant"),
-    ([{"key": "a-long-enough-key-0", "tenant": "a"}, {"key": "a-long-enough-key-0", "tenant": "b"}], "keys[1]"),
-])
+@pytest.mark.parametrize(
+    "entries, problem",
+    [
+        ([{"tenant": "acme"}], "exactly one"),
+        ([{"key": "short", "tenant": "acme"}], "key"),
+        ([{"sha256": "x" * 64, "tenant": "acme"}], "sha256"),
+        ([{"key": "a-long-enough-key-0", "tenant": "Not A Tenant"}], "tenant"),
+        ([{"key": "a-long-enough-key-0", "tenant": "a"}, {"key": "a-long-enough-key-0", "tenant": "b"}], "keys[1]"),
+    ],
+)
 def test_invalid_keys_files_are_refused_at_start(tmp_path: Path, entries: list, problem: str) -> None:
     path = tmp_path / "keys.yaml"
     path.write_text(yaml.safe_dump({"keys": entries}))
-    with pytest.raises(ValueError, match="invalid|repeats") as info:
+    with pytest.raises(ValueError, match=r"invalid|repeats") as info:
         ApiKeyFile(path)
     assert problem in str(info.value)
 
 
 def test_local_mode_is_single_tenant_and_loopback_only(tmp_path: Path, keys_file: Path) -> None:
     assert LocalResolver("local").resolve(None).tenant == "local"
-    with pytest.raises(ValueError, match="only allowed on loopback"):
+    with pytest.raises(ValueError, match=r"only allowed on loopback"):
         make_settings(tmp_path, keys_file, host="0.0.0.0", auth={"mode": "local"})
-    with pytest.raises(ValueError, match="needs auth.keys_file"):
+    with pytest.raises(ValueError, match=r"needs auth\.keys_file"):
         make_settings(tmp_path, keys_file, auth={"mode": "api_keys", "keys_file": None})
 
 
@@ -166,7 +171,7 @@ def test_health_is_not_serving_until_a_component_is_ready(tmp_path: Path, keys_f
         server.stop()
 
 
-def _poll_status(client: TuneforgeClient, service: str, until, timeout: float = 20.0) -> str | None:  # noqa: ANN001
+def _poll_status(client: TuneforgeClient, service: str, until, timeout: float = 20.0) -> str | None:
     import time
 
     deadline = time.monotonic() + timeout

@@ -8,7 +8,6 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
-
 from tuneforge.common.errors import InvalidArgument
 from tuneforge.common.names import (
     check_idempotency_key,
@@ -80,10 +79,16 @@ def test_defaults_work_with_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def test_precedence_arguments_over_env_over_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "tuneforge.yaml"
-    config.write_text(yaml.safe_dump({
-        "port": 6000, "log_format": "console", "database_url": "postgresql+psycopg://db/tuneforge",
-        "auth": {"mode": "api_keys", "keys_file": "/secrets/keys.yaml"},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "port": 6000,
+                "log_format": "console",
+                "database_url": "postgresql+psycopg://db/tuneforge",
+                "auth": {"mode": "api_keys", "keys_file": "/secrets/keys.yaml"},
+            }
+        )
+    )
     monkeypatch.setenv("TUNEFORGE_PORT", "7000")
     monkeypatch.setenv("TUNEFORGE_INFERENCE__BASE_MODEL", "tiny-qwen2")
     settings = load_settings(config, host="0.0.0.0")

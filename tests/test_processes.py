@@ -13,7 +13,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import ACME_KEY, MODEL_CACHE
 from tuneforge.client import TuneforgeClient
 
@@ -50,9 +49,23 @@ def test_serve_one_service_then_drain_on_sigterm(tmp_path: Path, keys_file: Path
         "TUNEFORGE_LOG_FORMAT": "json",
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "tuneforge.cli", "serve", "curation", "--port", "0", "--home", str(tmp_path),
-         "--metrics-port", str(metrics_port)],
-        env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tuneforge.cli",
+            "serve",
+            "curation",
+            "--port",
+            "0",
+            "--home",
+            str(tmp_path),
+            "--metrics-port",
+            str(metrics_port),
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
     )
     try:
         port = _read_until(process, "server_listening")["port"]
@@ -78,7 +91,11 @@ def test_serve_refuses_to_start_without_keys_when_not_local(tmp_path: Path) -> N
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFORGE_")}
     result = subprocess.run(
         [sys.executable, "-m", "tuneforge.cli", "serve", "curation", "--port", "0", "--home", str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode != 0
     assert "auth.keys_file" in result.stderr
@@ -89,7 +106,11 @@ def test_demo_runs_to_the_end(tmp_path: Path) -> None:
     env = {**os.environ, "TUNEFORGE_MODELS__CACHE_DIR": str(MODEL_CACHE)}
     result = subprocess.run(
         [sys.executable, "-m", "tuneforge.cli", "demo", "--workdir", str(tmp_path / "demo")],
-        env=env, capture_output=True, text=True, timeout=900, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "all 5 services SERVING" in result.stdout

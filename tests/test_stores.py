@@ -15,7 +15,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import inspect
-
 from tuneforge.common.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from tuneforge.curation.files import FileCatalog, StoredFile, Upload
 from tuneforge.store.artifacts import ArtifactStore
@@ -23,7 +22,7 @@ from tuneforge.store.metadata import MetadataStore
 
 
 @pytest.fixture()
-def store(database_url: str):  # noqa: ANN201
+def store(database_url: str):
     metadata = MetadataStore(database_url)
     metadata.migrate()
     yield metadata
@@ -176,10 +175,9 @@ def test_write_killed_mid_way_leaves_no_partial_artifact(tmp_path: Path) -> None
 
 def test_expected_hash_mismatch_is_data_loss(tmp_path: Path) -> None:
     artifacts = ArtifactStore(tmp_path).for_tenant("acme")
-    with pytest.raises(DataLoss):
-        with artifacts.writer("x.bin", expected_sha256=hashlib.sha256(b"a").hexdigest()) as writer:
-            writer.write(b"b")
-            writer.commit()
+    with pytest.raises(DataLoss), artifacts.writer("x.bin", expected_sha256=hashlib.sha256(b"a").hexdigest()) as w:
+        w.write(b"b")
+        w.commit()
     assert not artifacts.exists("x.bin")
 
 
@@ -214,8 +212,11 @@ def test_symlink_out_of_the_root_is_refused(tmp_path: Path) -> None:
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
-@given(key=st.lists(st.sampled_from(["a", "b", ".", "..", "/", "\\", "\x00", "-", "_", "~", ":", "%2e"]),
-                    max_size=20).map("".join))
+@given(
+    key=st.lists(st.sampled_from(["a", "b", ".", "..", "/", "\\", "\x00", "-", "_", "~", ":", "%2e"]), max_size=20).map(
+        "".join
+    )
+)
 def test_no_key_escapes_the_tenant_root(tmp_path: Path, key: str) -> None:
     artifacts = ArtifactStore(tmp_path).for_tenant("acme")
     try:

@@ -132,7 +132,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
     check_resource_name(args.tenant, "--tenant")
     key = "tf_" + secrets.token_urlsafe(32)
     print(f"# API key for tenant {args.tenant} (give it to the tenant; it is not stored anywhere):\n# {key}")
-    print(f"- sha256: {hash_key(key)}\n  tenant: {args.tenant}\n  role: {args.role}\n  name: {args.name or args.tenant}")
+    print(
+        f"- sha256: {hash_key(key)}\n  tenant: {args.tenant}\n  role: {args.role}\n  name: {args.name or args.tenant}"
+    )
     return 0
 
 
@@ -159,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="run every service in one process: the embedded default")
     server_options(p)
     p.add_argument(
-        "--auth", choices=["local", "configured"], default="local",
+        "--auth",
+        choices=["local", "configured"],
+        default="local",
         help="local: single-tenant, loopback only (default); configured: use auth.* from settings",
     )
     p.set_defaults(func=cmd_up)

@@ -1,8 +1,8 @@
 """Python SDK: a thin, typed wrapper over the generated stubs that adds the API key and chunked uploads.
 
-    client = TuneforgeClient("127.0.0.1:50051", api_key="...")
-    file = client.upload_file("data.jsonl")
-    for f in client.list_files(): print(f.id, f.filename)
+client = TuneforgeClient("127.0.0.1:50051", api_key="...")
+file = client.upload_file("data.jsonl")
+for f in client.list_files(): print(f.id, f.filename)
 """
 
 from __future__ import annotations
@@ -19,8 +19,14 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from tuneforge.v1 import curation_pb2, curation_pb2_grpc, evaluation_pb2_grpc, inference_pb2, inference_pb2_grpc
-from tuneforge.v1 import training_pb2_grpc
+from tuneforge.v1 import (
+    curation_pb2,
+    curation_pb2_grpc,
+    evaluation_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+    training_pb2_grpc,
+)
 
 UPLOAD_CHUNK_BYTES = 1024 * 1024
 
@@ -56,9 +62,7 @@ class TuneforgeClient:
     def __init__(self, address: str, api_key: str | None = None, timeout: float = 60.0) -> None:
         self.address = address
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)]
-        )
+        self.channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self.datasets = curation_pb2_grpc.DatasetServiceStub(self.channel)
         self.training = training_pb2_grpc.TrainingServiceStub(self.channel)
@@ -147,7 +151,9 @@ class TuneforgeClient:
         """All of the caller's files, newest first, following page tokens."""
         token = ""
         while True:
-            page = self.call(self.datasets.ListFiles, curation_pb2.ListFilesRequest(page_size=page_size, page_token=token))
+            page = self.call(
+                self.datasets.ListFiles, curation_pb2.ListFilesRequest(page_size=page_size, page_token=token)
+            )
             yield from page.files
             token = page.next_page_token
             if not token:

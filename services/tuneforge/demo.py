@@ -58,17 +58,24 @@ def run_demo(workdir: Path, timeout: float = 600.0) -> int:
             _say("auth", f"authenticated call ListFiles answered ({len(files_before)} files; local single-tenant mode)")
 
             uploaded = client.upload_file(DEMO_DATA, idempotency_key="demo-event-dates")
-            _say("upload", f"uploaded {uploaded.filename} as {uploaded.id}: {uploaded.digest.size_bytes} bytes, "
-                           f"sha256 {uploaded.digest.sha256[:16]}…")
+            _say(
+                "upload",
+                f"uploaded {uploaded.filename} as {uploaded.id}: {uploaded.digest.size_bytes} bytes, "
+                f"sha256 {uploaded.digest.sha256[:16]}…",
+            )
             again = client.upload_file(DEMO_DATA, idempotency_key="demo-event-dates")
-            _say("upload", f"retried with the same idempotency key → same file {again.id} "
-                           f"({'ok' if again.id == uploaded.id else 'MISMATCH'})")
+            _say(
+                "upload",
+                f"retried with the same idempotency key → same file {again.id} "
+                f"({'ok' if again.id == uploaded.id else 'MISMATCH'})",
+            )
             if again.id != uploaded.id:
                 return 1
 
             models = client.list_models()
-            _say("inference", "models served: " + ", ".join(
-                f"{m.name}{' (base)' if m.is_base else ''}" for m in models))
+            _say(
+                "inference", "models served: " + ", ".join(f"{m.name}{' (base)' if m.is_base else ''}" for m in models)
+            )
     except Exception as exc:
         _say("demo", f"FAILED: {exc}")
         _stop(platform)

@@ -14,6 +14,7 @@ The file is re-read when it changes, so rotated secrets take effect without a re
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -149,10 +150,9 @@ class ApiKeyFile(KeyResolver):
     def resolve(self, key: str | None) -> Principal:
         if not key:
             raise Unauthenticated("missing API key: send metadata 'authorization: Bearer <key>'")
-        try:
+        # A broken rewrite of the file keeps the last good keys in force rather than locking everyone out.
+        with contextlib.suppress(ValueError):
             self._reload_if_changed()
-        except ValueError:
-            pass  # keep serving with the last good keys; the broken file is logged at start-up/reload
         principal = self._by_digest.get(hash_key(key))
         if principal is None:
             raise Unauthenticated("unknown API key")

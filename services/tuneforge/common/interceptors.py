@@ -88,9 +88,7 @@ def _wrap(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandl
         behaviour = handler.stream_unary
         return grpc.stream_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
     behaviour = handler.stream_stream
-    return grpc.stream_stream_rpc_method_handler(
-        streaming, handler.request_deserializer, handler.response_serializer
-    )
+    return grpc.stream_stream_rpc_method_handler(streaming, handler.request_deserializer, handler.response_serializer)
 
 
 class _AroundInterceptor(grpc.aio.ServerInterceptor):
@@ -150,9 +148,7 @@ def status_for(exc: errors.TuneforgeError) -> grpc.Status:
         )
         details.append(_pack(bad_request))
     if isinstance(exc, errors.NotFound):
-        details.append(
-            _pack(error_details_pb2.ResourceInfo(resource_type=exc.kind, resource_name=exc.resource_id))
-        )
+        details.append(_pack(error_details_pb2.ResourceInfo(resource_type=exc.kind, resource_name=exc.resource_id)))
     status = status_pb2.Status(code=code.value[0], message=exc.message, details=details)
     return rpc_status.to_status(status)
 

@@ -32,7 +32,7 @@ def _describe(value: str) -> str:
 
 
 def check_resource_name(value: str, field: str) -> str:
-    """Lower-case letters, digits and `-`, 1–63 characters, starting and ending with a letter or digit."""
+    """Lower-case letters, digits and `-`, 1-63 characters, starting and ending with a letter or digit."""
     if not RESOURCE_NAME.fullmatch(value or ""):
         raise InvalidArgument.for_field(
             field,
@@ -80,7 +80,7 @@ def check_resource_id(value: str, field: str, prefix: str) -> str:
 
 
 def check_idempotency_key(value: str, field: str = "idempotency_key") -> str:
-    """1–128 printable ASCII characters without spaces; empty means 'no key'."""
+    """1-128 printable ASCII characters without spaces; empty means 'no key'."""
     if value and not IDEMPOTENCY_KEY.fullmatch(value):
         raise InvalidArgument.for_field(field, "must be 1-128 printable ASCII characters without spaces")
     return value

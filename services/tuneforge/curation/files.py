@@ -49,8 +49,15 @@ def _stored(row: FileRow) -> StoredFile:
 class Upload:
     """One upload attempt in progress; `finish()` makes it the file's content, `abort()` drops it."""
 
-    def __init__(self, catalog: FileCatalog, tenant: str, file_id: str, attempt: str, writer: ArtifactWriter,
-                 keep_row_on_abort: bool) -> None:
+    def __init__(
+        self,
+        catalog: FileCatalog,
+        tenant: str,
+        file_id: str,
+        attempt: str,
+        writer: ArtifactWriter,
+        keep_row_on_abort: bool,
+    ) -> None:
         self.catalog = catalog
         self.tenant = tenant
         self.file_id = file_id
@@ -89,9 +96,7 @@ class FileCatalog:
         check_idempotency_key(idempotency_key, "header.idempotency_key")
         if expected_sha256 and not _is_sha256(expected_sha256):
             raise InvalidArgument.for_field("header.expected_sha256", "must be 64 lower-case hex digits")
-        request_hash = hashlib.sha256(
-            json.dumps([filename, data_format, expected_sha256.lower()]).encode()
-        ).hexdigest()
+        request_hash = hashlib.sha256(json.dumps([filename, data_format, expected_sha256.lower()]).encode()).hexdigest()
         attempt = secrets.token_hex(8)
         now = utcnow()
         for _ in range(2):  # a concurrent insert with the same key loses the race once, then finds the row
@@ -114,11 +119,21 @@ class FileCatalog:
                         file_id = row.id
                     else:
                         file_id = new_id("file")
-                        session.add(FileRow(
-                            id=file_id, tenant=tenant, filename=filename, state=UPLOADING, data_format=data_format,
-                            artifact_key=f"files/{file_id}/{attempt}", idempotency_key=idempotency_key or None,
-                            request_hash=request_hash, attempt=attempt, created_at=now, updated_at=now,
-                        ))
+                        session.add(
+                            FileRow(
+                                id=file_id,
+                                tenant=tenant,
+                                filename=filename,
+                                state=UPLOADING,
+                                data_format=data_format,
+                                artifact_key=f"files/{file_id}/{attempt}",
+                                idempotency_key=idempotency_key or None,
+                                request_hash=request_hash,
+                                attempt=attempt,
+                                created_at=now,
+                                updated_at=now,
+                            )
+                        )
                 break
             except IntegrityError:
                 continue
@@ -157,7 +172,7 @@ class FileCatalog:
             if row is not None and row.attempt == upload.attempt and row.state == UPLOADING:
                 session.delete(row)
 
-    def _row(self, session, tenant: str, file_id: str) -> FileRow:  # noqa: ANN001
+    def _row(self, session, tenant: str, file_id: str) -> FileRow:
         check_resource_id(file_id, "file_id", "file")
         row = session.get(FileRow, file_id)
         if row is None or row.tenant != tenant:  # another tenant's file looks exactly like a missing one

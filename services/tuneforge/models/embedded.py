@@ -53,7 +53,10 @@ def package_file(package: tuple[str, str, str]) -> Path:
 def build_qwen2_tokenizer():  # -> transformers.PreTrainedTokenizerBase
     """The real Qwen2.5 tokenizer and chat template, rebuilt from the GGUF metadata header."""
     from transformers import Qwen2Tokenizer
-    from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer, get_gguf_tokenizer
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import (
+        convert_gguf_tokenizer,
+        get_gguf_tokenizer,
+    )
 
     architecture, tokenizer_dict, tokenizer_config = get_gguf_tokenizer(str(package_file(QWEN_TOKENIZER_PACKAGE)))
     backend, _ = convert_gguf_tokenizer(architecture, tokenizer_dict)
