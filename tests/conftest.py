@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from sqlalchemy import create_engine, text
+
 from tuneforge.client import TuneforgeClient
 from tuneforge.common.auth import hash_key
 from tuneforge.common.server import BackgroundServer

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from tuneforge import contracts
 from tuneforge.v1 import common_pb2, curation_pb2, training_pb2
 

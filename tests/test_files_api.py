@@ -6,6 +6,7 @@ import hashlib
 
 import grpc
 import pytest
+
 from tuneforge.client import TuneforgeClient, TuneforgeError
 from tuneforge.common.server import BackgroundServer
 from tuneforge.v1 import curation_pb2, curation_pb2_grpc

@@ -9,6 +9,7 @@ import pytest
 import yaml
 from conftest import ACME_KEY, make_settings
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
 from tuneforge.client import TuneforgeClient, TuneforgeError
 from tuneforge.common.auth import ApiKeyFile, LocalResolver, bearer_token, hash_key
 from tuneforge.common.errors import Unauthenticated

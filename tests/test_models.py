@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import MODEL_CACHE
+
 from tuneforge.common.errors import InvalidArgument, NotFound
 from tuneforge.models import ModelResolver, template_hash
 

@@ -8,6 +8,7 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
+
 from tuneforge.common.errors import InvalidArgument
 from tuneforge.common.names import (
     check_idempotency_key,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ACME_KEY, MODEL_CACHE
+
 from tuneforge.client import TuneforgeClient
 
 

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import inspect
+
 from tuneforge.common.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from tuneforge.curation.files import FileCatalog, StoredFile, Upload
 from tuneforge.store.artifacts import ArtifactStore
