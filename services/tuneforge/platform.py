@@ -43,3 +43,25 @@ class Platform:
 
     def close(self) -> None:
         self.metadata.close()
+
+
+class PlatformComponent:
+    """Base of the service components: holds the shared Platform and opens it on start.
+
+    Subclasses name their gRPC services in `service_names` and add their servicers in `register()`;
+    those that load more (models) extend `start()`.
+    """
+
+    service_names: tuple[str, ...] = ()
+
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+
+    def register(self, server: object) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        await self.platform.open()
+
+    async def stop(self) -> None:
+        return None

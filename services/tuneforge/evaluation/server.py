@@ -10,28 +10,19 @@ import grpc
 
 from tuneforge.common.server import TuneforgeServer, build_server
 from tuneforge.common.settings import Settings
-from tuneforge.platform import Platform
+from tuneforge.platform import PlatformComponent
 from tuneforge.v1 import evaluation_pb2, evaluation_pb2_grpc
 
 
-class EvaluationComponent:
+class EvaluationComponent(PlatformComponent):
     """Hosts EvaluationService on a server."""
 
     service_names = (evaluation_pb2.DESCRIPTOR.services_by_name["EvaluationService"].full_name,)
-
-    def __init__(self, platform: Platform) -> None:
-        self.platform = platform
 
     def register(self, server: grpc.aio.Server) -> None:
         evaluation_pb2_grpc.add_EvaluationServiceServicer_to_server(
             evaluation_pb2_grpc.EvaluationServiceServicer(), server
         )
-
-    async def start(self) -> None:
-        await self.platform.open()
-
-    async def stop(self) -> None:
-        return None
 
 
 async def create_server(settings: Settings) -> tuple[TuneforgeServer, int]:

@@ -11,26 +11,26 @@ from tuneforge.common.server import TuneforgeServer, build_server
 from tuneforge.common.settings import Settings
 from tuneforge.inference.base_model import load_base_model
 from tuneforge.inference.servicer import InferenceServicer
-from tuneforge.platform import Platform
+from tuneforge.platform import Platform, PlatformComponent
 from tuneforge.v1 import inference_pb2, inference_pb2_grpc
 
 log = get_logger(__name__)
 
 
-class InferenceComponent:
+class InferenceComponent(PlatformComponent):
     """Hosts InferenceService; `start()` loads the base model off the event loop."""
 
     service_names = (inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,)
 
     def __init__(self, platform: Platform) -> None:
-        self.platform = platform
+        super().__init__(platform)
         self.servicer = InferenceServicer()
 
     def register(self, server: grpc.aio.Server) -> None:
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(self.servicer, server)
 
     async def start(self) -> None:
-        await self.platform.open()
+        await super().start()
         settings = self.platform.settings.inference
         loop = asyncio.get_running_loop()
         start = loop.time()

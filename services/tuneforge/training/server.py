@@ -11,11 +11,11 @@ import grpc
 
 from tuneforge.common.server import TuneforgeServer, build_server
 from tuneforge.common.settings import Settings
-from tuneforge.platform import Platform
+from tuneforge.platform import PlatformComponent
 from tuneforge.v1 import training_pb2, training_pb2_grpc
 
 
-class TrainingComponent:
+class TrainingComponent(PlatformComponent):
     """Hosts TrainingService and AdapterService on a server."""
 
     service_names = (
@@ -23,18 +23,9 @@ class TrainingComponent:
         training_pb2.DESCRIPTOR.services_by_name["AdapterService"].full_name,
     )
 
-    def __init__(self, platform: Platform) -> None:
-        self.platform = platform
-
     def register(self, server: grpc.aio.Server) -> None:
         training_pb2_grpc.add_TrainingServiceServicer_to_server(training_pb2_grpc.TrainingServiceServicer(), server)
         training_pb2_grpc.add_AdapterServiceServicer_to_server(training_pb2_grpc.AdapterServiceServicer(), server)
-
-    async def start(self) -> None:
-        await self.platform.open()
-
-    async def stop(self) -> None:
-        return None
 
 
 async def create_server(settings: Settings) -> tuple[TuneforgeServer, int]:
