@@ -61,8 +61,13 @@ def test_rendered_objects_validate_against_kubernetes_schemas(rendered: list[dic
 def test_every_object_carries_the_standard_labels(rendered: list[dict]) -> None:
     for doc in rendered:
         labels = doc["metadata"]["labels"]
-        for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
-                    "app.kubernetes.io/managed-by", "helm.sh/chart"):
+        for key in (
+            "app.kubernetes.io/name",
+            "app.kubernetes.io/instance",
+            "app.kubernetes.io/version",
+            "app.kubernetes.io/managed-by",
+            "helm.sh/chart",
+        ):
             assert key in labels, (doc["kind"], doc["metadata"]["name"], key)
         assert len(doc["metadata"]["name"]) <= 63
 
@@ -83,9 +88,10 @@ def test_service_pods_are_locked_down_and_gpu_requests_equal_limits(rendered: li
             assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"]
             assert "startupProbe" in container, name
             assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in pod["volumes"])
-    assert "nvidia.com/gpu" in deployments["tuneforge-inference"]["spec"]["template"]["spec"]["containers"][0][
-        "resources"
-    ]["limits"]
+    assert (
+        "nvidia.com/gpu"
+        in deployments["tuneforge-inference"]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    )
 
 
 def test_settings_in_the_configmap_load(rendered: list[dict], tmp_path: Path) -> None:
