@@ -74,7 +74,6 @@ def test_contract_calls_not_offered_yet_answer_unimplemented_not_fake_results(ac
         (acme.adapters.ListAdapters, training_pb2.ListAdaptersRequest()),
         (acme.evaluation.ListSuites, evaluation_pb2.ListSuitesRequest()),
         (acme.inference.Generate, inference_pb2.GenerateRequest()),
-        (acme.datasets.GetDatasetVersion, curation_pb2.GetDatasetVersionRequest(dataset_version_id="dsv-00")),
     ]
     for method, request in calls:
         with pytest.raises(TuneforgeError) as info:

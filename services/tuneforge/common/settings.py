@@ -65,6 +65,17 @@ class InferenceSettings(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
+class CurationSettings(BaseModel):
+    """How dataset versions are built."""
+
+    model_config = {"extra": "forbid"}
+
+    #: Worker processes building dataset versions in parallel.
+    workers: int = Field(default=1, ge=1, le=64)
+    #: Server-side directories `source_uri` may read from; empty means uploads only.
+    import_roots: list[Path] = Field(default_factory=list)
+
+
 class Settings(BaseSettings):
     """All runtime settings of a Tuneforge process."""
 
@@ -87,6 +98,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    curation: CurationSettings = Field(default_factory=CurationSettings)
     #: `json` for machines (the default in containers), `console` for people.
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

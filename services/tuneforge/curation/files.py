@@ -12,6 +12,7 @@ import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -182,6 +183,17 @@ class FileCatalog:
     def get(self, tenant: str, file_id: str) -> StoredFile:
         with self.metadata.session() as session:
             return _stored(self._row(session, tenant, file_id))
+
+    def local_path(self, tenant: str, file_id: str, field: str = "file_id") -> tuple[StoredFile, Path]:
+        """A READY file and the path of its bytes (for the pipeline, which streams them)."""
+        with self.metadata.session() as session:
+            check_resource_id(file_id, field, "file")
+            row = session.get(FileRow, file_id)
+            if row is None or row.tenant != tenant:
+                raise NotFound("file", file_id)
+            if row.state != READY:
+                raise FailedPrecondition(f"{field}: file {file_id} is still uploading")
+            return _stored(row), self.artifacts.for_tenant(tenant).path(row.artifact_key)
 
     def read(self, tenant: str, file_id: str) -> bytes:
         """The file's bytes, verified against its recorded hash."""

@@ -2,27 +2,83 @@
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor
+
 import grpc
 
+from tuneforge.common.logging import get_logger
 from tuneforge.common.server import TuneforgeServer, build_server
 from tuneforge.common.settings import Settings
 from tuneforge.curation.files import FileCatalog
 from tuneforge.curation.servicer import DatasetServicer
+from tuneforge.curation.versions import DatasetVersions
+from tuneforge.curation.worker import WorkerConfig, build_version
 from tuneforge.platform import Platform, PlatformComponent
 from tuneforge.v1 import curation_pb2, curation_pb2_grpc
 
+log = get_logger(__name__)
+
 
 class CurationComponent(PlatformComponent):
-    """Hosts DatasetService on a server."""
+    """Hosts DatasetService; builds dataset versions in worker processes."""
 
     service_names = (curation_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name,)
 
     def __init__(self, platform: Platform) -> None:
         super().__init__(platform)
-        self.files = FileCatalog(platform.metadata, platform.artifacts, platform.settings.max_upload_bytes)
+        settings = platform.settings
+        self.files = FileCatalog(platform.metadata, platform.artifacts, settings.max_upload_bytes)
+        self.worker_config = WorkerConfig(
+            database_url=str(settings.database_url),
+            artifact_root=str(platform.artifacts.root),
+            model_cache_dir=str(settings.models.cache_dir),
+            trust_remote_code=tuple(settings.models.trust_remote_code),
+        )
+        self._executor: ProcessPoolExecutor | None = None
+        self.versions = DatasetVersions(
+            platform.metadata,
+            platform.artifacts,
+            self.files,
+            platform.models,
+            settings.curation.import_roots,
+            self._submit,
+        )
+
+    def _submit(self, tenant: str, version_id: str) -> None:
+        if self._executor is None:
+            # spawn, not fork: the gRPC server's threads must not be copied into the workers
+            self._executor = ProcessPoolExecutor(
+                self.platform.settings.curation.workers, mp_context=multiprocessing.get_context("spawn")
+            )
+        future = self._executor.submit(build_version, self.worker_config, tenant, version_id)
+        future.add_done_callback(lambda f: self._done(f, tenant, version_id))
+
+    @staticmethod
+    def _done(future: Future[str], tenant: str, version_id: str) -> None:
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:
+            log.error("dataset_build_crashed", tenant=tenant, version=version_id, error=str(error))
 
     def register(self, server: grpc.aio.Server) -> None:
-        curation_pb2_grpc.add_DatasetServiceServicer_to_server(DatasetServicer(self.files), server)
+        curation_pb2_grpc.add_DatasetServiceServicer_to_server(DatasetServicer(self.files, self.versions), server)
+
+    async def start(self) -> None:
+        await super().start()
+        resumed = await asyncio.to_thread(self.versions.resume)
+        if resumed:
+            log.info("dataset_builds_resumed", versions=[vid for _, vid in resumed])
+
+    async def stop(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            # unfinished builds stay PROCESSING and are resumed by the next start
+            for process in list(getattr(executor, "_processes", {}).values()):
+                process.terminate()
+            executor.shutdown(wait=False, cancel_futures=True)
 
 
 async def create_server(settings: Settings) -> tuple[TuneforgeServer, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import grpc
@@ -11,6 +12,8 @@ from tuneforge.common.auth import current_principal
 from tuneforge.common.convert import resource_times
 from tuneforge.common.errors import InvalidArgument
 from tuneforge.curation.files import DATA_FORMATS, FileCatalog, StoredFile
+from tuneforge.curation.pipeline import CurationOptions
+from tuneforge.curation.versions import DatasetVersions, VersionInfo, VersionSpec
 from tuneforge.v1 import common_pb2, curation_pb2, curation_pb2_grpc
 
 _FORMAT_TO_PROTO = {name: index for index, name in enumerate(DATA_FORMATS)}
@@ -31,6 +34,82 @@ def file_message(stored: StoredFile) -> curation_pb2.File:
     )
 
 
+_VERSION_STATES = {
+    "processing": curation_pb2.DATASET_VERSION_STATE_PROCESSING,
+    "ready": curation_pb2.DATASET_VERSION_STATE_READY,
+    "failed": curation_pb2.DATASET_VERSION_STATE_FAILED,
+}
+_LENGTH_POLICIES = {0: "drop", curation_pb2.LENGTH_POLICY_DROP: "drop", curation_pb2.LENGTH_POLICY_TRUNCATE: "truncate"}
+_COUNT_FIELDS = (
+    "records_in",
+    "invalid",
+    "exact_duplicates",
+    "near_duplicates",
+    "too_long",
+    "leaked",
+    "train_records",
+    "validation_records",
+    "train_tokens",
+)
+
+
+def version_message(info: VersionInfo) -> curation_pb2.DatasetVersion:
+    options = info.options
+    counts = info.counts
+    return curation_pb2.DatasetVersion(
+        id=info.id,
+        dataset=info.dataset,
+        state=_VERSION_STATES[info.state],
+        settings=curation_pb2.CurationSettings(
+            base_model=info.base_model,
+            max_seq_len=options["max_seq_len"],
+            length_policy=curation_pb2.LENGTH_POLICY_TRUNCATE
+            if options["length_policy"] == "truncate"
+            else curation_pb2.LENGTH_POLICY_DROP,
+            validation_fraction=options["validation_fraction"],
+            near_duplicate_threshold=options["near_duplicate_threshold"],
+            scrub_pii=options["scrub_pii"],
+            seed=options["seed"],
+        ),
+        file_ids=[i["file_id"] for i in info.inputs],
+        counts=curation_pb2.DatasetCounts(
+            **{name: int(counts.get(name, 0)) for name in _COUNT_FIELDS},
+            pii_replacements=counts.get("pii_replacements", {}),
+        ),
+        template_hash=info.template_hash,
+        failure_reason=info.failure_reason,
+        times=resource_times(info.created_at, info.updated_at),
+        base_model=info.base_model,
+        bytes_processed=info.bytes_processed,
+        bytes_total=info.bytes_total,
+        format=_FORMAT_TO_PROTO[info.data_format],
+    )
+
+
+def version_spec(request: curation_pb2.CreateDatasetVersionRequest) -> VersionSpec:
+    settings = request.settings
+    if settings.length_policy not in _LENGTH_POLICIES:
+        raise InvalidArgument.for_field("settings.length_policy", f"unknown policy {settings.length_policy}")
+    return VersionSpec(
+        dataset=request.dataset,
+        file_ids=tuple(request.file_ids),
+        source_uri=request.source_uri,
+        data_format=_format_name(request.format, "format"),
+        base_model=settings.base_model,
+        options=CurationOptions(
+            max_seq_len=settings.max_seq_len or 4096,
+            length_policy=_LENGTH_POLICIES[settings.length_policy],
+            validation_fraction=settings.validation_fraction if settings.HasField("validation_fraction") else 0.05,
+            near_duplicate_threshold=settings.near_duplicate_threshold
+            if settings.HasField("near_duplicate_threshold")
+            else 0.85,
+            scrub_pii=settings.scrub_pii if settings.HasField("scrub_pii") else True,
+            seed=settings.seed,
+        ),
+        leakage_suite_id=settings.leakage_suite_id,
+    )
+
+
 def _format_name(value: int, field: str) -> str:
     if value < 0 or value >= len(DATA_FORMATS):
         raise InvalidArgument.for_field(field, f"unknown data format {value}")
@@ -38,10 +117,11 @@ def _format_name(value: int, field: str) -> str:
 
 
 class DatasetServicer(curation_pb2_grpc.DatasetServiceServicer):
-    """Serves uploads and file listings; dataset-version calls arrive with the curation pipeline."""
+    """Serves uploads, file listings and dataset versions."""
 
-    def __init__(self, files: FileCatalog) -> None:
+    def __init__(self, files: FileCatalog, versions: DatasetVersions) -> None:
         self.files = files
+        self.versions = versions
 
     async def UploadFile(
         self, request_iterator: AsyncIterator[curation_pb2.UploadFileRequest], context: grpc.aio.ServicerContext
@@ -95,3 +175,102 @@ class DatasetServicer(curation_pb2_grpc.DatasetServiceServicer):
     ) -> curation_pb2.DeleteFileResponse:
         await asyncio.to_thread(self.files.delete, current_principal().tenant, request.file_id)
         return curation_pb2.DeleteFileResponse()
+
+    async def CreateDatasetVersion(
+        self, request: curation_pb2.CreateDatasetVersionRequest, context: grpc.aio.ServicerContext
+    ) -> curation_pb2.CreateDatasetVersionResponse:
+        spec = version_spec(request)
+        info = await asyncio.to_thread(self.versions.create, current_principal().tenant, spec, request.idempotency_key)
+        return curation_pb2.CreateDatasetVersionResponse(dataset_version=version_message(info))
+
+    async def GetDatasetVersion(
+        self, request: curation_pb2.GetDatasetVersionRequest, context: grpc.aio.ServicerContext
+    ) -> curation_pb2.GetDatasetVersionResponse:
+        info = await asyncio.to_thread(self.versions.get, current_principal().tenant, request.dataset_version_id)
+        return curation_pb2.GetDatasetVersionResponse(dataset_version=version_message(info))
+
+    async def ListDatasetVersions(
+        self, request: curation_pb2.ListDatasetVersionsRequest, context: grpc.aio.ServicerContext
+    ) -> curation_pb2.ListDatasetVersionsResponse:
+        page, token = await asyncio.to_thread(
+            self.versions.list, current_principal().tenant, request.dataset, request.page_size, request.page_token
+        )
+        return curation_pb2.ListDatasetVersionsResponse(
+            dataset_versions=[version_message(v) for v in page], next_page_token=token
+        )
+
+    async def GetDatasetReport(
+        self, request: curation_pb2.GetDatasetReportRequest, context: grpc.aio.ServicerContext
+    ) -> curation_pb2.GetDatasetReportResponse:
+        tenant = current_principal().tenant
+        info, report, markdown = await asyncio.to_thread(self.versions.report, tenant, request.dataset_version_id)
+        svg = await asyncio.to_thread(
+            self.versions.artifacts.for_tenant(tenant).read_bytes, f"datasets/{info.id}/token_lengths.svg"
+        )
+        return curation_pb2.GetDatasetReportResponse(
+            dataset_version=version_message(info),
+            issue_counts=report["issue_counts"],
+            duplicate_clusters=[
+                curation_pb2.DuplicateCluster(kept=c["kept"], removed=c["removed"], kind=c["kind"])
+                for c in report["duplicate_clusters"]
+            ],
+            markdown=markdown,
+            create_time=version_message(info).times.update_time,
+            json=json.dumps(report, ensure_ascii=False, sort_keys=True),
+            token_length_svg=svg.decode(),
+        )
+
+    async def ListDatasetIssues(
+        self, request: curation_pb2.ListDatasetIssuesRequest, context: grpc.aio.ServicerContext
+    ) -> curation_pb2.ListDatasetIssuesResponse:
+        page, token = await asyncio.to_thread(
+            self.versions.issues,
+            current_principal().tenant,
+            request.dataset_version_id,
+            request.code,
+            request.page_size,
+            request.page_token,
+        )
+        return curation_pb2.ListDatasetIssuesResponse(
+            issues=[
+                common_pb2.InputIssue(
+                    code=i["code"],
+                    message=i["message"],
+                    source=i["source"],
+                    line=i["line"],
+                    field=i["field"],
+                    severity=common_pb2.SEVERITY_ERROR if i["error"] else common_pb2.SEVERITY_WARNING,
+                )
+                for i in page
+            ],
+            next_page_token=token,
+        )
+
+    async def PreviewDatasetRecords(
+        self, request: curation_pb2.PreviewDatasetRecordsRequest, context: grpc.aio.ServicerContext
+    ) -> curation_pb2.PreviewDatasetRecordsResponse:
+        rows = await asyncio.to_thread(
+            self.versions.preview,
+            current_principal().tenant,
+            request.dataset_version_id,
+            request.split or "train",
+            request.limit,
+        )
+        return curation_pb2.PreviewDatasetRecordsResponse(
+            records=[
+                curation_pb2.RenderedRecord(
+                    origin=r["origin"],
+                    messages=[common_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in r["messages"]],
+                    text=r["text"],
+                    num_tokens=r["num_tokens"],
+                    num_loss_tokens=r["num_loss_tokens"],
+                )
+                for r in rows
+            ]
+        )
+
+    async def DeleteDatasetVersion(
+        self, request: curation_pb2.DeleteDatasetVersionRequest, context: grpc.aio.ServicerContext
+    ) -> curation_pb2.DeleteDatasetVersionResponse:
+        await asyncio.to_thread(self.versions.delete, current_principal().tenant, request.dataset_version_id)
+        return curation_pb2.DeleteDatasetVersionResponse()

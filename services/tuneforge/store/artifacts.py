@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -109,14 +110,18 @@ class ArtifactStore:
         check_resource_name(tenant, "tenant")
         return TenantArtifacts(self, self.root / "tenants" / tenant)
 
+    def make_temp_dir(self, prefix: str) -> Path:
+        """A fresh directory under the store's temp area (same filesystem, so it can be published by rename)."""
+        return Path(tempfile.mkdtemp(prefix=f"dir-{prefix}-", dir=self.temp_dir))
+
     def sweep_temp(self, older_than_s: float = 24 * 3600) -> int:
-        """Removes temp files of writes that never finished (other replicas' live writes are younger)."""
+        """Removes temp files and directories of work that never finished (live work is younger)."""
         cutoff = time.time() - older_than_s
         removed = 0
-        for path in self.temp_dir.glob("write-*.part"):
+        for path in [*self.temp_dir.glob("write-*.part"), *self.temp_dir.glob("dir-*")]:
             try:
                 if path.stat().st_mtime < cutoff:
-                    path.unlink()
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
                     removed += 1
             except FileNotFoundError:
                 continue
@@ -182,6 +187,30 @@ class TenantArtifacts:
             hasher.update(chunk)
             size += len(chunk)
         return Digest(hasher.hexdigest(), size)
+
+    def publish_dir(self, key: str, directory: Path) -> None:
+        """Moves a finished directory (from `make_temp_dir`) to `key` in one rename; replaces what was there."""
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            self.delete_tree(key)
+        for child in directory.rglob("*"):
+            if child.is_file():
+                with child.open("rb") as handle:
+                    os.fsync(handle.fileno())
+        os.replace(directory, target)
+        _fsync_dir(target.parent)
+
+    def delete_tree(self, key: str) -> bool:
+        """Removes the directory `key` and everything in it; returns whether it existed."""
+        target = self.path(key)
+        if not target.is_dir():
+            return False
+        # rename first so a reader never sees a half-deleted directory under its real name
+        doomed = Path(tempfile.mkdtemp(prefix="dir-deleting-", dir=self._store.temp_dir))
+        os.replace(target, doomed / "gone")
+        shutil.rmtree(doomed, ignore_errors=True)
+        return True
 
     def delete(self, key: str) -> bool:
         """Removes `key`; returns whether it existed."""

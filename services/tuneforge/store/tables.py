@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Index, MetaData, String, TypeDecorator, UniqueConstraint
+from sqlalchemy import BigInteger, DateTime, Index, MetaData, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -67,5 +67,33 @@ class FileRow(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     attempt: Mapped[str] = mapped_column(String(32), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+
+
+class DatasetVersionRow(Base):
+    """A dataset version: content-addressed per tenant, built by the curation pipeline."""
+
+    __tablename__ = "dataset_versions"
+    __table_args__ = (
+        UniqueConstraint("tenant", "idempotency_key", name="uq_dataset_versions_tenant_idempotency_key"),
+        Index("ix_dataset_versions_tenant_created", "tenant", "created_at", "id"),
+    )
+
+    tenant: Mapped[str] = mapped_column(String(63), primary_key=True)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    dataset: Mapped[str] = mapped_column(String(63), nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    base_model: Mapped[str] = mapped_column(String(512), nullable=False)
+    data_format: Mapped[str] = mapped_column(String(16), nullable=False)
+    inputs_json: Mapped[str] = mapped_column(Text, nullable=False)
+    options_json: Mapped[str] = mapped_column(Text, nullable=False)
+    counts_json: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
+    template_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    failure_reason: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    bytes_total: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    bytes_processed: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)

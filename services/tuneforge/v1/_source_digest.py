@@ -1,3 +1,3 @@
 """Digest of the .proto sources this package was generated from (written by `make proto`)."""
 
-PROTO_SOURCES_SHA256 = "f5c088408efbb2f5eed528f2aad107cde9cce1fecef0f89e31083d886fe6f84e"
+PROTO_SOURCES_SHA256 = "1b5c2a052630e7ae0a60e9d40009233ab2a69bbe426615e0a48cc9759f31704e"

@@ -205,7 +205,7 @@ class DatasetCounts(_message.Message):
     def __init__(self, records_in: _Optional[int] = ..., invalid: _Optional[int] = ..., exact_duplicates: _Optional[int] = ..., near_duplicates: _Optional[int] = ..., too_long: _Optional[int] = ..., leaked: _Optional[int] = ..., train_records: _Optional[int] = ..., validation_records: _Optional[int] = ..., train_tokens: _Optional[int] = ..., pii_replacements: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class DatasetVersion(_message.Message):
-    __slots__ = ("id", "dataset", "state", "settings", "file_ids", "counts", "template_hash", "failure_reason", "times")
+    __slots__ = ("id", "dataset", "state", "settings", "file_ids", "counts", "template_hash", "failure_reason", "times", "base_model", "bytes_processed", "bytes_total", "format")
     ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +215,10 @@ class DatasetVersion(_message.Message):
     TEMPLATE_HASH_FIELD_NUMBER: _ClassVar[int]
     FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
     TIMES_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    BYTES_PROCESSED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
     id: str
     dataset: str
     state: DatasetVersionState
@@ -224,7 +228,11 @@ class DatasetVersion(_message.Message):
     template_hash: str
     failure_reason: str
     times: _common_pb2.ResourceTimes
-    def __init__(self, id: _Optional[str] = ..., dataset: _Optional[str] = ..., state: _Optional[_Union[DatasetVersionState, str]] = ..., settings: _Optional[_Union[CurationSettings, _Mapping]] = ..., file_ids: _Optional[_Iterable[str]] = ..., counts: _Optional[_Union[DatasetCounts, _Mapping]] = ..., template_hash: _Optional[str] = ..., failure_reason: _Optional[str] = ..., times: _Optional[_Union[_common_pb2.ResourceTimes, _Mapping]] = ...) -> None: ...
+    base_model: str
+    bytes_processed: int
+    bytes_total: int
+    format: DataFormat
+    def __init__(self, id: _Optional[str] = ..., dataset: _Optional[str] = ..., state: _Optional[_Union[DatasetVersionState, str]] = ..., settings: _Optional[_Union[CurationSettings, _Mapping]] = ..., file_ids: _Optional[_Iterable[str]] = ..., counts: _Optional[_Union[DatasetCounts, _Mapping]] = ..., template_hash: _Optional[str] = ..., failure_reason: _Optional[str] = ..., times: _Optional[_Union[_common_pb2.ResourceTimes, _Mapping]] = ..., base_model: _Optional[str] = ..., bytes_processed: _Optional[int] = ..., bytes_total: _Optional[int] = ..., format: _Optional[_Union[DataFormat, str]] = ...) -> None: ...
 
 class GetDatasetVersionRequest(_message.Message):
     __slots__ = ("dataset_version_id",)
@@ -273,7 +281,7 @@ class DuplicateCluster(_message.Message):
     def __init__(self, kept: _Optional[str] = ..., removed: _Optional[_Iterable[str]] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class GetDatasetReportResponse(_message.Message):
-    __slots__ = ("dataset_version", "issue_counts", "duplicate_clusters", "markdown", "create_time")
+    __slots__ = ("dataset_version", "issue_counts", "duplicate_clusters", "markdown", "create_time", "json", "token_length_svg")
     class IssueCountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -286,12 +294,16 @@ class GetDatasetReportResponse(_message.Message):
     DUPLICATE_CLUSTERS_FIELD_NUMBER: _ClassVar[int]
     MARKDOWN_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_LENGTH_SVG_FIELD_NUMBER: _ClassVar[int]
     dataset_version: DatasetVersion
     issue_counts: _containers.ScalarMap[str, int]
     duplicate_clusters: _containers.RepeatedCompositeFieldContainer[DuplicateCluster]
     markdown: str
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, dataset_version: _Optional[_Union[DatasetVersion, _Mapping]] = ..., issue_counts: _Optional[_Mapping[str, int]] = ..., duplicate_clusters: _Optional[_Iterable[_Union[DuplicateCluster, _Mapping]]] = ..., markdown: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    json: str
+    token_length_svg: str
+    def __init__(self, dataset_version: _Optional[_Union[DatasetVersion, _Mapping]] = ..., issue_counts: _Optional[_Mapping[str, int]] = ..., duplicate_clusters: _Optional[_Iterable[_Union[DuplicateCluster, _Mapping]]] = ..., markdown: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., json: _Optional[str] = ..., token_length_svg: _Optional[str] = ...) -> None: ...
 
 class ListDatasetIssuesRequest(_message.Message):
     __slots__ = ("dataset_version_id", "code", "page_size", "page_token")
@@ -342,3 +354,13 @@ class PreviewDatasetRecordsResponse(_message.Message):
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     records: _containers.RepeatedCompositeFieldContainer[RenderedRecord]
     def __init__(self, records: _Optional[_Iterable[_Union[RenderedRecord, _Mapping]]] = ...) -> None: ...
+
+class DeleteDatasetVersionRequest(_message.Message):
+    __slots__ = ("dataset_version_id",)
+    DATASET_VERSION_ID_FIELD_NUMBER: _ClassVar[int]
+    dataset_version_id: str
+    def __init__(self, dataset_version_id: _Optional[str] = ...) -> None: ...
+
+class DeleteDatasetVersionResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

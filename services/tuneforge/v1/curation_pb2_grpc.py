@@ -89,6 +89,11 @@ class DatasetServiceStub:
                 request_serializer=tuneforge_dot_v1_dot_curation__pb2.PreviewDatasetRecordsRequest.SerializeToString,
                 response_deserializer=tuneforge_dot_v1_dot_curation__pb2.PreviewDatasetRecordsResponse.FromString,
                 _registered_method=True)
+        self.DeleteDatasetVersion = channel.unary_unary(
+                '/tuneforge.v1.DatasetService/DeleteDatasetVersion',
+                request_serializer=tuneforge_dot_v1_dot_curation__pb2.DeleteDatasetVersionRequest.SerializeToString,
+                response_deserializer=tuneforge_dot_v1_dot_curation__pb2.DeleteDatasetVersionResponse.FromString,
+                _registered_method=True)
 
 
 class DatasetServiceServicer:
@@ -173,6 +178,13 @@ class DatasetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteDatasetVersion(self, request, context):
+        """Deletes a finished version and its files. A version still PROCESSING is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DatasetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -225,6 +237,11 @@ def add_DatasetServiceServicer_to_server(servicer, server):
                     servicer.PreviewDatasetRecords,
                     request_deserializer=tuneforge_dot_v1_dot_curation__pb2.PreviewDatasetRecordsRequest.FromString,
                     response_serializer=tuneforge_dot_v1_dot_curation__pb2.PreviewDatasetRecordsResponse.SerializeToString,
+            ),
+            'DeleteDatasetVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDatasetVersion,
+                    request_deserializer=tuneforge_dot_v1_dot_curation__pb2.DeleteDatasetVersionRequest.FromString,
+                    response_serializer=tuneforge_dot_v1_dot_curation__pb2.DeleteDatasetVersionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -502,6 +519,33 @@ class DatasetService:
             '/tuneforge.v1.DatasetService/PreviewDatasetRecords',
             tuneforge_dot_v1_dot_curation__pb2.PreviewDatasetRecordsRequest.SerializeToString,
             tuneforge_dot_v1_dot_curation__pb2.PreviewDatasetRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDatasetVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneforge.v1.DatasetService/DeleteDatasetVersion',
+            tuneforge_dot_v1_dot_curation__pb2.DeleteDatasetVersionRequest.SerializeToString,
+            tuneforge_dot_v1_dot_curation__pb2.DeleteDatasetVersionResponse.FromString,
             options,
             channel_credentials,
             insecure,

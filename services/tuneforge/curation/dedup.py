@@ -1,0 +1,215 @@
+"""Exact and near-duplicate detection at scale: content hashes, MinHash signatures, LSH banding.
+
+MinHash is computed in NumPy for whole batches at once (character k-gram rolling hashes, then
+multiply-shift hash permutations): per-record Python hashing, as general-purpose MinHash libraries
+do it, costs more than the rest of the curation pipeline put together. Candidate pairs come from
+sorting band keys (no per-record Python objects), so a million records need a few hundred MB of
+arrays at most, which the pipeline keeps in memory-mapped files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+NUM_PERM = 64
+SHINGLE_CHARS = 5
+_SHINGLE_CHUNK = 1 << 16
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+_WS = re.compile(r"\s+")
+
+
+def dedup_text(messages: list[dict[str, str]]) -> str:
+    """The text duplicates are judged on: roles and contents, case-folded, whitespace collapsed."""
+    return "\n".join(f"{m['role']}: {_WS.sub(' ', m['content']).strip().casefold()}" for m in messages)
+
+
+def exact_key(text: str) -> bytes:
+    """16-byte content hash of a dedup text."""
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+def _permutations(num_perm: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    a = rng.integers(1, 2**63, size=num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)  # odd
+    b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
+    return a, b
+
+
+_A, _B = _permutations(NUM_PERM)
+
+
+def _shingle_hashes(text: str, k: int = SHINGLE_CHARS) -> np.ndarray:
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    if codes.size == 0:
+        return np.zeros(1, dtype=np.uint64)
+    if codes.size < k:
+        k = int(codes.size)
+    count = codes.size - k + 1
+    hashes = np.zeros(count, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(k):
+            hashes = hashes * np.uint64(1_000_003) + codes[j : j + count]
+        hashes ^= hashes >> np.uint64(29)
+        hashes *= _MIX
+    return np.unique(hashes >> np.uint64(32))
+
+
+def minhash_batch(texts: list[str]) -> np.ndarray:
+    """MinHash signatures, shape (len(texts), NUM_PERM), uint32; estimates Jaccard of k-gram sets."""
+    signatures = np.empty((len(texts), NUM_PERM), dtype=np.uint32)
+    start = 0
+    while start < len(texts):
+        shingles, lengths = [], []
+        total = 0
+        end = start
+        while end < len(texts) and (total < _SHINGLE_CHUNK or end == start):
+            hashes = _shingle_hashes(texts[end])
+            shingles.append(hashes)
+            lengths.append(hashes.size)
+            total += hashes.size
+            end += 1
+        values = np.concatenate(shingles)[:, None]
+        with np.errstate(over="ignore"):
+            permuted = ((values * _A[None, :] + _B[None, :]) >> np.uint64(32)).astype(np.uint32)
+        offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        signatures[start:end] = np.minimum.reduceat(permuted, offsets, axis=0)
+        start = end
+    return signatures
+
+
+def lsh_params(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
+    """(bands, rows) minimising weighted false-positive and false-negative probability mass at `threshold`.
+
+    Missing a duplicate costs far more than checking a candidate (every candidate is verified against
+    its signature), so false negatives weigh 0.95 and false positives 0.05.
+    """
+    grid = np.linspace(0, 1, 201)
+    best, best_cost = (1, num_perm), float("inf")
+    for rows in range(1, num_perm + 1):
+        if num_perm % rows:
+            continue
+        bands = num_perm // rows
+        p = 1 - (1 - grid**rows) ** bands
+        false_positive = np.trapezoid(np.where(grid < threshold, p, 0), grid)
+        false_negative = np.trapezoid(np.where(grid >= threshold, 1 - p, 0), grid)
+        cost = 0.05 * false_positive + 0.95 * false_negative
+        if cost < best_cost:
+            best, best_cost = (bands, rows), cost
+    return best
+
+
+def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """One 64-bit key per (record, band), shape (n, bands)."""
+    keys = np.zeros((signatures.shape[0], bands), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for band in range(bands):
+            block = signatures[:, band * rows : (band + 1) * rows].astype(np.uint64)
+            key = np.full(signatures.shape[0], np.uint64(band + 1), dtype=np.uint64)
+            for column in range(rows):
+                key = key * np.uint64(0x100000001B3) ^ block[:, column]
+            keys[:, band] = key
+    return keys
+
+
+@dataclass
+class Clusters:
+    """Indices to drop and, per kept representative, the indices dropped as its duplicates."""
+
+    removed: np.ndarray
+    groups: dict[int, list[int]]
+
+
+def _find(parent: dict[int, int], item: int) -> int:
+    root = item
+    while parent.get(root, root) != root:
+        root = parent[root]
+    while parent.get(item, item) != root:
+        parent[item], item = root, parent[item]
+    return root
+
+
+def _groups_from_union(parent: dict[int, int], members: list[int]) -> Clusters:
+    groups: dict[int, list[int]] = {}
+    for member in members:
+        root = _find(parent, member)
+        groups.setdefault(root, []).append(member)
+    clusters: dict[int, list[int]] = {}
+    removed = []
+    for items in groups.values():
+        keep = min(items)  # the earliest record wins: deterministic and stable across re-runs
+        dropped = sorted(i for i in items if i != keep)
+        if dropped:
+            clusters[keep] = dropped
+            removed += dropped
+    return Clusters(np.array(sorted(removed), dtype=np.int64), clusters)
+
+
+def exact_duplicates(keys: np.ndarray) -> Clusters:
+    """Records whose 16-byte keys repeat an earlier record's; `keys` has dtype `S16`."""
+    if keys.size == 0:
+        return Clusters(np.zeros(0, dtype=np.int64), {})
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    starts = np.flatnonzero(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])))
+    groups: dict[int, list[int]] = {}
+    removed: list[int] = []
+    bounds = np.append(starts, keys.size)
+    for first, last in itertools.pairwise(bounds):
+        if last - first > 1:
+            members = sorted(order[first:last].tolist())
+            groups[members[0]] = members[1:]
+            removed += members[1:]
+    return Clusters(np.array(sorted(removed), dtype=np.int64), groups)
+
+
+def near_duplicates(signatures: np.ndarray, threshold: float, candidates: np.ndarray | None = None) -> Clusters:
+    """Clusters of records whose estimated Jaccard similarity reaches `threshold` (≤ 1 disables: 1.0).
+
+    `candidates` restricts the search to these row indices (e.g. those left after exact dedup).
+    """
+    rows_all = np.arange(signatures.shape[0]) if candidates is None else np.asarray(candidates)
+    if threshold >= 1.0 or rows_all.size < 2:
+        return Clusters(np.zeros(0, dtype=np.int64), {})
+    bands, rows = lsh_params(threshold, signatures.shape[1])
+    keys = band_keys(signatures[rows_all], bands, rows)
+    parent: dict[int, int] = {}
+    touched: set[int] = set()
+    for band in range(bands):
+        order = np.argsort(keys[:, band], kind="stable")
+        column = keys[order, band]
+        starts = np.flatnonzero(np.concatenate(([True], column[1:] != column[:-1])))
+        bounds = np.append(starts, column.size)
+        for first, last in itertools.pairwise(bounds):
+            if last - first < 2:
+                continue
+            members = np.sort(rows_all[order[first:last]])
+            anchor = int(members[0])
+            similar = (signatures[members[1:]] == signatures[anchor]).mean(axis=1) >= threshold
+            for other in members[1:][similar].tolist():
+                root_a, root_b = _find(parent, anchor), _find(parent, other)
+                if root_a != root_b:
+                    parent[max(root_a, root_b)] = min(root_a, root_b)
+                touched.update((anchor, other))
+    return _groups_from_union(parent, sorted(touched))
+
+
+def leaked(train_signatures: np.ndarray, eval_signatures: np.ndarray, threshold: float) -> np.ndarray:
+    """Indices of training prompts that near-duplicate any evaluation prompt."""
+    if eval_signatures.size == 0 or train_signatures.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    bands, rows = lsh_params(threshold, train_signatures.shape[1])
+    train_keys = band_keys(train_signatures, bands, rows)
+    eval_keys = band_keys(eval_signatures, bands, rows)
+    hits: set[int] = set()
+    for band in range(bands):
+        for index in np.flatnonzero(np.isin(train_keys[:, band], eval_keys[:, band])).tolist():
+            if index in hits:
+                continue
+            if ((eval_signatures == train_signatures[index]).mean(axis=1) >= threshold).any():
+                hits.add(index)
+    return np.array(sorted(hits), dtype=np.int64)

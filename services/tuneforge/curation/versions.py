@@ -1,0 +1,371 @@
+"""Dataset versions: validated create requests, content addressing, background builds, reads.
+
+A version is built in a separate worker process (`tuneforge.curation.worker`), so the CPU-heavy
+pipeline never competes with the gRPC event loop; the worker reads its instructions from the
+metadata row and publishes its files with one directory rename. Versions still PROCESSING when a
+service restarts are built again on start-up (`resume()`), so none is lost.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow.parquet as pq
+from sqlalchemy import and_, or_, select
+
+from tuneforge.common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from tuneforge.common.names import check_idempotency_key, check_resource_id, check_resource_name
+from tuneforge.curation.files import FileCatalog
+from tuneforge.curation.formats import FORMATS
+from tuneforge.curation.pipeline import CurationOptions, InputFile, version_id
+from tuneforge.models import ModelResolver, template_hash
+from tuneforge.store.artifacts import ArtifactStore
+from tuneforge.store.metadata import MetadataStore, decode_page_token, encode_page_token, page_size_of
+from tuneforge.store.tables import DatasetVersionRow, utcnow
+
+PROCESSING, READY, FAILED = "processing", "ready", "failed"
+LENGTH_POLICIES = ("drop", "truncate")
+
+
+@dataclass(frozen=True)
+class VersionSpec:
+    """What a client asks to build."""
+
+    dataset: str
+    file_ids: tuple[str, ...]
+    source_uri: str
+    data_format: str
+    base_model: str
+    options: CurationOptions
+    leakage_suite_id: str = ""
+
+    def request_hash(self) -> str:
+        payload = {**asdict(self), "options": self.options.canonical()}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """A dataset version as the domain reports it."""
+
+    id: str
+    dataset: str
+    state: str
+    base_model: str
+    data_format: str
+    inputs: list[dict[str, str]]
+    options: dict[str, Any]
+    counts: dict[str, Any]
+    template_hash: str
+    failure_reason: str
+    bytes_total: int
+    bytes_processed: int
+    created_at: datetime
+    updated_at: datetime
+
+
+def _info(row: DatasetVersionRow) -> VersionInfo:
+    return VersionInfo(
+        row.id,
+        row.dataset,
+        row.state,
+        row.base_model,
+        row.data_format,
+        json.loads(row.inputs_json),
+        json.loads(row.options_json),
+        json.loads(row.counts_json),
+        row.template_hash,
+        row.failure_reason,
+        row.bytes_total,
+        row.bytes_processed,
+        row.created_at,
+        row.updated_at,
+    )
+
+
+def validate_spec(spec: VersionSpec, idempotency_key: str) -> None:
+    """Checks every field at once; one InvalidArgument lists all problems."""
+    problems: list[FieldViolation] = []
+
+    def check(condition: bool, field: str, description: str) -> None:
+        if not condition:
+            problems.append(FieldViolation(field, description))
+
+    for validator, value, field in (
+        (check_resource_name, spec.dataset, "dataset"),
+        (check_idempotency_key, idempotency_key, "idempotency_key"),
+    ):
+        try:
+            validator(value, field)
+        except InvalidArgument as exc:
+            problems += exc.violations
+    check(bool(spec.file_ids) or bool(spec.source_uri), "file_ids", "give at least one file id or a source_uri")
+    for index, file_id in enumerate(spec.file_ids):
+        try:
+            check_resource_id(file_id, f"file_ids[{index}]", "file")
+        except InvalidArgument as exc:
+            problems += exc.violations
+    check(len(set(spec.file_ids)) == len(spec.file_ids), "file_ids", "lists a file more than once")
+    check(spec.data_format in ("auto", *FORMATS), "format", f"unknown format {spec.data_format!r}")
+    check(bool(spec.base_model), "settings.base_model", "name the base model whose chat template renders the data")
+    options = spec.options
+    check(16 <= options.max_seq_len <= 131072, "settings.max_seq_len", "must be between 16 and 131072 (0 = 4096)")
+    check(options.length_policy in LENGTH_POLICIES, "settings.length_policy", "must be drop or truncate")
+    check(0 <= options.validation_fraction <= 0.5, "settings.validation_fraction", "must be between 0 and 0.5")
+    check(
+        0 < options.near_duplicate_threshold <= 1,
+        "settings.near_duplicate_threshold",
+        "must be in (0, 1]; 1 disables near-duplicate removal",
+    )
+    if problems:
+        raise InvalidArgument(
+            "invalid dataset version request: " + "; ".join(f"{p.field}: {p.description}" for p in problems), problems
+        )
+
+
+class DatasetVersions:
+    """The domain behind the dataset-version calls of DatasetService."""
+
+    def __init__(
+        self,
+        metadata: MetadataStore,
+        artifacts: ArtifactStore,
+        files: FileCatalog,
+        models: ModelResolver,
+        import_roots: list[Path],
+        submit: Callable[[str, str], None],
+    ) -> None:
+        self.metadata = metadata
+        self.artifacts = artifacts
+        self.files = files
+        self.models = models
+        self.import_roots = [Path(root).expanduser().resolve() for root in import_roots]
+        self.submit = submit
+        self.tokenizer = lru_cache(maxsize=4)(self._load_tokenizer)
+
+    def _load_tokenizer(self, base_model: str) -> Any:
+        return self.models.load_tokenizer(self.models.resolve(base_model, field="settings.base_model"))
+
+    def _source_path(self, uri: str) -> Path:
+        if not self.import_roots:
+            raise InvalidArgument.for_field(
+                "source_uri", "this service reads no server-side paths (curation import_roots is empty); upload files"
+            )
+        parsed = urlparse(uri)
+        if parsed.scheme not in ("", "file") or "\x00" in uri:
+            raise InvalidArgument.for_field("source_uri", f"unsupported URI {uri!r}; use a path or file:// URI")
+        raw = Path(parsed.path if parsed.scheme else uri)
+        candidates = [raw] if raw.is_absolute() else [root / raw for root in self.import_roots]
+        for candidate in candidates:
+            resolved = candidate.resolve()
+            if any(resolved.is_relative_to(root) for root in self.import_roots) and resolved.is_file():
+                return resolved
+        raise InvalidArgument.for_field(
+            "source_uri", f"{uri!r} is not a readable file under the configured import roots"
+        )
+
+    def _inputs(self, tenant: str, spec: VersionSpec) -> list[InputFile]:
+        inputs = []
+        for index, file_id in enumerate(spec.file_ids):
+            stored, path = self.files.local_path(tenant, file_id, f"file_ids[{index}]")
+            inputs.append(InputFile(stored.filename, path, stored.sha256 or "", spec.data_format))
+        if spec.source_uri:
+            path = self._source_path(spec.source_uri)
+            digest = hashlib.sha256()
+            with path.open("rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+            inputs.append(InputFile(path.name, path, digest.hexdigest(), spec.data_format))
+        return inputs
+
+    def create(self, tenant: str, spec: VersionSpec, idempotency_key: str = "") -> VersionInfo:
+        """Validates, computes the content address, and queues a build unless the version exists."""
+        validate_spec(spec, idempotency_key)
+        if spec.leakage_suite_id:
+            raise FailedPrecondition(
+                "settings.leakage_suite_id: evaluation suites are not available on this server yet; leave it empty"
+            )
+        request_hash = spec.request_hash()
+        if idempotency_key:
+            with self.metadata.session() as session:
+                row = session.scalars(
+                    select(DatasetVersionRow).where(
+                        DatasetVersionRow.tenant == tenant, DatasetVersionRow.idempotency_key == idempotency_key
+                    )
+                ).one_or_none()
+                if row is not None:
+                    if row.request_hash != request_hash:
+                        raise FailedPrecondition(
+                            f"idempotency_key {idempotency_key!r} was already used for a different request "
+                            f"(version {row.id}); use a new key"
+                        )
+                    return _info(row)
+        inputs = self._inputs(tenant, spec)
+        tokenizer = self.tokenizer(spec.base_model)
+        hashed_template = template_hash(tokenizer)
+        new_id = version_id(inputs, spec.options, hashed_template)
+        now = utcnow()
+        with self.metadata.session() as session:
+            row = session.get(DatasetVersionRow, (tenant, new_id))
+            if row is not None:
+                return _info(row)  # same input, same settings: the same version, not built twice
+            row = DatasetVersionRow(
+                tenant=tenant,
+                id=new_id,
+                dataset=spec.dataset,
+                state=PROCESSING,
+                base_model=spec.base_model,
+                data_format=spec.data_format,
+                inputs_json=json.dumps(
+                    [
+                        {"file_id": fid, "name": f.name, "sha256": f.sha256, "path": str(f.path)}
+                        for fid, f in zip([*spec.file_ids, spec.source_uri][: len(inputs)], inputs, strict=True)
+                    ]
+                ),
+                options_json=json.dumps(spec.options.canonical() | {"batch_size": spec.options.batch_size}),
+                counts_json="{}",
+                template_hash=hashed_template,
+                failure_reason="",
+                bytes_total=sum(os.path.getsize(f.path) for f in inputs),
+                bytes_processed=0,
+                idempotency_key=idempotency_key or None,
+                request_hash=request_hash,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(row)
+            info = _info(row)
+        self.submit(tenant, new_id)
+        return info
+
+    def resume(self) -> list[tuple[str, str]]:
+        """Queues again every version left PROCESSING (e.g. by a crash); returns them."""
+        with self.metadata.session() as session:
+            pending = [
+                (r.tenant, r.id)
+                for r in session.scalars(select(DatasetVersionRow).where(DatasetVersionRow.state == PROCESSING))
+            ]
+        for tenant, vid in pending:
+            self.submit(tenant, vid)
+        return pending
+
+    def _row(self, session: Any, tenant: str, vid: str) -> DatasetVersionRow:
+        check_resource_id(vid, "dataset_version_id", "dsv")
+        row = session.get(DatasetVersionRow, (tenant, vid))
+        if row is None:
+            raise NotFound("dataset version", vid)
+        return row
+
+    def get(self, tenant: str, vid: str) -> VersionInfo:
+        with self.metadata.session() as session:
+            return _info(self._row(session, tenant, vid))
+
+    def list(
+        self, tenant: str, dataset: str = "", page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[VersionInfo], str]:
+        size = page_size_of(page_size)
+        cursor = decode_page_token(page_token)
+        query = select(DatasetVersionRow).where(DatasetVersionRow.tenant == tenant)
+        if dataset:
+            query = query.where(DatasetVersionRow.dataset == check_resource_name(dataset, "dataset"))
+        if cursor is not None:
+            created, row_id = cursor
+            query = query.where(
+                or_(
+                    DatasetVersionRow.created_at < created,
+                    and_(DatasetVersionRow.created_at == created, DatasetVersionRow.id < row_id),
+                )
+            )
+        query = query.order_by(DatasetVersionRow.created_at.desc(), DatasetVersionRow.id.desc()).limit(size + 1)
+        with self.metadata.session() as session:
+            rows = list(session.scalars(query))
+        token = encode_page_token(rows[size - 1].created_at, rows[size - 1].id) if len(rows) > size else ""
+        return [_info(r) for r in rows[:size]], token
+
+    def delete(self, tenant: str, vid: str) -> None:
+        with self.metadata.session() as session:
+            row = self._row(session, tenant, vid)
+            if row.state == PROCESSING:
+                raise FailedPrecondition(f"dataset version {vid} is still being built; delete it when it is done")
+            session.delete(row)
+        self.artifacts.for_tenant(tenant).delete_tree(f"datasets/{vid}")
+
+    def _finished(self, tenant: str, vid: str) -> VersionInfo:
+        info = self.get(tenant, vid)
+        if info.state == PROCESSING:
+            raise FailedPrecondition(f"dataset version {vid} is still being built")
+        return info
+
+    def report(self, tenant: str, vid: str) -> tuple[VersionInfo, dict[str, Any], str]:
+        """The version, its JSON report and its Markdown report."""
+        info = self._finished(tenant, vid)
+        artifacts = self.artifacts.for_tenant(tenant)
+        report = json.loads(artifacts.read_bytes(f"datasets/{vid}/report.json"))
+        markdown = artifacts.read_bytes(f"datasets/{vid}/report.md").decode()
+        return info, report, markdown
+
+    def issues(
+        self, tenant: str, vid: str, code: str = "", page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Issues in input order, paged by position in the issues file."""
+        self._finished(tenant, vid)
+        size = page_size_of(page_size)
+        start = 0
+        if page_token:
+            try:
+                start = int(base64.urlsafe_b64decode(page_token + "=" * (-len(page_token) % 4)).decode())
+            except ValueError as exc:
+                raise InvalidArgument.for_field("page_token", "is not a token returned by a previous call") from exc
+        path = self.artifacts.for_tenant(tenant).path(f"datasets/{vid}/issues.jsonl")
+        page: list[dict[str, Any]] = []
+        with path.open("rb") as handle:
+            handle.seek(start)
+            while len(page) < size:
+                line = handle.readline()
+                if not line:
+                    return page, ""
+                issue = json.loads(line)
+                if not code or issue["code"] == code:
+                    page.append(issue)
+            position = handle.tell()
+            more = bool(handle.readline())
+        token = base64.urlsafe_b64encode(str(position).encode()).decode().rstrip("=") if more else ""
+        return page, token
+
+    def preview(self, tenant: str, vid: str, split: str = "train", limit: int = 0) -> list[dict[str, Any]]:
+        """The first records of a split as training sees them: messages, decoded tokens, counts."""
+        if split not in ("train", "validation"):
+            raise InvalidArgument.for_field("split", "must be train or validation")
+        if not 0 <= limit <= 50:
+            raise InvalidArgument.for_field("limit", "must be between 0 and 50 (0 means 5)")
+        info = self._finished(tenant, vid)
+        if info.state != READY:
+            raise FailedPrecondition(f"dataset version {vid} failed: {info.failure_reason}")
+        path = self.artifacts.for_tenant(tenant).path(f"datasets/{vid}/{split}-00000.parquet")
+        if not path.exists():
+            return []
+        table = next(pq.ParquetFile(path).iter_batches(batch_size=limit or 5), None)
+        if table is None:
+            return []
+        tokenizer = self.tokenizer(info.base_model)
+        rows = table.to_pylist()
+        return [
+            {
+                "origin": row["origin"],
+                "messages": json.loads(row["messages"]),
+                "text": tokenizer.decode(row["input_ids"]),
+                "num_tokens": row["num_tokens"],
+                "num_loss_tokens": row["num_loss_tokens"],
+            }
+            for row in rows
+        ]

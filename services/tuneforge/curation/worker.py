@@ -1,0 +1,138 @@
+"""Builds one dataset version in a worker process: everything it needs is in the metadata row."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneforge.common.logging import get_logger
+from tuneforge.curation.pipeline import CurationOptions, InputFile, curate
+from tuneforge.models import ModelResolver, template_hash
+from tuneforge.store.artifacts import ArtifactStore
+from tuneforge.store.metadata import MetadataStore
+from tuneforge.store.tables import DatasetVersionRow, utcnow
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What a worker process needs to reach the stores and models (plain values: it is pickled)."""
+
+    database_url: str
+    artifact_root: str
+    model_cache_dir: str
+    trust_remote_code: tuple[str, ...] = field(default_factory=tuple)
+
+
+def build_version(config: WorkerConfig, tenant: str, version_id: str) -> str:
+    """Runs the pipeline for (tenant, version_id) and records READY or FAILED; returns the state."""
+    metadata = MetadataStore(config.database_url)
+    artifacts = ArtifactStore(Path(config.artifact_root))
+    try:
+        return _build(metadata, artifacts, config, tenant, version_id)
+    finally:
+        metadata.close()
+
+
+def _update(metadata: MetadataStore, tenant: str, version_id: str, **values: Any) -> None:
+    with metadata.session() as session:
+        row = session.get(DatasetVersionRow, (tenant, version_id))
+        if row is None:
+            return
+        for name, value in values.items():
+            setattr(row, name, value)
+        row.updated_at = utcnow()
+
+
+def _build(
+    metadata: MetadataStore, artifacts: ArtifactStore, config: WorkerConfig, tenant: str, version_id: str
+) -> str:
+    with metadata.session() as session:
+        row = session.get(DatasetVersionRow, (tenant, version_id))
+        if row is None or row.state != "processing":
+            return row.state if row is not None else "missing"
+        inputs_spec = json.loads(row.inputs_json)
+        options_values = json.loads(row.options_json)
+        base_model, dataset, expected_template = row.base_model, row.dataset, row.template_hash
+        data_format, bytes_total = row.data_format, row.bytes_total
+    work = artifacts.make_temp_dir(f"build-{version_id}")
+    try:
+        models = ModelResolver(Path(config.model_cache_dir), list(config.trust_remote_code))
+        tokenizer = models.load_tokenizer(models.resolve(base_model))
+        if template_hash(tokenizer) != expected_template:
+            raise RuntimeError(f"the tokenizer of {base_model} changed since the version was requested")
+        inputs = [InputFile(i["name"], Path(i["path"]), i["sha256"], data_format) for i in inputs_spec]
+        missing = [i.name for i in inputs if not i.path.is_file()]
+        if missing:
+            raise RuntimeError(f"input files are gone: {', '.join(missing)}")
+        processed = 0
+        last_update = 0.0
+
+        def progress(nbytes: int) -> None:
+            nonlocal processed, last_update
+            processed += nbytes
+            if time.monotonic() - last_update > 1.0:
+                last_update = time.monotonic()
+                _update(metadata, tenant, version_id, bytes_processed=processed)
+
+        out = work / "out"
+        result = curate(
+            inputs,
+            tokenizer,
+            CurationOptions(**options_values),
+            out,
+            work / "staging",
+            progress=progress,
+            metadata={
+                "version_id": version_id,
+                "dataset": dataset,
+                "base_model": base_model,
+                "template_hash": expected_template,
+                "inputs": [{"name": i.name, "sha256": i.sha256} for i in inputs],
+            },
+        )
+        manifest = {
+            "id": version_id,
+            "dataset": dataset,
+            "base_model": base_model,
+            "template_hash": expected_template,
+            "inputs": [{"name": i.name, "sha256": i.sha256} for i in inputs],
+            "format": data_format,
+            "options": CurationOptions(**options_values).canonical(),
+            "counts": result.counts,
+            "shards": result.report["shards"],
+            "pipeline_version": result.report["pipeline_version"],
+            "status": "ready" if result.ok else "failed",
+        }
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        shutil.rmtree(work / "staging", ignore_errors=True)
+        artifacts.for_tenant(tenant).publish_dir(f"datasets/{version_id}", out)
+        state = "ready" if result.ok else "failed"
+        _update(
+            metadata,
+            tenant,
+            version_id,
+            state=state,
+            counts_json=json.dumps(result.counts),
+            failure_reason=result.failure_reason,
+            bytes_processed=bytes_total,
+        )
+        log.info(
+            "dataset_version_built",
+            tenant=tenant,
+            version=version_id,
+            state=state,
+            **{k: v for k, v in result.counts.items() if isinstance(v, int)},
+        )
+        return state
+    except Exception as exc:
+        log.exception("dataset_version_failed", tenant=tenant, version=version_id)
+        _update(metadata, tenant, version_id, state="failed", failure_reason=f"the build failed: {exc}")
+        return "failed"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
