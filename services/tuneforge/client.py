@@ -126,24 +126,42 @@ class TuneforgeClient:
         filename: str | None = None,
         data_format: int = curation_pb2.DATA_FORMAT_UNSPECIFIED,
         idempotency_key: str = "",
+        on_progress: Callable[[int], None] | None = None,
     ) -> curation_pb2.File:
-        """Uploads a file (path or bytes) in chunks, with its SHA-256 for end-to-end verification."""
+        """Uploads a file (path or bytes) in chunks, streamed from disk, with its SHA-256 for verification.
+
+        `on_progress(n)` is called with the size of each chunk sent.
+        """
         if isinstance(source, bytes):
-            data, name = source, "upload.jsonl" if filename is None else filename
+            name = "upload.jsonl" if filename is None else filename
+            digest = hashlib.sha256(source).hexdigest()
+
+            def chunks() -> Iterator[bytes]:
+                for offset in range(0, len(source), UPLOAD_CHUNK_BYTES):
+                    yield source[offset : offset + UPLOAD_CHUNK_BYTES]
         else:
             path = Path(source)
-            data, name = path.read_bytes(), path.name if filename is None else filename
+            name = path.name if filename is None else filename
+            hasher = hashlib.sha256()
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(UPLOAD_CHUNK_BYTES), b""):
+                    hasher.update(block)
+            digest = hasher.hexdigest()
+
+            def chunks() -> Iterator[bytes]:
+                with path.open("rb") as handle:
+                    yield from iter(lambda: handle.read(UPLOAD_CHUNK_BYTES), b"")
+
         header = curation_pb2.UploadFileHeader(
-            filename=name,
-            format=data_format,
-            idempotency_key=idempotency_key,
-            expected_sha256=hashlib.sha256(data).hexdigest(),
+            filename=name, format=data_format, idempotency_key=idempotency_key, expected_sha256=digest
         )
 
         def messages() -> Iterator[curation_pb2.UploadFileRequest]:
             yield curation_pb2.UploadFileRequest(header=header)
-            for offset in range(0, len(data), UPLOAD_CHUNK_BYTES):
-                yield curation_pb2.UploadFileRequest(chunk=data[offset : offset + UPLOAD_CHUNK_BYTES])
+            for chunk in chunks():
+                yield curation_pb2.UploadFileRequest(chunk=chunk)
+                if on_progress is not None:
+                    on_progress(len(chunk))
 
         return self.call(self.datasets.UploadFile, messages()).file
 
@@ -162,3 +180,44 @@ class TuneforgeClient:
     def list_models(self) -> list[inference_pb2.ModelInfo]:
         """The base model and the caller's adapters the inference service can serve."""
         return list(self.call(self.inference.ListModels, inference_pb2.ListModelsRequest()).models)
+
+    def create_dataset_version(
+        self,
+        dataset: str,
+        file_ids: list[str],
+        base_model: str,
+        idempotency_key: str = "",
+        data_format: int = curation_pb2.DATA_FORMAT_UNSPECIFIED,
+        **settings: Any,
+    ) -> curation_pb2.DatasetVersion:
+        """Starts building a dataset version (see CurationSettings for `settings`)."""
+        request = curation_pb2.CreateDatasetVersionRequest(
+            idempotency_key=idempotency_key,
+            dataset=dataset,
+            file_ids=file_ids,
+            format=data_format,
+            settings=curation_pb2.CurationSettings(base_model=base_model, **settings),
+        )
+        return self.call(self.datasets.CreateDatasetVersion, request).dataset_version
+
+    def get_dataset_version(self, version_id: str) -> curation_pb2.DatasetVersion:
+        request = curation_pb2.GetDatasetVersionRequest(dataset_version_id=version_id)
+        return self.call(self.datasets.GetDatasetVersion, request).dataset_version
+
+    def wait_for_dataset_version(
+        self,
+        version_id: str,
+        timeout: float = 600.0,
+        on_progress: Callable[[curation_pb2.DatasetVersion], None] | None = None,
+    ) -> curation_pb2.DatasetVersion:
+        """Polls until the version is READY or FAILED; returns it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            version = self.get_dataset_version(version_id)
+            if on_progress is not None:
+                on_progress(version)
+            if version.state != curation_pb2.DATASET_VERSION_STATE_PROCESSING:
+                return version
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"dataset version {version_id} still processing after {timeout:.0f}s")
+            time.sleep(0.25)

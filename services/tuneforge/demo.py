@@ -20,7 +20,10 @@ from pathlib import Path
 from tuneforge.client import TuneforgeClient
 from tuneforge.services import COMPONENTS, service_names
 
-DEMO_DATA = Path(__file__).resolve().parent / "demo_data" / "event_dates.jsonl"
+DEMO_DIR = Path(__file__).resolve().parent / "demo_data"
+DEMO_DATA = DEMO_DIR / "event_dates.jsonl"
+DEMO_FILES = ["event_dates.jsonl", "dates_openai.jsonl", "translation_alpaca.jsonl", "support_sharegpt.jsonl"]
+DEMO_BASE_MODEL = "smollm2-135m-instruct"
 
 
 def _free_port() -> int:
@@ -72,6 +75,8 @@ def run_demo(workdir: Path, timeout: float = 600.0) -> int:
             if again.id != uploaded.id:
                 return 1
 
+            _curate(client, uploaded.id, workdir)
+
             models = client.list_models()
             _say(
                 "inference", "models served: " + ", ".join(f"{m.name}{' (base)' if m.is_base else ''}" for m in models)
@@ -85,6 +90,48 @@ def run_demo(workdir: Path, timeout: float = 600.0) -> int:
     _say("platform", f"SIGTERM → drained and exited with code {code}")
     _say("demo", "done" if code == 0 else "FAILED: the platform did not shut down cleanly")
     return 0 if code == 0 else 1
+
+
+def _curate(client: TuneforgeClient, event_file_id: str, workdir: Path) -> None:
+    """Curation stage: the sample files become one dataset version; the report shows each rule."""
+    from tuneforge.v1 import curation_pb2
+
+    file_ids = [event_file_id] + [client.upload_file(DEMO_DIR / name).id for name in DEMO_FILES[1:]]
+    version = client.create_dataset_version(
+        "demo", file_ids, DEMO_BASE_MODEL, idempotency_key="demo-v1", max_seq_len=1024, validation_fraction=0.15
+    )
+    _say(
+        "curation",
+        f"building dataset version {version.id} from {len(file_ids)} files with the chat template of {DEMO_BASE_MODEL}",
+    )
+    version = client.wait_for_dataset_version(version.id, timeout=600)
+    if version.state != curation_pb2.DATASET_VERSION_STATE_READY:
+        raise RuntimeError(f"dataset version failed: {version.failure_reason}")
+    c = version.counts
+    _say(
+        "curation",
+        f"read {c.records_in} records: {c.invalid} invalid, {c.exact_duplicates} exact and "
+        f"{c.near_duplicates} near duplicates removed, {c.too_long} too long → "
+        f"{c.train_records} train / {c.validation_records} validation ({c.train_tokens} train tokens)",
+    )
+    _say("curation", "PII replaced: " + ", ".join(f"{k} {v}" for k, v in sorted(c.pii_replacements.items())))
+    report = client.call(
+        client.datasets.GetDatasetReport, curation_pb2.GetDatasetReportRequest(dataset_version_id=version.id)
+    )
+    _say("curation", "issues: " + ", ".join(f"{code} {n}" for code, n in sorted(report.issue_counts.items())))
+    out = workdir / "dataset-report"
+    out.mkdir(exist_ok=True)
+    (out / "report.md").write_text(report.markdown)
+    (out / "report.json").write_text(report.json)
+    (out / "token_lengths.svg").write_text(report.token_length_svg)
+    _say("curation", f"report: {out / 'report.md'}")
+    preview = client.call(
+        client.datasets.PreviewDatasetRecords,
+        curation_pb2.PreviewDatasetRecordsRequest(dataset_version_id=version.id, limit=1),
+    ).records[0]
+    _say("curation", f"first training record ({preview.num_tokens} tokens, {preview.num_loss_tokens} trained):")
+    for line in preview.text.splitlines():
+        print(f"    {line}")
 
 
 def _wait(client: TuneforgeClient, platform: subprocess.Popen, names: list[str], timeout: float, log: Path) -> None:

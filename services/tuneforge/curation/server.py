@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
-from concurrent.futures import Future, ProcessPoolExecutor
 
 import grpc
 
@@ -12,9 +10,10 @@ from tuneforge.common.logging import get_logger
 from tuneforge.common.server import TuneforgeServer, build_server
 from tuneforge.common.settings import Settings
 from tuneforge.curation.files import FileCatalog
+from tuneforge.curation.runner import BuildRunner
 from tuneforge.curation.servicer import DatasetServicer
 from tuneforge.curation.versions import DatasetVersions
-from tuneforge.curation.worker import WorkerConfig, build_version
+from tuneforge.curation.worker import WorkerConfig
 from tuneforge.platform import Platform, PlatformComponent
 from tuneforge.v1 import curation_pb2, curation_pb2_grpc
 
@@ -30,38 +29,23 @@ class CurationComponent(PlatformComponent):
         super().__init__(platform)
         settings = platform.settings
         self.files = FileCatalog(platform.metadata, platform.artifacts, settings.max_upload_bytes)
-        self.worker_config = WorkerConfig(
-            database_url=str(settings.database_url),
-            artifact_root=str(platform.artifacts.root),
-            model_cache_dir=str(settings.models.cache_dir),
-            trust_remote_code=tuple(settings.models.trust_remote_code),
+        self.runner = BuildRunner(
+            WorkerConfig(
+                database_url=str(settings.database_url),
+                artifact_root=str(platform.artifacts.root),
+                model_cache_dir=str(settings.models.cache_dir),
+                trust_remote_code=tuple(settings.models.trust_remote_code),
+            ),
+            settings.curation.workers,
         )
-        self._executor: ProcessPoolExecutor | None = None
         self.versions = DatasetVersions(
             platform.metadata,
             platform.artifacts,
             self.files,
             platform.models,
             settings.curation.import_roots,
-            self._submit,
+            self.runner.submit,
         )
-
-    def _submit(self, tenant: str, version_id: str) -> None:
-        if self._executor is None:
-            # spawn, not fork: the gRPC server's threads must not be copied into the workers
-            self._executor = ProcessPoolExecutor(
-                self.platform.settings.curation.workers, mp_context=multiprocessing.get_context("spawn")
-            )
-        future = self._executor.submit(build_version, self.worker_config, tenant, version_id)
-        future.add_done_callback(lambda f: self._done(f, tenant, version_id))
-
-    @staticmethod
-    def _done(future: Future[str], tenant: str, version_id: str) -> None:
-        if future.cancelled():
-            return
-        error = future.exception()
-        if error is not None:
-            log.error("dataset_build_crashed", tenant=tenant, version=version_id, error=str(error))
 
     def register(self, server: grpc.aio.Server) -> None:
         curation_pb2_grpc.add_DatasetServiceServicer_to_server(DatasetServicer(self.files, self.versions), server)
@@ -73,12 +57,8 @@ class CurationComponent(PlatformComponent):
             log.info("dataset_builds_resumed", versions=[vid for _, vid in resumed])
 
     async def stop(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            # unfinished builds stay PROCESSING and are resumed by the next start
-            for process in list(getattr(executor, "_processes", {}).values()):
-                process.terminate()
-            executor.shutdown(wait=False, cancel_futures=True)
+        # unfinished builds stay PROCESSING and are resumed by the next start
+        await asyncio.to_thread(self.runner.stop)
 
 
 async def create_server(settings: Settings) -> tuple[TuneforgeServer, int]:

@@ -136,3 +136,24 @@ def _build(
         return "failed"
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> int:
+    """`python -m tuneforge.curation.worker TENANT VERSION_ID` with the WorkerConfig as JSON on stdin.
+
+    The config travels on stdin, not argv, because the database URL may hold a password.
+    """
+    import sys
+
+    from tuneforge.common.logging import configure_logging
+
+    configure_logging("INFO", "json")
+    tenant, version_id = sys.argv[1:3]
+    values = json.loads(sys.stdin.read())
+    values["trust_remote_code"] = tuple(values.get("trust_remote_code", ()))
+    state = build_version(WorkerConfig(**values), tenant, version_id)
+    return 0 if state in ("ready", "failed") else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
