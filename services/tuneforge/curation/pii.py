@@ -26,7 +26,7 @@ PLACEHOLDERS = {
 
 EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}\b")
 CN_ID = re.compile(r"(?<!\d)[1-9]\d{5}(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?![\dA-Za-z])")
-CARD = re.compile(r"(?<![\d+-])(?:\d[ -]?){12,18}\d(?![\d-])")
+CARD = re.compile(r"(?<![0-9A-Za-z+-])(?:\d[ -]?){12,18}\d(?![0-9A-Za-z-])")
 CN_MOBILE = re.compile(r"(?<!\d)(?:(?:\+|00)86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}(?!\d)")
 INTL_PHONE = re.compile(r"(?<![\w+])\+\d{1,3}[ -]?(?:\(\d{1,4}\)[ -]?)?\d{1,4}(?:[ -]?\d{2,4}){2,4}(?!\d)")
 NANP_PHONE = re.compile(r"(?<!\d)\(\d{3}\)[ ]?\d{3}-\d{4}(?!\d)|(?<![\d-])\d{3}-\d{3}-\d{4}(?![\d-])")
@@ -90,12 +90,12 @@ _RULES: tuple[tuple[str, re.Pattern[str], Any], ...] = (
     ("ip", IPV4, _valid_ip),
     ("ip", IPV6, _valid_ipv6),
 )
-_QUICK_CHECK = re.compile(r"[@:]|\d{3}")
+_QUICK_CHECK = re.compile(r"[@:]|\d{3}|\d\.\d")
 
 
 def scrub_text(text: str, counts: Counter[str]) -> str:
     """`text` with every PII match replaced by its placeholder; `counts` gains one per replacement."""
-    if not _QUICK_CHECK.search(text):  # no digits run, no @, no colon: nothing can match
+    if not _QUICK_CHECK.search(text):  # no @, no colon, no digit run or dotted digits: nothing can match
         return text
     for kind, pattern, validator in _RULES:
         placeholder = PLACEHOLDERS[kind]

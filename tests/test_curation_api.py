@@ -1,0 +1,194 @@
+"""DatasetService dataset versions over gRPC: build, read back, idempotency, tenancy, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tuneforge.client import TuneforgeClient, TuneforgeError
+from tuneforge.v1 import curation_pb2
+
+DEMO = Path(__file__).resolve().parents[1] / "services" / "tuneforge" / "demo_data"
+
+
+@pytest.fixture(scope="module")
+def built(platform_server, keys_file) -> dict:
+    """One version built from two demo files for tenant acme, shared by the read-back tests."""
+    from conftest import ACME_KEY
+
+    with TuneforgeClient(platform_server.address, api_key=ACME_KEY) as client:
+        files = [client.upload_file(DEMO / name).id for name in ("translation_alpaca.jsonl", "support_sharegpt.jsonl")]
+        version = client.create_dataset_version(
+            "support", files, "tiny-qwen2", idempotency_key="build-1", validation_fraction=0.2, max_seq_len=512
+        )
+        assert version.state == curation_pb2.DATASET_VERSION_STATE_PROCESSING
+        done = client.wait_for_dataset_version(version.id, timeout=300)
+        return {"files": files, "version": done}
+
+
+def test_a_version_is_built_and_ready(built: dict) -> None:
+    version = built["version"]
+    assert version.state == curation_pb2.DATASET_VERSION_STATE_READY, version.failure_reason
+    assert version.id.startswith("dsv-") and version.dataset == "support"
+    counts = version.counts
+    assert counts.records_in == 50
+    assert counts.invalid == 4  # broken JSON, missing output, unrecognized role, no answer
+    assert counts.exact_duplicates == 2 and counts.near_duplicates >= 1
+    assert counts.train_records + counts.validation_records == 50 - 4 - counts.exact_duplicates - counts.near_duplicates
+    assert dict(counts.pii_replacements)["email"] == 16
+    assert version.bytes_processed == version.bytes_total > 0
+    assert len(version.template_hash) == 64
+
+
+def test_same_input_and_settings_give_the_same_version(acme: TuneforgeClient, built: dict) -> None:
+    again = acme.create_dataset_version(
+        "support", built["files"], "tiny-qwen2", validation_fraction=0.2, max_seq_len=512
+    )
+    assert again.id == built["version"].id
+    assert again.state == curation_pb2.DATASET_VERSION_STATE_READY  # not built twice
+    other = acme.create_dataset_version(
+        "support",
+        built["files"],
+        "tiny-qwen2",
+        validation_fraction=0.2,
+        max_seq_len=256,
+        idempotency_key="other-settings",
+    )
+    assert other.id != built["version"].id
+    acme.wait_for_dataset_version(other.id, timeout=300)
+
+
+def test_idempotency_key_reuse_for_another_request_is_refused(acme: TuneforgeClient, built: dict) -> None:
+    same = acme.create_dataset_version(
+        "support", built["files"], "tiny-qwen2", idempotency_key="build-1", validation_fraction=0.2, max_seq_len=512
+    )
+    assert same.id == built["version"].id
+    with pytest.raises(TuneforgeError) as info:
+        acme.create_dataset_version("support", built["files"][:1], "tiny-qwen2", idempotency_key="build-1")
+    assert info.value.code == "FAILED_PRECONDITION"
+
+
+def test_report_issues_and_preview(acme: TuneforgeClient, built: dict) -> None:
+    vid = built["version"].id
+    report = acme.call(acme.datasets.GetDatasetReport, curation_pb2.GetDatasetReportRequest(dataset_version_id=vid))
+    assert dict(report.issue_counts) == {
+        "invalid_json": 1,
+        "missing_field": 1,
+        "unrecognized_role": 1,
+        "missing_assistant_message": 1,
+    }
+    assert any(c.kind == "exact" for c in report.duplicate_clusters)
+    assert "PII replaced" in report.markdown and report.token_length_svg.startswith("<svg")
+    assert json.loads(report.json)["counts"]["records_in"] == 50
+
+    issues, token = [], ""
+    while True:
+        page = acme.call(
+            acme.datasets.ListDatasetIssues,
+            curation_pb2.ListDatasetIssuesRequest(dataset_version_id=vid, page_size=1, page_token=token),
+        )
+        issues += page.issues
+        token = page.next_page_token
+        if not token:
+            break
+    assert [(i.source, i.line, i.code) for i in issues] == [
+        ("translation_alpaca.jsonl", 28, "invalid_json"),
+        ("translation_alpaca.jsonl", 29, "missing_field"),
+        ("support_sharegpt.jsonl", 20, "unrecognized_role"),
+        ("support_sharegpt.jsonl", 21, "missing_assistant_message"),
+    ]
+    only = acme.call(
+        acme.datasets.ListDatasetIssues,
+        curation_pb2.ListDatasetIssuesRequest(dataset_version_id=vid, code="missing_field"),
+    )
+    assert [i.line for i in only.issues] == [29] and only.issues[0].field == "output"
+
+    preview = acme.call(
+        acme.datasets.PreviewDatasetRecords, curation_pb2.PreviewDatasetRecordsRequest(dataset_version_id=vid, limit=3)
+    )
+    assert len(preview.records) == 3
+    record = preview.records[0]
+    assert record.text.startswith("<|im_start|>") and "<|im_start|>assistant\n" in record.text
+    assert 0 < record.num_loss_tokens < record.num_tokens
+
+
+def test_list_filters_by_dataset(acme: TuneforgeClient, built: dict) -> None:
+    listed = acme.call(acme.datasets.ListDatasetVersions, curation_pb2.ListDatasetVersionsRequest(dataset="support"))
+    assert built["version"].id in [v.id for v in listed.dataset_versions]
+    other = acme.call(acme.datasets.ListDatasetVersions, curation_pb2.ListDatasetVersionsRequest(dataset="nothing"))
+    assert list(other.dataset_versions) == []
+
+
+def test_other_tenants_see_nothing(globex: TuneforgeClient, built: dict) -> None:
+    vid = built["version"].id
+    for method, request in [
+        (globex.datasets.GetDatasetVersion, curation_pb2.GetDatasetVersionRequest(dataset_version_id=vid)),
+        (globex.datasets.GetDatasetReport, curation_pb2.GetDatasetReportRequest(dataset_version_id=vid)),
+        (globex.datasets.ListDatasetIssues, curation_pb2.ListDatasetIssuesRequest(dataset_version_id=vid)),
+        (globex.datasets.PreviewDatasetRecords, curation_pb2.PreviewDatasetRecordsRequest(dataset_version_id=vid)),
+        (globex.datasets.DeleteDatasetVersion, curation_pb2.DeleteDatasetVersionRequest(dataset_version_id=vid)),
+    ]:
+        with pytest.raises(TuneforgeError) as info:
+            globex.call(method, request)
+        assert info.value.code == "NOT_FOUND", method
+    assert vid not in [
+        v.id
+        for v in globex.call(
+            globex.datasets.ListDatasetVersions, curation_pb2.ListDatasetVersionsRequest()
+        ).dataset_versions
+    ]
+    with pytest.raises(TuneforgeError) as info:  # nor can they build from another tenant's files
+        globex.create_dataset_version("steal", built["files"], "tiny-qwen2")
+    assert info.value.code == "NOT_FOUND"
+
+
+def test_invalid_requests_name_every_bad_field_at_once(acme: TuneforgeClient) -> None:
+    request = curation_pb2.CreateDatasetVersionRequest(
+        dataset="Not Valid",
+        file_ids=["../x"],
+        settings=curation_pb2.CurationSettings(max_seq_len=5, validation_fraction=0.9, near_duplicate_threshold=0),
+    )
+    with pytest.raises(TuneforgeError) as info:
+        acme.call(acme.datasets.CreateDatasetVersion, request)
+    assert info.value.code == "INVALID_ARGUMENT"
+    fields = {name for name, _ in info.value.violations}
+    assert fields == {
+        "dataset",
+        "file_ids[0]",
+        "settings.base_model",
+        "settings.max_seq_len",
+        "settings.validation_fraction",
+        "settings.near_duplicate_threshold",
+    }
+
+
+def test_unknown_base_model_and_server_paths(acme: TuneforgeClient) -> None:
+    stored = acme.upload_file(b'{"instruction": "a", "output": "b"}\n', filename="tiny.jsonl")
+    with pytest.raises(TuneforgeError) as info:
+        acme.create_dataset_version("x", [stored.id], "not a model!")
+    assert info.value.code == "INVALID_ARGUMENT" and info.value.violations[0][0] == "settings.base_model"
+    request = curation_pb2.CreateDatasetVersionRequest(
+        dataset="x", source_uri="/etc/passwd", settings=curation_pb2.CurationSettings(base_model="tiny-qwen2")
+    )
+    with pytest.raises(TuneforgeError) as info:
+        acme.call(acme.datasets.CreateDatasetVersion, request)
+    assert info.value.code == "INVALID_ARGUMENT" and info.value.violations[0][0] == "source_uri"
+
+
+def test_a_failed_version_says_why_and_can_be_deleted(acme: TuneforgeClient) -> None:
+    stored = acme.upload_file(b"[1, 2, 3]\n", filename="array.json")
+    version = acme.wait_for_dataset_version(acme.create_dataset_version("bad", [stored.id], "tiny-qwen2").id)
+    assert version.state == curation_pb2.DATASET_VERSION_STATE_FAILED
+    assert "JSON array" in version.failure_reason
+    report = acme.call(
+        acme.datasets.GetDatasetReport, curation_pb2.GetDatasetReportRequest(dataset_version_id=version.id)
+    )
+    assert dict(report.issue_counts) == {"json_array_file": 1}
+    acme.call(
+        acme.datasets.DeleteDatasetVersion, curation_pb2.DeleteDatasetVersionRequest(dataset_version_id=version.id)
+    )
+    with pytest.raises(TuneforgeError) as info:
+        acme.get_dataset_version(version.id)
+    assert info.value.code == "NOT_FOUND"
