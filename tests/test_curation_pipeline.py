@@ -105,7 +105,7 @@ def test_alpaca_json_outputs_are_serialized_deterministically(tmp_path: Path, to
         "a.jsonl",
         [{"instruction": "Extract.", "input": "On 4 March 2025.", "output": {"date": "2025-03-04", "b": [1, 2]}}],
     )
-    result, out = _run(tmp_path, tokenizer, [item], validation_fraction=0)
+    _result, out = _run(tmp_path, tokenizer, [item], validation_fraction=0)
     answer = _all_messages(out)[0][-1]["content"]
     assert answer == '{"b": [1, 2], "date": "2025-03-04"}'
     assert json.loads(answer)["date"] == "2025-03-04"
@@ -174,7 +174,7 @@ def test_conversation_rules(tmp_path: Path, tokenizer) -> None:
         ]
     }
     lines = [good, *[case for case, _ in CONVERSATION_CASES], trailing]
-    result, out = _run(
+    _result, out = _run(
         tmp_path, tokenizer, [_file(tmp_path, "c.jsonl", lines)], max_invalid_fraction=1.0, validation_fraction=0
     )
     codes = {(i["line"], i["code"]) for i in _issues(out)}
@@ -196,7 +196,7 @@ def test_corrupted_upload_bom_crlf_blank_lines_and_a_5mb_line(tmp_path: Path, to
         + json.dumps({"instruction": "second", "output": "z"}).encode()
         + b"\r\n"
     )
-    result, out = _run(
+    _result, out = _run(
         tmp_path, tokenizer, [_file(tmp_path, "c.jsonl", content)], max_invalid_fraction=0.9, validation_fraction=0
     )
     issues = {(i["line"], i["code"]) for i in _issues(out)}
@@ -294,11 +294,11 @@ def test_ids_and_splits_are_deterministic(tmp_path: Path, tokenizer) -> None:
     )
     assert version_id([item], options, hashed) != version_id([item], CurationOptions(seed=4), hashed)
     first, out1 = _run(tmp_path, tokenizer, [item], validation_fraction=0.2, seed=3)
-    again, out2 = _run(tmp_path, tokenizer, [item], validation_fraction=0.2, seed=3, batch_size=7)
+    _again, out2 = _run(tmp_path, tokenizer, [item], validation_fraction=0.2, seed=3, batch_size=7)
     assert _rows(out1, "validation") == _rows(out2, "validation")
     assert _rows(out1) == _rows(out2)
     assert 20 <= first.counts["validation_records"] <= 60
-    other, out3 = _run(tmp_path, tokenizer, [item], validation_fraction=0.2, seed=4)
+    _other, out3 = _run(tmp_path, tokenizer, [item], validation_fraction=0.2, seed=4)
     assert {r["origin"] for r in _rows(out3, "validation")} != {r["origin"] for r in _rows(out1, "validation")}
 
 
@@ -314,3 +314,27 @@ def test_records_carry_ids_masks_and_pii_counts(tmp_path: Path, tokenizer) -> No
     report = json.loads((out / "report.json").read_text())
     assert report["token_lengths"]["max"] == row["num_tokens"]
     assert (out / "token_lengths.svg").read_text().startswith("<svg")
+
+
+def test_the_pipeline_runs_under_ray_data_with_identical_results(tmp_path: Path, tokenizer, local_ray) -> None:  # noqa: ANN001
+    from tuneforge.curation.distributed import ray_data_batches
+
+    demo = Path(__file__).resolve().parents[1] / "services" / "tuneforge" / "demo_data"
+    files = [
+        InputFile(name, demo / name, hashlib.sha256((demo / name).read_bytes()).hexdigest())
+        for name in ("translation_alpaca.jsonl", "support_sharegpt.jsonl", "event_dates.jsonl")
+    ]
+    options = CurationOptions(validation_fraction=0.2, batch_size=16)
+    local = curate(files, tokenizer, options, tmp_path / "local", tmp_path / "local-work")
+    distributed = curate(
+        files,
+        tokenizer,
+        options,
+        tmp_path / "ray",
+        tmp_path / "ray-work",
+        batches=ray_data_batches(str(MODEL_CACHE / "tiny-qwen2"), options, concurrency=2),
+    )
+    assert distributed.ok and distributed.counts == local.counts
+    for split in ("train", "validation"):
+        assert _rows(tmp_path / "ray", split) == _rows(tmp_path / "local", split)
+    assert _issues(tmp_path / "ray") == _issues(tmp_path / "local")
