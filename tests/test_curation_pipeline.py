@@ -127,7 +127,8 @@ CASES: list[tuple[bytes | dict[str, Any], str, str]] = [
 def test_every_record_error_code_is_reported_with_its_line_and_good_records_survive(tmp_path: Path, tokenizer) -> None:
     lines: list[Any] = []
     for content, _, _ in CASES:
-        lines += [GOOD | {"instruction": f"good before {len(lines)}"}, content]
+        distinct = hashlib.sha256(str(len(lines)).encode()).hexdigest()  # unlike each other: no near duplicates
+        lines += [GOOD | {"instruction": f"good {distinct}"}, content]
     lines.append(GOOD | {"instruction": "good last"})
     result, out = _run(
         tmp_path, tokenizer, [_file(tmp_path, "mixed.jsonl", lines)], max_invalid_fraction=0.9, validation_fraction=0

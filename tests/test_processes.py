@@ -118,3 +118,44 @@ def test_demo_runs_to_the_end(tmp_path: Path) -> None:
     assert "same file" in result.stdout and "(ok)" in result.stdout
     assert "smollm2-135m-instruct (base)" in result.stdout
     assert "exited with code 0" in result.stdout
+
+
+def test_datasets_cli_upload_list_report_issues_delete(platform_server, tmp_path: Path) -> None:
+    env = {**os.environ, "TUNEFORGE_ADDRESS": platform_server.address, "TUNEFORGE_API_KEY": ACME_KEY}
+    demo = Path(__file__).resolve().parents[1] / "services" / "tuneforge" / "demo_data"
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "tuneforge.cli", "datasets", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    built = cli(
+        "upload",
+        str(demo / "translation_alpaca.jsonl"),
+        "--dataset",
+        "cli-demo",
+        "--base-model",
+        "tiny-qwen2",
+        "--validation-fraction",
+        "0.1",
+    )
+    assert built.returncode == 0, built.stderr
+    version_id = built.stdout.split()[0]
+    assert version_id.startswith("dsv-") and "ready" in built.stdout
+    assert "upload translation_alpaca.jsonl" in built.stderr and "curate" in built.stderr  # progress bars
+    listed = cli("list", "--dataset", "cli-demo")
+    assert version_id in listed.stdout
+    report = cli("report", version_id, "--out", str(tmp_path / "report"))
+    assert report.returncode == 0 and (tmp_path / "report" / "token_lengths.svg").exists()
+    assert "exact duplicates removed | 2" in (tmp_path / "report" / "report.md").read_text()
+    issues = cli("issues", version_id)
+    assert "translation_alpaca.jsonl:28  invalid_json" in issues.stdout
+    deleted = cli("delete", version_id)
+    assert deleted.returncode == 0
+    missing = cli("show", version_id)
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr

@@ -57,6 +57,14 @@ class ChatRenderer:
         }
         self._layouts: dict[tuple[tuple[str, ...], bool], list[str | int]] = {}
         self._template_ids: dict[str, list[int]] = {}
+        self._content_backend = None
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None and hasattr(backend, "encode_special_tokens"):
+            # A private copy that reads special-token strings as plain text (the shared one must not change).
+            from tokenizers import Tokenizer
+
+            self._content_backend = Tokenizer.from_str(backend.to_str())
+            self._content_backend.encode_special_tokens = True
 
     def _layout(self, roles: tuple[str, ...], add_generation_prompt: bool) -> list[str | int]:
         """Template text pieces (str) and message indices (int) for this role pattern."""
@@ -88,6 +96,11 @@ class ChatRenderer:
             self._template_ids[piece] = ids
         return ids
 
+    def _encode_contents(self, contents: list[str]) -> list[list[int]]:
+        if self._content_backend is not None:
+            return [e.ids for e in self._content_backend.encode_batch_fast(contents, add_special_tokens=False)]
+        return self.tokenizer(contents, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
     def render_text(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False) -> str:
         """The rendered text (for previews and logs)."""
         roles = tuple(m["role"] for m in messages)
@@ -106,11 +119,7 @@ class ChatRenderer:
         """Token ids and loss masks of each conversation (contents tokenized in one batch call)."""
         layouts = [self._layout(tuple(m["role"] for m in c), add_generation_prompt) for c in conversations]
         contents = [m["content"] for c in conversations for m in c]
-        content_ids = (
-            self.tokenizer(contents, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-            if contents
-            else []
-        )
+        content_ids = self._encode_contents(contents) if contents else []
         rendered = []
         offset = 0
         for conversation, layout in zip(conversations, layouts, strict=True):

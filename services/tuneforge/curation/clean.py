@@ -21,9 +21,14 @@ _BLANK_LINES = re.compile(r"\n{3,}")
 
 
 def _collapse(prose: str) -> str:
-    prose = _TRAILING_SPACES.sub("\n", prose)
-    prose = _INNER_SPACES.sub(" ", prose)
-    return _BLANK_LINES.sub("\n\n", prose)
+    # substring checks first: most texts need none of the three rewrites, and `in` is far cheaper than `sub`
+    if "\n" in prose:
+        prose = _TRAILING_SPACES.sub("\n", prose)
+        if "\n\n\n" in prose:
+            prose = _BLANK_LINES.sub("\n\n", prose)
+    if "  " in prose or "\t" in prose or "\u00a0" in prose or "\u3000" in prose:
+        prose = _INNER_SPACES.sub(" ", prose)
+    return prose
 
 
 def _is_json_document(text: str) -> bool:
@@ -39,8 +44,12 @@ def _is_json_document(text: str) -> bool:
 
 def clean_text(text: str) -> str:
     """NFC, no invisible/control characters, CRLF → LF, stray whitespace collapsed outside code."""
-    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
-    text = _INVISIBLE.sub("", text)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.isascii():
+        text = unicodedata.normalize("NFC", text)
+    if _INVISIBLE.search(text):
+        text = _INVISIBLE.sub("", text)
     if _is_json_document(text):
         return text.strip()
     if "```" in text:

@@ -1,10 +1,10 @@
 """Exact and near-duplicate detection at scale: content hashes, MinHash signatures, LSH banding.
 
 MinHash is computed in NumPy for whole batches at once (character k-gram rolling hashes, then
-multiply-shift hash permutations): per-record Python hashing, as general-purpose MinHash libraries
-do it, costs more than the rest of the curation pipeline put together. Candidate pairs come from
-sorting band keys (no per-record Python objects), so a million records need a few hundred MB of
-arrays at most, which the pipeline keeps in memory-mapped files.
+one-permutation hashing): per-record Python hashing with one hash function per signature slot, as
+general-purpose MinHash libraries do it, costs more than the rest of the curation pipeline together.
+Candidate pairs come from sorting band keys (no per-record Python objects), so a million records
+need a few hundred MB of arrays at most, which the pipeline keeps in memory-mapped files.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ import numpy as np
 
 NUM_PERM = 64
 SHINGLE_CHARS = 5
-_SHINGLE_CHUNK = 1 << 16
-_MIX = np.uint64(0x9E3779B97F4A7C15)
 _WS = re.compile(r"\s+")
 
 
@@ -33,53 +31,77 @@ def exact_key(text: str) -> bytes:
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
-def _permutations(num_perm: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    a = rng.integers(1, 2**63, size=num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)  # odd
-    b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
-    return a, b
+_EMPTY = np.uint32(0xFFFFFFFF)
+_BIN_BITS = int(np.log2(NUM_PERM))
+_VALUE_MASK = np.uint32((1 << (32 - _BIN_BITS)) - 1)
 
 
-_A, _B = _permutations(NUM_PERM)
-
-
-def _shingle_hashes(text: str, k: int = SHINGLE_CHARS) -> np.ndarray:
-    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-    if codes.size == 0:
-        return np.zeros(1, dtype=np.uint64)
-    if codes.size < k:
-        k = int(codes.size)
-    count = codes.size - k + 1
-    hashes = np.zeros(count, dtype=np.uint64)
+def _mix32(values: np.ndarray) -> np.ndarray:
+    """murmur3's 32-bit finalizer: spreads k-gram hashes uniformly over bins and values."""
     with np.errstate(over="ignore"):
-        for j in range(k):
-            hashes = hashes * np.uint64(1_000_003) + codes[j : j + count]
-        hashes ^= hashes >> np.uint64(29)
-        hashes *= _MIX
-    return np.unique(hashes >> np.uint64(32))
+        values = values ^ (values >> np.uint32(16))
+        values = values * np.uint32(0x85EBCA6B)
+        values = values ^ (values >> np.uint32(13))
+        values = values * np.uint32(0xC2B2AE35)
+        return values ^ (values >> np.uint32(16))
 
 
-def minhash_batch(texts: list[str]) -> np.ndarray:
-    """MinHash signatures, shape (len(texts), NUM_PERM), uint32; estimates Jaccard of k-gram sets."""
-    signatures = np.empty((len(texts), NUM_PERM), dtype=np.uint32)
-    start = 0
-    while start < len(texts):
-        shingles, lengths = [], []
-        total = 0
-        end = start
-        while end < len(texts) and (total < _SHINGLE_CHUNK or end == start):
-            hashes = _shingle_hashes(texts[end])
-            shingles.append(hashes)
-            lengths.append(hashes.size)
-            total += hashes.size
-            end += 1
-        values = np.concatenate(shingles)[:, None]
+def minhash_batch(texts: list[str], k: int = SHINGLE_CHARS) -> np.ndarray:
+    """MinHash signatures, shape (len(texts), NUM_PERM) uint32, estimating Jaccard of character k-grams.
+
+    One-permutation hashing with rotation densification (Shrivastava & Li): every k-gram is hashed
+    once (32 bits: the top bits pick one of NUM_PERM bins, the rest is the value) and each bin keeps
+    its minimum; empty bins borrow from the next non-empty one. The fraction of equal bins estimates
+    Jaccard similarity like classic MinHash at 1/NUM_PERM of its cost. The k-gram hashes of a whole
+    batch come from a few vectorized passes over the concatenated code points.
+    """
+    count = len(texts)
+    signatures = np.full((count, NUM_PERM), _EMPTY, dtype=np.uint32)
+    if count == 0:
+        return signatures
+    lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=count)
+    codes = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32)
+    windows = codes.size - k + 1
+    if windows > 0:
+        hashes = codes[:windows].copy()
         with np.errstate(over="ignore"):
-            permuted = ((values * _A[None, :] + _B[None, :]) >> np.uint64(32)).astype(np.uint32)
-        offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-        signatures[start:end] = np.minimum.reduceat(permuted, offsets, axis=0)
-        start = end
+            for j in range(1, k):
+                hashes *= np.uint32(0x01000193)
+                hashes += codes[j : j + windows]
+        ends = np.cumsum(lengths)
+        whole = np.ones(windows, dtype=bool)  # drop windows that run into the next text
+        crossing = (ends[:, None] - np.arange(1, k)[None, :]).ravel()
+        whole[crossing[(crossing >= 0) & (crossing < windows)]] = False
+        owner = np.repeat(np.arange(count, dtype=np.int64), lengths)[:windows][whole]
+        hashes = _mix32(hashes[whole])
+        slots = owner * NUM_PERM + (hashes >> np.uint32(32 - _BIN_BITS)).astype(np.int64)
+        np.minimum.at(signatures.reshape(-1), slots, hashes & _VALUE_MASK)
+    for row in np.flatnonzero(lengths < k):  # texts shorter than one k-gram: hash them whole
+        value = _mix32(np.array([hash_text_stable(texts[row]) & 0xFFFFFFFF], dtype=np.uint32))[0]
+        signatures[row, int(value >> np.uint32(32 - _BIN_BITS))] = value & _VALUE_MASK
+    _densify(signatures)
     return signatures
+
+
+def hash_text_stable(text: str) -> int:
+    """A 64-bit hash of a text that is the same in every process (unlike `hash()`)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def _densify(signatures: np.ndarray) -> None:
+    """Fills empty bins from the next non-empty bin to the right (circularly), offset by the distance."""
+    for row in np.flatnonzero((signatures == _EMPTY).any(axis=1)):  # only short texts have empty bins
+        values = signatures[row]
+        filled = np.flatnonzero(values != _EMPTY)
+        if filled.size == 0:
+            continue
+        empty = np.flatnonzero(values == _EMPTY)
+        position = np.searchsorted(filled, empty) % filled.size
+        source = filled[position]
+        distance = (source - empty) % NUM_PERM
+        with np.errstate(over="ignore"):
+            borrowed = values[source] + distance.astype(np.uint32) * np.uint32(0x9E3779B1)
+        values[empty] = borrowed & _VALUE_MASK
 
 
 def lsh_params(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:

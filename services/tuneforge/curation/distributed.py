@@ -54,3 +54,57 @@ def ray_data_batches(
             yield table.to_pydict()
 
     return run
+
+
+_POOL_PROCESSOR: RecordProcessor | None = None
+
+
+def _pool_init(tokenizer_source: str, options: dict[str, Any], prompt_signatures: bool) -> None:
+    import os
+
+    # the processes already use every core: a tokenizer thread pool per process would oversubscribe them
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    global _POOL_PROCESSOR
+    _POOL_PROCESSOR = RecordProcessor(tokenizer_source, CurationOptions(**options), prompt_signatures)
+
+
+def _pool_process(batch: dict[str, list[Any]]) -> tuple[dict[str, list[Any]], dict[str, float]]:
+    assert _POOL_PROCESSOR is not None
+    before = dict(_POOL_PROCESSOR.seconds)
+    out = _POOL_PROCESSOR(batch)
+    spent = {stage: seconds - before.get(stage, 0.0) for stage, seconds in _POOL_PROCESSOR.seconds.items()}
+    return out, spent
+
+
+def process_pool_batches(
+    tokenizer_source: str, options: CurationOptions, processes: int
+) -> Callable[[Iterator[dict[str, list[Any]]], RecordProcessor], Iterator[dict[str, Any]]]:
+    """A `batches=` runner that uses `processes` local worker processes (all cores of one machine).
+
+    Results come back in input order; at most two batches per process are in flight, so memory
+    stays bounded however large the input. Stage timings are summed into the local processor's.
+    """
+
+    def run(line_batches: Iterator[dict[str, list[Any]]], local: RecordProcessor) -> Iterator[dict[str, Any]]:
+        import collections
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")  # no fork: tokenizer thread pools do not survive it
+        with context.Pool(
+            processes, initializer=_pool_init, initargs=(tokenizer_source, asdict(options), local.prompt_signatures)
+        ) as pool:
+            pending: collections.deque[Any] = collections.deque()
+            for batch in line_batches:
+                pending.append(pool.apply_async(_pool_process, (batch,)))
+                while len(pending) >= 2 * processes:
+                    yield _collect(pending.popleft().get(), local)
+            while pending:
+                yield _collect(pending.popleft().get(), local)
+
+    return run
+
+
+def _collect(result: tuple[dict[str, list[Any]], dict[str, float]], local: RecordProcessor) -> dict[str, list[Any]]:
+    out, spent = result
+    local.seconds.update(spent)
+    return out

@@ -90,12 +90,12 @@ _RULES: tuple[tuple[str, re.Pattern[str], Any], ...] = (
     ("ip", IPV4, _valid_ip),
     ("ip", IPV6, _valid_ipv6),
 )
-_QUICK_CHECK = re.compile(r"[@:]|\d{3}|\d\.\d")
+_QUICK_CHECK = re.compile(r"[@:0-9]")  # every PII pattern needs one of these; a class scans fastest
 
 
 def scrub_text(text: str, counts: Counter[str]) -> str:
     """`text` with every PII match replaced by its placeholder; `counts` gains one per replacement."""
-    if not _QUICK_CHECK.search(text):  # no @, no colon, no digit run or dotted digits: nothing can match
+    if not _QUICK_CHECK.search(text):  # no @, colon or digit: nothing can match
         return text
     for kind, pattern, validator in _RULES:
         placeholder = PLACEHOLDERS[kind]

@@ -152,6 +152,7 @@ class DatasetVersions:
         self.import_roots = [Path(root).expanduser().resolve() for root in import_roots]
         self.submit = submit
         self.tokenizer = lru_cache(maxsize=4)(self._load_tokenizer)
+        self.template_hash = lru_cache(maxsize=4)(lambda base_model: template_hash(self.tokenizer(base_model)))
 
     def _load_tokenizer(self, base_model: str) -> Any:
         return self.models.load_tokenizer(self.models.resolve(base_model, field="settings.base_model"))
@@ -211,8 +212,7 @@ class DatasetVersions:
                         )
                     return _info(row)
         inputs = self._inputs(tenant, spec)
-        tokenizer = self.tokenizer(spec.base_model)
-        hashed_template = template_hash(tokenizer)
+        hashed_template = self.template_hash(spec.base_model)
         new_id = version_id(inputs, spec.options, hashed_template)
         now = utcnow()
         with self.metadata.session() as session:

@@ -27,6 +27,8 @@ class WorkerConfig:
     artifact_root: str
     model_cache_dir: str
     trust_remote_code: tuple[str, ...] = field(default_factory=tuple)
+    #: Processes one build fans its batches out to (0 = one per CPU core).
+    processes: int = 0
 
 
 def build_version(config: WorkerConfig, tenant: str, version_id: str) -> str:
@@ -63,7 +65,8 @@ def _build(
     work = artifacts.make_temp_dir(f"build-{version_id}")
     try:
         models = ModelResolver(Path(config.model_cache_dir), list(config.trust_remote_code))
-        tokenizer = models.load_tokenizer(models.resolve(base_model))
+        resolved = models.resolve(base_model)
+        tokenizer = models.load_tokenizer(resolved)
         if template_hash(tokenizer) != expected_template:
             raise RuntimeError(f"the tokenizer of {base_model} changed since the version was requested")
         inputs = [InputFile(i["name"], Path(i["path"]), i["sha256"], data_format) for i in inputs_spec]
