@@ -339,3 +339,38 @@ def test_the_pipeline_runs_under_ray_data_with_identical_results(tmp_path: Path,
     for split in ("train", "validation"):
         assert _rows(tmp_path / "ray", split) == _rows(tmp_path / "local", split)
     assert _issues(tmp_path / "ray") == _issues(tmp_path / "local")
+
+
+def test_a_format_override_applies_to_the_whole_file(tmp_path: Path, tokenizer) -> None:
+    lines = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]
+    item = _file(tmp_path, "o.jsonl", lines, data_format="alpaca")
+    result, out = _run(tmp_path, tokenizer, [item])
+    assert not result.ok
+    assert [(i["code"], i["field"]) for i in _issues(out)] == [("missing_field", "instruction")]
+
+
+def test_source_uri_reads_only_inside_the_import_roots(tmp_path: Path, tokenizer) -> None:
+    from tuneforge.common.errors import InvalidArgument
+    from tuneforge.curation.versions import DatasetVersions
+
+    root = tmp_path / "imports"
+    (root / "team").mkdir(parents=True)
+    (root / "team" / "data.jsonl").write_text(json.dumps(GOOD) + "\n")
+    (tmp_path / "secret.jsonl").write_text("{}\n")
+    (root / "escape.jsonl").symlink_to(tmp_path / "secret.jsonl")
+    versions = DatasetVersions(None, None, None, None, [root], lambda tenant, vid: None)  # type: ignore[arg-type]
+    assert versions._source_path("team/data.jsonl") == (root / "team" / "data.jsonl").resolve()
+    assert versions._source_path(f"file://{root}/team/data.jsonl") == (root / "team" / "data.jsonl").resolve()
+    for uri in (
+        "../secret.jsonl",
+        str(tmp_path / "secret.jsonl"),
+        "escape.jsonl",
+        "team/missing.jsonl",
+        "s3://bucket/x.jsonl",
+    ):
+        with pytest.raises(InvalidArgument) as info:
+            versions._source_path(uri)
+        assert info.value.violations[0].field == "source_uri"
+    closed = DatasetVersions(None, None, None, None, [], lambda tenant, vid: None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="import_roots"):
+        closed._source_path("team/data.jsonl")
