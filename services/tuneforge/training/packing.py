@@ -1,0 +1,114 @@
+"""Packing samples into full rows with per-document attention.
+
+Samples (token ids + loss mask from curation) are packed first-fit, in the order given, into rows of
+`max_seq_len` tokens. Position ids restart at 0 for every sample; the attention layer derives the
+document boundaries from them (transformers' packed-sequence mask on CPU, varlen flash attention on
+GPU via `cu_seqlens`), so packed samples never attend to each other. Targets are shifted here, once:
+`targets[t]` is the token to predict at position t, or -100 where nothing is trained — prompt
+tokens, padding, and the first token of the next sample (which the previous one must not predict).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One rendered conversation."""
+
+    input_ids: Sequence[int]
+    loss_mask: Sequence[bool]
+
+
+@dataclass
+class PackedBatch:
+    """Rows of packed samples, ready for the model."""
+
+    input_ids: torch.Tensor  # [rows, max_seq_len] int64
+    position_ids: torch.Tensor  # [rows, max_seq_len] int64, restarting per sample
+    targets: torch.Tensor  # [rows, max_seq_len] int64, IGNORE where nothing is trained
+    cu_seqlens: torch.Tensor  # [documents + 1] int32 over the flattened rows (padding is its own document)
+    max_seqlen: int
+    num_tokens: int  # real (non-padding) tokens
+
+    @property
+    def num_loss_tokens(self) -> int:
+        return int((self.targets != IGNORE).sum())
+
+    def to(self, device: torch.device | str) -> PackedBatch:
+        return PackedBatch(
+            self.input_ids.to(device),
+            self.position_ids.to(device),
+            self.targets.to(device),
+            self.cu_seqlens.to(device),
+            self.max_seqlen,
+            self.num_tokens,
+        )
+
+
+def pack_rows(samples: Iterable[Sample], max_seq_len: int) -> list[list[Sample]]:
+    """First-fit packing in input order: each sample goes into the first row with room (longer ones are cut)."""
+    rows: list[list[Sample]] = []
+    room: list[int] = []
+    for sample in samples:
+        if len(sample.input_ids) > max_seq_len:
+            sample = Sample(sample.input_ids[:max_seq_len], sample.loss_mask[:max_seq_len])
+        size = len(sample.input_ids)
+        if size == 0:
+            continue
+        for index, free in enumerate(room):
+            if free >= size:
+                rows[index].append(sample)
+                room[index] -= size
+                break
+        else:
+            rows.append([sample])
+            room.append(max_seq_len - size)
+    return rows
+
+
+def collate(
+    rows: Sequence[Sequence[Sample]], max_seq_len: int, pad_id: int, train_on_prompt: bool = False
+) -> PackedBatch:
+    """Tensors for a list of packed rows (each at most `max_seq_len` tokens)."""
+    count = len(rows)
+    input_ids = np.full((count, max_seq_len), pad_id, dtype=np.int64)
+    position_ids = np.zeros((count, max_seq_len), dtype=np.int64)
+    targets = np.full((count, max_seq_len), IGNORE, dtype=np.int64)
+    boundaries = [0]
+    real = 0
+    for r, row in enumerate(rows):
+        offset = 0
+        for sample in row:
+            ids = np.asarray(sample.input_ids, dtype=np.int64)
+            mask = np.asarray(sample.loss_mask, dtype=bool)
+            size = ids.size
+            input_ids[r, offset : offset + size] = ids
+            position_ids[r, offset : offset + size] = np.arange(size)
+            trained = np.ones(size, dtype=bool) if train_on_prompt else mask
+            # position t predicts token t+1 of the same sample, and only where that token is trained
+            shifted = np.where(trained[1:], ids[1:], IGNORE)
+            targets[r, offset : offset + size - 1] = shifted
+            offset += size
+            boundaries.append(r * max_seq_len + offset)
+        real += offset
+        if offset < max_seq_len:  # padding: positions restart, so it is a document of its own
+            position_ids[r, offset:] = np.arange(max_seq_len - offset)
+            boundaries.append((r + 1) * max_seq_len)
+    cu_seqlens = torch.tensor(boundaries, dtype=torch.int32)
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    return PackedBatch(
+        torch.from_numpy(input_ids),
+        torch.from_numpy(position_ids),
+        torch.from_numpy(targets),
+        cu_seqlens,
+        int(lengths.max()) if lengths.numel() else 0,
+        real,
+    )
