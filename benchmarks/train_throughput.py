@@ -1,0 +1,166 @@
+"""Tuneforge's LoRA training step on the Qwen2.5-7B architecture (random weights, bf16, one GPU).
+
+Samples with the reference's length law (log-normal, median ~270 tokens, 16..4096) are packed
+first-fit into rows of `--row` tokens with per-document attention (varlen flash attention through
+`cu_seqlens`: no sample attends to another), the loss is computed in chunks over the vocabulary on
+trained positions only, and LoRA (PEFT) trains with AdamW — the same code path as
+`tuneforge.training`. Run it in the same job as `../shared/bench/lora_reference.py` and compare
+tokens/s (real, non-padding tokens) and peak memory. Prints one line: RESULT {json}.
+
+    python benchmarks/train_throughput.py --rows 1 --row 4096 --r 16 --targets all7 --gc 0
+    python benchmarks/train_throughput.py --rows 1 --gc 1 --memory-cap-gib 22   # one 24 GiB card
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+ALL7 = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+
+
+def qwen25_7b_config(layers: int):
+    from transformers import Qwen2Config
+
+    return Qwen2Config(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=layers,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+        max_position_embeddings=32768,
+        rope_theta=1e6,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+    )
+
+
+def sample_lengths(n: int, seed: int = 0, mean_log: float = 5.6, sigma: float = 0.8, max_len: int = 4096) -> list[int]:
+    """The reference benchmark's length law, with its seed."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.exp(torch.randn(n, generator=g) * sigma + mean_log).clamp(16, max_len).long().tolist()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1, help="packed rows per step")
+    parser.add_argument("--row", type=int, default=4096, help="tokens per packed row")
+    parser.add_argument("--r", type=int, default=16)
+    parser.add_argument("--targets", default="all7", help="'all7' or comma-separated module names")
+    parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--gc", type=int, default=0, help="gradient checkpointing")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--layers", type=int, default=28)
+    parser.add_argument("--chunk", type=int, default=4096, help="loss chunk in tokens")
+    parser.add_argument(
+        "--trained-fraction",
+        type=float,
+        default=1.0,
+        help="share of each sample's tokens with a loss (1.0 = all, like the reference)",
+    )
+    parser.add_argument("--memory-cap-gib", type=float, default=0.0, help="cap this process's GPU memory")
+    parser.add_argument("--attn", default="auto", help="auto (varlen when available) | sdpa")
+    args = parser.parse_args()
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.training.attention import register_varlen_attention, varlen_available
+    from tuneforge.training.packing import Sample, collate, pack_rows
+    from tuneforge.training.step import packed_loss
+
+    if args.memory_cap_gib:
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib * 2**30 / total))
+    varlen = args.attn == "auto" and varlen_available()
+    attn = register_varlen_attention() if varlen else "sdpa"
+    torch.manual_seed(0)
+    config = qwen25_7b_config(args.layers)
+    config._attn_implementation = attn
+    start = time.time()
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.config.use_cache = False
+    if args.gc:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    targets = ALL7 if args.targets == "all7" else args.targets
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=args.r, lora_alpha=16, lora_dropout=args.dropout, target_modules=targets.split(","), task_type="CAUSAL_LM"
+        ),
+    )
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    build_s = time.time() - start
+
+    g = torch.Generator().manual_seed(1)
+    lengths = iter(sample_lengths(200_000))
+
+    def batches():
+        while True:
+            samples = []
+            capacity = args.rows * args.row
+            while sum(len(s.input_ids) for s in samples) < capacity * 1.2:  # enough to fill the rows well
+                n = next(lengths)
+                ids = torch.randint(0, config.vocab_size, (n,), generator=g).tolist()
+                prompt = int(n * (1 - args.trained_fraction))
+                samples.append(Sample(ids, [False] * prompt + [True] * (n - prompt)))
+            rows = pack_rows(samples, args.row)[: args.rows]
+            yield collate(rows, args.row, pad_id=0).to("cuda")
+
+    stream = batches()
+    times, tokens, trained = [], [], []
+    torch.cuda.reset_peak_memory_stats()
+    for step in range(args.steps + 2):
+        batch = next(stream)
+        torch.cuda.synchronize()
+        t = time.time()
+        loss_sum, count = packed_loss(model, batch, varlen=varlen, chunk_size=args.chunk)
+        (loss_sum / max(count, 1)).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        if step >= 2:
+            times.append(time.time() - t)
+            tokens.append(batch.num_tokens)
+            trained.append(count)
+    tps = sum(tokens) / sum(times)
+    h, inter, layers, vocab = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
+    kv = config.num_key_value_heads * (h // config.num_attention_heads)
+    matmul_params = (h * h * 2 + h * kv * 2 + 3 * h * inter) * layers + h * vocab
+    flops_per_token = (6 if args.gc else 4) * matmul_params
+    result = {
+        "trainer": "tuneforge",
+        "attn": attn,
+        "rows": args.rows,
+        "row": args.row,
+        "r": args.r,
+        "targets": targets,
+        "dropout": args.dropout,
+        "gc": args.gc,
+        "layers": layers,
+        "chunk": args.chunk,
+        "memory_cap_gib": args.memory_cap_gib,
+        "tokens_per_s": round(tps),
+        "step_s": round(sum(times) / len(times), 3),
+        "tokens_per_step": round(sum(tokens) / len(tokens)),
+        "row_fill": round(sum(tokens) / len(tokens) / (args.rows * args.row), 3),
+        "trained_tokens_per_step": round(sum(trained) / len(trained)),
+        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "model_tflops_per_s": round(tps * flops_per_token / 1e12, 1),
+        "build_s": round(build_s, 1),
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+    }
+    print("RESULT", json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
