@@ -65,6 +65,8 @@ def main() -> int:
     )
     parser.add_argument("--memory-cap-gib", type=float, default=0.0, help="cap this process's GPU memory")
     parser.add_argument("--attn", default="auto", help="auto (varlen when available) | sdpa")
+    parser.add_argument("--compile", type=int, default=0, help="torch.compile each decoder layer")
+    parser.add_argument("--pool", type=int, default=64, help="samples to pack from per step (more fills rows better)")
     args = parser.parse_args()
 
     from peft import LoraConfig, get_peft_model
@@ -96,6 +98,9 @@ def main() -> int:
         ),
     )
     model.train()
+    if args.compile:
+        for layer in model.get_base_model().get_decoder().layers:
+            layer.compile()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     build_s = time.time() - start
 
@@ -104,15 +109,23 @@ def main() -> int:
 
     def batches():
         while True:
-            samples = []
-            capacity = args.rows * args.row
-            while sum(len(s.input_ids) for s in samples) < capacity * 1.2:  # enough to fill the rows well
-                n = next(lengths)
-                ids = torch.randint(0, config.vocab_size, (n,), generator=g).tolist()
-                prompt = int(n * (1 - args.trained_fraction))
-                samples.append(Sample(ids, [False] * prompt + [True] * (n - prompt)))
-            rows = pack_rows(samples, args.row)[: args.rows]
-            yield collate(rows, args.row, pad_id=0).to("cuda")
+            # a data loader packs from a window of samples; rows that are not full yet wait for the next step
+            pending: list = []
+            while True:
+                while len(pending) < args.pool:
+                    n = next(lengths)
+                    ids = torch.randint(0, config.vocab_size, (n,), generator=g).tolist()
+                    prompt = int(n * (1 - args.trained_fraction))
+                    pending.append(Sample(ids, [False] * prompt + [True] * (n - prompt)))
+                rows = pack_rows(pending, args.row)
+                rows.sort(key=lambda row: -sum(len(s.input_ids) for s in row))
+                taken = rows[: args.rows]
+                used = {id(s) for row in taken for s in row}
+                pending = [s for s in pending if id(s) not in used]
+                batch = collate(taken, args.row, pad_id=0)
+                if args.compile:
+                    batch.max_seqlen = args.row  # a constant upper bound: no recompilation per batch
+                yield batch.to("cuda")
 
     stream = batches()
     times, tokens, trained = [], [], []
@@ -147,6 +160,8 @@ def main() -> int:
         "layers": layers,
         "chunk": args.chunk,
         "memory_cap_gib": args.memory_cap_gib,
+        "compile": args.compile,
+        "pool": args.pool,
         "tokens_per_s": round(tps),
         "step_s": round(sum(times) / len(times), 3),
         "tokens_per_step": round(sum(tokens) / len(tokens)),
