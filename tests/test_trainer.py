@@ -79,3 +79,37 @@ def test_resuming_from_a_checkpoint_ends_like_an_uninterrupted_run(dataset_dir: 
     assert expected.keys() == actual.keys()
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_ray_train_workers_on_gloo(dataset_dir: Path, tmp_path: Path, local_ray) -> None:
+    from tuneforge.training.ray_train import Scaling, run_with_ray
+
+    result = run_with_ray(
+        _config(dataset_dir, tmp_path / "out", max_steps=4, checkpoint_every_steps=2),
+        Scaling(num_workers=2, cpus_per_worker=1, max_failures=0),
+        storage_path=str(tmp_path / "ray"),
+        name="two-workers",
+    )
+    assert result.error is None
+    assert result.metrics["step"] == 4 and result.metrics["total_steps"] == 4
+    with result.checkpoint.as_directory() as directory:
+        assert (Path(directory) / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_worker_resumes_from_the_last_checkpoint(dataset_dir: Path, tmp_path: Path, local_ray) -> None:
+    from tuneforge.training.ray_train import Scaling, run_with_ray
+
+    out = tmp_path / "out"
+    result = run_with_ray(
+        _config(dataset_dir, out, max_steps=6, checkpoint_every_steps=2, crash_after_step=3),
+        Scaling(num_workers=2, cpus_per_worker=1, max_failures=2),
+        storage_path=str(tmp_path / "ray"),
+        name="killed",
+    )
+    assert result.error is None
+    assert (out / ".crashed-after-3").exists()  # the worker really died once
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 3, 4, 5, 6]  # died after step 3, restarted from the step-2 checkpoint
+    assert result.metrics["step"] == 6

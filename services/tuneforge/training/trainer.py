@@ -62,6 +62,9 @@ class TrainConfig:
     resume_from: str = ""
     loss_chunk: int = 4096
     trust_remote_code: bool = False
+    #: Failure drill: the worker process dies right after this step, once per output directory
+    #: (a marker file remembers it), so operators and tests can watch a run resume. 0 = never.
+    crash_after_step: int = 0
 
 
 def _rank_world() -> tuple[int, int]:
@@ -286,4 +289,10 @@ def train_worker(config_values: dict[str, Any], report: Reporter | None = None) 
                 model, optimizer, scheduler, step, Path(config.output_dir) / f"checkpoint-{step:06d}", metrics, config
             )
         report(metrics, checkpoint)
+        if config.crash_after_step and step == config.crash_after_step:
+            marker = Path(config.output_dir) / f".crashed-after-{step}"
+            if rank == 0 and not marker.exists():
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+                os._exit(17)  # like a killed worker: no cleanup, no exception handling
     return metrics
