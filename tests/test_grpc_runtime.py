@@ -71,7 +71,6 @@ def test_unauthenticated_streaming_upload_is_refused(anonymous: TuneforgeClient)
 def test_contract_calls_not_offered_yet_answer_unimplemented_not_fake_results(acme: TuneforgeClient) -> None:
     calls = [
         (acme.training.GetJob, training_pb2.GetJobRequest(job_id="job-0123456789ab")),
-        (acme.adapters.ListAdapters, training_pb2.ListAdaptersRequest()),
         (acme.evaluation.ListSuites, evaluation_pb2.ListSuitesRequest()),
         (acme.inference.Generate, inference_pb2.GenerateRequest()),
     ]

@@ -97,3 +97,47 @@ class DatasetVersionRow(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+
+
+class AdapterRow(Base):
+    """A tenant's named line of adapter versions."""
+
+    __tablename__ = "adapters"
+
+    tenant: Mapped[str] = mapped_column(String(63), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    base_model: Mapped[str] = mapped_column(String(512), nullable=False)
+    latest_version: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+
+
+class AdapterVersionRow(Base):
+    """One immutable adapter version with its lineage and file hashes."""
+
+    __tablename__ = "adapter_versions"
+
+    tenant: Mapped[str] = mapped_column(String(63), primary_key=True)
+    adapter: Mapped[str] = mapped_column(String(63), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    rank: Mapped[int] = mapped_column(nullable=False)
+    target_modules_json: Mapped[str] = mapped_column(Text, nullable=False)
+    lineage_json: Mapped[str] = mapped_column(Text, nullable=False)
+    metrics_json: Mapped[str] = mapped_column(Text, nullable=False)
+    files_json: Mapped[str] = mapped_column(Text, nullable=False)
+    artifact_key: Mapped[str] = mapped_column(String(1024), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+
+
+class AdapterAliasRow(Base):
+    """A movable name (e.g. `prod`) for one version of an adapter."""
+
+    __tablename__ = "adapter_aliases"
+
+    tenant: Mapped[str] = mapped_column(String(63), primary_key=True)
+    adapter: Mapped[str] = mapped_column(String(63), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(63), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)

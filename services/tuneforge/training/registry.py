@@ -1,0 +1,293 @@
+"""The adapter registry: tenant-scoped names, immutable numbered versions with lineage, movable aliases.
+
+A version's files are copied into the artifact store (`adapters/<name>/<version>/`) with their
+SHA-256, so serving can verify what it loads. Aliases (e.g. `prod`) move atomically in one row
+update; a version an alias points to cannot be deleted. `resolve("name[:version|alias]")` is what
+serving calls for every request.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from tuneforge.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from tuneforge.common.names import check_resource_name
+from tuneforge.store.artifacts import ArtifactStore
+from tuneforge.store.metadata import MetadataStore, page_size_of
+from tuneforge.store.tables import AdapterAliasRow, AdapterRow, AdapterVersionRow, utcnow
+
+READY, DELETED = "ready", "deleted"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+RESERVED_ALIASES = {"latest"}
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    name: str
+    base_model: str
+    latest_version: int
+    aliases: dict[str, int]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class AdapterVersionInfo:
+    adapter: str
+    version: int
+    state: str
+    rank: int
+    target_modules: list[str]
+    lineage: dict[str, Any]
+    metrics: dict[str, float]
+    files: list[dict[str, Any]]
+    artifact_key: str
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def ref(self) -> str:
+        return f"{self.adapter}:{self.version}"
+
+
+def _version(row: AdapterVersionRow) -> AdapterVersionInfo:
+    return AdapterVersionInfo(
+        row.adapter,
+        row.version,
+        row.state,
+        row.rank,
+        json.loads(row.target_modules_json),
+        json.loads(row.lineage_json),
+        json.loads(row.metrics_json),
+        json.loads(row.files_json),
+        row.artifact_key,
+        row.created_at,
+        row.updated_at,
+    )
+
+
+def _token(value: str) -> str:
+    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+
+
+def _untoken(token: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except ValueError as exc:
+        raise InvalidArgument.for_field("page_token", "is not a token returned by a previous call") from exc
+
+
+def check_alias(alias: str, field: str = "alias") -> str:
+    check_resource_name(alias, field)
+    if alias in RESERVED_ALIASES or alias.isdigit():
+        raise InvalidArgument.for_field(field, f"{alias!r} is reserved: use a name that is not a number or 'latest'")
+    return alias
+
+
+def parse_ref(ref: str, field: str = "model") -> tuple[str, int | None, str | None]:
+    """`name`, `name:7` or `name:prod` → (name, version, alias); a bare name means `latest`."""
+    name, _, selector = ref.partition(":")
+    check_resource_name(name, field)
+    if not selector or selector == "latest":
+        return name, None, None
+    if selector.isdigit():
+        return name, int(selector), None
+    check_resource_name(selector, field)
+    return name, None, selector
+
+
+class AdapterRegistry:
+    """The domain behind AdapterService, and what training registers results with."""
+
+    def __init__(self, metadata: MetadataStore, artifacts: ArtifactStore) -> None:
+        self.metadata = metadata
+        self.artifacts = artifacts
+
+    def register(
+        self, tenant: str, name: str, source: Path, lineage: dict[str, Any], metrics: dict[str, float] | None = None
+    ) -> AdapterVersionInfo:
+        """Copies a PEFT adapter directory into the store as the next version of `name`."""
+        check_resource_name(name, "adapter_name")
+        config = json.loads((source / "adapter_config.json").read_text())
+        base_model = str(lineage.get("base_model") or config.get("base_model_name_or_path") or "")
+        staging = self.artifacts.make_temp_dir(f"adapter-{name}")
+        try:
+            files = []
+            for file_name in ADAPTER_FILES:
+                shutil.copyfile(source / file_name, staging / file_name)
+                data = (staging / file_name).read_bytes()
+                files.append({"name": file_name, "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)})
+            now = utcnow()
+            with self.metadata.session() as session:
+                adapter = session.get(AdapterRow, (tenant, name), with_for_update=True)
+                if adapter is None:
+                    adapter = AdapterRow(
+                        tenant=tenant,
+                        name=name,
+                        base_model=base_model,
+                        latest_version=0,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                    session.add(adapter)
+                elif adapter.base_model != base_model:
+                    raise FailedPrecondition(
+                        f"adapter {name!r} holds versions for base model {adapter.base_model!r}, not {base_model!r}; "
+                        "register it under another name"
+                    )
+                version = adapter.latest_version + 1
+                key = f"adapters/{name}/{version}"
+                self.artifacts.for_tenant(tenant).publish_dir(key, staging)
+                adapter.latest_version, adapter.updated_at = version, now
+                target_modules = config.get("target_modules") or []
+                row = AdapterVersionRow(
+                    tenant=tenant,
+                    adapter=name,
+                    version=version,
+                    state=READY,
+                    rank=int(config.get("r", 0)),
+                    target_modules_json=json.dumps(
+                        sorted(target_modules) if isinstance(target_modules, list) else [target_modules]
+                    ),
+                    lineage_json=json.dumps({**lineage, "base_model": base_model}, sort_keys=True),
+                    metrics_json=json.dumps(metrics or {}),
+                    files_json=json.dumps(files),
+                    artifact_key=key,
+                    created_at=now,
+                    updated_at=now,
+                )
+                session.add(row)
+                return _version(row)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _adapter(self, session: Any, tenant: str, name: str) -> AdapterRow:
+        check_resource_name(name, "adapter")
+        row = session.get(AdapterRow, (tenant, name))
+        if row is None:
+            raise NotFound("adapter", name)
+        return row
+
+    def _info(self, session: Any, row: AdapterRow) -> AdapterInfo:
+        aliases = {
+            a.alias: a.version
+            for a in session.scalars(
+                select(AdapterAliasRow).where(AdapterAliasRow.tenant == row.tenant, AdapterAliasRow.adapter == row.name)
+            )
+        }
+        return AdapterInfo(row.name, row.base_model, row.latest_version, aliases, row.created_at, row.updated_at)
+
+    def get_adapter(self, tenant: str, name: str) -> AdapterInfo:
+        with self.metadata.session() as session:
+            return self._info(session, self._adapter(session, tenant, name))
+
+    def list_adapters(self, tenant: str, page_size: int = 0, page_token: str = "") -> tuple[list[AdapterInfo], str]:
+        size = page_size_of(page_size)
+        query = select(AdapterRow).where(AdapterRow.tenant == tenant)
+        if page_token:
+            query = query.where(AdapterRow.name > _untoken(page_token))
+        with self.metadata.session() as session:
+            rows = list(session.scalars(query.order_by(AdapterRow.name).limit(size + 1)))
+            infos = [self._info(session, r) for r in rows[:size]]
+        return infos, _token(rows[size - 1].name) if len(rows) > size else ""
+
+    def get_version(
+        self, tenant: str, name: str, version: int | None = None, alias: str | None = None
+    ) -> AdapterVersionInfo:
+        """A version by number, by alias, or the newest servable one."""
+        with self.metadata.session() as session:
+            adapter = self._adapter(session, tenant, name)
+            if alias is not None:
+                row = session.get(AdapterAliasRow, (tenant, name, alias))
+                if row is None:
+                    raise NotFound("adapter alias", f"{name}:{alias}")
+                version = row.version
+            if version is None:
+                version = session.scalar(
+                    select(func.max(AdapterVersionRow.version)).where(
+                        AdapterVersionRow.tenant == tenant,
+                        AdapterVersionRow.adapter == name,
+                        AdapterVersionRow.state == READY,
+                    )
+                )
+                if version is None:
+                    raise NotFound("adapter version", f"{adapter.name}:latest")
+            found = session.get(AdapterVersionRow, (tenant, name, version))
+            if found is None or found.state != READY:
+                raise NotFound("adapter version", f"{name}:{version}")
+            return _version(found)
+
+    def resolve(self, tenant: str, ref: str, field: str = "model") -> AdapterVersionInfo:
+        """`name[:version|alias]` → the version it names right now."""
+        name, version, alias = parse_ref(ref, field)
+        return self.get_version(tenant, name, version, alias)
+
+    def list_versions(
+        self, tenant: str, name: str, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[AdapterVersionInfo], str]:
+        size = page_size_of(page_size)
+        query = select(AdapterVersionRow).where(
+            AdapterVersionRow.tenant == tenant, AdapterVersionRow.adapter == name, AdapterVersionRow.state == READY
+        )
+        if page_token:
+            try:
+                before = int(_untoken(page_token))
+            except ValueError as exc:
+                raise InvalidArgument.for_field("page_token", "is not a token returned by a previous call") from exc
+            query = query.where(AdapterVersionRow.version < before)
+        with self.metadata.session() as session:
+            self._adapter(session, tenant, name)
+            rows = list(session.scalars(query.order_by(AdapterVersionRow.version.desc()).limit(size + 1)))
+        return [_version(r) for r in rows[:size]], _token(str(rows[size - 1].version)) if len(rows) > size else ""
+
+    def set_alias(self, tenant: str, name: str, alias: str, version: int) -> AdapterInfo:
+        """Points `alias` at `version` in one update: new requests see the new version at once."""
+        check_alias(alias)
+        with self.metadata.session() as session:
+            adapter = self._adapter(session, tenant, name)
+            target = session.get(AdapterVersionRow, (tenant, name, version))
+            if target is None or target.state != READY:
+                raise NotFound("adapter version", f"{name}:{version}")
+            row = session.get(AdapterAliasRow, (tenant, name, alias))
+            if row is None:
+                session.add(
+                    AdapterAliasRow(tenant=tenant, adapter=name, alias=alias, version=version, updated_at=utcnow())
+                )
+            else:
+                row.version, row.updated_at = version, utcnow()
+            session.flush()
+            return self._info(session, adapter)
+
+    def delete_version(self, tenant: str, name: str, version: int) -> None:
+        """Marks a version deleted and removes its files; refused while an alias points to it."""
+        with self.metadata.session() as session:
+            self._adapter(session, tenant, name)
+            row = session.get(AdapterVersionRow, (tenant, name, version))
+            if row is None or row.state != READY:
+                raise NotFound("adapter version", f"{name}:{version}")
+            pointing = [
+                a.alias
+                for a in session.scalars(
+                    select(AdapterAliasRow).where(
+                        AdapterAliasRow.tenant == tenant,
+                        AdapterAliasRow.adapter == name,
+                        AdapterAliasRow.version == version,
+                    )
+                )
+            ]
+            if pointing:
+                raise FailedPrecondition(
+                    f"{name}:{version} is what {', '.join(sorted(pointing))} point(s) to; move the alias first"
+                )
+            row.state, row.updated_at = DELETED, utcnow()
+            key = row.artifact_key
+        self.artifacts.for_tenant(tenant).delete_tree(key)
