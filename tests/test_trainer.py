@@ -113,3 +113,30 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(dataset_dir: Path, tmp
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 3, 4, 5, 6]  # died after step 3, restarted from the step-2 checkpoint
     assert result.metrics["step"] == 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_full_fine_tuning_on_two_cpu_workers(
+    dataset_dir: Path,
+    tmp_path: Path,
+    local_ray,
+    stage: int,
+) -> None:
+    from tuneforge.training.ray_train import Scaling, run_with_ray
+
+    out = tmp_path / "out"
+    result = run_with_ray(
+        _config(dataset_dir, out, method="full", deepspeed_stage=stage, max_steps=3, learning_rate=1e-3),
+        Scaling(num_workers=2, cpus_per_worker=1, max_failures=0),
+        storage_path=str(tmp_path / "ray"),
+        name=f"zero{stage}",
+    )
+    assert result.error is None
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 3 and all(0 < loss < 20 for loss in losses)
+    weights = load_file(out / "checkpoint-000003" / "model.safetensors")
+    embed = weights["model.embed_tokens.weight"]
+    assert embed.shape == (151936, 64)  # the whole model, gathered from the ZeRO shards
+    base = load_file(MODEL_CACHE / "tiny-qwen2" / "model.safetensors")["model.embed_tokens.weight"]
+    assert not torch.equal(embed, base)  # full fine-tuning changed the base weights

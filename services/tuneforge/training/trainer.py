@@ -62,6 +62,10 @@ class TrainConfig:
     resume_from: str = ""
     loss_chunk: int = 4096
     trust_remote_code: bool = False
+    #: DeepSpeed ZeRO stage (2 or 3; 0 = plain data parallel), for full fine-tuning across workers.
+    deepspeed_stage: int = 0
+    offload_optimizer: bool = False
+    offload_parameters: bool = False
     #: Failure drill: the worker process dies right after this step, once per output directory
     #: (a marker file remembers it), so operators and tests can watch a run resume. 0 = never.
     crash_after_step: int = 0
@@ -139,17 +143,58 @@ def _build_model(config: TrainConfig, device: torch.device) -> tuple[Any, Any, b
     return model, tokenizer, varlen
 
 
+def deepspeed_config(config: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """The DeepSpeed config a job spec implies (ZeRO stage, offload, precision, accumulation)."""
+    zero: dict[str, Any] = {"stage": config.deepspeed_stage, "overlap_comm": device.type == "cuda"}
+    if config.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": device.type == "cuda"}
+    if config.offload_parameters and config.deepspeed_stage == 3:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": device.type == "cuda"}
+    return {
+        "train_micro_batch_size_per_gpu": config.micro_batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "zero_optimization": zero,
+        "bf16": {"enabled": device.type == "cuda"},
+        "zero_allow_untested_optimizer": True,  # the client AdamW below
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _full_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
+    """The whole model's weights, gathered from ZeRO-3 shards (every rank must call it; rank 0 gets them).
+
+    DeepSpeed's own consolidation, the one `save_16bit_model` and accelerate use: a module's
+    `state_dict()` under ZeRO-3 holds only empty placeholders.
+    """
+    if engine is None or engine.zero_optimization_stage() != 3:
+        return None
+    return engine._zero3_consolidated_16bit_state_dict()
+
+
 def _trainable(model: Any) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
 def save_checkpoint(
-    model: Any, optimizer: Any, scheduler: Any, step: int, path: Path, metrics: dict[str, float], config: TrainConfig
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    step: int,
+    path: Path,
+    metrics: dict[str, float],
+    config: TrainConfig,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Adapter (or model) weights as safetensors, optimizer/scheduler state, and the step, in `path`."""
+    """Adapter (or model) weights as safetensors, optimizer/scheduler state, and the step, in `path`.
+
+    Under DeepSpeed the optimizer state is sharded across ranks and not saved here: a DeepSpeed run
+    resumed from this checkpoint restarts AdamW's moments from the saved weights.
+    """
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, path / OPTIMIZER_STATE)
+    model.save_pretrained(path, safe_serialization=True, state_dict=state_dict)
+    if not config.deepspeed_stage:
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, path / OPTIMIZER_STATE)
     (path / CHECKPOINT_STATE).write_text(json.dumps({"step": step, "metrics": metrics, "config": asdict(config)}))
     return path
 
@@ -165,10 +210,11 @@ def _load_checkpoint(model: Any, optimizer: Any, scheduler: Any, path: Path) -> 
         set_peft_model_state_dict(model, load_file(weights))
     else:
         model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
-    # our own file, written by save_checkpoint; weights_only keeps it to tensors and plain values
-    saved = torch.load(path / OPTIMIZER_STATE, weights_only=True)
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
+    if (path / OPTIMIZER_STATE).exists():
+        # our own file, written by save_checkpoint; weights_only keeps it to tensors and plain values
+        saved = torch.load(path / OPTIMIZER_STATE, weights_only=True)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
     return int(state["step"])
 
 
@@ -235,6 +281,14 @@ def train_worker(config_values: dict[str, Any], report: Reporter | None = None) 
     step = 0
     if config.resume_from:
         step = _load_checkpoint(model, optimizer, scheduler, Path(config.resume_from))
+    engine = None
+    if config.deepspeed_stage:
+        import deepspeed
+
+        engine, optimizer, _, scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(config, device)
+        )
+        model = engine.module
 
     def micro_batches() -> Iterator[PackedBatch]:
         epoch = 0
@@ -256,17 +310,23 @@ def train_worker(config_values: dict[str, Any], report: Reporter | None = None) 
         loss_total = 0.0
         for batch in batches:
             loss_sum, _ = packed_loss(model, batch, varlen=varlen, chunk_size=config.loss_chunk)
-            # gradients are summed over ranks below: scale so the result is the mean over every trained token
-            (loss_sum * world / max(step_tokens, 1.0)).backward()
+            # gradients are averaged over ranks: scale so the result is the mean over every trained token
+            scaled = loss_sum * world / max(step_tokens, 1.0)
+            if engine is not None:
+                engine.backward(scaled, scale_wrt_gas=False)
+                engine.step()  # DeepSpeed reduces, and steps the optimizer at the accumulation boundary
+            else:
+                scaled.backward()
             loss_total += float(loss_sum.detach())
-        if world > 1:
-            for parameter in _trainable(model):
-                if parameter.grad is not None:
-                    dist.all_reduce(parameter.grad)
-                    parameter.grad /= world
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        if engine is None:
+            if world > 1:
+                for parameter in _trainable(model):
+                    if parameter.grad is not None:
+                        dist.all_reduce(parameter.grad)
+                        parameter.grad /= world
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
         step += 1
         elapsed = time.perf_counter() - started
         tokens = _all_reduce(float(sum(b.num_tokens for b in batches)))
@@ -282,12 +342,11 @@ def train_worker(config_values: dict[str, Any], report: Reporter | None = None) 
             if value is not None:
                 metrics["validation_loss"] = value
         checkpoint = None
-        if rank == 0 and (
-            (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0) or step == total_steps
-        ):
-            checkpoint = save_checkpoint(
-                model, optimizer, scheduler, step, Path(config.output_dir) / f"checkpoint-{step:06d}", metrics, config
-            )
+        if (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0) or step == total_steps:
+            gathered = _full_state_dict(engine)  # every rank takes part in gathering ZeRO-3 shards
+            if rank == 0:
+                path = Path(config.output_dir) / f"checkpoint-{step:06d}"
+                checkpoint = save_checkpoint(model, optimizer, scheduler, step, path, metrics, config, gathered)
         report(metrics, checkpoint)
         if config.crash_after_step and step == config.crash_after_step:
             marker = Path(config.output_dir) / f".crashed-after-{step}"
