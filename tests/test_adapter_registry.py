@@ -162,3 +162,35 @@ def test_adapter_service_over_grpc(
         with pytest.raises(TuneforgeError) as info:
             globex.call(method, request)
         assert info.value.code == "NOT_FOUND", method
+
+
+def test_adapters_cli(platform_server, adapter_dir: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from conftest import GLOBEX_KEY
+
+    component = next(c for c in platform_server.server.components if hasattr(c, "registry"))
+    component.registry.register("globex", "cli-bot", adapter_dir, LINEAGE)
+    component.registry.register("globex", "cli-bot", adapter_dir, LINEAGE)
+    env = {**os.environ, "TUNEFORGE_ADDRESS": platform_server.address, "TUNEFORGE_API_KEY": GLOBEX_KEY}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "tuneforge.cli", "adapters", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    assert "cli-bot" in cli("list").stdout
+    moved = cli("alias", "cli-bot", "prod", "1")
+    assert moved.returncode == 0 and "cli-bot:prod → 1" in moved.stdout
+    shown = cli("show", "cli-bot:prod")
+    assert "version: 1" in shown.stdout and "adapter_model.safetensors" in shown.stdout
+    refused = cli("delete", "cli-bot:1")
+    assert refused.returncode == 1 and "FAILED_PRECONDITION" in refused.stderr
+    assert cli("delete", "cli-bot:2").returncode == 0
