@@ -8,7 +8,6 @@ service restarts are built again on start-up (`resume()`), so none is lost.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -30,7 +29,14 @@ from tuneforge.curation.formats import FORMATS
 from tuneforge.curation.pipeline import CurationOptions, InputFile, version_id
 from tuneforge.models import ModelResolver, template_hash
 from tuneforge.store.artifacts import ArtifactStore
-from tuneforge.store.metadata import MetadataStore, decode_page_token, encode_page_token, page_size_of
+from tuneforge.store.metadata import (
+    MetadataStore,
+    decode_cursor,
+    decode_page_token,
+    encode_cursor,
+    encode_page_token,
+    page_size_of,
+)
 from tuneforge.store.tables import DatasetVersionRow, utcnow
 
 PROCESSING, READY, FAILED = "processing", "ready", "failed"
@@ -323,7 +329,7 @@ class DatasetVersions:
         start = 0
         if page_token:
             try:
-                start = int(base64.urlsafe_b64decode(page_token + "=" * (-len(page_token) % 4)).decode())
+                start = int(decode_cursor(page_token))
             except ValueError as exc:
                 raise InvalidArgument.for_field("page_token", "is not a token returned by a previous call") from exc
         path = self.artifacts.for_tenant(tenant).path(f"datasets/{vid}/issues.jsonl")
@@ -339,7 +345,7 @@ class DatasetVersions:
                     page.append(issue)
             position = handle.tell()
             more = bool(handle.readline())
-        token = base64.urlsafe_b64encode(str(position).encode()).decode().rstrip("=") if more else ""
+        token = encode_cursor(str(position)) if more else ""
         return page, token
 
     def preview(self, tenant: str, vid: str, split: str = "train", limit: int = 0) -> list[dict[str, Any]]:

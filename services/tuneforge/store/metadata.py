@@ -108,10 +108,22 @@ class MetadataStore:
         self.engine.dispose()
 
 
+def encode_cursor(value: str) -> str:
+    """An opaque page token carrying `value` (a name, a number, a file offset)."""
+    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+
+
+def decode_cursor(token: str, field: str = "page_token") -> str:
+    """The value in a token from `encode_cursor`; INVALID_ARGUMENT naming `field` if it is not one."""
+    try:
+        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except ValueError as exc:
+        raise InvalidArgument.for_field(field, "is not a token returned by a previous list call") from exc
+
+
 def encode_page_token(created_at: datetime, row_id: str) -> str:
     """Opaque keyset cursor after the row (`created_at`, `id`) in newest-first order."""
-    raw = json.dumps([created_at.isoformat(), row_id], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_cursor(json.dumps([created_at.isoformat(), row_id], separators=(",", ":")))
 
 
 def decode_page_token(token: str, field: str = "page_token") -> tuple[datetime, str] | None:
@@ -119,8 +131,7 @@ def decode_page_token(token: str, field: str = "page_token") -> tuple[datetime, 
     if not token:
         return None
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        created, row_id = json.loads(raw)
+        created, row_id = json.loads(decode_cursor(token, field))
         return datetime.fromisoformat(created), str(row_id)
     except (ValueError, TypeError) as exc:
         raise InvalidArgument.for_field(field, "is not a token returned by a previous list call") from exc

@@ -8,7 +8,6 @@ serving calls for every request.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import shutil
@@ -22,7 +21,7 @@ from sqlalchemy import func, select
 from tuneforge.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from tuneforge.common.names import check_resource_name
 from tuneforge.store.artifacts import ArtifactStore
-from tuneforge.store.metadata import MetadataStore, page_size_of
+from tuneforge.store.metadata import MetadataStore, decode_cursor, encode_cursor, page_size_of
 from tuneforge.store.tables import AdapterAliasRow, AdapterRow, AdapterVersionRow, utcnow
 
 READY, DELETED = "ready", "deleted"
@@ -73,17 +72,6 @@ def _version(row: AdapterVersionRow) -> AdapterVersionInfo:
         row.created_at,
         row.updated_at,
     )
-
-
-def _token(value: str) -> str:
-    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
-
-
-def _untoken(token: str) -> str:
-    try:
-        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except ValueError as exc:
-        raise InvalidArgument.for_field("page_token", "is not a token returned by a previous call") from exc
 
 
 def check_alias(alias: str, field: str = "alias") -> str:
@@ -194,11 +182,11 @@ class AdapterRegistry:
         size = page_size_of(page_size)
         query = select(AdapterRow).where(AdapterRow.tenant == tenant)
         if page_token:
-            query = query.where(AdapterRow.name > _untoken(page_token))
+            query = query.where(AdapterRow.name > decode_cursor(page_token))
         with self.metadata.session() as session:
             rows = list(session.scalars(query.order_by(AdapterRow.name).limit(size + 1)))
             infos = [self._info(session, r) for r in rows[:size]]
-        return infos, _token(rows[size - 1].name) if len(rows) > size else ""
+        return infos, encode_cursor(rows[size - 1].name) if len(rows) > size else ""
 
     def get_version(
         self, tenant: str, name: str, version: int | None = None, alias: str | None = None
@@ -240,14 +228,16 @@ class AdapterRegistry:
         )
         if page_token:
             try:
-                before = int(_untoken(page_token))
+                before = int(decode_cursor(page_token))
             except ValueError as exc:
                 raise InvalidArgument.for_field("page_token", "is not a token returned by a previous call") from exc
             query = query.where(AdapterVersionRow.version < before)
         with self.metadata.session() as session:
             self._adapter(session, tenant, name)
             rows = list(session.scalars(query.order_by(AdapterVersionRow.version.desc()).limit(size + 1)))
-        return [_version(r) for r in rows[:size]], _token(str(rows[size - 1].version)) if len(rows) > size else ""
+        return [_version(r) for r in rows[:size]], encode_cursor(str(rows[size - 1].version)) if len(
+            rows
+        ) > size else ""
 
     def set_alias(self, tenant: str, name: str, alias: str, version: int) -> AdapterInfo:
         """Points `alias` at `version` in one update: new requests see the new version at once."""
