@@ -1,0 +1,120 @@
+"""Job specs are validated whole before anything is queued, every bad field named at once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import MODEL_CACHE
+
+from tuneforge.common.errors import InvalidArgument
+from tuneforge.models import ModelResolver
+from tuneforge.store.metadata import MetadataStore
+from tuneforge.store.tables import DatasetVersionRow, utcnow
+from tuneforge.training.jobs import JobSpecInput, linear_module_names, validate_job_spec
+
+READY_ID = "dsv-aaaaaaaaaaaaaaaaaaaaaaaa"
+BUILDING_ID = "dsv-bbbbbbbbbbbbbbbbbbbbbbbb"
+
+
+@pytest.fixture()
+def metadata(tmp_path: Path):
+    store = MetadataStore(f"sqlite:///{tmp_path / 'm.db'}")
+    store.migrate()
+    now = utcnow()
+    with store.session() as session:
+        for vid, state in ((READY_ID, "ready"), (BUILDING_ID, "processing")):
+            session.add(
+                DatasetVersionRow(
+                    tenant="acme",
+                    id=vid,
+                    dataset="d",
+                    state=state,
+                    base_model="tiny-qwen2",
+                    data_format="auto",
+                    inputs_json="[]",
+                    options_json=json.dumps({"max_seq_len": 512}),
+                    counts_json="{}",
+                    template_hash="t" * 64,
+                    failure_reason="",
+                    bytes_total=0,
+                    bytes_processed=0,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+    yield store
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def resolver() -> ModelResolver:
+    return ModelResolver(MODEL_CACHE)
+
+
+def _spec(**overrides: object) -> JobSpecInput:
+    values: dict[str, object] = {"base_model": "tiny-qwen2", "dataset_version_id": READY_ID, "adapter_name": "bot"}
+    values.update(overrides)
+    return JobSpecInput(**values).with_defaults()  # type: ignore[arg-type]
+
+
+def _fields(exc: InvalidArgument) -> set[str]:
+    return {v.field for v in exc.violations}
+
+
+def test_a_good_spec_passes_with_recipe_defaults(metadata: MetadataStore, resolver: ModelResolver) -> None:
+    spec = _spec()
+    assert (spec.lora_r, spec.lora_alpha, spec.lora_dropout, spec.target_modules) == (
+        64,
+        16.0,
+        0.1,
+        ["q_proj", "v_proj"],
+    )
+    assert spec.learning_rate == 2e-4
+    facts = validate_job_spec("acme", spec, metadata, resolver)
+    assert facts["max_seq_len"] == 512 and facts["template_hash"] == "t" * 64
+
+
+def test_the_model_s_linear_layers_are_listed_without_loading_weights(resolver: ModelResolver) -> None:
+    assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= linear_module_names(
+        resolver, "tiny-qwen2"
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"dataset_version_id": "dsv-cccccccccccccccccccccccc"}, "spec.dataset_version_id"),
+        ({"dataset_version_id": BUILDING_ID}, "spec.dataset_version_id"),
+        ({"dataset_version_id": "../etc"}, "spec.dataset_version_id"),
+        ({"max_seq_len": 128}, "spec.hyperparameters.max_seq_len"),
+        ({"target_modules": ["q_proj", "qkv_proj"]}, "spec.lora.target_modules"),
+        ({"base_model": "smollm2-135m-instruct"}, "spec.base_model"),
+        ({"adapter_name": "Bad Name"}, "spec.adapter_name"),
+        ({"lora_r": 0}, "spec.lora.r"),
+        ({"deepspeed_stage": 1}, "spec.deepspeed.stage"),
+    ],
+)
+def test_each_bad_field_is_named(metadata: MetadataStore, resolver: ModelResolver, overrides: dict, field: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        validate_job_spec("acme", _spec(**overrides), metadata, resolver)
+    assert field in _fields(info.value)
+
+
+def test_all_problems_are_reported_at_once_and_other_tenants_see_no_dataset(
+    metadata: MetadataStore, resolver: ModelResolver
+) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        validate_job_spec(
+            "acme", _spec(lora_r=0, learning_rate=5.0, target_modules=["nope"], max_seq_len=64), metadata, resolver
+        )
+    assert _fields(info.value) == {
+        "spec.lora.r",
+        "spec.hyperparameters.learning_rate",
+        "spec.lora.target_modules",
+        "spec.hyperparameters.max_seq_len",
+    }
+    with pytest.raises(InvalidArgument) as info:
+        validate_job_spec("globex", _spec(), metadata, resolver)
+    assert _fields(info.value) == {"spec.dataset_version_id"}
