@@ -141,3 +141,48 @@ class AdapterAliasRow(Base):
     alias: Mapped[str] = mapped_column(String(63), primary_key=True)
     version: Mapped[int] = mapped_column(BigInteger, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+
+
+class JobRow(Base):
+    """A training job and its lifecycle state."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
+        Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(63), nullable=False)
+    state: Mapped[str] = mapped_column(String(24), nullable=False)
+    spec_json: Mapped[str] = mapped_column(Text, nullable=False)
+    error_code: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    error_message: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    step: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    total_steps: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    metrics_json: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
+    adapter_version: Mapped[str] = mapped_column(String(160), nullable=False, default="")
+    runner_id: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    cancel_requested: Mapped[bool] = mapped_column(nullable=False, default=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class JobEventRow(Base):
+    """One event of a job; `sequence` counts from 1 per job without gaps."""
+
+    __tablename__ = "job_events"
+
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+    type: Mapped[str] = mapped_column(String(24), nullable=False)
+    level: Mapped[str] = mapped_column(String(16), nullable=False)
+    message: Mapped[str] = mapped_column(Text, nullable=False)
+    state: Mapped[str] = mapped_column(String(24), nullable=False, default="")
+    step: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    metrics_json: Mapped[str] = mapped_column(Text, nullable=False, default="{}")

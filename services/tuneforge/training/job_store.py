@@ -1,0 +1,310 @@
+"""Jobs as persistent resources with a state machine and a gap-free event log.
+
+States follow hosted fine-tuning APIs: VALIDATING_FILES → QUEUED → RUNNING → SUCCEEDED | FAILED |
+CANCELLED. Every state change is written together with its STATE_CHANGED event in one transaction,
+and events are numbered from 1 per job without gaps, so a client streaming them can reconnect with
+the last sequence it saw and miss or repeat nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+
+from tuneforge.common.errors import FailedPrecondition, NotFound, ResourceExhausted
+from tuneforge.common.names import check_idempotency_key, check_resource_id, new_id
+from tuneforge.store.metadata import MetadataStore, decode_page_token, encode_page_token, page_size_of
+from tuneforge.store.tables import JobEventRow, JobRow, utcnow
+from tuneforge.training.jobs import JobSpecInput
+
+VALIDATING, QUEUED, RUNNING = "validating_files", "queued", "running"
+SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
+FINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+ACTIVE = frozenset({VALIDATING, QUEUED, RUNNING})
+TRANSITIONS = {
+    VALIDATING: {QUEUED, FAILED, CANCELLED},
+    QUEUED: {RUNNING, FAILED, CANCELLED},
+    RUNNING: {SUCCEEDED, FAILED, CANCELLED, QUEUED},  # back to QUEUED when a lost run is resubmitted
+}
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    id: str
+    state: str
+    spec: dict[str, Any]
+    error_code: str
+    error_message: str
+    step: int
+    total_steps: int
+    metrics: dict[str, float]
+    adapter_version: str
+    runner_id: str
+    cancel_requested: bool
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    sequence: int
+    created_at: datetime
+    type: str
+    level: str
+    message: str
+    state: str
+    step: int
+    metrics: dict[str, float]
+
+
+def _info(row: JobRow) -> JobInfo:
+    return JobInfo(
+        row.id,
+        row.state,
+        json.loads(row.spec_json),
+        row.error_code,
+        row.error_message,
+        row.step,
+        row.total_steps,
+        json.loads(row.metrics_json),
+        row.adapter_version,
+        row.runner_id,
+        row.cancel_requested,
+        row.created_at,
+        row.updated_at,
+        row.started_at,
+        row.ended_at,
+    )
+
+
+def _event(row: JobEventRow) -> JobEvent:
+    return JobEvent(
+        row.sequence,
+        row.created_at,
+        row.type,
+        row.level,
+        row.message,
+        row.state,
+        row.step,
+        json.loads(row.metrics_json),
+    )
+
+
+class JobStore:
+    """Persistence and state machine of training jobs (the runner moves them; clients read them)."""
+
+    def __init__(self, metadata: MetadataStore, max_active_per_tenant: int = 4) -> None:
+        self.metadata = metadata
+        self.max_active_per_tenant = max_active_per_tenant
+
+    def _append(
+        self,
+        session: Any,
+        job_id: str,
+        type_: str,
+        message: str,
+        *,
+        level: str = "info",
+        state: str = "",
+        step: int = 0,
+        metrics: dict[str, float] | None = None,
+    ) -> int:
+        last = session.scalar(select(func.max(JobEventRow.sequence)).where(JobEventRow.job_id == job_id)) or 0
+        session.add(
+            JobEventRow(
+                job_id=job_id,
+                sequence=last + 1,
+                created_at=utcnow(),
+                type=type_,
+                level=level,
+                message=message,
+                state=state,
+                step=step,
+                metrics_json=json.dumps(metrics or {}),
+            )
+        )
+        return last + 1
+
+    def create(self, tenant: str, spec: JobSpecInput, idempotency_key: str = "") -> JobInfo:
+        """Persists a validated job as QUEUED (with its VALIDATING_FILES and QUEUED events)."""
+        check_idempotency_key(idempotency_key)
+        spec_json = json.dumps(asdict(spec), sort_keys=True)
+        request_hash = hashlib.sha256(spec_json.encode()).hexdigest()
+        with self.metadata.session() as session:
+            if idempotency_key:
+                existing = session.scalars(
+                    select(JobRow).where(JobRow.tenant == tenant, JobRow.idempotency_key == idempotency_key)
+                ).one_or_none()
+                if existing is not None:
+                    if existing.request_hash != request_hash:
+                        raise FailedPrecondition(
+                            f"idempotency_key {idempotency_key!r} was already used for a different job "
+                            f"({existing.id}); use a new key"
+                        )
+                    return _info(existing)
+            active = session.scalar(
+                select(func.count()).select_from(JobRow).where(JobRow.tenant == tenant, JobRow.state.in_(ACTIVE))
+            )
+            if active >= self.max_active_per_tenant:
+                raise ResourceExhausted(
+                    f"{active} jobs are already queued or running for this tenant (limit "
+                    f"{self.max_active_per_tenant}); wait for one to finish or cancel one"
+                )
+            now = utcnow()
+            row = JobRow(
+                id=new_id("job"),
+                tenant=tenant,
+                state=QUEUED,
+                spec_json=spec_json,
+                error_code="",
+                error_message="",
+                step=0,
+                total_steps=0,
+                metrics_json="{}",
+                adapter_version="",
+                runner_id="",
+                cancel_requested=False,
+                idempotency_key=idempotency_key or None,
+                request_hash=request_hash,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(row)
+            session.flush()
+            self._append(
+                session, row.id, "state_changed", "spec, dataset version and base model checked", state=VALIDATING
+            )
+            self._append(session, row.id, "state_changed", "queued for the cluster", state=QUEUED)
+            return _info(row)
+
+    def _row(self, session: Any, tenant: str, job_id: str) -> JobRow:
+        check_resource_id(job_id, "job_id", "job")
+        row = session.get(JobRow, job_id)
+        if row is None or row.tenant != tenant:
+            raise NotFound("job", job_id)
+        return row
+
+    def get(self, tenant: str, job_id: str) -> JobInfo:
+        with self.metadata.session() as session:
+            return _info(self._row(session, tenant, job_id))
+
+    def list(
+        self, tenant: str, states: list[str] | None = None, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[JobInfo], str]:
+        size = page_size_of(page_size)
+        cursor = decode_page_token(page_token)
+        query = select(JobRow).where(JobRow.tenant == tenant)
+        if states:
+            query = query.where(JobRow.state.in_(states))
+        if cursor is not None:
+            created, row_id = cursor
+            query = query.where(
+                or_(JobRow.created_at < created, and_(JobRow.created_at == created, JobRow.id < row_id))
+            )
+        with self.metadata.session() as session:
+            rows = list(session.scalars(query.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(size + 1)))
+        token = encode_page_token(rows[size - 1].created_at, rows[size - 1].id) if len(rows) > size else ""
+        return [_info(r) for r in rows[:size]], token
+
+    def transition(
+        self,
+        job_id: str,
+        state: str,
+        message: str,
+        *,
+        error_code: str = "",
+        runner_id: str | None = None,
+        adapter_version: str = "",
+    ) -> JobInfo:
+        """Moves a job to `state` and records the event; FAILED_PRECONDITION for a move the machine forbids."""
+        with self.metadata.session() as session:
+            row = session.get(JobRow, job_id, with_for_update=True)
+            if row is None:
+                raise NotFound("job", job_id)
+            if state not in TRANSITIONS.get(row.state, set()):
+                raise FailedPrecondition(f"job {job_id} is {row.state}; it cannot become {state}")
+            now = utcnow()
+            row.state, row.updated_at = state, now
+            if state == RUNNING and row.started_at is None:
+                row.started_at = now
+            if state in FINAL:
+                row.ended_at = now
+            if state == FAILED:
+                row.error_code, row.error_message = error_code or "failed", message
+            if runner_id is not None:
+                row.runner_id = runner_id
+            if adapter_version:
+                row.adapter_version = adapter_version
+            self._append(
+                session,
+                job_id,
+                "state_changed",
+                message,
+                state=state,
+                level="error" if state == FAILED else "info",
+                step=row.step,
+            )
+            return _info(row)
+
+    def record_metrics(
+        self, job_id: str, metrics: dict[str, float], *, type_: str = "metrics", message: str = ""
+    ) -> int:
+        """Appends a METRICS / EVALUATION / CHECKPOINT_SAVED event and updates the job's progress."""
+        with self.metadata.session() as session:
+            row = session.get(JobRow, job_id)
+            if row is None:
+                raise NotFound("job", job_id)
+            step = int(metrics.get("step", row.step))
+            row.step = max(row.step, step)
+            row.total_steps = int(metrics.get("total_steps", row.total_steps))
+            row.metrics_json = json.dumps(
+                {
+                    **json.loads(row.metrics_json),
+                    **{k: float(v) for k, v in metrics.items() if k not in ("step", "total_steps")},
+                }
+            )
+            row.updated_at = utcnow()
+            return self._append(
+                session,
+                job_id,
+                type_,
+                message or f"step {step}",
+                step=step,
+                metrics={k: float(v) for k, v in metrics.items()},
+            )
+
+    def events(self, tenant: str, job_id: str, after: int = 0, limit: int = 1000) -> list[JobEvent]:
+        """Events with a sequence above `after`, in order."""
+        with self.metadata.session() as session:
+            self._row(session, tenant, job_id)
+            rows = session.scalars(
+                select(JobEventRow)
+                .where(JobEventRow.job_id == job_id, JobEventRow.sequence > after)
+                .order_by(JobEventRow.sequence)
+                .limit(limit)
+            )
+            return [_event(r) for r in rows]
+
+    def cancel(self, tenant: str, job_id: str) -> JobInfo:
+        """QUEUED jobs are cancelled at once; RUNNING ones are flagged for the runner to stop."""
+        with self.metadata.session() as session:
+            row = self._row(session, tenant, job_id)
+            if row.state in FINAL:
+                raise FailedPrecondition(f"job {job_id} already {row.state}")
+            if row.state == RUNNING:
+                row.cancel_requested, row.updated_at = True, utcnow()
+                self._append(session, job_id, "log", "cancellation requested; stopping the workers", step=row.step)
+                return _info(row)
+        return self.transition(job_id, CANCELLED, "cancelled by request")
+
+    def unfinished(self) -> list[JobInfo]:
+        """Jobs a (re)starting service must reconcile with the cluster: queued or running."""
+        with self.metadata.session() as session:
+            return [_info(r) for r in session.scalars(select(JobRow).where(JobRow.state.in_([QUEUED, RUNNING])))]
