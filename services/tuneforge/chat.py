@@ -101,14 +101,6 @@ class ChatRenderer:
             return [e.ids for e in self._content_backend.encode_batch_fast(contents, add_special_tokens=False)]
         return self.tokenizer(contents, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
-    def render_text(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False) -> str:
-        """The rendered text (for previews and logs)."""
-        roles = tuple(m["role"] for m in messages)
-        return "".join(
-            piece if isinstance(piece, str) else messages[piece]["content"]
-            for piece in self._layout(roles, add_generation_prompt)
-        )
-
     def render_batch(
         self,
         conversations: Sequence[Sequence[dict[str, str]]],

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 FORMATS = ("alpaca", "sharegpt", "openai_chat")
@@ -71,20 +71,6 @@ class Issue:
             "field": self.field,
             "error": self.error,
         }
-
-
-@dataclass
-class Record:
-    """A valid conversation and where it came from."""
-
-    source: str
-    line: int
-    messages: list[dict[str, str]]
-    warnings: list[Issue] = field(default_factory=list)
-
-    @property
-    def origin(self) -> str:
-        return f"{self.source}:{self.line}"
 
 
 class RecordError(Exception):

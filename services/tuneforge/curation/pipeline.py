@@ -51,8 +51,6 @@ PIPELINE_VERSION = 1
 SHARD_ROWS = 100_000
 TOO_LONG = "too_long"
 TRUNCATED = "truncated"
-NO_VALID_RECORDS = "no_valid_records"
-MOSTLY_INVALID = "mostly_invalid"
 STAGES = ("parse+validate", "clean+pii", "tokenize+mask", "dedup", "split+write")
 
 STAGING_SCHEMA = pa.schema(
