@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneforge.training.trainer import train_worker
+from tuneforge.training.trainer import checkpoint_step, latest_checkpoint, train_worker
 
 
 @dataclass(frozen=True)
@@ -32,12 +32,21 @@ class Scaling:
 def _loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
 
+    # A restart after a failure continues from the newest checkpoint: the one Ray registered, or a newer
+    # complete one rank 0 wrote to the (shared) output directory that Ray had not registered yet when
+    # the worker died (reports reach the controller asynchronously).
+    candidates: list[Path] = []
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:  # a restart after a failure: continue from the newest checkpoint
+    if checkpoint is not None:
         local = Path(tempfile.mkdtemp(prefix="tuneforge-resume-"))
         with checkpoint.as_directory() as directory:
             shutil.copytree(directory, local, dirs_exist_ok=True)
-        config = {**config, "resume_from": str(local)}
+        candidates.append(local)
+    on_disk = latest_checkpoint(Path(config["output_dir"]))
+    if on_disk is not None:
+        candidates.append(on_disk)
+    if candidates and not config.get("resume_from"):
+        config = {**config, "resume_from": str(max(candidates, key=checkpoint_step))}
 
     log = Path(config["output_dir"]) / "metrics.jsonl"
     rank = ray.train.get_context().get_world_rank()

@@ -199,6 +199,20 @@ def save_checkpoint(
     return path
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step a complete checkpoint was saved at (its state file is written last), or -1."""
+    try:
+        return int(json.loads((path / CHECKPOINT_STATE).read_text())["step"])
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete checkpoint under `output_dir`, or None."""
+    complete = [(checkpoint_step(p), p) for p in output_dir.glob("checkpoint-*") if checkpoint_step(p) >= 0]
+    return max(complete)[1] if complete else None
+
+
 def _load_checkpoint(model: Any, optimizer: Any, scheduler: Any, path: Path) -> int:
     from safetensors.torch import load_file
 
