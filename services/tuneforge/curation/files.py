@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from tuneforge.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from tuneforge.common.names import check_idempotency_key, check_path_segment, check_resource_id, new_id
 from tuneforge.store.artifacts import ArtifactStore, ArtifactWriter
-from tuneforge.store.metadata import MetadataStore, decode_page_token, encode_page_token, page_size_of
+from tuneforge.store.metadata import MetadataStore, newest_first_page
 from tuneforge.store.tables import FileRow, utcnow
 
 DATA_FORMATS = ("auto", "alpaca", "sharegpt", "openai_chat")
@@ -206,20 +206,11 @@ class FileCatalog:
 
     def list(self, tenant: str, page_size: int = 0, page_token: str = "") -> tuple[list[StoredFile], str]:
         """One page of the tenant's files, newest first, and the token of the next page ('' at the end)."""
-        size = page_size_of(page_size)
-        cursor = decode_page_token(page_token)
-        query = select(FileRow).where(FileRow.tenant == tenant)
-        if cursor is not None:
-            created, row_id = cursor
-            query = query.where(
-                or_(FileRow.created_at < created, and_(FileRow.created_at == created, FileRow.id < row_id))
-            )
-        query = query.order_by(FileRow.created_at.desc(), FileRow.id.desc()).limit(size + 1)
         with self.metadata.session() as session:
-            rows = list(session.scalars(query))
-        page = [_stored(row) for row in rows[:size]]
-        next_token = encode_page_token(rows[size - 1].created_at, rows[size - 1].id) if len(rows) > size else ""
-        return page, next_token
+            rows, token = newest_first_page(
+                session, select(FileRow).where(FileRow.tenant == tenant), FileRow, page_size, page_token
+            )
+            return [_stored(row) for row in rows], token
 
     def delete(self, tenant: str, file_id: str) -> None:
         with self.metadata.session() as session:

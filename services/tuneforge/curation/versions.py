@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow.parquet as pq
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 
 from tuneforge.common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from tuneforge.common.names import check_idempotency_key, check_resource_id, check_resource_name
@@ -32,9 +32,8 @@ from tuneforge.store.artifacts import ArtifactStore
 from tuneforge.store.metadata import (
     MetadataStore,
     decode_cursor,
-    decode_page_token,
     encode_cursor,
-    encode_page_token,
+    newest_first_page,
     page_size_of,
 )
 from tuneforge.store.tables import DatasetVersionRow, utcnow
@@ -279,24 +278,12 @@ class DatasetVersions:
     def list(
         self, tenant: str, dataset: str = "", page_size: int = 0, page_token: str = ""
     ) -> tuple[list[VersionInfo], str]:
-        size = page_size_of(page_size)
-        cursor = decode_page_token(page_token)
         query = select(DatasetVersionRow).where(DatasetVersionRow.tenant == tenant)
         if dataset:
             query = query.where(DatasetVersionRow.dataset == check_resource_name(dataset, "dataset"))
-        if cursor is not None:
-            created, row_id = cursor
-            query = query.where(
-                or_(
-                    DatasetVersionRow.created_at < created,
-                    and_(DatasetVersionRow.created_at == created, DatasetVersionRow.id < row_id),
-                )
-            )
-        query = query.order_by(DatasetVersionRow.created_at.desc(), DatasetVersionRow.id.desc()).limit(size + 1)
         with self.metadata.session() as session:
-            rows = list(session.scalars(query))
-        token = encode_page_token(rows[size - 1].created_at, rows[size - 1].id) if len(rows) > size else ""
-        return [_info(r) for r in rows[:size]], token
+            rows, token = newest_first_page(session, query, DatasetVersionRow, page_size, page_token)
+            return [_info(r) for r in rows], token
 
     def delete(self, tenant: str, vid: str) -> None:
         with self.metadata.session() as session:

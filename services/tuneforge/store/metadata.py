@@ -19,7 +19,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, Select, and_, create_engine, event, or_, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -142,3 +142,21 @@ def page_size_of(requested: int, field: str = "page_size", default: int = 100, m
     if requested < 0 or requested > maximum:
         raise InvalidArgument.for_field(field, f"must be between 0 and {maximum} (0 means {default})")
     return requested or default
+
+
+def newest_first_page(
+    session: Session, query: Select[Any], table: Any, page_size: int, page_token: str
+) -> tuple[list[Any], str]:
+    """One page of `query` over `table` (which has `created_at` and `id`), newest first, by keyset.
+
+    Returns the rows and the token of the next page ('' on the last page). Rows created while a
+    client pages never shift the pages it has not read yet.
+    """
+    size = page_size_of(page_size)
+    cursor = decode_page_token(page_token)
+    if cursor is not None:
+        created, row_id = cursor
+        query = query.where(or_(table.created_at < created, and_(table.created_at == created, table.id < row_id)))
+    rows = list(session.scalars(query.order_by(table.created_at.desc(), table.id.desc()).limit(size + 1)))
+    token = encode_page_token(rows[size - 1].created_at, rows[size - 1].id) if len(rows) > size else ""
+    return rows[:size], token

@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, select
 
 from tuneforge.common.errors import FailedPrecondition, NotFound, ResourceExhausted
 from tuneforge.common.names import check_idempotency_key, check_resource_id, new_id
-from tuneforge.store.metadata import MetadataStore, decode_page_token, encode_page_token, page_size_of
+from tuneforge.store.metadata import MetadataStore, newest_first_page
 from tuneforge.store.tables import JobEventRow, JobRow, utcnow
 from tuneforge.training.jobs import JobSpecInput
 
@@ -198,20 +198,12 @@ class JobStore:
     def list(
         self, tenant: str, states: list[str] | None = None, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[JobInfo], str]:
-        size = page_size_of(page_size)
-        cursor = decode_page_token(page_token)
         query = select(JobRow).where(JobRow.tenant == tenant)
         if states:
             query = query.where(JobRow.state.in_(states))
-        if cursor is not None:
-            created, row_id = cursor
-            query = query.where(
-                or_(JobRow.created_at < created, and_(JobRow.created_at == created, JobRow.id < row_id))
-            )
         with self.metadata.session() as session:
-            rows = list(session.scalars(query.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(size + 1)))
-        token = encode_page_token(rows[size - 1].created_at, rows[size - 1].id) if len(rows) > size else ""
-        return [_info(r) for r in rows[:size]], token
+            rows, token = newest_first_page(session, query, JobRow, page_size, page_token)
+            return [_info(r) for r in rows], token
 
     def transition(
         self,
