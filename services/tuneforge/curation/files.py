@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from tuneforge.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from tuneforge.common.names import check_idempotency_key, check_path_segment, check_resource_id, new_id
 from tuneforge.store.artifacts import ArtifactStore, ArtifactWriter
-from tuneforge.store.metadata import MetadataStore, newest_first_page
+from tuneforge.store.metadata import MetadataStore, find_idempotent, newest_first_page
 from tuneforge.store.tables import FileRow, utcnow
 
 DATA_FORMATS = ("auto", "alpaca", "sharegpt", "openai_chat")
@@ -103,17 +103,8 @@ class FileCatalog:
         for _ in range(2):  # a concurrent insert with the same key loses the race once, then finds the row
             try:
                 with self.metadata.session() as session:
-                    row = None
-                    if idempotency_key:
-                        row = session.scalars(
-                            select(FileRow).where(FileRow.tenant == tenant, FileRow.idempotency_key == idempotency_key)
-                        ).one_or_none()
+                    row = find_idempotent(session, FileRow, tenant, idempotency_key, request_hash, "upload")
                     if row is not None:
-                        if row.request_hash != request_hash:
-                            raise FailedPrecondition(
-                                f"idempotency_key {idempotency_key!r} was already used for a different upload "
-                                f"(file {row.id}, filename {row.filename!r}); use a new key"
-                            )
                         if row.state == READY:
                             return _stored(row)
                         row.attempt, row.updated_at = attempt, now  # restart: this attempt supersedes the last

@@ -33,6 +33,7 @@ from tuneforge.store.metadata import (
     MetadataStore,
     decode_cursor,
     encode_cursor,
+    find_idempotent,
     newest_first_page,
     page_size_of,
 )
@@ -202,20 +203,12 @@ class DatasetVersions:
                 "settings.leakage_suite_id: evaluation suites are not available on this server yet; leave it empty"
             )
         request_hash = spec.request_hash()
-        if idempotency_key:
-            with self.metadata.session() as session:
-                row = session.scalars(
-                    select(DatasetVersionRow).where(
-                        DatasetVersionRow.tenant == tenant, DatasetVersionRow.idempotency_key == idempotency_key
-                    )
-                ).one_or_none()
-                if row is not None:
-                    if row.request_hash != request_hash:
-                        raise FailedPrecondition(
-                            f"idempotency_key {idempotency_key!r} was already used for a different request "
-                            f"(version {row.id}); use a new key"
-                        )
-                    return _info(row)
+        with self.metadata.session() as session:
+            earlier = find_idempotent(
+                session, DatasetVersionRow, tenant, idempotency_key, request_hash, "dataset version request"
+            )
+            if earlier is not None:
+                return _info(earlier)
         inputs = self._inputs(tenant, spec)
         hashed_template = self.template_hash(spec.base_model)
         new_id = version_id(inputs, spec.options, hashed_template)

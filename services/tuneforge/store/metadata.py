@@ -19,12 +19,12 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, Select, and_, create_engine, event, or_, text
+from sqlalchemy import Engine, Select, and_, create_engine, event, or_, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from tuneforge.common.errors import InvalidArgument, Unavailable
+from tuneforge.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -160,3 +160,18 @@ def newest_first_page(
     rows = list(session.scalars(query.order_by(table.created_at.desc(), table.id.desc()).limit(size + 1)))
     token = encode_page_token(rows[size - 1].created_at, rows[size - 1].id) if len(rows) > size else ""
     return rows[:size], token
+
+
+def find_idempotent(session: Session, table: Any, tenant: str, key: str, request_hash: str, what: str) -> Any:
+    """The row an earlier create with this idempotency key made, or None.
+
+    FAILED_PRECONDITION when that earlier create asked for something else: a key names one request.
+    """
+    if not key:
+        return None
+    row = session.scalars(select(table).where(table.tenant == tenant, table.idempotency_key == key)).one_or_none()
+    if row is not None and row.request_hash != request_hash:
+        raise FailedPrecondition(
+            f"idempotency_key {key!r} was already used for a different {what} ({row.id}); use a new key"
+        )
+    return row

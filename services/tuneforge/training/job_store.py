@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from tuneforge.common.errors import FailedPrecondition, NotFound, ResourceExhausted
 from tuneforge.common.names import check_idempotency_key, check_resource_id, new_id
-from tuneforge.store.metadata import MetadataStore, newest_first_page
+from tuneforge.store.metadata import MetadataStore, find_idempotent, newest_first_page
 from tuneforge.store.tables import JobEventRow, JobRow, utcnow
 from tuneforge.training.jobs import JobSpecInput
 
@@ -138,17 +138,9 @@ class JobStore:
         spec_json = json.dumps(asdict(spec), sort_keys=True)
         request_hash = hashlib.sha256(spec_json.encode()).hexdigest()
         with self.metadata.session() as session:
-            if idempotency_key:
-                existing = session.scalars(
-                    select(JobRow).where(JobRow.tenant == tenant, JobRow.idempotency_key == idempotency_key)
-                ).one_or_none()
-                if existing is not None:
-                    if existing.request_hash != request_hash:
-                        raise FailedPrecondition(
-                            f"idempotency_key {idempotency_key!r} was already used for a different job "
-                            f"({existing.id}); use a new key"
-                        )
-                    return _info(existing)
+            existing = find_idempotent(session, JobRow, tenant, idempotency_key, request_hash, "job")
+            if existing is not None:
+                return _info(existing)
             active = session.scalar(
                 select(func.count()).select_from(JobRow).where(JobRow.tenant == tenant, JobRow.state.in_(ACTIVE))
             )
