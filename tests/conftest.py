@@ -54,8 +54,24 @@ def make_settings(home: Path, keys_file: Path, **overrides: object) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def server_settings(tmp_path_factory: pytest.TempPathFactory, keys_file: Path) -> Settings:
-    return make_settings(tmp_path_factory.mktemp("home"), keys_file, max_upload_bytes=256 * 1024)
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One Ray head with the Job Submission API for the session's training jobs (its dashboard URL)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from tuneforge.training.cluster import LocalRayHead
+
+    head = LocalRayHead(tmp_path_factory.mktemp("ray-head"), num_cpus=2)
+    yield head.ensure()
+    head.stop()
+
+
+@pytest.fixture(scope="session")
+def server_settings(tmp_path_factory: pytest.TempPathFactory, keys_file: Path, ray_head: str) -> Settings:
+    return make_settings(
+        tmp_path_factory.mktemp("home"),
+        keys_file,
+        max_upload_bytes=256 * 1024,
+        training={"ray_address": ray_head, "poll_interval_s": 0.3},
+    )
 
 
 @pytest.fixture(scope="session")

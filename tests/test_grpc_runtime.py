@@ -16,7 +16,7 @@ from tuneforge.common.errors import Unauthenticated
 from tuneforge.common.server import BackgroundServer
 from tuneforge.curation.server import CurationComponent
 from tuneforge.services import COMPONENTS, service_names
-from tuneforge.v1 import curation_pb2, evaluation_pb2, inference_pb2, training_pb2
+from tuneforge.v1 import curation_pb2, evaluation_pb2, inference_pb2
 
 
 def test_every_service_reports_serving_without_a_key(anonymous: TuneforgeClient) -> None:
@@ -70,7 +70,6 @@ def test_unauthenticated_streaming_upload_is_refused(anonymous: TuneforgeClient)
 
 def test_contract_calls_not_offered_yet_answer_unimplemented_not_fake_results(acme: TuneforgeClient) -> None:
     calls = [
-        (acme.training.GetJob, training_pb2.GetJobRequest(job_id="job-0123456789ab")),
         (acme.evaluation.ListSuites, evaluation_pb2.ListSuitesRequest()),
         (acme.inference.Generate, inference_pb2.GenerateRequest()),
     ]
@@ -82,7 +81,7 @@ def test_contract_calls_not_offered_yet_answer_unimplemented_not_fake_results(ac
 
 def test_unimplemented_streaming_call(acme: TuneforgeClient) -> None:
     with pytest.raises(TuneforgeError) as info:
-        list(acme.stream(acme.training.StreamJobEvents, training_pb2.StreamJobEventsRequest(job_id="job-01234567")))
+        list(acme.stream(acme.inference.GenerateStream, inference_pb2.GenerateStreamRequest()))
     assert info.value.code == "UNIMPLEMENTED"
 
 

@@ -23,17 +23,28 @@ def jobs(database_url: str):
 def test_lifecycle_with_a_gap_free_event_log(jobs: JobStore) -> None:
     job = jobs.create("acme", SPEC)
     assert job.state == QUEUED and job.id.startswith("job-")
-    jobs.transition(job.id, RUNNING, "workers started", runner_id="raysubmit_1")
-    for step in (1, 2):
-        jobs.record_metrics(job.id, {"step": step, "total_steps": 2, "loss": 3.0 - step, "learning_rate": 1e-4})
+    submitted = jobs.mark_submitted(job.id, f"{job.id}-1", "submitted to Ray")
+    assert submitted is not None and (submitted.state, submitted.attempt) == (QUEUED, 1)
+    log = [
+        {"event": "started", "step": 0, "world_size": 2},
+        {"event": "step", "step": 1, "total_steps": 2, "loss": 2.0, "learning_rate": 1e-4},
+        {"event": "step", "step": 2, "total_steps": 2, "loss": 1.0, "validation_loss": 1.5, "checkpoint": "c-2"},
+    ]
+    running = jobs.apply_log(job.id, log[:2], offset=100)
+    assert (running.state, running.step, running.log_offset) == (RUNNING, 1, 100)
+    jobs.apply_log(job.id, log[2:], offset=150)
     done = jobs.transition(job.id, SUCCEEDED, "registered bot:1", adapter_version="bot:1")
-    assert (done.step, done.total_steps, done.adapter_version, done.runner_id) == (2, 2, "bot:1", "raysubmit_1")
+    assert (done.step, done.total_steps, done.adapter_version, done.runner_id) == (2, 2, "bot:1", f"{job.id}-1")
     assert done.metrics["loss"] == 1.0 and done.started_at is not None and done.ended_at is not None
     events = jobs.events("acme", job.id)
-    assert [e.sequence for e in events] == [1, 2, 3, 4, 5, 6]
+    assert [e.sequence for e in events] == list(range(1, 10))
     assert [e.state for e in events if e.type == "state_changed"] == ["validating_files", QUEUED, RUNNING, SUCCEEDED]
+    assert [e.type for e in events[3:8]] == ["state_changed", "metrics", "metrics", "evaluation", "checkpoint_saved"]
+    assert events[6].metrics == {"validation_loss": 1.5}
     # a client that saw event 3 reconnects and gets exactly the rest
-    assert [e.sequence for e in jobs.events("acme", job.id, after=3)] == [4, 5, 6]
+    assert [e.sequence for e in jobs.events("acme", job.id, after=3)] == [4, 5, 6, 7, 8, 9]
+    # a restart of the workers is reported, not mistaken for a new start; a finished job takes no more records
+    assert jobs.apply_log(job.id, [{"event": "started", "step": 2}], offset=200).log_offset == 150
 
 
 def test_forbidden_transitions_are_refused(jobs: JobStore) -> None:
@@ -56,6 +67,7 @@ def test_cancel_queued_at_once_and_running_by_request(jobs: JobStore) -> None:
     jobs.transition(running.id, RUNNING, "started")
     flagged = jobs.cancel("acme", running.id)
     assert flagged.state == RUNNING and flagged.cancel_requested
+    assert jobs.cancel("acme", running.id).cancel_requested  # asking twice is harmless
     assert [j.id for j in jobs.unfinished()] == [running.id]
 
 

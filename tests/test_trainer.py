@@ -110,8 +110,15 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(dataset_dir: Path, tmp
     )
     assert result.error is None
     assert (out / ".crashed-after-3").exists()  # the worker really died once
-    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 3, 4, 5, 6]  # died after step 3, restarted from the step-2 checkpoint
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # died after step 3, restarted from the step-2 checkpoint
+    assert [(r["event"], r["step"]) for r in log] == [
+        ("started", 0),
+        *[("step", s) for s in (1, 2, 3)],
+        ("started", 2),
+        *[("step", s) for s in (3, 4, 5, 6)],
+    ]
+    assert [r.get("checkpoint") for r in log if r["event"] == "step"][:2] == [None, "checkpoint-000002"]
     assert result.metrics["step"] == 6
 
 
@@ -133,7 +140,8 @@ def test_deepspeed_full_fine_tuning_on_two_cpu_workers(
         name=f"zero{stage}",
     )
     assert result.error is None
-    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if r["event"] == "step"]
     assert len(losses) == 3 and all(0 < loss < 20 for loss in losses)
     weights = load_file(out / "checkpoint-000003" / "model.safetensors")
     embed = weights["model.embed_tokens.weight"]

@@ -25,10 +25,14 @@ from tuneforge.v1 import (
     evaluation_pb2_grpc,
     inference_pb2,
     inference_pb2_grpc,
+    training_pb2,
     training_pb2_grpc,
 )
 
 UPLOAD_CHUNK_BYTES = 1024 * 1024
+FINAL_JOB_STATES = frozenset(
+    {training_pb2.JOB_STATE_SUCCEEDED, training_pb2.JOB_STATE_FAILED, training_pb2.JOB_STATE_CANCELLED}
+)
 
 
 @dataclass
@@ -221,3 +225,50 @@ class TuneforgeClient:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"dataset version {version_id} still processing after {timeout:.0f}s")
             time.sleep(0.25)
+
+    def create_job(self, spec: training_pb2.JobSpec, idempotency_key: str = "") -> training_pb2.Job:
+        """Validates and queues a training job (INVALID_ARGUMENT names every bad field)."""
+        request = training_pb2.CreateJobRequest(idempotency_key=idempotency_key, spec=spec)
+        return self.call(self.training.CreateJob, request).job
+
+    def get_job(self, job_id: str) -> training_pb2.Job:
+        return self.call(self.training.GetJob, training_pb2.GetJobRequest(job_id=job_id)).job
+
+    def list_jobs(self, states: list[int] | None = None, page_size: int = 100) -> Iterator[training_pb2.Job]:
+        """The caller's jobs, newest first, across pages."""
+        token = ""
+        while True:
+            request = training_pb2.ListJobsRequest(states=states or [], page_size=page_size, page_token=token)
+            response = self.call(self.training.ListJobs, request)
+            yield from response.jobs
+            token = response.next_page_token
+            if not token:
+                return
+
+    def cancel_job(self, job_id: str) -> training_pb2.Job:
+        return self.call(self.training.CancelJob, training_pb2.CancelJobRequest(job_id=job_id)).job
+
+    def job_events(
+        self, job_id: str, after_sequence: int = 0, follow: bool = True, timeout: float | None = None
+    ) -> Iterator[training_pb2.JobEvent]:
+        """The job's events after `after_sequence`; with `follow`, until the job finishes."""
+        request = training_pb2.StreamJobEventsRequest(
+            job_id=job_id, after_sequence=after_sequence, no_follow=not follow
+        )
+        for message in self.stream(self.training.StreamJobEvents, request, timeout=timeout):
+            yield message.event
+
+    def wait_for_job(self, job_id: str, timeout: float = 900.0) -> training_pb2.Job:
+        """Polls until the job is SUCCEEDED, FAILED or CANCELLED; returns it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get_job(job_id)
+            if job.state in FINAL_JOB_STATES:
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {training_pb2.JobState.Name(job.state)} after {timeout:.0f}s")
+            time.sleep(0.5)
+
+    def list_checkpoints(self, job_id: str) -> list[training_pb2.Checkpoint]:
+        request = training_pb2.ListCheckpointsRequest(job_id=job_id)
+        return list(self.call(self.training.ListCheckpoints, request).checkpoints)

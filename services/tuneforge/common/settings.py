@@ -76,6 +76,30 @@ class CurationSettings(BaseModel):
     import_roots: list[Path] = Field(default_factory=list)
 
 
+class TrainingSettings(BaseModel):
+    """Where training jobs run and how many each tenant may have."""
+
+    model_config = {"extra": "forbid"}
+
+    #: Ray dashboard (Job Submission API) address, e.g. `http://raycluster-head-svc:8265`. Unset: the
+    #: `RAY_ADDRESS` environment variable if it is an http(s) URL, else a local Ray head that the
+    #: service starts under `<home>/ray` and reuses after its own restart (the embedded default).
+    ray_address: str | None = None
+    #: CPUs the local Ray head offers to jobs (embedded default only).
+    local_ray_cpus: int = Field(default=2, ge=1, le=1024)
+    #: Python that runs `ray_jobs/train.py` on the cluster; unset: this interpreter for a local head,
+    #: `python` for a remote cluster (the training image's).
+    python: str | None = None
+    #: Path of `ray_jobs/train.py` as the cluster sees it; unset: the copy next to this package.
+    script: Path | None = None
+    #: Jobs a tenant may have queued or running; more are refused with RESOURCE_EXHAUSTED.
+    max_active_jobs_per_tenant: int = Field(default=8, ge=1)
+    #: Jobs of one tenant submitted to Ray at a time; the rest wait in QUEUED.
+    max_running_jobs_per_tenant: int = Field(default=2, ge=1)
+    #: Seconds between reconciliations of jobs with Ray.
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+
+
 class Settings(BaseSettings):
     """All runtime settings of a Tuneforge process."""
 
@@ -99,6 +123,7 @@ class Settings(BaseSettings):
     models: ModelSettings = Field(default_factory=ModelSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     curation: CurationSettings = Field(default_factory=CurationSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
     #: `json` for machines (the default in containers), `console` for people.
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

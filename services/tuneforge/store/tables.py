@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Index, MetaData, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import BigInteger, DateTime, Index, Integer, MetaData, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -170,6 +170,10 @@ class JobRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    #: Bytes of the job's metrics log already turned into events (survives service restarts).
+    log_offset: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default="0")
+    #: Times the job was submitted to Ray (a lost submission is resubmitted and resumes from its checkpoint).
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
 
 
 class JobEventRow(Base):

@@ -50,6 +50,12 @@ class JobInfo:
     updated_at: datetime
     started_at: datetime | None
     ended_at: datetime | None
+    tenant: str = ""
+    log_offset: int = 0
+    attempt: int = 0
+
+    def spec_input(self) -> JobSpecInput:
+        return JobSpecInput(**self.spec)
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,9 @@ def _info(row: JobRow) -> JobInfo:
         row.updated_at,
         row.started_at,
         row.ended_at,
+        row.tenant,
+        row.log_offset,
+        row.attempt,
     )
 
 
@@ -197,6 +206,44 @@ class JobStore:
             rows, token = newest_first_page(session, query, JobRow, page_size, page_token)
             return [_info(r) for r in rows], token
 
+    def _move(
+        self,
+        session: Any,
+        row: JobRow,
+        state: str,
+        message: str,
+        *,
+        error_code: str = "",
+        adapter_version: str = "",
+    ) -> None:
+        if state not in TRANSITIONS.get(row.state, set()):
+            raise FailedPrecondition(f"job {row.id} is {row.state}; it cannot become {state}")
+        now = utcnow()
+        row.state, row.updated_at = state, now
+        if state == RUNNING and row.started_at is None:
+            row.started_at = now
+        if state in FINAL:
+            row.ended_at = now
+        if state == FAILED:
+            row.error_code, row.error_message = error_code or "failed", message
+        if adapter_version:
+            row.adapter_version = adapter_version
+        self._append(
+            session,
+            row.id,
+            "state_changed",
+            message,
+            state=state,
+            level="error" if state == FAILED else "info",
+            step=row.step,
+        )
+
+    def _locked(self, session: Any, job_id: str) -> JobRow:
+        row = session.get(JobRow, job_id, with_for_update=True)
+        if row is None:
+            raise NotFound("job", job_id)
+        return row
+
     def transition(
         self,
         job_id: str,
@@ -209,59 +256,83 @@ class JobStore:
     ) -> JobInfo:
         """Moves a job to `state` and records the event; FAILED_PRECONDITION for a move the machine forbids."""
         with self.metadata.session() as session:
-            row = session.get(JobRow, job_id, with_for_update=True)
-            if row is None:
-                raise NotFound("job", job_id)
-            if state not in TRANSITIONS.get(row.state, set()):
-                raise FailedPrecondition(f"job {job_id} is {row.state}; it cannot become {state}")
-            now = utcnow()
-            row.state, row.updated_at = state, now
-            if state == RUNNING and row.started_at is None:
-                row.started_at = now
-            if state in FINAL:
-                row.ended_at = now
-            if state == FAILED:
-                row.error_code, row.error_message = error_code or "failed", message
+            row = self._locked(session, job_id)
+            self._move(session, row, state, message, error_code=error_code, adapter_version=adapter_version)
             if runner_id is not None:
                 row.runner_id = runner_id
-            if adapter_version:
-                row.adapter_version = adapter_version
-            self._append(
-                session,
-                job_id,
-                "state_changed",
-                message,
-                state=state,
-                level="error" if state == FAILED else "info",
-                step=row.step,
-            )
             return _info(row)
 
-    def record_metrics(
-        self, job_id: str, metrics: dict[str, float], *, type_: str = "metrics", message: str = ""
-    ) -> int:
-        """Appends a METRICS / EVALUATION / CHECKPOINT_SAVED event and updates the job's progress."""
+    def mark_submitted(self, job_id: str, runner_id: str, message: str) -> JobInfo | None:
+        """Records a submission to Ray (the job stays QUEUED until its workers start); None if it ended meanwhile."""
         with self.metadata.session() as session:
-            row = session.get(JobRow, job_id)
-            if row is None:
-                raise NotFound("job", job_id)
-            step = int(metrics.get("step", row.step))
-            row.step = max(row.step, step)
-            row.total_steps = int(metrics.get("total_steps", row.total_steps))
-            row.metrics_json = json.dumps(
-                {
-                    **json.loads(row.metrics_json),
-                    **{k: float(v) for k, v in metrics.items() if k not in ("step", "total_steps")},
-                }
-            )
-            row.updated_at = utcnow()
-            return self._append(
+            row = self._locked(session, job_id)
+            if row.state in FINAL:
+                return None
+            row.runner_id, row.attempt, row.updated_at = runner_id, row.attempt + 1, utcnow()
+            self._append(session, job_id, "log", message, step=row.step)
+            return _info(row)
+
+    def apply_log(self, job_id: str, records: list[dict[str, Any]], offset: int) -> JobInfo:
+        """Turns records of the job's metrics log into events, and moves `log_offset` past them, atomically.
+
+        Records: `{"event": "started", "step", "world_size"}` when the workers start (QUEUED → RUNNING,
+        or a LOG event when they restart after a failure), and `{"event": "step", "step", "total_steps",
+        "loss", …, "validation_loss"?, "checkpoint"?}` per optimizer step.
+        """
+        with self.metadata.session() as session:
+            row = self._locked(session, job_id)
+            if row.state in FINAL:
+                return _info(row)
+            for record in records:
+                kind = record.get("event", "step")
+                step = int(record.get("step", 0))
+                if kind == "started":
+                    if row.state == QUEUED:
+                        self._move(session, row, RUNNING, f"{record.get('world_size', 1)} worker(s) training")
+                    else:
+                        self._append(
+                            session,
+                            job_id,
+                            "log",
+                            f"workers restarted after a failure; resuming from step {step}",
+                            level="warning",
+                            step=step,
+                        )
+                elif kind == "step":
+                    self._record(session, row, record)
+            row.log_offset = offset
+            return _info(row)
+
+    def _record(self, session: Any, row: JobRow, record: dict[str, Any]) -> None:
+        step = int(record["step"])
+        numbers = {k: float(v) for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        row.step = max(row.step, step)
+        row.total_steps = int(numbers.get("total_steps", row.total_steps))
+        latest = {k: v for k, v in numbers.items() if k not in ("step", "total_steps")}
+        row.metrics_json = json.dumps({**json.loads(row.metrics_json), **latest})
+        row.updated_at = utcnow()
+        training = {k: numbers[k] for k in ("loss", "learning_rate", "tokens_per_second") if k in numbers}
+        loss = f"loss {training['loss']:.4f}" if "loss" in training else ""
+        self._append(
+            session, row.id, "metrics", f"step {step}/{row.total_steps} {loss}".strip(), step=step, metrics=training
+        )
+        if "validation_loss" in numbers:
+            self._append(
                 session,
-                job_id,
-                type_,
-                message or f"step {step}",
+                row.id,
+                "evaluation",
+                f"validation loss {numbers['validation_loss']:.4f}",
                 step=step,
-                metrics={k: float(v) for k, v in metrics.items()},
+                metrics={"validation_loss": numbers["validation_loss"]},
+            )
+        if record.get("checkpoint"):
+            self._append(
+                session,
+                row.id,
+                "checkpoint_saved",
+                f"checkpoint saved at step {step}",
+                step=step,
+                metrics={k: v for k, v in latest.items() if k in ("loss", "validation_loss")},
             )
 
     def events(self, tenant: str, job_id: str, after: int = 0, limit: int = 1000) -> list[JobEvent]:
@@ -283,6 +354,8 @@ class JobStore:
             if row.state in FINAL:
                 raise FailedPrecondition(f"job {job_id} already {row.state}")
             if row.state == RUNNING:
+                if row.cancel_requested:
+                    return _info(row)
                 row.cancel_requested, row.updated_at = True, utcnow()
                 self._append(session, job_id, "log", "cancellation requested; stopping the workers", step=row.step)
                 return _info(row)

@@ -45,11 +45,16 @@ class JobSpecInput:
     seed: int = 0
     train_on_prompt: bool = False
     gradient_checkpointing: bool = False
+    packing: bool = True
+    eval_every_steps: int = 0
+    checkpoint_every_steps: int = 0
     deepspeed_stage: int = 0
     offload_optimizer: bool = False
     offload_parameters: bool = False
     num_workers: int = 1
     use_gpu: bool = False
+    gpus_per_worker: int = 1
+    cpus_per_worker: int = 1
     max_failures: int = 2
 
     def with_defaults(self) -> JobSpecInput:
@@ -105,6 +110,11 @@ def validate_job_spec(
     check(spec.deepspeed_stage in (0, 2, 3), "spec.deepspeed.stage", "must be ZeRO-2 or ZeRO-3")
     check(not spec.offload_parameters or spec.deepspeed_stage == 3, "spec.deepspeed.offload_parameters", "needs ZeRO-3")
     check(1 <= spec.num_workers <= 1024, "spec.resources.num_workers", "must be between 1 and 1024")
+    check(1 <= spec.gpus_per_worker <= 16, "spec.resources.gpus_per_worker", "must be between 1 and 16")
+    check(1 <= spec.cpus_per_worker <= 256, "spec.resources.cpus_per_worker", "must be between 1 and 256")
+    check(spec.eval_every_steps >= 0, "spec.hyperparameters.eval_every_steps", "must not be negative")
+    check(spec.checkpoint_every_steps >= 0, "spec.hyperparameters.checkpoint_every_steps", "must not be negative")
+    check(0 <= spec.max_seq_len <= 1_048_576, "spec.hyperparameters.max_seq_len", "must be between 0 and 1048576")
     check(0 <= spec.max_failures <= 100, "spec.resources.max_failures", "must be between 0 and 100")
 
     facts: dict[str, Any] = {}
@@ -170,3 +180,43 @@ def validate_job_spec(
             "invalid job spec: " + "; ".join(f"{p.field}: {p.description}" for p in problems), problems
         )
     return facts
+
+
+def train_config(
+    spec: JobSpecInput,
+    *,
+    base_model_path: str,
+    dataset_dir: str,
+    output_dir: str,
+    max_seq_len: int,
+    trust_remote_code: bool = False,
+) -> dict[str, Any]:
+    """The per-worker `TrainConfig` values a validated job spec implies (the one place they are mapped)."""
+    return {
+        "base_model_path": base_model_path,
+        "dataset_dir": dataset_dir,
+        "output_dir": output_dir,
+        "method": spec.method,
+        "lora_r": spec.lora_r,
+        "lora_alpha": spec.lora_alpha,
+        "lora_dropout": spec.lora_dropout,
+        "target_modules": list(spec.target_modules),
+        "learning_rate": spec.learning_rate,
+        "epochs": spec.epochs,
+        "max_steps": spec.max_steps,
+        "micro_batch_size": spec.micro_batch_size,
+        "gradient_accumulation_steps": spec.gradient_accumulation_steps,
+        "warmup_ratio": spec.warmup_ratio,
+        "weight_decay": spec.weight_decay,
+        "max_seq_len": max_seq_len,
+        "seed": spec.seed,
+        "train_on_prompt": spec.train_on_prompt,
+        "gradient_checkpointing": spec.gradient_checkpointing,
+        "packing": spec.packing,
+        "eval_every_steps": spec.eval_every_steps,
+        "checkpoint_every_steps": spec.checkpoint_every_steps,
+        "trust_remote_code": trust_remote_code,
+        "deepspeed_stage": spec.deepspeed_stage,
+        "offload_optimizer": spec.offload_optimizer,
+        "offload_parameters": spec.offload_parameters,
+    }

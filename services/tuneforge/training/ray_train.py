@@ -17,6 +17,9 @@ from typing import Any
 
 from tuneforge.training.trainer import checkpoint_step, latest_checkpoint, train_worker
 
+#: Rank 0's record of the run in the output directory, one JSON object a line (what the service streams).
+METRICS_LOG = "metrics.jsonl"
+
 
 @dataclass(frozen=True)
 class Scaling:
@@ -48,14 +51,21 @@ def _loop_per_worker(config: dict[str, Any]) -> None:
     if candidates and not config.get("resume_from"):
         config = {**config, "resume_from": str(max(candidates, key=checkpoint_step))}
 
-    log = Path(config["output_dir"]) / "metrics.jsonl"
-    rank = ray.train.get_context().get_world_rank()
+    log = Path(config["output_dir"]) / METRICS_LOG
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
 
-    def report(metrics: dict[str, Any], path: Path | None) -> None:
-        if rank == 0:  # every step, restarts included, for the service's event stream and for people
+    def append(record: dict[str, Any]) -> None:
+        if rank == 0:  # every start and step, restarts included, for the service's event stream and for people
             log.parent.mkdir(parents=True, exist_ok=True)
             with log.open("a") as handle:
-                handle.write(json.dumps(metrics) + "\n")
+                handle.write(json.dumps(record) + "\n")
+
+    resumed = checkpoint_step(Path(config["resume_from"])) if config.get("resume_from") else 0
+    append({"event": "started", "step": max(resumed, 0), "world_size": context.get_world_size()})
+
+    def report(metrics: dict[str, Any], path: Path | None) -> None:
+        append({"event": "step", **metrics, **({"checkpoint": path.name} if path is not None else {})})
         saved = ray.train.Checkpoint.from_directory(str(path)) if path is not None else None
         ray.train.report(dict(metrics), checkpoint=saved)
 

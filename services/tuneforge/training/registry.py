@@ -214,6 +214,17 @@ class AdapterRegistry:
                 raise NotFound("adapter version", f"{name}:{version}")
             return _version(found)
 
+    def find_by_job(self, tenant: str, name: str, job_id: str) -> AdapterVersionInfo | None:
+        """The version a job registered, if it did (so a retried registration does not add another)."""
+        with self.metadata.session() as session:
+            rows = session.scalars(
+                select(AdapterVersionRow).where(AdapterVersionRow.tenant == tenant, AdapterVersionRow.adapter == name)
+            )
+            for row in rows:
+                if json.loads(row.lineage_json).get("job_id") == job_id:
+                    return _version(row)
+        return None
+
     def resolve(self, tenant: str, ref: str, field: str = "model") -> AdapterVersionInfo:
         """`name[:version|alias]` → the version it names right now."""
         name, version, alias = parse_ref(ref, field)

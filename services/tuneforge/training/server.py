@@ -1,7 +1,7 @@
 """TrainingService + AdapterService bootstrap: `tuneforge serve training`.
 
-AdapterService (the registry) is served; TrainingService's job calls answer UNIMPLEMENTED until the
-job lifecycle lands (never a fake result).
+Jobs run on the Ray cluster at `training.ray_address` (or `RAY_ADDRESS`), else on a local Ray head
+the service starts; the JobRunner reconciles them with Ray in the background.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ import grpc
 from tuneforge.common.server import TuneforgeServer, build_server
 from tuneforge.common.settings import Settings
 from tuneforge.platform import Platform, PlatformComponent
+from tuneforge.training.job_store import JobStore
 from tuneforge.training.registry import AdapterRegistry
-from tuneforge.training.servicer import AdapterServicer
+from tuneforge.training.runner import JobRunner
+from tuneforge.training.servicer import AdapterServicer, TrainingServicer
 from tuneforge.v1 import training_pb2, training_pb2_grpc
 
 
@@ -26,11 +28,25 @@ class TrainingComponent(PlatformComponent):
 
     def __init__(self, platform: Platform) -> None:
         super().__init__(platform)
+        settings = platform.settings
         self.registry = AdapterRegistry(platform.metadata, platform.artifacts)
+        self.jobs = JobStore(platform.metadata, settings.training.max_active_jobs_per_tenant)
+        self.runner = JobRunner(
+            settings, self.jobs, self.registry, platform.metadata, platform.artifacts, platform.models
+        )
 
     def register(self, server: grpc.aio.Server) -> None:
-        training_pb2_grpc.add_TrainingServiceServicer_to_server(training_pb2_grpc.TrainingServiceServicer(), server)
+        training_pb2_grpc.add_TrainingServiceServicer_to_server(
+            TrainingServicer(self.jobs, self.runner, self.platform.metadata, self.platform.models), server
+        )
         training_pb2_grpc.add_AdapterServiceServicer_to_server(AdapterServicer(self.registry), server)
+
+    async def start(self) -> None:
+        await super().start()
+        await self.runner.start()  # picks up the jobs a previous process left queued or running
+
+    async def stop(self) -> None:
+        await self.runner.stop()
 
 
 async def create_server(settings: Settings) -> tuple[TuneforgeServer, int]:

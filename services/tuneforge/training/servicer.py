@@ -1,16 +1,149 @@
-"""gRPC glue for AdapterService (and TrainingService, whose job calls arrive with the job lifecycle)."""
+"""gRPC glue for TrainingService (jobs, run by the JobRunner on Ray) and AdapterService (the registry)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 
 from tuneforge.common.auth import current_principal
-from tuneforge.common.convert import resource_times
+from tuneforge.common.convert import resource_times, timestamp
 from tuneforge.common.errors import InvalidArgument
+from tuneforge.models import ModelResolver
+from tuneforge.store.metadata import MetadataStore
+from tuneforge.training.job_store import FINAL, JobEvent, JobInfo, JobStore
+from tuneforge.training.jobs import JobSpecInput, validate_job_spec
 from tuneforge.training.registry import AdapterInfo, AdapterRegistry, AdapterVersionInfo
+from tuneforge.training.runner import JobRunner, list_checkpoints
+from tuneforge.training.spec_proto import spec_input, spec_message
 from tuneforge.v1 import common_pb2, training_pb2, training_pb2_grpc
+
+#: Seconds between looks at the store while following a job's events.
+FOLLOW_INTERVAL_S = 0.25
+
+
+def job_message(info: JobInfo) -> training_pb2.Job:
+    return training_pb2.Job(
+        id=info.id,
+        spec=spec_message(JobSpecInput(**info.spec)),
+        state=training_pb2.JobState.Value(f"JOB_STATE_{info.state.upper()}"),
+        error=training_pb2.JobError(code=info.error_code, message=info.error_message) if info.error_code else None,
+        step=info.step,
+        total_steps=info.total_steps,
+        metrics=info.metrics,
+        adapter_version=info.adapter_version,
+        times=resource_times(info.created_at, info.updated_at),
+        start_time=timestamp(info.started_at),
+        end_time=timestamp(info.ended_at),
+    )
+
+
+def event_message(event: JobEvent) -> training_pb2.JobEvent:
+    return training_pb2.JobEvent(
+        sequence=event.sequence,
+        create_time=timestamp(event.created_at),
+        type=training_pb2.JobEventType.Value(f"JOB_EVENT_TYPE_{event.type.upper()}"),
+        level=common_pb2.Severity.Value(f"SEVERITY_{event.level.upper()}"),
+        message=event.message,
+        state=training_pb2.JobState.Value(f"JOB_STATE_{event.state.upper()}") if event.state else 0,
+        step=event.step,
+        metrics=event.metrics,
+    )
+
+
+def _state_name(value: int, field: str) -> str:
+    if value not in training_pb2.JobState.values() or value == training_pb2.JOB_STATE_UNSPECIFIED:
+        raise InvalidArgument.for_field(field, f"{value} is not a job state")
+    return training_pb2.JobState.Name(value).removeprefix("JOB_STATE_").lower()
+
+
+class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
+    """Creates, reads and cancels jobs and streams their events; the JobRunner does the running."""
+
+    def __init__(self, jobs: JobStore, runner: JobRunner, metadata: MetadataStore, models: ModelResolver) -> None:
+        self.jobs = jobs
+        self.runner = runner
+        self.metadata = metadata
+        self.models = models
+
+    async def CreateJob(
+        self, request: training_pb2.CreateJobRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.CreateJobResponse:
+        tenant = current_principal().tenant
+        spec = spec_input(request.spec)
+        facts = await asyncio.to_thread(validate_job_spec, tenant, spec, self.metadata, self.models)
+        spec.max_seq_len = facts["max_seq_len"]  # as accepted: the row length the job will use
+        info = await asyncio.to_thread(self.jobs.create, tenant, spec, request.idempotency_key)
+        return training_pb2.CreateJobResponse(job=job_message(info))
+
+    async def GetJob(
+        self, request: training_pb2.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.GetJobResponse:
+        info = await asyncio.to_thread(self.jobs.get, current_principal().tenant, request.job_id)
+        return training_pb2.GetJobResponse(job=job_message(info))
+
+    async def ListJobs(
+        self, request: training_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.ListJobsResponse:
+        states = [_state_name(v, f"states[{i}]") for i, v in enumerate(request.states)]
+        page, token = await asyncio.to_thread(
+            self.jobs.list, current_principal().tenant, states, request.page_size, request.page_token
+        )
+        return training_pb2.ListJobsResponse(jobs=[job_message(j) for j in page], next_page_token=token)
+
+    async def CancelJob(
+        self, request: training_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.CancelJobResponse:
+        info = await asyncio.to_thread(self.jobs.cancel, current_principal().tenant, request.job_id)
+        if info.state in FINAL and info.runner_id:  # cancelled while queued on the cluster: stop it there too
+            await asyncio.to_thread(self.runner.stop_submission, info.runner_id)
+        return training_pb2.CancelJobResponse(job=job_message(info))
+
+    async def StreamJobEvents(
+        self, request: training_pb2.StreamJobEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[training_pb2.StreamJobEventsResponse]:
+        tenant = current_principal().tenant
+        if request.after_sequence < 0:
+            raise InvalidArgument.for_field("after_sequence", "must not be negative")
+        cursor = request.after_sequence
+        while True:
+            events = await asyncio.to_thread(self.jobs.events, tenant, request.job_id, cursor)
+            for event in events:
+                yield training_pb2.StreamJobEventsResponse(event=event_message(event))
+                cursor = event.sequence
+            if events:
+                continue
+            if request.no_follow:
+                return
+            info = await asyncio.to_thread(self.jobs.get, tenant, request.job_id)
+            if info.state in FINAL:
+                # the final state change is the job's last event; drain anything written just before it
+                rest = await asyncio.to_thread(self.jobs.events, tenant, request.job_id, cursor)
+                for event in rest:
+                    yield training_pb2.StreamJobEventsResponse(event=event_message(event))
+                return
+            await asyncio.sleep(FOLLOW_INTERVAL_S)
+
+    async def ListCheckpoints(
+        self, request: training_pb2.ListCheckpointsRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.ListCheckpointsResponse:
+        info = await asyncio.to_thread(self.jobs.get, current_principal().tenant, request.job_id)
+        found = await asyncio.to_thread(list_checkpoints, Path(self.runner.output_dir(info)))
+        return training_pb2.ListCheckpointsResponse(
+            checkpoints=[
+                training_pb2.Checkpoint(
+                    id=c["id"],
+                    step=c["step"],
+                    metrics=c["metrics"],
+                    create_time=timestamp(datetime.fromtimestamp(c["created_at"], UTC)),
+                    weights=common_pb2.ContentDigest(sha256=c["sha256"], size_bytes=c["size_bytes"]),
+                )
+                for c in found
+            ]
+        )
 
 
 def adapter_message(info: AdapterInfo) -> training_pb2.Adapter:

@@ -57,6 +57,8 @@ class TrainConfig:
     seed: int = 0
     train_on_prompt: bool = False
     gradient_checkpointing: bool = False
+    #: Pack samples into full rows (per-document attention); off: one sample per row, padded.
+    packing: bool = True
     eval_every_steps: int = 0
     checkpoint_every_steps: int = 0
     resume_from: str = ""
@@ -101,7 +103,10 @@ def epoch_batches(
     """This rank's micro-batches (lists of packed rows) for one epoch, in a seeded order."""
     order = list(range(len(samples)))
     random.Random(config.seed * 1_000_003 + epoch).shuffle(order)  # noqa: S311 - data order, not secrets
-    rows = pack_rows((samples[i] for i in order), config.max_seq_len)
+    if config.packing:
+        rows = pack_rows((samples[i] for i in order), config.max_seq_len)
+    else:
+        rows = [row for i in order for row in pack_rows([samples[i]], config.max_seq_len)]  # one sample a row
     mine = rows[rank::world]
     size = config.micro_batch_size
     return [mine[i : i + size] for i in range(0, len(mine), size)]

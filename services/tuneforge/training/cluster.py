@@ -1,0 +1,211 @@
+"""The Ray cluster jobs run on: Ray's Job Submission API, and the local head of the embedded default.
+
+With `training.ray_address` (or an http(s) `RAY_ADDRESS`) the service talks to that cluster's
+dashboard, e.g. the KubeRay head service. Without one it starts a Ray head of its own on this
+machine (`ray start --head --block` in its own process group), records it in `<home>/ray/head.json`
+and reuses it after its own restart, so jobs running on it are picked up again rather than lost.
+Every call here blocks (HTTP or process management): the service runs them in threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneforge.common.logging import get_logger
+
+log = get_logger(__name__)
+
+#: Ray job states after which a submission never changes again.
+TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+
+
+@dataclass(frozen=True)
+class SubmissionStatus:
+    """What Ray says about one submission."""
+
+    status: str  # PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED
+    message: str
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+def _is_missing(exc: Exception) -> bool:
+    text = str(exc)
+    return "404" in text or "does not exist" in text
+
+
+class RayJobs:
+    """One Ray cluster's Job Submission API."""
+
+    def __init__(self, address: str) -> None:
+        from ray.job_submission import JobSubmissionClient
+
+        self.address = address
+        self.client = JobSubmissionClient(address)
+
+    def submit(self, submission_id: str, entrypoint: str, env: dict[str, str]) -> None:
+        """Submits `entrypoint` under `submission_id`; a submission Ray already has is left as it is."""
+        if self.status(submission_id) is not None:
+            return  # submitted before the service could record it (it died in between)
+        self.client.submit_job(
+            entrypoint=entrypoint, submission_id=submission_id, runtime_env={"env_vars": env} if env else None
+        )
+
+    def status(self, submission_id: str) -> SubmissionStatus | None:
+        """The submission's status and Ray's message, or None when the cluster does not know it."""
+        try:
+            info = self.client.get_job_info(submission_id)
+        except RuntimeError as exc:
+            if _is_missing(exc):
+                return None
+            raise
+        return SubmissionStatus(str(getattr(info.status, "value", info.status)), info.message or "")
+
+    def stop(self, submission_id: str) -> None:
+        try:
+            self.client.stop_job(submission_id)
+        except RuntimeError as exc:
+            if not _is_missing(exc):
+                raise
+
+    def logs(self, submission_id: str) -> str:
+        try:
+            return self.client.get_job_logs(submission_id)
+        except RuntimeError as exc:
+            if _is_missing(exc):
+                return ""
+            raise
+
+    def submission_ids(self, prefix: str = "") -> list[str]:
+        return sorted(
+            job.submission_id for job in self.client.list_jobs() if (job.submission_id or "").startswith(prefix)
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/api/version", timeout=2) as response:  # noqa: S310 - our own http URL
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class LocalRayHead:
+    """A Ray head on this machine that the service starts, finds again after a restart, and stops."""
+
+    def __init__(self, directory: Path, num_cpus: int = 2) -> None:
+        self.directory = Path(directory)
+        self.num_cpus = num_cpus
+        self.state_file = self.directory / "head.json"
+
+    def _state(self) -> dict[str, object] | None:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def running_address(self) -> str | None:
+        """The dashboard URL of the head this directory records, if it still answers."""
+        state = self._state()
+        if state and _alive(int(state["pid"])) and _answers(str(state["dashboard_url"])):
+            return str(state["dashboard_url"])
+        return None
+
+    def ensure(self, timeout_s: float = 180.0) -> str:
+        """The running head's dashboard URL, starting one when there is none."""
+        address = self.running_address()
+        if address is not None:
+            log.info("local_ray_reused", dashboard=address)
+            return address
+        self.directory.mkdir(parents=True, exist_ok=True)
+        dashboard_port = _free_port()
+        url = f"http://127.0.0.1:{dashboard_port}"
+        ray = Path(sys.executable).with_name("ray")
+        command = [
+            str(ray) if ray.exists() else "ray",
+            "start",
+            "--head",
+            "--block",
+            "--disable-usage-stats",
+            f"--num-cpus={self.num_cpus}",
+            "--node-ip-address=127.0.0.1",
+            f"--port={_free_port()}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard_port}",
+            f"--ray-client-server-port={_free_port()}",
+            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--dashboard-agent-grpc-port={_free_port()}",
+            f"--runtime-env-agent-port={_free_port()}",
+            f"--metrics-export-port={_free_port()}",
+        ]
+        env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+        env.pop("RAY_ADDRESS", None)
+        with (self.directory / "head.log").open("ab") as output:
+            # its own session: the head outlives a crash of the service, whose restart finds it again
+            process = subprocess.Popen(
+                command, stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout_s
+        while not _answers(url):
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"the local Ray head exited with status {process.returncode}; see {self.directory / 'head.log'}"
+                )
+            if time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"the local Ray head did not answer within {timeout_s:.0f} s")
+            time.sleep(0.5)
+        temp = self.state_file.with_suffix(".tmp")
+        temp.write_text(json.dumps({"pid": process.pid, "dashboard_url": url}))
+        temp.replace(self.state_file)
+        log.info("local_ray_started", dashboard=url, pid=process.pid, num_cpus=self.num_cpus)
+        return url
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stops the recorded head and everything it started (its process group)."""
+        state = self._state()
+        if not state:
+            return
+        pid = int(state["pid"])
+        # `ray start --block` stops the processes it started when it gets SIGTERM; whatever is left of
+        # its process group after that is killed
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _alive(pid) and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)  # reap it when it is our child
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        self.state_file.unlink(missing_ok=True)
+        log.info("local_ray_stopped", pid=pid)

@@ -1,0 +1,378 @@
+"""The job runner: moves jobs through their lifecycle on a Ray cluster, and survives its own restarts.
+
+Every `poll_interval_s` it reconciles each QUEUED or RUNNING job in the metadata store with Ray:
+
+- a QUEUED job not yet submitted (and within its tenant's running limit) gets its `job.json` written
+  to its output directory and `ray_jobs/train.py` submitted under the id `<job>-<attempt>`;
+- the job's metrics log (rank 0 appends one JSON line per start and step) is read from the offset
+  the store remembers and turned into events — so a restarted service neither misses nor repeats any;
+- a cancel request stops the submission; a finished submission finishes the job: SUCCEEDED registers
+  the adapter (once, even when the service dies in between), FAILED carries a reason a user can act on;
+- a submission the cluster no longer knows (its head restarted) is resubmitted, and resumes from the
+  newest checkpoint in the output directory.
+
+All state is in the store and the output directory, none in memory, so a new service process picks
+up exactly where the old one stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from tuneforge.common.logging import get_logger
+from tuneforge.common.settings import Settings
+from tuneforge.models import ModelResolver
+from tuneforge.store.artifacts import ArtifactStore
+from tuneforge.store.metadata import MetadataStore
+from tuneforge.store.tables import DatasetVersionRow
+from tuneforge.training.cluster import LocalRayHead, RayJobs, SubmissionStatus
+from tuneforge.training.job_store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobInfo, JobStore
+from tuneforge.training.jobs import train_config
+from tuneforge.training.ray_train import METRICS_LOG
+from tuneforge.training.registry import AdapterRegistry
+from tuneforge.training.spec_proto import spec_dict
+from tuneforge.training.trainer import CHECKPOINT_STATE, checkpoint_step, latest_checkpoint
+
+log = get_logger(__name__)
+
+#: Resubmissions of a job whose submission the cluster lost (its head restarted), beyond `max_failures`.
+EXTRA_RESUBMISSIONS = 2
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+#: Largest chunk of a metrics log read per job and tick.
+MAX_LOG_READ = 1 << 20
+
+_DIAGNOSES: tuple[tuple[re.Pattern[str], str, str], ...] = (
+    (
+        re.compile(r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED"),
+        "out_of_memory",
+        "a worker ran out of GPU memory: lower micro_batch_size or max_seq_len, turn on gradient_checkpointing, "
+        "or use DeepSpeed ZeRO-3 with offload",
+    ),
+    (
+        re.compile(r"has no training records"),
+        "dataset_empty",
+        "the dataset version has no training records: build one with more valid records",
+    ),
+    (
+        re.compile(r"OutOfMemoryError: Task was killed due to the node running low on memory|RayOutOfMemoryError"),
+        "host_out_of_memory",
+        "a worker ran out of host memory: use fewer workers per node or a smaller micro_batch_size",
+    ),
+)
+_EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$", re.MULTILINE)
+
+
+def diagnose(logs: str, ray_message: str) -> tuple[str, str]:
+    """An error code and an actionable message for a failed submission, from its logs."""
+    for pattern, code, advice in _DIAGNOSES:
+        if pattern.search(logs):
+            return code, advice
+    lines = _EXCEPTION_LINE.findall(logs)
+    if "TrainingFailedError" in logs or "WorkerGroupError" in logs or "max_failures" in logs:
+        detail = f" (last error: {lines[-1][0]}: {lines[-1][1][:300]})" if lines else ""
+        return "worker_lost", (
+            f"training workers kept failing and the retries (max_failures) ran out{detail}; see the job's logs"
+        )
+    if lines:
+        name, text = lines[-1]
+        return "training_error", f"{name}: {text[:500]}"
+    return "training_error", (ray_message or "the training program exited with an error")[:500]
+
+
+def model_revision(path: Path, name: str) -> str:
+    """A short identity of a model's files: its config and the names and sizes of its weight files."""
+    if not path.is_dir():
+        return f"hub:{name}"
+    digest = hashlib.sha256()
+    for file in sorted(path.iterdir()):
+        if file.name in ("config.json", "tuneforge-build.json"):
+            digest.update(file.read_bytes())
+        elif file.suffix == ".safetensors":
+            digest.update(f"{file.name}:{file.stat().st_size}".encode())
+    return digest.hexdigest()
+
+
+class JobRunner:
+    """Reconciles the store's unfinished jobs with the Ray cluster, in a background task."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        jobs: JobStore,
+        registry: AdapterRegistry,
+        metadata: MetadataStore,
+        artifacts: ArtifactStore,
+        models: ModelResolver,
+    ) -> None:
+        self.settings = settings
+        self.jobs = jobs
+        self.registry = registry
+        self.metadata = metadata
+        self.artifacts = artifacts
+        self.models = models
+        self.ray: RayJobs | None = None
+        self.head: LocalRayHead | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # -- cluster -------------------------------------------------------------------------------
+
+    def _address(self) -> str | None:
+        configured = self.settings.training.ray_address
+        if configured:
+            return configured
+        env = os.environ.get("RAY_ADDRESS", "")
+        return env if env.startswith(("http://", "https://")) else None
+
+    def connect(self) -> str:
+        """Connects to the configured cluster, or starts (or finds again) the local head."""
+        address = self._address()
+        if address is None:
+            self.head = LocalRayHead(self.settings.home / "ray", self.settings.training.local_ray_cpus)
+            address = self.head.ensure()
+        self.ray = RayJobs(address)
+        return address
+
+    def _entrypoint(self, config_path: Path) -> str:
+        training = self.settings.training
+        # a cluster on this machine runs this interpreter; a remote one the training image's `python`
+        on_this_machine = self.ray is not None and urlparse(self.ray.address).hostname in LOOPBACK
+        python = training.python or (sys.executable if on_this_machine else "python")
+        script = training.script or Path(__file__).resolve().parents[3] / "ray_jobs" / "train.py"
+        return shlex.join([python, str(script), "--config", str(config_path)])
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        address = await asyncio.to_thread(self.connect)
+        log.info("job_runner_started", ray=address, managed_head=self.head is not None)
+        self._task = asyncio.create_task(self._loop(), name="tuneforge-job-runner")
+
+    async def stop(self, stop_local_head: bool = True) -> None:
+        """Stops reconciling; jobs keep running on the cluster and are picked up by the next start.
+
+        A local head the service started is stopped too (with its jobs, which the next start
+        resubmits from their checkpoints) unless `stop_local_head` is false.
+        """
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self.head is not None and stop_local_head:
+            await asyncio.to_thread(self.head.stop)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.tick)
+            except Exception as exc:  # a broken tick must not end the runner; the next one retries
+                log.error("job_runner_tick_failed", error=repr(exc))
+            await asyncio.sleep(self.settings.training.poll_interval_s)
+
+    def tick(self) -> None:
+        """One reconciliation of every unfinished job."""
+        assert self.ray is not None
+        unfinished = self.jobs.unfinished()
+        submitted: dict[str, int] = {}
+        for job in unfinished:
+            if job.runner_id:
+                submitted[job.tenant] = submitted.get(job.tenant, 0) + 1
+        for job in sorted(unfinished, key=lambda j: j.created_at):
+            try:
+                if job.runner_id:
+                    self._follow(job)
+                elif submitted.get(job.tenant, 0) < self.settings.training.max_running_jobs_per_tenant:
+                    self._submit(job)
+                    submitted[job.tenant] = submitted.get(job.tenant, 0) + 1
+            except Exception as exc:
+                log.error("job_reconcile_failed", job_id=job.id, error=repr(exc))
+
+    def stop_submission(self, runner_id: str) -> None:
+        """Stops a submission at once (a QUEUED job cancelled after it was submitted)."""
+        if self.ray is not None and runner_id:
+            self.ray.stop(runner_id)
+
+    # -- one job -------------------------------------------------------------------------------
+
+    def output_dir(self, job: JobInfo) -> Path:
+        return self.artifacts.for_tenant(job.tenant).path(f"jobs/{job.id}")
+
+    def _submit(self, job: JobInfo, reason: str = "") -> None:
+        assert self.ray is not None
+        spec = job.spec_input()
+        resolved = self.models.resolve(spec.base_model)
+        dataset = self.artifacts.for_tenant(job.tenant).path(f"datasets/{spec.dataset_version_id}")
+        out = self.output_dir(job)
+        out.mkdir(parents=True, exist_ok=True)
+        config = {
+            "train": train_config(
+                spec,
+                base_model_path=resolved.source,
+                dataset_dir=str(dataset),
+                output_dir=str(out),
+                max_seq_len=spec.max_seq_len,
+                trust_remote_code=resolved.trust_remote_code,
+            ),
+            "scaling": {
+                "num_workers": spec.num_workers,
+                "use_gpu": spec.use_gpu,
+                "gpus_per_worker": spec.gpus_per_worker,
+                "cpus_per_worker": spec.cpus_per_worker,
+                "max_failures": spec.max_failures,
+            },
+            "storage_path": str(out / "ray"),
+            "name": job.id,
+        }
+        path = out / "job.json"
+        temp = path.with_suffix(".tmp")
+        temp.write_text(json.dumps(config, indent=2))
+        temp.replace(path)
+        submission = f"{job.id}-{job.attempt + 1}"
+        env = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+        self.ray.submit(submission, self._entrypoint(path), env)
+        message = reason or f"submitted to Ray as {submission}"
+        if self.jobs.mark_submitted(job.id, submission, message) is None:
+            self.ray.stop(submission)  # cancelled while it was being submitted
+        log.info("job_submitted", job_id=job.id, submission=submission)
+
+    def _ingest(self, job: JobInfo) -> JobInfo:
+        """Turns the complete lines of the job's metrics log past the stored offset into events."""
+        path = self.output_dir(job) / METRICS_LOG
+        try:
+            with path.open("rb") as handle:
+                handle.seek(job.log_offset)
+                data = handle.read(MAX_LOG_READ)
+        except FileNotFoundError:
+            return job
+        end = data.rfind(b"\n")
+        if end < 0:
+            return job
+        records = []
+        for line in data[: end + 1].splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                log.warning("job_log_line_skipped", job_id=job.id, line=line[:200])
+        return self.jobs.apply_log(job.id, records, job.log_offset + end + 1)
+
+    def _follow(self, job: JobInfo) -> None:
+        assert self.ray is not None
+        status = self.ray.status(job.runner_id)
+        if status is None:
+            self._lost(job)
+            return
+        if job.cancel_requested and not status.terminal:
+            self.ray.stop(job.runner_id)
+        job = self._ingest(job)
+        if not status.terminal or job.state not in (QUEUED, RUNNING):
+            return
+        job = self._ingest(job)  # whatever rank 0 wrote last
+        if job.cancel_requested:
+            self.jobs.transition(job.id, CANCELLED, "cancelled by request; workers stopped")
+        elif status.status == "SUCCEEDED":
+            self._succeeded(job)
+        elif status.status == "STOPPED":
+            self.jobs.transition(
+                job.id, FAILED, "the Ray job was stopped outside Tuneforge", error_code="stopped_externally"
+            )
+        else:
+            self._failed(job, status)
+
+    def _lost(self, job: JobInfo) -> None:
+        spec = job.spec_input()
+        if job.cancel_requested:
+            self.jobs.transition(job.id, CANCELLED, "cancelled by request")
+        elif job.attempt <= spec.max_failures + EXTRA_RESUBMISSIONS:
+            newest = latest_checkpoint(self.output_dir(job))
+            where = f"step {checkpoint_step(newest)}" if newest is not None else "the start"
+            self._submit(job, f"the Ray cluster lost submission {job.runner_id}; resubmitted, resuming from {where}")
+        else:
+            self.jobs.transition(
+                job.id,
+                FAILED,
+                f"the Ray cluster lost the job {job.attempt} times; check the cluster's health, then create it again",
+                error_code="worker_lost",
+            )
+
+    def _failed(self, job: JobInfo, status: SubmissionStatus) -> None:
+        assert self.ray is not None
+        code, message = diagnose(self.ray.logs(job.runner_id), status.message)
+        self.jobs.transition(job.id, FAILED, message, error_code=code)
+        log.warning("job_failed", job_id=job.id, code=code)
+
+    def _succeeded(self, job: JobInfo) -> None:
+        spec = job.spec_input()
+        final = latest_checkpoint(self.output_dir(job))
+        if final is None or checkpoint_step(final) < job.total_steps:
+            self.jobs.transition(
+                job.id, FAILED, "training ended without its final checkpoint", error_code="checkpoint_missing"
+            )
+            return
+        if job.state == QUEUED:  # finished before a tick saw its start record
+            self.jobs.transition(job.id, RUNNING, "workers started")
+        if spec.method != "lora":
+            self.jobs.transition(job.id, SUCCEEDED, f"full fine-tune saved as {final.name} of the job's output")
+            return
+        version = self.registry.find_by_job(job.tenant, spec.adapter_name, job.id)
+        if version is None:
+            with self.metadata.session() as session:
+                row = session.get(DatasetVersionRow, (job.tenant, spec.dataset_version_id))
+                template = row.template_hash if row is not None else ""
+            resolved = self.models.resolve(spec.base_model)
+            state = json.loads((final / CHECKPOINT_STATE).read_text())
+            version = self.registry.register(
+                job.tenant,
+                spec.adapter_name,
+                final,
+                {
+                    "base_model": spec.base_model,
+                    "base_model_revision": model_revision(Path(resolved.source), spec.base_model),
+                    "template_hash": template,
+                    "dataset_version_id": spec.dataset_version_id,
+                    "job_id": job.id,
+                    "spec": spec_dict(spec),
+                },
+                {k: float(v) for k, v in state.get("metrics", {}).items() if k not in ("step", "total_steps")},
+            )
+        self.jobs.transition(job.id, SUCCEEDED, f"registered adapter {version.ref}", adapter_version=version.ref)
+        log.info("job_succeeded", job_id=job.id, adapter=version.ref)
+
+
+def list_checkpoints(output_dir: Path) -> list[dict[str, Any]]:
+    """The complete checkpoints in a job's output directory, oldest first, with their weights' digest."""
+    found = []
+    for path in output_dir.glob("checkpoint-*"):
+        step = checkpoint_step(path)
+        if step < 0:
+            continue
+        names = ("adapter_model.safetensors", "model.safetensors")
+        weights = next((path / n for n in names if (path / n).exists()), None)
+        digest, size = "", 0
+        if weights is not None:
+            hasher = hashlib.sha256()
+            with weights.open("rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    hasher.update(chunk)
+            digest, size = hasher.hexdigest(), weights.stat().st_size
+        state = json.loads((path / CHECKPOINT_STATE).read_text())
+        found.append(
+            {
+                "id": f"ckpt-{step:06d}",
+                "step": step,
+                "metrics": {k: float(v) for k, v in state.get("metrics", {}).items()},
+                "created_at": (path / CHECKPOINT_STATE).stat().st_mtime,
+                "sha256": digest,
+                "size_bytes": size,
+            }
+        )
+    return sorted(found, key=lambda c: c["step"])
