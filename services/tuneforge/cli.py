@@ -254,6 +254,157 @@ def cmd_adapters(args: argparse.Namespace) -> int:
     return 0
 
 
+def _job_line(job) -> str:
+    from tuneforge.v1 import training_pb2
+
+    state = training_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_")
+    loss = f"loss {job.metrics['loss']:.4f}" if "loss" in job.metrics else ""
+    tail = job.adapter_version or (f"{job.error.code}: {job.error.message}" if job.error.code else "")
+    return (
+        f"{job.id}  {state:16s} step {job.step:>6d}/{job.total_steps:<6d} {loss:12s} {job.spec.adapter_name:24s} {tail}"
+    ).rstrip()
+
+
+def follow_job(client, job_id: str, after: int = 0, file=None) -> int:  # client: TuneforgeClient
+    """Streams a job's events until it finishes: a progress bar with loss and tokens/s, other events as lines.
+
+    Returns the last sequence seen (to resume with after a dropped connection).
+    """
+    from tqdm import tqdm
+
+    from tuneforge.v1 import training_pb2
+
+    out = file or sys.stdout
+    bar = None
+    try:
+        for event in client.job_events(job_id, after_sequence=after):
+            after = event.sequence
+            if event.type == training_pb2.JOB_EVENT_TYPE_METRICS:
+                total = int(client.get_job(job_id).total_steps) if bar is None else bar.total
+                if bar is None:
+                    bar = tqdm(total=total or None, unit="step", desc="train", file=out, dynamic_ncols=True)
+                bar.update(max(0, event.step - bar.n))
+                bar.set_postfix(
+                    loss=f"{event.metrics.get('loss', float('nan')):.4f}",
+                    tok_s=f"{event.metrics.get('tokens_per_second', 0):,.0f}",
+                    lr=f"{event.metrics.get('learning_rate', 0):.2e}",
+                )
+                continue
+            text = event.message
+            if event.type == training_pb2.JOB_EVENT_TYPE_STATE_CHANGED:
+                text = f"[{training_pb2.JobState.Name(event.state).removeprefix('JOB_STATE_')}] {text}"
+            line = f"#{event.sequence:<4d} step {event.step:<6d} {text}"
+            if bar is not None:
+                bar.write(line, file=out)
+            else:
+                print(line, file=out, flush=True)
+    finally:
+        if bar is not None:
+            bar.close()
+    return after
+
+
+def _job_spec(args: argparse.Namespace):  # -> training_pb2.JobSpec
+    from google.protobuf import json_format
+
+    from tuneforge.v1 import training_pb2
+
+    spec = training_pb2.JobSpec()
+    if args.spec_file:
+        try:
+            json_format.Parse(Path(args.spec_file).read_text(), spec)
+        except (OSError, json_format.ParseError) as exc:
+            sys.exit(f"tuneforge: --spec-file {args.spec_file}: {exc}")
+    for name, value in (
+        ("base_model", args.base_model),
+        ("dataset_version_id", args.dataset_version),
+        ("adapter_name", args.adapter_name),
+    ):
+        if value:
+            setattr(spec, name, value)
+    if args.method:
+        spec.method = training_pb2.TrainingMethod.Value(f"TRAINING_METHOD_{args.method.upper()}")
+    lora = {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout}
+    for name, value in lora.items():
+        if value is not None:
+            setattr(spec.lora, name, value)
+    if args.target_modules:
+        spec.lora.target_modules[:] = [m.strip() for m in args.target_modules.split(",") if m.strip()]
+    hyper = (
+        "learning_rate",
+        "epochs",
+        "max_steps",
+        "micro_batch_size",
+        "gradient_accumulation_steps",
+        "warmup_ratio",
+        "weight_decay",
+        "max_seq_len",
+        "seed",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+    )
+    for name in hyper:
+        value = getattr(args, name)
+        if value is not None:
+            setattr(spec.hyperparameters, name, value)
+    if args.no_packing:
+        spec.hyperparameters.packing = False
+    if args.train_on_prompt:
+        spec.hyperparameters.train_on_prompt = True
+    if args.gradient_checkpointing:
+        spec.hyperparameters.gradient_checkpointing = True
+    if args.zero_stage:
+        spec.deepspeed.stage = args.zero_stage
+    if args.offload_optimizer:
+        spec.deepspeed.offload_optimizer = True
+    if args.offload_parameters:
+        spec.deepspeed.offload_parameters = True
+    for name in ("num_workers", "gpus_per_worker", "cpus_per_worker", "max_failures"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(spec.resources, name, value)
+    if args.gpu:
+        spec.resources.use_gpu = True
+    return spec
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from tuneforge.v1 import training_pb2
+
+    with _client(args) as client:
+        command = args.jobs_command
+        if command == "create":
+            job = client.create_job(_job_spec(args), idempotency_key=args.idempotency_key or "")
+            print(_job_line(job))
+            if not args.follow:
+                return 0
+            follow_job(client, job.id)
+            job = client.get_job(job.id)
+            print(_job_line(job))
+            return 0 if job.state == training_pb2.JOB_STATE_SUCCEEDED else 1
+        if command == "list":
+            states = [training_pb2.JobState.Value(f"JOB_STATE_{s.upper()}") for s in args.state or []]
+            for job in client.list_jobs(states=states):
+                print(_job_line(job))
+        elif command == "get":
+            job = client.get_job(args.job_id)
+            print(_job_line(job) if not args.full else job)
+        elif command == "cancel":
+            print(_job_line(client.cancel_job(args.job_id)))
+        elif command == "events":
+            if args.follow:
+                follow_job(client, args.job_id, after=args.after)
+            else:
+                for event in client.job_events(args.job_id, after_sequence=args.after, follow=False):
+                    metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(event.metrics.items()))
+                    print(f"#{event.sequence:<4d} step {event.step:<6d} {event.message} {metrics}".rstrip())
+        elif command == "checkpoints":
+            for checkpoint in client.list_checkpoints(args.job_id):
+                metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(checkpoint.metrics.items()))
+                print(f"{checkpoint.id}  step {checkpoint.step:<6d} sha256 {checkpoint.weights.sha256[:16]}  {metrics}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from tuneforge.models import EMBEDDED_MODELS
 
@@ -364,6 +515,62 @@ def build_parser() -> argparse.ArgumentParser:
     issues.add_argument("--code", help="only issues with this code")
     datasets.add_parser("delete").add_argument("version_id")
     p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("jobs", help="fine-tuning jobs on the Ray cluster")
+    client_options(p)
+    jobs = p.add_subparsers(dest="jobs_command", required=True)
+    create = jobs.add_parser("create", help="validate and queue a job (flags override --spec-file)")
+    create.add_argument("--spec-file", help="JobSpec as protobuf JSON")
+    create.add_argument("--base-model")
+    create.add_argument("--dataset-version", help="READY dataset version id (dsv-…)")
+    create.add_argument("--adapter-name", help="name the adapter is registered under")
+    create.add_argument("--method", choices=["lora", "full"])
+    create.add_argument("--lora-r", type=int)
+    create.add_argument("--lora-alpha", type=float)
+    create.add_argument("--lora-dropout", type=float)
+    create.add_argument("--target-modules", help="comma-separated module names, or all-linear")
+    for flag, kind in (
+        ("--learning-rate", float),
+        ("--epochs", float),
+        ("--max-steps", int),
+        ("--micro-batch-size", int),
+        ("--gradient-accumulation-steps", int),
+        ("--warmup-ratio", float),
+        ("--weight-decay", float),
+        ("--max-seq-len", int),
+        ("--seed", int),
+        ("--eval-every-steps", int),
+        ("--checkpoint-every-steps", int),
+        ("--num-workers", int),
+        ("--gpus-per-worker", int),
+        ("--cpus-per-worker", int),
+        ("--max-failures", int),
+    ):
+        create.add_argument(flag, type=kind)
+    create.add_argument("--zero-stage", type=int, choices=[2, 3])
+    for flag in (
+        "--no-packing",
+        "--train-on-prompt",
+        "--gradient-checkpointing",
+        "--offload-optimizer",
+        "--offload-parameters",
+        "--gpu",
+    ):
+        create.add_argument(flag, action="store_true")
+    create.add_argument("--idempotency-key")
+    create.add_argument("--follow", action="store_true", help="stream progress until the job finishes")
+    ls = jobs.add_parser("list")
+    ls.add_argument("--state", action="append", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    get = jobs.add_parser("get")
+    get.add_argument("job_id")
+    get.add_argument("--full", action="store_true", help="the whole Job message")
+    jobs.add_parser("cancel").add_argument("job_id")
+    events = jobs.add_parser("events")
+    events.add_argument("job_id")
+    events.add_argument("--follow", action="store_true", help="live progress bar until the job finishes")
+    events.add_argument("--after", type=int, default=0, help="only events after this sequence")
+    jobs.add_parser("checkpoints").add_argument("job_id")
+    p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("adapters", help="the adapter registry")
     client_options(p)

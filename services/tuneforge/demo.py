@@ -1,9 +1,11 @@
 """`make demo`: start the embedded platform as its own process, check health, run every stage.
 
 Stages so far: contracts and auth (an authenticated call), data upload (DatasetService, chunked,
-hash-verified, idempotent), inference (the embedded base model is loaded and listed). Later issues
-add curation, training, evaluation. The platform runs as `tuneforge up` in a child process and is
-stopped with SIGTERM at the end, which must drain and exit cleanly.
+hash-verified, idempotent), curation (a dataset version with its report), training (a LoRA job on
+the platform's local Ray, its progress streamed, the adapter registered), inference (the embedded
+base model is loaded and listed). Later issues add serving the adapter and evaluation. The
+platform runs as `tuneforge up` in a child process and is stopped with SIGTERM at the end, which
+must drain and exit cleanly.
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ def run_demo(workdir: Path, timeout: float = 600.0) -> int:
             if again.id != uploaded.id:
                 return 1
 
-            _curate(client, uploaded.id, workdir)
+            version_id = _curate(client, uploaded.id, workdir)
+            _train(client, version_id)
 
             models = client.list_models()
             _say(
@@ -92,7 +95,7 @@ def run_demo(workdir: Path, timeout: float = 600.0) -> int:
     return 0 if code == 0 else 1
 
 
-def _curate(client: TuneforgeClient, event_file_id: str, workdir: Path) -> None:
+def _curate(client: TuneforgeClient, event_file_id: str, workdir: Path) -> str:
     """Curation stage: the sample files become one dataset version; the report shows each rule."""
     from tuneforge.v1 import curation_pb2
 
@@ -132,6 +135,49 @@ def _curate(client: TuneforgeClient, event_file_id: str, workdir: Path) -> None:
     _say("curation", f"first training record ({preview.num_tokens} tokens, {preview.num_loss_tokens} trained):")
     for line in preview.text.splitlines():
         print(f"    {line}")
+    return version.id
+
+
+def _train(client: TuneforgeClient, version_id: str) -> str:
+    """Training stage: a LoRA job on the demo dataset under the platform's local Ray; its loss must go down."""
+    from tuneforge.cli import follow_job
+    from tuneforge.v1 import training_pb2
+
+    spec = training_pb2.JobSpec(
+        base_model=DEMO_BASE_MODEL,
+        dataset_version_id=version_id,
+        adapter_name="demo-dates",
+        lora=training_pb2.LoraSpec(r=16, alpha=32, dropout=0.05, target_modules=["all-linear"]),
+        hyperparameters=training_pb2.Hyperparameters(
+            learning_rate=1e-3, epochs=3, warmup_ratio=0.1, seed=1, checkpoint_every_steps=10
+        ),
+        resources=training_pb2.ResourceSpec(num_workers=1, cpus_per_worker=2),
+    )
+    job = client.create_job(spec, idempotency_key="demo-train-1")
+    _say("training", f"job {job.id}: LoRA r16 on {DEMO_BASE_MODEL}, {job.spec.hyperparameters.max_seq_len}-token rows")
+    follow_job(client, job.id)
+    job = client.get_job(job.id)
+    if job.state != training_pb2.JOB_STATE_SUCCEEDED:
+        raise RuntimeError(f"training job {job.id} {training_pb2.JobState.Name(job.state)}: {job.error.message}")
+    losses = [
+        e.metrics["loss"]
+        for e in client.job_events(job.id, follow=False)
+        if e.type == training_pb2.JOB_EVENT_TYPE_METRICS
+    ]
+    quarter = max(1, len(losses) // 4)
+    first, last = sum(losses[:quarter]) / quarter, sum(losses[-quarter:]) / quarter
+    _say(
+        "training",
+        f"{len(losses)} steps: loss {first:.3f} (first quarter) → {last:.3f} (last quarter), "
+        f"validation loss {job.metrics.get('validation_loss', float('nan')):.3f}, "
+        f"{job.metrics.get('tokens_per_second', 0):,.0f} tokens/s",
+    )
+    if not last < first:
+        raise RuntimeError("the training loss did not go down")
+    checkpoints = client.list_checkpoints(job.id)
+    _say("training", "checkpoints: " + ", ".join(f"step {c.step}" for c in checkpoints))
+    _say("training", f"registered adapter {job.adapter_version}")
+    return job.adapter_version
 
 
 def _wait(client: TuneforgeClient, platform: subprocess.Popen, names: list[str], timeout: float, log: Path) -> None:
