@@ -117,6 +117,8 @@ def test_demo_runs_to_the_end(tmp_path: Path) -> None:
     assert "all 5 services SERVING" in result.stdout
     assert "same file" in result.stdout and "(ok)" in result.stdout
     assert "smollm2-135m-instruct (base)" in result.stdout
+    assert "[training] registered adapter demo-dates:1" in result.stdout
+    assert "[SUCCEEDED]" in result.stdout and "(last quarter)" in result.stdout
     assert "exited with code 0" in result.stdout
 
 

@@ -6,6 +6,9 @@ in the middle of a job, specs rejected before queuing, and tenant isolation.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -199,6 +202,38 @@ def test_other_tenants_cannot_see_or_touch_a_job(
     with pytest.raises(TuneforgeError) as borrowed:
         globex.create_job(_spec(dataset_id, name="stolen"))
     assert [f for f, _ in borrowed.value.violations] == ["spec.dataset_version_id"]
+
+
+def test_jobs_cli_creates_follows_lists_and_reads_events(platform_server: BackgroundServer, dataset_id: str) -> None:
+    env = {**os.environ, "TUNEFORGE_ADDRESS": platform_server.address, "TUNEFORGE_API_KEY": ACME_KEY}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "tuneforge.cli", "jobs", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+    created = cli(
+        "create",
+        "--base-model=tiny-qwen2",
+        f"--dataset-version={dataset_id}",
+        "--adapter-name=cli-bot",
+        "--lora-r=4",
+        "--max-steps=2",
+        "--num-workers=1",
+        "--follow",
+    )
+    assert created.returncode == 0, created.stdout + created.stderr
+    job_id = created.stdout.split()[0]
+    assert job_id.startswith("job-") and "[SUCCEEDED] registered adapter cli-bot:1" in created.stdout
+    assert "loss=" in created.stderr + created.stdout  # the live progress bar
+    listed = cli("list", "--state=succeeded")
+    assert job_id in listed.stdout and "cli-bot:1" in listed.stdout
+    events = cli("events", job_id)
+    assert events.stdout.splitlines()[0].startswith("#1 ") and "loss=" in events.stdout
+    assert "step 2" in cli("checkpoints", job_id).stdout
+    refused = cli("cancel", job_id)
+    assert refused.returncode == 1 and "already succeeded" in refused.stderr
+    bad = cli("create", "--base-model=tiny-qwen2", f"--dataset-version={dataset_id}", "--adapter-name=Bad Name")
+    assert bad.returncode == 1 and "spec.adapter_name" in bad.stderr
 
 
 def test_failures_carry_a_reason_a_user_can_act_on() -> None:
