@@ -46,6 +46,42 @@ def sample_lengths(n: int, seed: int = 0, mean_log: float = 5.6, sigma: float = 
     return torch.exp(torch.randn(n, generator=g) * sigma + mean_log).clamp(16, max_len).long().tolist()
 
 
+def _step(model, batch, optimizer, varlen: bool, chunk: int) -> None:
+    from tuneforge.training.step import packed_loss
+
+    loss_sum, count = packed_loss(model, batch, varlen=varlen, chunk_size=chunk)
+    (loss_sum / max(count, 1)).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _profile(step) -> None:
+    """One step under the profiler: GPU time by kernel family and the top kernels (one line each)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    families = {"gemm": 0.0, "flash/attention": 0.0, "triton (compiled)": 0.0, "other": 0.0}
+    for e in events:
+        name = e.key.lower()
+        if any(k in name for k in ("gemm", "nvjet", "xmma", "cutlass", "cublas", "matmul")):
+            family = "gemm"
+        elif "flash" in name or "fmha" in name or "attention" in name:
+            family = "flash/attention"
+        elif name.startswith("triton"):
+            family = "triton (compiled)"
+        else:
+            family = "other"
+        families[family] += e.self_device_time_total
+    total = sum(families.values()) or 1.0
+    print("PROFILE total_ms", round(total / 1e3, 1), {k: f"{v / total:.1%}" for k, v in families.items()}, flush=True)
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:18]:
+        print(f"PROFILE {e.self_device_time_total / 1e3:8.1f} ms {e.count:5d}x {e.key[:90]}", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1, help="packed rows per step")
@@ -67,6 +103,8 @@ def main() -> int:
     parser.add_argument("--attn", default="auto", help="auto (varlen when available) | sdpa")
     parser.add_argument("--compile", type=int, default=0, help="torch.compile each decoder layer")
     parser.add_argument("--pool", type=int, default=64, help="samples to pack from per step (more fills rows better)")
+    parser.add_argument("--profile", type=int, default=0, help="print where one step's GPU time goes")
+    parser.add_argument("--fused-adamw", type=int, default=1, help="AdamW(fused=True)")
     args = parser.parse_args()
 
     from peft import LoraConfig, get_peft_model
@@ -101,7 +139,9 @@ def main() -> int:
     if args.compile:
         for layer in model.get_base_model().get_decoder().layers:
             layer.compile()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=bool(args.fused_adamw)
+    )
     build_s = time.time() - start
 
     g = torch.Generator().manual_seed(1)
@@ -143,6 +183,8 @@ def main() -> int:
             times.append(time.time() - t)
             tokens.append(batch.num_tokens)
             trained.append(count)
+    if args.profile:
+        _profile(lambda: _step(model, next(stream), optimizer, varlen, args.chunk))
     tps = sum(tokens) / sum(times)
     h, inter, layers, vocab = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
     kv = config.num_key_value_heads * (h // config.num_attention_heads)

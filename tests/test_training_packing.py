@@ -112,6 +112,26 @@ def test_chunked_loss_equals_the_full_cross_entropy(model) -> None:
     torch.testing.assert_close(chunk_grad, full_grad, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("head_kind", ["fused", "checkpointed"])
+def test_both_loss_paths_give_the_full_cross_entropy_and_its_gradients(model, head_kind: str) -> None:
+    """The fused linear-cross-entropy (plain Linear head) and the checkpointed path (any other head) agree
+    with autograd through the whole logits, for the hidden states and for a trainable head."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(model.config.hidden_size, 1000, bias=False)
+    module = head if head_kind == "fused" else torch.nn.Sequential(head)
+    hidden = torch.randn(2, 13, model.config.hidden_size, requires_grad=True)
+    targets = torch.randint(0, 1000, (2, 13))
+    targets[1, 3:9] = IGNORE
+    full = F.cross_entropy(head(hidden).reshape(-1, 1000), targets.reshape(-1), reduction="sum", ignore_index=IGNORE)
+    want_h, want_w = torch.autograd.grad(full * 0.5, (hidden, head.weight))
+    total, count = chunked_lm_loss(hidden, targets, module, chunk_size=5)
+    got_h, got_w = torch.autograd.grad(total * 0.5, (hidden, head.weight))
+    assert count == 26 - 6
+    torch.testing.assert_close(total, full, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(got_h, want_h, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_w, want_w, rtol=1e-5, atol=1e-6)
+
+
 def test_assistant_only_masking_ignores_prompt_tokens(model) -> None:
     """Changing prompt tokens' targets cannot change the loss: they are never trained on."""
     base = Sample([5, 6, 7, 8, 9, 10], [False, False, False, True, True, True])

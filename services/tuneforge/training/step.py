@@ -20,7 +20,9 @@ def packed_loss(model: Any, batch: PackedBatch, *, varlen: bool, chunk_size: int
     """(sum of token losses, trained tokens) of `batch`; attention never crosses sample boundaries.
 
     `varlen=True` passes `cu_seqlens` for the `tuneforge_varlen` attention; otherwise transformers
-    derives a block-diagonal mask from the restarting position ids.
+    derives a block-diagonal mask from the restarting position ids. On GPU the pass runs under bf16
+    autocast: PEFT keeps adapter weights in fp32 (the optimizer's master copy), and without autocast
+    every LoRA matmul would run in fp32 off the tensor cores — a fifth of a 7B step on an H100.
     """
     decoder, lm_head = _parts(model)
     kwargs: dict[str, Any] = {}
@@ -31,7 +33,9 @@ def packed_loss(model: Any, batch: PackedBatch, *, varlen: bool, chunk_size: int
             "max_length_q": batch.max_seqlen,
             "max_length_k": batch.max_seqlen,
         }
-    hidden = decoder(
-        input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=None, use_cache=False, **kwargs
-    ).last_hidden_state
-    return chunked_lm_loss(hidden, batch.targets, lm_head, chunk_size)
+    device_type = batch.input_ids.device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
+        hidden = decoder(
+            input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=None, use_cache=False, **kwargs
+        ).last_hidden_state
+        return chunked_lm_loss(hidden, batch.targets, lm_head, chunk_size)
