@@ -10,12 +10,14 @@ Every call here blocks (HTTP or process management): the service runs them in th
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -125,6 +127,8 @@ class LocalRayHead:
         self.directory = Path(directory)
         self.num_cpus = num_cpus
         self.state_file = self.directory / "head.json"
+        digest = hashlib.sha256(str(self.directory.resolve()).encode()).hexdigest()[:10]
+        self.temp_dir = Path(tempfile.gettempdir()) / f"tuneforge-ray-{digest}"
 
     def _state(self) -> dict[str, object] | None:
         try:
@@ -166,6 +170,9 @@ class LocalRayHead:
             f"--dashboard-agent-grpc-port={_free_port()}",
             f"--runtime-env-agent-port={_free_port()}",
             f"--metrics-export-port={_free_port()}",
+            # a temp dir of its own: Ray points jobs at the cluster recorded in `<temp>/ray_current_cluster`,
+            # which another `ray start` on this machine would otherwise overwrite (short: socket paths)
+            f"--temp-dir={self.temp_dir}",
         ]
         env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
         env.pop("RAY_ADDRESS", None)
