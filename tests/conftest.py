@@ -46,7 +46,7 @@ def make_settings(home: Path, keys_file: Path, **overrides: object) -> Settings:
         "port": 0,
         "auth": {"mode": "api_keys", "keys_file": str(keys_file)},
         "models": {"cache_dir": str(MODEL_CACHE)},
-        "inference": {"base_model": "tiny-qwen2"},
+        "inference": {"base_model": "tiny-qwen2", "max_adapters": 3},
         "log_format": "console",
     }
     values.update(overrides)
@@ -54,14 +54,24 @@ def make_settings(home: Path, keys_file: Path, **overrides: object) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One Ray head with the Job Submission API for the session's training jobs (its dashboard URL)."""
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory):  # -> Iterator[LocalRayHead]
+    """One Ray head for the whole session: training jobs (Job Submission API) and this process's Ray work."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from tuneforge.training.cluster import LocalRayHead
 
     head = LocalRayHead(tmp_path_factory.mktemp("ray-head"), num_cpus=2)
-    yield head.ensure()
+    address = head.ensure()
+    # every server the tests start in this process submits here instead of starting a head of its own
+    os.environ["RAY_ADDRESS"] = address
+    yield head
+    os.environ.pop("RAY_ADDRESS", None)
     head.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_head(ray_cluster) -> str:
+    """The session head's dashboard URL (what `training.ray_address` names)."""
+    return os.environ["RAY_ADDRESS"]
 
 
 @pytest.fixture(scope="session")
@@ -142,12 +152,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def local_ray() -> Iterator[None]:
-    """One local Ray for the whole test session (starting it costs seconds)."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+def local_ray(ray_cluster) -> Iterator[None]:
+    """This process as a driver of the session's Ray head (one cluster for the whole test session)."""
     import ray
 
-    # address="local": always a fresh cluster of our own, never one another process left running
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address=ray_cluster.gcs_address(), log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()

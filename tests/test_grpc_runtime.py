@@ -16,7 +16,7 @@ from tuneforge.common.errors import Unauthenticated
 from tuneforge.common.server import BackgroundServer
 from tuneforge.curation.server import CurationComponent
 from tuneforge.services import COMPONENTS, service_names
-from tuneforge.v1 import curation_pb2, evaluation_pb2, inference_pb2
+from tuneforge.v1 import curation_pb2, evaluation_pb2
 
 
 def test_every_service_reports_serving_without_a_key(anonymous: TuneforgeClient) -> None:
@@ -71,7 +71,6 @@ def test_unauthenticated_streaming_upload_is_refused(anonymous: TuneforgeClient)
 def test_contract_calls_not_offered_yet_answer_unimplemented_not_fake_results(acme: TuneforgeClient) -> None:
     calls = [
         (acme.evaluation.ListSuites, evaluation_pb2.ListSuitesRequest()),
-        (acme.inference.Generate, inference_pb2.GenerateRequest()),
     ]
     for method, request in calls:
         with pytest.raises(TuneforgeError) as info:
@@ -81,7 +80,7 @@ def test_contract_calls_not_offered_yet_answer_unimplemented_not_fake_results(ac
 
 def test_unimplemented_streaming_call(acme: TuneforgeClient) -> None:
     with pytest.raises(TuneforgeError) as info:
-        list(acme.stream(acme.inference.GenerateStream, inference_pb2.GenerateStreamRequest()))
+        list(acme.stream(acme.evaluation.StreamEvalRun, evaluation_pb2.StreamEvalRunRequest(run_id="run-0123456789ab")))
     assert info.value.code == "UNIMPLEMENTED"
 
 

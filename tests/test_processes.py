@@ -105,6 +105,7 @@ def test_serve_refuses_to_start_without_keys_when_not_local(tmp_path: Path) -> N
 @pytest.mark.slow
 def test_demo_runs_to_the_end(tmp_path: Path) -> None:
     env = {**os.environ, "TUNEFORGE_MODELS__CACHE_DIR": str(MODEL_CACHE)}
+    env.pop("RAY_ADDRESS", None)  # the demo starts and stops a Ray head of its own, as on a laptop
     result = subprocess.run(
         [sys.executable, "-m", "tuneforge.cli", "demo", "--workdir", str(tmp_path / "demo")],
         env=env,

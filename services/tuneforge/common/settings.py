@@ -63,6 +63,22 @@ class InferenceSettings(BaseModel):
     device: str = "auto"
     #: `auto` is bf16 on GPU and fp32 on CPU.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    #: Adapters resident at once per replica (LRU beyond that).
+    max_adapters: int = Field(default=8, ge=1, le=1024)
+    #: Highest LoRA rank served (slots are sized for it).
+    max_rank: int = Field(default=64, ge=1, le=512)
+    #: Requests decoded together in one batch.
+    max_batch_size: int = Field(default=16, ge=1, le=1024)
+    #: How long a batch waits for more requests before it starts, in milliseconds.
+    batch_wait_ms: float = Field(default=5.0, ge=0, le=1000)
+    #: Longest rendered prompt accepted, in tokens.
+    max_prompt_tokens: int = Field(default=4096, ge=1)
+    #: Largest `max_tokens` a request may ask for.
+    max_new_tokens: int = Field(default=1024, ge=1)
+    #: Requests of one tenant in flight at once.
+    max_concurrent_per_tenant: int = Field(default=16, ge=1)
+    #: Port of the OpenAI-compatible HTTP API (`/v1/chat/completions`, `/v1/models`); unset disables it.
+    http_port: int | None = Field(default=None, ge=0, le=65535)
 
 
 class CurationSettings(BaseModel):

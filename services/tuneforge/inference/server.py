@@ -10,8 +10,11 @@ from tuneforge.common.logging import get_logger
 from tuneforge.common.server import TuneforgeServer, build_server
 from tuneforge.common.settings import Settings
 from tuneforge.inference.base_model import load_base_model
+from tuneforge.inference.engine import Engine
+from tuneforge.inference.frontend import InferenceFrontend, Limits
 from tuneforge.inference.servicer import InferenceServicer
 from tuneforge.platform import Platform, PlatformComponent
+from tuneforge.training.registry import AdapterRegistry
 from tuneforge.v1 import inference_pb2, inference_pb2_grpc
 
 log = get_logger(__name__)
@@ -22,9 +25,15 @@ class InferenceComponent(PlatformComponent):
 
     service_names = (inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,)
 
+    #: Seconds between sweeps that unload deleted adapter versions.
+    sweep_interval_s = 5.0
+
     def __init__(self, platform: Platform) -> None:
         super().__init__(platform)
         self.servicer = InferenceServicer()
+        self.engine: Engine | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.http = None
 
     def register(self, server: grpc.aio.Server) -> None:
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(self.servicer, server)
@@ -34,18 +43,55 @@ class InferenceComponent(PlatformComponent):
         settings = self.platform.settings.inference
         loop = asyncio.get_running_loop()
         start = loop.time()
-        self.servicer.base = await asyncio.to_thread(
+        base = await asyncio.to_thread(
             load_base_model, self.platform.models, settings.base_model, settings.dtype, settings.device
+        )
+        self.engine = Engine(
+            base.model,
+            base.tokenizer,
+            max_adapters=settings.max_adapters,
+            max_rank=settings.max_rank,
+            max_batch_size=settings.max_batch_size,
+            batch_wait_s=settings.batch_wait_ms / 1000,
+        )
+        frontend = InferenceFrontend(
+            self.engine,
+            base.name,
+            base.template_hash,
+            AdapterRegistry(self.platform.metadata, self.platform.artifacts),
+            self.platform.artifacts,
+            Limits(settings.max_prompt_tokens, settings.max_new_tokens, settings.max_concurrent_per_tenant),
         )
         log.info(
             "base_model_loaded",
             model=settings.base_model,
             seconds=round(loop.time() - start, 2),
-            template_hash=self.servicer.base.template_hash[:16],
+            template_hash=base.template_hash[:16],
         )
+        if settings.http_port is not None:
+            from tuneforge.inference.http import OpenAIServer
+
+            self.http = OpenAIServer(frontend, self.platform.settings)
+            await self.http.start(self.platform.settings.host, settings.http_port)
+        self.servicer.frontend = frontend
+        self._sweeper = asyncio.create_task(self._sweep(frontend), name="tuneforge-adapter-sweeper")
+
+    async def _sweep(self, frontend: InferenceFrontend) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval_s)
+            try:
+                await frontend.sweep_deleted()
+            except Exception as exc:  # the next sweep retries
+                log.warning("adapter_sweep_failed", error=repr(exc))
 
     async def stop(self) -> None:
-        self.servicer.base = None
+        self.servicer.frontend = None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self.http is not None:
+            await self.http.stop()
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.stop)
 
 
 async def create_server(settings: Settings) -> tuple[TuneforgeServer, int]:

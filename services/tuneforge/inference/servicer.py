@@ -1,29 +1,105 @@
-"""gRPC glue for InferenceService."""
+"""gRPC glue for InferenceService: tenant from the API key, everything else in InferenceFrontend.
+
+The gRPC API is served by our own grpc.aio front (the same server, interceptors and auth as every
+other service) rather than Ray Serve's gRPC proxy: the proxy would need the API-key interceptor,
+error mapping and health of the platform re-built inside Serve, and in a cluster the front calls
+the replicas through the Serve handle anyway, so one front serves both modes.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import grpc
 
+from tuneforge.common.auth import current_principal
 from tuneforge.common.errors import Unavailable
-from tuneforge.inference.base_model import LoadedBaseModel
+from tuneforge.inference.frontend import InferenceFrontend, Target
 from tuneforge.v1 import inference_pb2, inference_pb2_grpc
+
+FINISH = {
+    "stop": inference_pb2.FINISH_REASON_STOP,
+    "length": inference_pb2.FINISH_REASON_LENGTH,
+    "stop_sequence": inference_pb2.FINISH_REASON_STOP_SEQUENCE,
+}
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    """Lists the models of the replica; generation arrives with the serving engine."""
+    """Generate, GenerateStream and ListModels for the caller's tenant."""
 
     def __init__(self) -> None:
-        self.base: LoadedBaseModel | None = None
+        self.frontend: InferenceFrontend | None = None
 
-    def _ready_base(self) -> LoadedBaseModel:
-        if self.base is None:
+    def _ready(self) -> InferenceFrontend:
+        if self.frontend is None:
             raise Unavailable("the base model is still loading; retry when health reports SERVING")
-        return self.base
+        return self.frontend
+
+    async def _start(self, request) -> tuple[InferenceFrontend, str, Target, list[int], object]:
+        frontend = self._ready()
+        tenant = current_principal().tenant
+        prompt = frontend.prompt_ids([(m.role, m.content) for m in request.messages])
+        s = request.sampling
+        sampling = frontend.sampling(
+            temperature=s.temperature,
+            top_p=s.top_p,
+            max_tokens=s.max_tokens,
+            stop=list(s.stop),
+            seed=s.seed if s.HasField("seed") else None,
+        )
+        target = await frontend.resolve(tenant, request.model)
+        return frontend, tenant, target, prompt, sampling
+
+    async def Generate(
+        self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.GenerateResponse:
+        frontend, tenant, target, prompt, sampling = await self._start(request)
+        parts: list[str] = []
+        async for event in frontend.stream(tenant, target, prompt, sampling):
+            parts.append(event.delta)
+            if event.finish_reason:
+                _raise_if_failed(event)
+                return inference_pb2.GenerateResponse(
+                    text="".join(parts),
+                    finish_reason=FINISH.get(event.finish_reason, 0),
+                    usage=inference_pb2.Usage(
+                        prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens
+                    ),
+                    resolved_model=target.name,
+                )
+        raise Unavailable("generation ended without a result")
+
+    async def GenerateStream(
+        self, request: inference_pb2.GenerateStreamRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[inference_pb2.GenerateStreamResponse]:
+        frontend, tenant, target, prompt, sampling = await self._start(request)
+        first = True
+        async for event in frontend.stream(tenant, target, prompt, sampling):
+            if event.finish_reason:
+                _raise_if_failed(event)
+            message = inference_pb2.GenerateStreamResponse(delta=event.delta)
+            if first:
+                message.resolved_model, first = target.name, False
+            if event.finish_reason:
+                message.finish_reason = FINISH.get(event.finish_reason, 0)
+                message.usage.prompt_tokens = event.prompt_tokens
+                message.usage.completion_tokens = event.completion_tokens
+            if message.delta or event.finish_reason or message.resolved_model:
+                yield message
 
     async def ListModels(
         self, request: inference_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.ListModelsResponse:
-        base = self._ready_base()
+        frontend = self._ready()
+        names = await frontend.list_models(current_principal().tenant)
         return inference_pb2.ListModelsResponse(
-            models=[inference_pb2.ModelInfo(name=base.name, base_model=base.name, is_base=True)]
+            models=[
+                inference_pb2.ModelInfo(name=name, base_model=frontend.base_name, is_base=is_base)
+                for name, is_base in names
+            ]
         )
+
+
+def _raise_if_failed(event) -> None:
+    if event.finish_reason == "error":
+        raise Unavailable(f"generation failed on this replica: {event.error}; retry")

@@ -143,6 +143,10 @@ class LocalRayHead:
             return str(state["dashboard_url"])
         return None
 
+    def gcs_address(self) -> str:
+        """The head's GCS address (`host:port`), for `ray.init(address=...)` in this machine's drivers."""
+        return (self.temp_dir / "ray_current_cluster").read_text().strip()
+
     def ensure(self, timeout_s: float = 180.0) -> str:
         """The running head's dashboard URL, starting one when there is none."""
         address = self.running_address()

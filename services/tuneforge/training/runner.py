@@ -174,6 +174,10 @@ class JobRunner:
     async def _loop(self) -> None:
         while True:
             try:
+                if self.head is not None and not await asyncio.to_thread(self.head.running_address):
+                    # the local head died under us: start a new one; its jobs come back as lost and resume
+                    log.warning("local_ray_lost_restarting")
+                    await asyncio.to_thread(self.connect)
                 await asyncio.to_thread(self.tick)
             except Exception as exc:  # a broken tick must not end the runner; the next one retries
                 log.error("job_runner_tick_failed", error=repr(exc))

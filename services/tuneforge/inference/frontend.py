@@ -1,0 +1,235 @@
+"""What the gRPC and HTTP APIs share: tenant-scoped model names, checks, limits, and the engine call.
+
+A request names `adapter`, `adapter:<version>`, `adapter:<alias>` or the base model. The name is
+resolved in the caller's tenant only (another tenant's adapter is NOT_FOUND, like a missing one)
+when the request starts — so moving an alias takes effect for the next request, and a request in
+flight keeps the version it resolved. Before an adapter touches the engine its lineage must match
+the replica (same base model, same chat-template hash: else FAILED_PRECONDITION) and its files must
+match the registry's SHA-256 (a corrupted or missing file is FAILED_PRECONDITION for that adapter
+only; the replica keeps serving the others). Prompts are rendered with the same ChatRenderer as
+training data. Per-tenant limits — prompt tokens, `max_tokens`, requests in flight — answer
+RESOURCE_EXHAUSTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneforge.chat import ChatRenderer
+from tuneforge.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from tuneforge.common.logging import get_logger
+from tuneforge.inference.engine import Engine, Event, Request, Sampling
+from tuneforge.store.artifacts import ArtifactStore
+from tuneforge.training.registry import AdapterRegistry, AdapterVersionInfo
+
+log = get_logger(__name__)
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request and per-tenant limits of a replica."""
+
+    max_prompt_tokens: int = 4096
+    max_new_tokens: int = 1024
+    max_concurrent_per_tenant: int = 16
+    max_messages: int = 256
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a request's `model` resolved to."""
+
+    name: str  # exact: `base` id, or `adapter:version`
+    adapter_key: str | None
+    version: AdapterVersionInfo | None
+    directory: Path | None = None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class InferenceFrontend:
+    """Tenancy, validation and limits in front of one Engine."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        base_name: str,
+        template_hash: str,
+        registry: AdapterRegistry,
+        artifacts: ArtifactStore,
+        limits: Limits | None = None,
+    ) -> None:
+        self.engine = engine
+        self.base_name = base_name
+        self.template_hash = template_hash
+        self.registry = registry
+        self.artifacts = artifacts
+        self.limits = limits or Limits()
+        self.renderer = ChatRenderer(engine.tokenizer)
+        self._in_flight: dict[str, int] = {}
+        self._loading: dict[str, asyncio.Lock] = {}
+
+    # -- models --------------------------------------------------------------------------------
+
+    async def resolve(self, tenant: str, model: str, field: str = "model") -> Target:
+        """The base model or the caller's adapter version `model` names, loaded and ready."""
+        if not model or model == self.base_name:
+            return Target(self.base_name, None, None)
+        version = await asyncio.to_thread(self.registry.resolve, tenant, model, field)
+        lineage = version.lineage
+        if lineage.get("base_model") != self.base_name:
+            raise FailedPrecondition(
+                f"{version.ref} was trained on {lineage.get('base_model')!r}; this replica serves {self.base_name!r}"
+            )
+        if lineage.get("template_hash") and lineage["template_hash"] != self.template_hash:
+            raise FailedPrecondition(
+                f"{version.ref} was trained with another tokenizer or chat template than this replica's "
+                f"{self.base_name!r}; retrain it on a dataset version rendered for this model"
+            )
+        key = f"{tenant}/{version.ref}"
+        directory = self.artifacts.for_tenant(tenant).path(version.artifact_key)
+        if not self.engine.has_adapter(key):
+            lock = self._loading.setdefault(key, asyncio.Lock())
+            async with lock:  # files checked once per load, however many requests wait for it
+                if not self.engine.has_adapter(key):
+                    await asyncio.to_thread(self._verify_files, version, directory)
+        return Target(version.ref, key, version, directory)
+
+    @staticmethod
+    def _verify_files(version: AdapterVersionInfo, directory: Path) -> None:
+        for entry in version.files:
+            path = directory / entry["name"]
+            if not path.is_file():
+                raise FailedPrecondition(f"{version.ref}: file {entry['name']} is missing from the artifact store")
+            if _sha256(path) != entry["sha256"]:
+                raise FailedPrecondition(
+                    f"{version.ref}: file {entry['name']} does not match the hash the registry recorded "
+                    "(corrupted); register the adapter again"
+                )
+
+    async def list_models(self, tenant: str) -> list[tuple[str, bool]]:
+        """(name, is_base): the base model, each adapter (its latest version) and each alias."""
+        names: list[tuple[str, bool]] = [(self.base_name, True)]
+        token = ""
+        while True:
+            page, token = await asyncio.to_thread(self.registry.list_adapters, tenant, 1000, token)
+            for adapter in page:
+                if adapter.base_model != self.base_name:
+                    continue
+                names.append((adapter.name, False))
+                names += [(f"{adapter.name}:{alias}", False) for alias in sorted(adapter.aliases)]
+            if not token:
+                return names
+
+    async def sweep_deleted(self) -> int:
+        """Evicts loaded adapter versions that were deleted from the registry."""
+        evicted = 0
+        for key in self.engine.loaded():
+            tenant, _, ref = key.partition("/")
+            try:
+                await asyncio.to_thread(self.registry.resolve, tenant, ref)
+            except NotFound:
+                if self.engine.evict(key):
+                    evicted += 1
+                    log.info("adapter_unloaded", adapter=key, reason="deleted")
+        return evicted
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def prompt_ids(self, messages: Sequence[tuple[str, str]], field: str = "messages") -> list[int]:
+        if not messages:
+            raise InvalidArgument.for_field(field, "must hold at least one message")
+        if len(messages) > self.limits.max_messages:
+            raise InvalidArgument.for_field(field, f"at most {self.limits.max_messages} messages")
+        for index, (role, content) in enumerate(messages):
+            if role not in ROLES:
+                raise InvalidArgument.for_field(f"{field}[{index}].role", f"must be one of {', '.join(ROLES)}")
+            if not isinstance(content, str):
+                raise InvalidArgument.for_field(f"{field}[{index}].content", "must be text")
+        if messages[-1][0] == "assistant":
+            raise InvalidArgument.for_field(
+                f"{field}[{len(messages) - 1}].role", "the last message must not be the assistant's"
+            )
+        rendered = self.renderer.render([{"role": r, "content": c} for r, c in messages], add_generation_prompt=True)
+        if len(rendered.input_ids) > self.limits.max_prompt_tokens:
+            raise ResourceExhausted(
+                f"the prompt has {len(rendered.input_ids)} tokens; this service accepts at most "
+                f"{self.limits.max_prompt_tokens}"
+            )
+        return rendered.input_ids
+
+    def sampling(
+        self,
+        *,
+        temperature: float = 0.0,
+        top_p: float = 0.0,
+        max_tokens: int = 0,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+        prefix: str = "sampling.",
+    ) -> Sampling:
+        if not 0 <= temperature <= 5:
+            raise InvalidArgument.for_field(f"{prefix}temperature", "must be between 0 and 5")
+        if not 0 <= top_p <= 1:
+            raise InvalidArgument.for_field(f"{prefix}top_p", "must be in (0, 1]")
+        if max_tokens < 0:
+            raise InvalidArgument.for_field(f"{prefix}max_tokens", "must not be negative")
+        if max_tokens > self.limits.max_new_tokens:
+            raise ResourceExhausted(
+                f"max_tokens {max_tokens} is above this service's limit of {self.limits.max_new_tokens}"
+            )
+        if len(stop) > 8 or any(not s or len(s) > 64 for s in stop):
+            raise InvalidArgument.for_field(f"{prefix}stop", "at most 8 non-empty strings of up to 64 characters")
+        return Sampling(
+            temperature=temperature,
+            top_p=top_p or 1.0,
+            max_tokens=max_tokens or min(256, self.limits.max_new_tokens),
+            stop=tuple(stop),
+            seed=seed,
+        )
+
+    async def stream(
+        self, tenant: str, target: Target, prompt_ids: list[int], sampling: Sampling
+    ) -> AsyncIterator[Event]:
+        """The request's events as the engine decodes it; the tenant's in-flight count is held meanwhile."""
+        count = self._in_flight.get(tenant, 0)
+        if count >= self.limits.max_concurrent_per_tenant:
+            raise ResourceExhausted(
+                f"{count} requests of this tenant are in flight (limit {self.limits.max_concurrent_per_tenant}); "
+                "retry when one finishes"
+            )
+        self._in_flight[tenant] = count + 1
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        request = Request(
+            prompt_ids, target.adapter_key, sampling, lambda e: loop.call_soon_threadsafe(events.put_nowait, e)
+        )
+        try:
+            if target.adapter_key is not None:
+                # loads it if it was evicted since `resolve`, and pins it until the request ends
+                request.slot = await asyncio.to_thread(self.engine.acquire, target.adapter_key, target.directory)
+            self.engine.submit(request)
+            while True:
+                event = await events.get()
+                yield event
+                if event.finish_reason:
+                    return
+        finally:
+            request.cancelled.set()  # a client that went away frees its batch row at the next step
+            left = self._in_flight.get(tenant, 1) - 1
+            if left > 0:
+                self._in_flight[tenant] = left
+            else:
+                self._in_flight.pop(tenant, None)

@@ -1,0 +1,317 @@
+"""InferenceService over gRPC on tiny-qwen2: per-request adapters in mixed batches, LRU, hot swap, tenancy.
+
+Adapters are random PEFT LoRA adapters (random A and B, so each one changes the output) registered
+in the session server's registry as a training job would. Expected outputs come from PEFT itself:
+the adapter loaded alone with `PeftModel`, greedy `generate`.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ACME_KEY, MODEL_CACHE
+
+from tuneforge.chat import ChatRenderer
+from tuneforge.client import TuneforgeClient, TuneforgeError
+from tuneforge.common.server import BackgroundServer
+from tuneforge.models import ModelResolver, template_hash
+from tuneforge.store.artifacts import ArtifactStore
+from tuneforge.store.metadata import MetadataStore
+from tuneforge.training.registry import AdapterRegistry
+from tuneforge.v1 import common_pb2, inference_pb2
+
+pytestmark = pytest.mark.slow
+MESSAGES = [("system", "You are terse."), ("user", "Name three colours.")]
+OTHER = [("user", "Count from one to five, please, in words.")]
+TOKENS = 10
+
+
+@pytest.fixture(scope="module")
+def resolver() -> ModelResolver:
+    return ModelResolver(MODEL_CACHE)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(resolver: ModelResolver):
+    return resolver.load_tokenizer(resolver.resolve("tiny-qwen2"))
+
+
+def _fresh_model(resolver: ModelResolver):
+    return resolver.load_model(resolver.resolve("tiny-qwen2"), dtype="float32", device="cpu")
+
+
+def _make_adapter(resolver: ModelResolver, seed: int, targets, rank: int = 8) -> Path:
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    model = get_peft_model(
+        _fresh_model(resolver),
+        LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, init_lora_weights=False),
+    )
+    out = Path(tempfile.mkdtemp(prefix=f"adapter-{seed}-"))
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def registry(platform_server: BackgroundServer, server_settings) -> AdapterRegistry:
+    return AdapterRegistry(MetadataStore(server_settings.database_url), ArtifactStore(server_settings.artifact_root))
+
+
+@pytest.fixture(scope="module")
+def adapters(resolver: ModelResolver, tokenizer, registry: AdapterRegistry) -> dict[str, Path]:
+    """Random adapters registered for acme: alpha, beta, gamma, and bot:1 / bot:2 (alias prod → 1)."""
+    lineage = {"base_model": "tiny-qwen2", "template_hash": template_hash(tokenizer), "job_id": "job-test"}
+    made = {
+        "alpha": _make_adapter(resolver, 1, ["q_proj", "v_proj"]),
+        "beta": _make_adapter(resolver, 2, "all-linear"),
+        "gamma": _make_adapter(resolver, 3, ["gate_proj", "down_proj"], rank=4),
+        "bot1": _make_adapter(resolver, 4, "all-linear"),
+        "bot2": _make_adapter(resolver, 5, "all-linear"),
+    }
+    for name in ("alpha", "beta", "gamma"):
+        registry.register("acme", name, made[name], lineage)
+    registry.register("acme", "bot", made["bot1"], lineage)
+    registry.register("acme", "bot", made["bot2"], lineage)
+    registry.set_alias("acme", "bot", "prod", 1)
+    return made
+
+
+def _prompt(tokenizer, messages) -> list[int]:
+    return (
+        ChatRenderer(tokenizer)
+        .render([{"role": r, "content": c} for r, c in messages], add_generation_prompt=True)
+        .input_ids
+    )
+
+
+def _expected(resolver: ModelResolver, tokenizer, adapter: Path | None, messages, tokens: int = TOKENS) -> str:
+    """What PEFT itself generates greedily with this adapter alone (cut at the end-of-turn token)."""
+    from peft import PeftModel
+
+    model = _fresh_model(resolver)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter)
+    ids = _prompt(tokenizer, messages)
+    out = model.generate(torch.tensor([ids]), max_new_tokens=tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
+    new = out[0, len(ids) :].tolist()
+    stops = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    for i, token in enumerate(new):
+        if token in stops:
+            new = new[:i]
+            break
+    return tokenizer.decode(new, skip_special_tokens=True)
+
+
+def _request(model: str, messages=MESSAGES, **sampling) -> inference_pb2.GenerateRequest:
+    return inference_pb2.GenerateRequest(
+        model=model,
+        messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in messages],
+        sampling=inference_pb2.SamplingParams(max_tokens=sampling.pop("max_tokens", TOKENS), **sampling),
+    )
+
+
+def _generate(client: TuneforgeClient, model: str, messages=MESSAGES, **sampling) -> inference_pb2.GenerateResponse:
+    return client.call(client.inference.Generate, _request(model, messages, **sampling))
+
+
+def test_each_adapter_alone_and_in_a_mixed_batch_gives_peft_s_tokens(
+    platform_server: BackgroundServer, adapters: dict[str, Path], resolver: ModelResolver, tokenizer
+) -> None:
+    cases = [
+        ("", None, MESSAGES),
+        ("alpha", adapters["alpha"], MESSAGES),
+        ("beta", adapters["beta"], OTHER),
+        ("gamma", adapters["gamma"], MESSAGES),
+        ("alpha:1", adapters["alpha"], OTHER),
+    ]
+    expected = [_expected(resolver, tokenizer, path, messages) for _, path, messages in cases]
+    assert len(set(expected)) >= 4  # the adapters really change the output
+    with TuneforgeClient(platform_server.address, api_key=ACME_KEY) as client:
+        alone = [_generate(client, model, messages).text for model, _, messages in cases]
+        assert alone == expected
+        # all at once: the engine batches them together, one row per adapter (and the base)
+        together: dict[int, str] = {}
+        barrier = threading.Barrier(len(cases) * 2)
+
+        def run(index: int) -> None:
+            model, _, messages = cases[index % len(cases)]
+            barrier.wait()
+            together[index] = _generate(client, model, messages).text
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(cases) * 2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert [together[i] for i in range(len(cases) * 2)] == expected * 2
+
+
+def test_streaming_gives_the_same_text_with_model_first_and_usage_last(
+    acme: TuneforgeClient, adapters: dict[str, Path]
+) -> None:
+    whole = _generate(acme, "beta", max_tokens=16)
+    request = inference_pb2.GenerateStreamRequest(
+        **{f: getattr(_request("beta", max_tokens=16), f) for f in ("model", "messages", "sampling")}
+    )
+    chunks = list(acme.stream(acme.inference.GenerateStream, request, timeout=120))
+    assert chunks[0].resolved_model == "beta:1" and whole.resolved_model == "beta:1"
+    assert "".join(c.delta for c in chunks) == whole.text
+    assert chunks[-1].finish_reason == whole.finish_reason != 0
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens > 0
+    assert whole.usage.prompt_tokens > 10
+
+
+def test_lru_eviction_and_reload_keep_answers_right(
+    acme: TuneforgeClient, adapters: dict[str, Path], resolver: ModelResolver, tokenizer, platform_server
+) -> None:
+    from tuneforge.inference.engine import ADAPTER_EVICTIONS
+
+    engine = next(c for c in platform_server.server.components if hasattr(c, "engine")).engine
+    evictions = ADAPTER_EVICTIONS._value.get()
+    paths = {
+        "alpha": adapters["alpha"],
+        "beta": adapters["beta"],
+        "gamma": adapters["gamma"],
+        "bot:1": adapters["bot1"],
+    }
+    want = {name: _expected(resolver, tokenizer, path, MESSAGES) for name, path in paths.items()}
+    for name in ("alpha", "beta", "gamma", "bot:1", "alpha", "gamma", "beta"):  # 4 adapters through 3 slots
+        assert _generate(acme, name).text == want[name]
+        assert len(engine.loaded()) <= 3
+    assert ADAPTER_EVICTIONS._value.get() - evictions >= 3
+
+
+def test_moving_an_alias_under_load_swaps_versions_without_a_failed_request(
+    acme: TuneforgeClient, adapters: dict[str, Path], registry: AdapterRegistry
+) -> None:
+    seen: list[str] = []
+    errors: list[Exception] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                seen.append(_generate(acme, "bot:prod", max_tokens=4).resolved_model)
+            except Exception as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        while seen.count("bot:1") < 3:
+            threading.Event().wait(0.05)
+        registry.set_alias("acme", "bot", "prod", 2)
+        moved_at = len(seen)
+        while seen[moved_at:].count("bot:2") < 3:
+            threading.Event().wait(0.05)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert not errors
+    # requests that started before the move may still finish on v1; none after the first v2 answer
+    after = seen[seen.index("bot:2") :]
+    assert set(seen) == {"bot:1", "bot:2"} and after.count("bot:1") <= len(threads)
+
+
+def test_tenants_reach_only_their_own_adapters(
+    globex: TuneforgeClient, acme: TuneforgeClient, adapters: dict[str, Path]
+) -> None:
+    with pytest.raises(TuneforgeError) as denied:
+        _generate(globex, "alpha")
+    assert denied.value.code == "NOT_FOUND"
+    assert {m.name for m in globex.list_models()} == {"tiny-qwen2"}
+    names = {m.name for m in acme.list_models()}
+    assert {"tiny-qwen2", "alpha", "beta", "gamma", "bot", "bot:prod"} <= names
+
+
+def test_a_mismatched_or_corrupted_adapter_is_refused_and_the_replica_serves_on(
+    acme: TuneforgeClient, adapters: dict[str, Path], registry: AdapterRegistry, resolver, tokenizer
+) -> None:
+    foreign = {"base_model": "smollm2-135m-instruct", "template_hash": "0" * 64}
+    registry.register("acme", "foreign", adapters["alpha"], foreign)
+    with pytest.raises(TuneforgeError) as mismatch:
+        _generate(acme, "foreign")
+    assert mismatch.value.code == "FAILED_PRECONDITION" and "smollm2-135m-instruct" in mismatch.value.message
+
+    other_template = {"base_model": "tiny-qwen2", "template_hash": "f" * 64}
+    registry.register("acme", "retemplated", adapters["alpha"], other_template)
+    with pytest.raises(TuneforgeError) as template:
+        _generate(acme, "retemplated")
+    assert template.value.code == "FAILED_PRECONDITION" and "chat template" in template.value.message
+
+    lineage = {"base_model": "tiny-qwen2", "template_hash": template_hash(tokenizer)}
+    broken = registry.register("acme", "broken", adapters["gamma"], lineage)
+    stored = registry.artifacts.for_tenant("acme").path(broken.artifact_key) / "adapter_model.safetensors"
+    stored.write_bytes(stored.read_bytes()[:-7] + b"garbage")
+    with pytest.raises(TuneforgeError) as corrupted:
+        _generate(acme, "broken")
+    assert corrupted.value.code == "FAILED_PRECONDITION" and "corrupted" in corrupted.value.message
+    stored.unlink()
+    with pytest.raises(TuneforgeError) as missing:
+        _generate(acme, "broken")
+    assert missing.value.code == "FAILED_PRECONDITION" and "missing" in missing.value.message
+
+    # rank beyond what the replica serves: validated before it touches a slot
+    big = _make_adapter(resolver, 9, ["q_proj"], rank=128)
+    registry.register("acme", "too-big", big, lineage)
+    with pytest.raises(TuneforgeError) as rank:
+        _generate(acme, "too-big")
+    assert rank.value.code == "FAILED_PRECONDITION" and "rank 128" in rank.value.message
+    assert _generate(acme, "alpha").text == _expected(resolver, tokenizer, adapters["alpha"], MESSAGES)
+
+
+def test_oversize_and_malformed_requests_are_refused(acme: TuneforgeClient, adapters) -> None:
+    with pytest.raises(TuneforgeError) as too_many:
+        _generate(acme, "", max_tokens=100_000)
+    assert too_many.value.code == "RESOURCE_EXHAUSTED" and "max_tokens" in too_many.value.message
+    with pytest.raises(TuneforgeError) as long_prompt:
+        _generate(acme, "", [("user", "word " * 20_000)])
+    assert long_prompt.value.code == "RESOURCE_EXHAUSTED" and "prompt" in long_prompt.value.message
+    with pytest.raises(TuneforgeError) as role:
+        _generate(acme, "", [("wizard", "hi")])
+    assert role.value.violations == [("messages[0].role", "must be one of system, user, assistant")]
+    with pytest.raises(TuneforgeError) as empty:
+        _generate(acme, "", [])
+    assert empty.value.code == "INVALID_ARGUMENT"
+    with pytest.raises(TuneforgeError) as temperature:
+        _generate(acme, "", temperature=9.0)
+    assert temperature.value.violations[0][0] == "sampling.temperature"
+
+
+def test_sampling_is_seeded_and_stop_sequences_cut_the_text(acme: TuneforgeClient, adapters) -> None:
+    first = _generate(acme, "beta", temperature=1.0, seed=11, max_tokens=12)
+    again = _generate(acme, "beta", temperature=1.0, seed=11, max_tokens=12)
+    assert first.text == again.text
+    greedy = _generate(acme, "beta", max_tokens=12).text
+    assert len(greedy) > 3
+    stop = greedy[2:4]
+    cut = _generate(acme, "beta", max_tokens=12, stop=[stop])
+    assert cut.finish_reason == inference_pb2.FINISH_REASON_STOP_SEQUENCE
+    assert cut.text == greedy[: greedy.index(stop)]
+
+
+def test_deleting_a_version_unloads_it(
+    acme: TuneforgeClient, adapters, registry: AdapterRegistry, platform_server
+) -> None:
+    lineage = json.loads(json.dumps(registry.get_version("acme", "alpha", 1).lineage))
+    registry.register("acme", "short-lived", adapters["gamma"], lineage)
+    _generate(acme, "short-lived")
+    component = next(c for c in platform_server.server.components if hasattr(c, "engine"))
+    assert "acme/short-lived:1" in component.engine.loaded()
+    registry.delete_version("acme", "short-lived", 1)
+    import asyncio
+
+    frontend = component.servicer.frontend
+    assert asyncio.run_coroutine_threadsafe(frontend.sweep_deleted(), platform_server.loop).result(30) >= 1
+    assert "acme/short-lived:1" not in component.engine.loaded()
+    with pytest.raises(TuneforgeError) as gone:
+        _generate(acme, "short-lived")
+    assert gone.value.code == "NOT_FOUND"
