@@ -46,7 +46,7 @@ def make_settings(home: Path, keys_file: Path, **overrides: object) -> Settings:
         "port": 0,
         "auth": {"mode": "api_keys", "keys_file": str(keys_file)},
         "models": {"cache_dir": str(MODEL_CACHE)},
-        "inference": {"base_model": "tiny-qwen2", "max_adapters": 3},
+        "inference": {"base_model": "tiny-qwen2", "max_adapters": 3, "http_port": 0},
         "log_format": "console",
     }
     values.update(overrides)

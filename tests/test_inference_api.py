@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ACME_KEY, MODEL_CACHE
+from conftest import ACME_KEY, GLOBEX_KEY, MODEL_CACHE
 
 from tuneforge.chat import ChatRenderer
 from tuneforge.client import TuneforgeClient, TuneforgeError
@@ -315,3 +315,87 @@ def test_deleting_a_version_unloads_it(
     with pytest.raises(TuneforgeError) as gone:
         _generate(acme, "short-lived")
     assert gone.value.code == "NOT_FOUND"
+
+
+@pytest.fixture(scope="module")
+def openai_url(platform_server: BackgroundServer) -> str:
+    component = next(c for c in platform_server.server.components if hasattr(c, "engine"))
+    return f"http://127.0.0.1:{component.http.port}/v1"
+
+
+def test_the_official_openai_client_works_against_the_http_api(
+    openai_url: str, adapters: dict[str, Path], resolver: ModelResolver, tokenizer
+) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=openai_url, api_key=ACME_KEY, max_retries=0)
+    messages = [{"role": r, "content": c} for r, c in MESSAGES]
+    answer = client.chat.completions.create(model="alpha", messages=messages, max_tokens=TOKENS, temperature=0)
+    assert answer.choices[0].message.content == _expected(resolver, tokenizer, adapters["alpha"], MESSAGES)
+    assert answer.model == "alpha:1" and answer.choices[0].finish_reason in ("stop", "length")
+    assert answer.usage.completion_tokens > 0 and answer.usage.total_tokens > answer.usage.prompt_tokens
+
+    stream = client.chat.completions.create(
+        model="alpha", messages=messages, max_tokens=TOKENS, temperature=0, stream=True
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == answer.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == answer.choices[0].finish_reason
+
+    ids = {m.id for m in client.models.list()}
+    assert {"tiny-qwen2", "alpha", "bot:prod"} <= ids
+
+
+def test_http_errors_come_back_in_openai_s_shape(openai_url: str, adapters) -> None:
+    import openai
+
+    messages = [{"role": "user", "content": "hi"}]
+    other = openai.OpenAI(base_url=openai_url, api_key=GLOBEX_KEY, max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        other.chat.completions.create(model="alpha", messages=messages)
+    assert {m.id for m in other.models.list()} == {"tiny-qwen2"}
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=openai_url, api_key="tf_wrong_key_0000000000", max_retries=0).models.list()
+    mine = openai.OpenAI(base_url=openai_url, api_key=ACME_KEY, max_retries=0)
+    with pytest.raises(openai.RateLimitError) as limit:
+        mine.chat.completions.create(model="alpha", messages=messages, max_tokens=100_000)
+    assert "max_tokens" in str(limit.value)
+    with pytest.raises(openai.BadRequestError) as bad:
+        mine.chat.completions.create(model="alpha", messages=[{"role": "wizard", "content": "hi"}])
+    assert "messages[0].role" in str(bad.value)
+
+
+def test_the_ray_serve_replica_serves_adapters_by_multiplexed_id(
+    local_ray, server_settings, adapters: dict[str, Path], resolver: ModelResolver, tokenizer
+) -> None:
+    """The Serve deployment: a replica process of its own, adapters routed by their version key."""
+    from ray import serve
+
+    from tuneforge.inference.serve_app import InferenceReplica
+
+    settings = {
+        "home": str(server_settings.home),
+        "database_url": server_settings.database_url,
+        "artifact_root": str(server_settings.artifact_root),
+        "auth": {"mode": "api_keys", "keys_file": str(server_settings.auth.keys_file)},
+        "models": {"cache_dir": str(MODEL_CACHE)},
+        "inference": {"base_model": "tiny-qwen2", "max_adapters": 2},
+    }
+    serve.start(http_options={"location": "NoServer"})
+    app = InferenceReplica.options(ray_actor_options={"num_cpus": 0}).bind(settings)
+    handle = serve.run(app, name="tuneforge-inference-test", route_prefix=None)
+    try:
+        payload = {"tenant": "acme", "prompt_ids": _prompt(tokenizer, MESSAGES), "sampling": {"max_tokens": TOKENS}}
+
+        def run(key: str) -> list[dict]:
+            return list(handle.options(multiplexed_model_id=key, stream=True).generate.remote(payload))
+
+        for key, path in (("acme/alpha:1", adapters["alpha"]), ("", None), ("acme/beta:1", adapters["beta"])):
+            events = run(key)
+            assert "".join(e["delta"] for e in events) == _expected(resolver, tokenizer, path, MESSAGES)
+            assert events[-1]["finish_reason"] in ("stop", "length")
+        assert events[-1]["model"] == "beta:1"
+        with pytest.raises(Exception, match="alpha"):  # another tenant's name resolves to nothing
+            run("globex/alpha:1")
+    finally:
+        serve.delete("tuneforge-inference-test")

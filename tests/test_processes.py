@@ -120,6 +120,7 @@ def test_demo_runs_to_the_end(tmp_path: Path) -> None:
     assert "smollm2-135m-instruct (base)" in result.stdout
     assert "[training] registered adapter demo-dates:1" in result.stdout
     assert "[SUCCEEDED]" in result.stdout and "(last quarter)" in result.stdout
+    assert "demo-dates:1 → '" in result.stdout and "smollm2-135m-instruct → '" in result.stdout
     assert "exited with code 0" in result.stdout
 
 

@@ -405,6 +405,83 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def stream_answer(client, model: str, messages: list[tuple[str, str]], sampling, out=None) -> tuple[str, object]:
+    """Streams one answer to `out` as it is decoded; returns (text, last message)."""
+    from tuneforge.v1 import common_pb2, inference_pb2
+
+    out = out or sys.stdout
+    request = inference_pb2.GenerateStreamRequest(
+        model=model, messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in messages], sampling=sampling
+    )
+    parts: list[str] = []
+    last = None
+    for last in client.stream(client.inference.GenerateStream, request):
+        parts.append(last.delta)
+        out.write(last.delta)
+        out.flush()
+    out.write("\n")
+    return "".join(parts), last
+
+
+def _sampling(args: argparse.Namespace):  # -> inference_pb2.SamplingParams
+    from tuneforge.v1 import inference_pb2
+
+    sampling = inference_pb2.SamplingParams(
+        temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, stop=args.stop or []
+    )
+    if args.seed is not None:
+        sampling.seed = args.seed
+    return sampling
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tuneforge.v1 import inference_pb2
+
+    messages = ([("system", args.system)] if args.system else []) + [("user", args.prompt)]
+    with _client(args) as client:
+        if args.no_stream:
+            from tuneforge.v1 import common_pb2
+
+            response = client.call(
+                client.inference.Generate,
+                inference_pb2.GenerateRequest(
+                    model=args.model,
+                    messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in messages],
+                    sampling=_sampling(args),
+                ),
+            )
+            print(response.text)
+            print(
+                f"[{response.resolved_model}: {response.usage.prompt_tokens} prompt + "
+                f"{response.usage.completion_tokens} completion tokens]",
+                file=sys.stderr,
+            )
+            return 0
+        _, last = stream_answer(client, args.model, messages, _sampling(args))
+        if last is not None:
+            print(f"[{last.usage.completion_tokens} tokens]", file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """An interactive conversation with an adapter (or the base model), streamed to the terminal."""
+    history: list[tuple[str, str]] = [("system", args.system)] if args.system else []
+    model = args.adapter or ""
+    with _client(args) as client:
+        print(f"chatting with {model or 'the base model'}; an empty line or Ctrl-D ends", file=sys.stderr)
+        while True:
+            try:
+                line = input("> ")
+            except EOFError:
+                break
+            if not line.strip():
+                break
+            history.append(("user", line))
+            text, _ = stream_answer(client, model, history, _sampling(args))
+            history.append(("assistant", text))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from tuneforge.models import EMBEDDED_MODELS
 
@@ -571,6 +648,28 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--after", type=int, default=0, help="only events after this sequence")
     jobs.add_parser("checkpoints").add_argument("job_id")
     p.set_defaults(func=cmd_jobs)
+
+    def sampling_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--system", help="system message")
+        p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+        p.add_argument("--top-p", dest="top_p", type=float, default=0.0)
+        p.add_argument("--max-tokens", dest="max_tokens", type=int, default=256)
+        p.add_argument("--stop", action="append", help="stop sequence (repeatable)")
+        p.add_argument("--seed", type=int)
+
+    p = sub.add_parser("generate", help="one answer from an adapter or the base model")
+    client_options(p)
+    sampling_options(p)
+    p.add_argument("--model", default="", help="adapter[:version|alias]; empty for the base model")
+    p.add_argument("--no-stream", action="store_true", help="wait for the whole answer")
+    p.add_argument("prompt")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="talk to an adapter in the terminal, answers streamed")
+    client_options(p)
+    sampling_options(p)
+    p.add_argument("--adapter", default="", help="adapter[:version|alias]; empty for the base model")
+    p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("adapters", help="the adapter registry")
     client_options(p)

@@ -2,8 +2,8 @@
 
 Stages so far: contracts and auth (an authenticated call), data upload (DatasetService, chunked,
 hash-verified, idempotent), curation (a dataset version with its report), training (a LoRA job on
-the platform's local Ray, its progress streamed, the adapter registered), inference (the embedded
-base model is loaded and listed). Later issues add serving the adapter and evaluation. The
+the platform's local Ray, its progress streamed, the adapter registered), inference (the adapter
+answers next to the base model from one replica). Evaluation comes with its issue. The
 platform runs as `tuneforge up` in a child process and is stopped with SIGTERM at the end, which
 must drain and exit cleanly.
 """
@@ -78,12 +78,9 @@ def run_demo(workdir: Path, timeout: float = 600.0) -> int:
                 return 1
 
             version_id = _curate(client, uploaded.id, workdir)
-            _train(client, version_id)
+            adapter = _train(client, version_id)
+            _serve(client, adapter)
 
-            models = client.list_models()
-            _say(
-                "inference", "models served: " + ", ".join(f"{m.name}{' (base)' if m.is_base else ''}" for m in models)
-            )
     except Exception as exc:
         _say("demo", f"FAILED: {exc}")
         _stop(platform)
@@ -178,6 +175,31 @@ def _train(client: TuneforgeClient, version_id: str) -> str:
     _say("training", "checkpoints: " + ", ".join(f"step {c.step}" for c in checkpoints))
     _say("training", f"registered adapter {job.adapter_version}")
     return job.adapter_version
+
+
+DEMO_PROMPT = (
+    'Extract the event and its date from the text. Answer with JSON only, with keys "event" and "date" '
+    "(YYYY-MM-DD).\n\nThe annual shareholder meeting will be held on September 4, 2026."
+)
+
+
+def _serve(client: TuneforgeClient, adapter: str) -> None:
+    """Inference stage: the new adapter answers next to the base model, from the same replica."""
+    from tuneforge.v1 import common_pb2, inference_pb2
+
+    models = client.list_models()
+    _say("inference", "models served: " + ", ".join(f"{m.name}{' (base)' if m.is_base else ''}" for m in models))
+    _say("inference", f"prompt: {DEMO_PROMPT.splitlines()[-1]}")
+    for model in ("", adapter):
+        response = client.call(
+            client.inference.Generate,
+            inference_pb2.GenerateRequest(
+                model=model,
+                messages=[common_pb2.ChatMessage(role="user", content=DEMO_PROMPT)],
+                sampling=inference_pb2.SamplingParams(max_tokens=64),
+            ),
+        )
+        _say("inference", f"{response.resolved_model:>24s} → {response.text.strip()!r}")
 
 
 def _wait(client: TuneforgeClient, platform: subprocess.Popen, names: list[str], timeout: float, log: Path) -> None:

@@ -1,0 +1,198 @@
+"""OpenAI-compatible HTTP API: `POST /v1/chat/completions` (with `stream: true` as server-sent events)
+and `GET /v1/models`, over the same InferenceFrontend as the gRPC API.
+
+The API key is the OpenAI client's own `Authorization: Bearer …` header, checked against the same
+keys file as gRPC; `model` names `adapter`, `adapter:<version|alias>` or the base model, in the
+caller's tenant only (404 otherwise). Errors come back in OpenAI's shape
+(`{"error": {"message", "type", "param", "code"}}`) with the matching HTTP status: 400, 401, 404,
+429 (limits), 503 — so the official `openai` Python client works against it unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from tuneforge.common.errors import InvalidArgument, TuneforgeError
+from tuneforge.common.logging import get_logger
+from tuneforge.common.settings import Settings
+from tuneforge.inference.frontend import InferenceFrontend
+
+log = get_logger(__name__)
+
+STATUS = {
+    "INVALID_ARGUMENT": (400, "invalid_request_error"),
+    "FAILED_PRECONDITION": (400, "invalid_request_error"),
+    "UNAUTHENTICATED": (401, "authentication_error"),
+    "PERMISSION_DENIED": (403, "permission_error"),
+    "NOT_FOUND": (404, "not_found_error"),
+    "ALREADY_EXISTS": (409, "conflict_error"),
+    "RESOURCE_EXHAUSTED": (429, "rate_limit_error"),
+    "UNAVAILABLE": (503, "service_unavailable"),
+}
+FINISH = {"stop": "stop", "stop_sequence": "stop", "length": "length"}
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+def _error(status: int, kind: str, message: str, param: str | None = None, code: str | None = None) -> web.Response:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return web.json_response(body, status=status)
+
+
+def _from_domain(exc: TuneforgeError) -> web.Response:
+    status, kind = STATUS.get(exc.status, (500, "server_error"))
+    param = exc.violations[0].field if isinstance(exc, InvalidArgument) and exc.violations else None
+    message = exc.message if status != 500 else "internal error"
+    return _error(status, kind, message, param, exc.status.lower())
+
+
+class OpenAIServer:
+    """The aiohttp application and its listener, next to the gRPC server in the same process."""
+
+    def __init__(self, frontend: InferenceFrontend, settings: Settings) -> None:
+        from tuneforge.common.server import key_resolver
+
+        self.frontend = frontend
+        self.keys = key_resolver(settings)
+        self.app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._errors])
+        self.app.router.add_get("/v1/models", self.models)
+        self.app.router.add_post("/v1/chat/completions", self.chat)
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> int:
+        self.runner = web.AppRunner(self.app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log.info("openai_http_listening", host=host, port=self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except TuneforgeError as exc:
+            return _from_domain(exc)
+        except web.HTTPException:
+            raise
+        except Exception as exc:
+            log.error("openai_http_error", path=request.path, error=repr(exc))
+            return _error(500, "server_error", "internal error")
+
+    def _tenant(self, request: web.Request) -> str:
+        header = request.headers.get("Authorization", "")
+        key = header[7:].strip() if header.lower().startswith("bearer ") else None
+        return self.keys.resolve(key).tenant
+
+    async def models(self, request: web.Request) -> web.Response:
+        tenant = self._tenant(request)
+        names = await self.frontend.list_models(tenant)
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "tuneforge" if is_base else tenant}
+            for name, is_base in names
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        tenant = self._tenant(request)
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidArgument.for_field("body", f"is not JSON: {exc}") from exc
+        if not isinstance(body, dict):
+            raise InvalidArgument.for_field("body", "must be a JSON object")
+        messages = body.get("messages")
+        if not isinstance(messages, list):
+            raise InvalidArgument.for_field("messages", "must be a list of {role, content}")
+        pairs = []
+        for index, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+                raise InvalidArgument.for_field(f"messages[{index}].content", "must be a string")
+            pairs.append((str(message.get("role", "")), message["content"]))
+        if body.get("n", 1) != 1:
+            raise InvalidArgument.for_field("n", "only 1 is supported")
+        stop = body.get("stop") or []
+        if isinstance(stop, str):
+            stop = [stop]
+        prompt = self.frontend.prompt_ids(pairs)
+        sampling = self.frontend.sampling(
+            temperature=float(body["temperature"]) if body.get("temperature") is not None else 1.0,
+            top_p=float(body.get("top_p") or 0.0),
+            max_tokens=int(body.get("max_completion_tokens") or body.get("max_tokens") or 0),
+            stop=[str(s) for s in stop],
+            seed=int(body["seed"]) if body.get("seed") is not None else None,
+            prefix="",
+        )
+        model = body.get("model") or ""
+        if not isinstance(model, str):
+            raise InvalidArgument.for_field("model", "must be a string")
+        target = await self.frontend.resolve(tenant, model)
+        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        events = self.frontend.stream(tenant, target, prompt, sampling)
+        if not body.get("stream"):
+            parts: list[str] = []
+            async for event in events:
+                parts.append(event.delta)
+                if event.finish_reason:
+                    if event.finish_reason == "error":
+                        return _error(503, "service_unavailable", event.error)
+                    return web.json_response(
+                        {
+                            "id": completion_id,
+                            "object": "chat.completion",
+                            "created": created,
+                            "model": target.name,
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "message": {"role": "assistant", "content": "".join(parts)},
+                                    "finish_reason": FINISH.get(event.finish_reason, "stop"),
+                                }
+                            ],
+                            "usage": {
+                                "prompt_tokens": event.prompt_tokens,
+                                "completion_tokens": event.completion_tokens,
+                                "total_tokens": event.prompt_tokens + event.completion_tokens,
+                            },
+                        }
+                    )
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+
+        async def send(delta: dict[str, Any], finish: str | None, usage: dict[str, int] | None = None) -> None:
+            chunk: dict[str, Any] = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": target.name,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+            if usage is not None:
+                chunk["usage"] = usage
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+
+        await send({"role": "assistant", "content": ""}, None)
+        async for event in events:
+            if event.delta:
+                await send({"content": event.delta}, None)
+            if event.finish_reason:
+                usage = {
+                    "prompt_tokens": event.prompt_tokens,
+                    "completion_tokens": event.completion_tokens,
+                    "total_tokens": event.prompt_tokens + event.completion_tokens,
+                }
+                await send({}, FINISH.get(event.finish_reason, "stop"), usage)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
