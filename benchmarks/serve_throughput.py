@@ -44,8 +44,21 @@ def build(arch: str, layers: int):
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    tokenizer = resolver.load_tokenizer(resolver.resolve("tiny-qwen2"))  # the Qwen2.5 tokenizer
-    return model.eval(), tokenizer
+    return model.eval(), _IdTokenizer()
+
+
+class _IdTokenizer:
+    """Stands in for the tokenizer on machines without the embedded models: token ids as text."""
+
+    pad_token_id = 0
+    eos_token_id = 151645
+    unk_token_id = None
+
+    def convert_tokens_to_ids(self, token: str) -> int:
+        return 151645
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return " ".join(map(str, ids))
 
 
 def write_adapter(model, directory: Path, rank: int, seed: int) -> None:
@@ -128,6 +141,10 @@ def main() -> int:
     counts = [int(x) for x in args.adapters.split(",")]
     model, tokenizer = build(args.arch, args.layers)
     vocab = model.config.vocab_size
+    root = Path(tempfile.mkdtemp(prefix="tuneforge-serve-bench-"))
+    needed = max(max(counts), 1) + args.cold_loads
+    for i in range(needed):  # before the engine wraps the Linears
+        write_adapter(model, root / f"a{i}", args.rank, seed=i)
     engine = Engine(
         model,
         tokenizer,
@@ -137,10 +154,6 @@ def main() -> int:
         batch_wait_s=0.002,
     )
     engine.stop_ids = set()  # random weights: decode exactly --new tokens every time
-    root = Path(tempfile.mkdtemp(prefix="tuneforge-serve-bench-"))
-    needed = max(max(counts), 1) + args.cold_loads
-    for i in range(needed):
-        write_adapter(model, root / f"a{i}", args.rank, seed=i)
     device = str(next(model.parameters()).device)
     gpu = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
 

@@ -227,7 +227,8 @@ def test_tenants_reach_only_their_own_adapters(
     with pytest.raises(TuneforgeError) as denied:
         _generate(globex, "alpha")
     assert denied.value.code == "NOT_FOUND"
-    assert {m.name for m in globex.list_models()} == {"tiny-qwen2"}
+    theirs = {m.name for m in globex.list_models()}
+    assert "tiny-qwen2" in theirs and not theirs & {"alpha", "beta", "gamma", "bot", "bot:prod"}
     names = {m.name for m in acme.list_models()}
     assert {"tiny-qwen2", "alpha", "beta", "gamma", "bot", "bot:prod"} <= names
 
@@ -353,7 +354,7 @@ def test_http_errors_come_back_in_openai_s_shape(openai_url: str, adapters) -> N
     other = openai.OpenAI(base_url=openai_url, api_key=GLOBEX_KEY, max_retries=0)
     with pytest.raises(openai.NotFoundError):
         other.chat.completions.create(model="alpha", messages=messages)
-    assert {m.id for m in other.models.list()} == {"tiny-qwen2"}
+    assert "alpha" not in {m.id for m in other.models.list()}
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=openai_url, api_key="tf_wrong_key_0000000000", max_retries=0).models.list()
     mine = openai.OpenAI(base_url=openai_url, api_key=ACME_KEY, max_retries=0)

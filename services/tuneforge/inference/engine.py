@@ -310,12 +310,13 @@ class Engine:
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         slots = torch.tensor([r.slot for r in batch], dtype=torch.long, device=self.device)
+        adapted = any(r.slot > 0 for r in batch)
         cache = DynamicCache()
         active = list(range(len(batch)))
         with torch.inference_mode():
             step_ids, step_positions = input_ids, positions
             while active:
-                self.selection.rows = slots if bool((slots > 0).any()) else None
+                self.selection.rows = slots if adapted else None
                 try:
                     logits = self.model(
                         input_ids=step_ids,
@@ -329,8 +330,8 @@ class Engine:
                     self.selection.rows = None
                 tokens = self._choose(logits, [rows[i] for i in active])
                 keep: list[int] = []
-                for position, index in enumerate(active):
-                    if self._advance(rows[index], int(tokens[position])):
+                for position, (index, token) in enumerate(zip(active, tokens.tolist(), strict=True)):
+                    if self._advance(rows[index], token):  # one device→host copy per step, not per row
                         keep.append(position)
                 if not keep:
                     break
@@ -340,6 +341,7 @@ class Engine:
                     mask, slots, tokens = mask[chosen], slots[chosen], tokens[chosen]
                     step_positions = step_positions[chosen]
                     active = [active[p] for p in keep]
+                    adapted = any(rows[i].request.slot > 0 for i in active)
                 step_ids = tokens.view(-1, 1)
                 mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=self.device)], dim=1)
                 step_positions = step_positions[:, -1:] + 1
