@@ -400,3 +400,17 @@ def test_the_ray_serve_replica_serves_adapters_by_multiplexed_id(
             run("globex/alpha:1")
     finally:
         serve.delete("tuneforge-inference-test")
+
+
+def test_generate_cli_streams_an_answer(platform_server: BackgroundServer, adapters, resolver, tokenizer) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TUNEFORGE_ADDRESS": platform_server.address, "TUNEFORGE_API_KEY": ACME_KEY}
+    command = [sys.executable, "-m", "tuneforge.cli", "generate", "--model=alpha", f"--max-tokens={TOKENS}"]
+    command += ["--system", MESSAGES[0][1], MESSAGES[1][1]]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip("\n") == _expected(resolver, tokenizer, adapters["alpha"], MESSAGES)
+    assert "tokens]" in result.stderr
