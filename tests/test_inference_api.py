@@ -398,6 +398,31 @@ def test_the_ray_serve_replica_serves_adapters_by_multiplexed_id(
         assert events[-1]["model"] == "beta:1"
         with pytest.raises(Exception, match="alpha"):  # another tenant's name resolves to nothing
             run("globex/alpha:1")
+
+        # cluster mode: the platform's gRPC front, with no model of its own, generates through Serve
+        from conftest import make_settings
+
+        from tuneforge.inference.server import InferenceComponent
+
+        front_settings = make_settings(
+            server_settings.home / "front",
+            server_settings.auth.keys_file,
+            database_url=server_settings.database_url,
+            artifact_root=str(server_settings.artifact_root),
+            inference={"base_model": "tiny-qwen2", "serve_app": "tuneforge-inference-test"},
+        )
+        front = BackgroundServer(front_settings, [InferenceComponent])
+        try:
+            with TuneforgeClient(front.address, api_key=ACME_KEY) as client:
+                for model, path in (("alpha", adapters["alpha"]), ("", None), ("bot:prod", adapters["bot1"])):
+                    answer = _generate(client, model)
+                    assert answer.text == _expected(resolver, tokenizer, path, MESSAGES), model
+                assert answer.resolved_model == "bot:1"
+            with TuneforgeClient(front.address, api_key=GLOBEX_KEY) as other, pytest.raises(TuneforgeError) as denied:
+                _generate(other, "alpha")
+            assert denied.value.code == "NOT_FOUND"
+        finally:
+            front.stop()
     finally:
         serve.delete("tuneforge-inference-test")
 

@@ -79,6 +79,11 @@ class InferenceSettings(BaseModel):
     max_concurrent_per_tenant: int = Field(default=16, ge=1)
     #: Port of the OpenAI-compatible HTTP API (`/v1/chat/completions`, `/v1/models`); unset disables it.
     http_port: int | None = Field(default=None, ge=0, le=65535)
+    #: Name of the Ray Serve application that runs the engine (cluster mode); unset: the engine runs in
+    #: this process (the embedded default).
+    serve_app: str | None = None
+    #: Ray address the front joins in cluster mode (`auto` inside the cluster, or `ray://head:10001`).
+    ray_address: str | None = None
 
 
 class CurationSettings(BaseModel):

@@ -14,8 +14,9 @@ RESOURCE_EXHAUSTED.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +89,18 @@ class InferenceFrontend:
         if not model or model == self.base_name:
             return Target(self.base_name, None, None)
         version = await asyncio.to_thread(self.registry.resolve, tenant, model, field)
+        self.check_lineage(version)
+        key = f"{tenant}/{version.ref}"
+        directory = self.artifacts.for_tenant(tenant).path(version.artifact_key)
+        if not self.engine.has_adapter(key):
+            lock = self._loading.setdefault(key, asyncio.Lock())
+            async with lock:  # files checked once per load, however many requests wait for it
+                if not self.engine.has_adapter(key):
+                    await asyncio.to_thread(self._verify_files, version, directory)
+        return Target(version.ref, key, version, directory)
+
+    def check_lineage(self, version: AdapterVersionInfo) -> None:
+        """FAILED_PRECONDITION unless the adapter was trained on this replica's base model and template."""
         lineage = version.lineage
         if lineage.get("base_model") != self.base_name:
             raise FailedPrecondition(
@@ -98,14 +111,6 @@ class InferenceFrontend:
                 f"{version.ref} was trained with another tokenizer or chat template than this replica's "
                 f"{self.base_name!r}; retrain it on a dataset version rendered for this model"
             )
-        key = f"{tenant}/{version.ref}"
-        directory = self.artifacts.for_tenant(tenant).path(version.artifact_key)
-        if not self.engine.has_adapter(key):
-            lock = self._loading.setdefault(key, asyncio.Lock())
-            async with lock:  # files checked once per load, however many requests wait for it
-                if not self.engine.has_adapter(key):
-                    await asyncio.to_thread(self._verify_files, version, directory)
-        return Target(version.ref, key, version, directory)
 
     @staticmethod
     def _verify_files(version: AdapterVersionInfo, directory: Path) -> None:
@@ -200,10 +205,9 @@ class InferenceFrontend:
             seed=seed,
         )
 
-    async def stream(
-        self, tenant: str, target: Target, prompt_ids: list[int], sampling: Sampling
-    ) -> AsyncIterator[Event]:
-        """The request's events as the engine decodes it; the tenant's in-flight count is held meanwhile."""
+    @contextlib.contextmanager
+    def _slot_for(self, tenant: str) -> Iterator[None]:
+        """Holds one of the tenant's concurrent-request places (RESOURCE_EXHAUSTED when none is left)."""
         count = self._in_flight.get(tenant, 0)
         if count >= self.limits.max_concurrent_per_tenant:
             raise ResourceExhausted(
@@ -211,25 +215,34 @@ class InferenceFrontend:
                 "retry when one finishes"
             )
         self._in_flight[tenant] = count + 1
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Event] = asyncio.Queue()
-        request = Request(
-            prompt_ids, target.adapter_key, sampling, lambda e: loop.call_soon_threadsafe(events.put_nowait, e)
-        )
         try:
-            if target.adapter_key is not None:
-                # loads it if it was evicted since `resolve`, and pins it until the request ends
-                request.slot = await asyncio.to_thread(self.engine.acquire, target.adapter_key, target.directory)
-            self.engine.submit(request)
-            while True:
-                event = await events.get()
-                yield event
-                if event.finish_reason:
-                    return
+            yield
         finally:
-            request.cancelled.set()  # a client that went away frees its batch row at the next step
             left = self._in_flight.get(tenant, 1) - 1
             if left > 0:
                 self._in_flight[tenant] = left
             else:
                 self._in_flight.pop(tenant, None)
+
+    async def stream(
+        self, tenant: str, target: Target, prompt_ids: list[int], sampling: Sampling
+    ) -> AsyncIterator[Event]:
+        """The request's events as the engine decodes it; the tenant's in-flight count is held meanwhile."""
+        with self._slot_for(tenant):
+            loop = asyncio.get_running_loop()
+            events: asyncio.Queue[Event] = asyncio.Queue()
+            request = Request(
+                prompt_ids, target.adapter_key, sampling, lambda e: loop.call_soon_threadsafe(events.put_nowait, e)
+            )
+            try:
+                if target.adapter_key is not None:
+                    # loads it if it was evicted since `resolve`, and pins it until the request ends
+                    request.slot = await asyncio.to_thread(self.engine.acquire, target.adapter_key, target.directory)
+                self.engine.submit(request)
+                while True:
+                    event = await events.get()
+                    yield event
+                    if event.finish_reason:
+                        return
+            finally:
+                request.cancelled.set()  # a client that went away frees its batch row at the next step

@@ -43,31 +43,40 @@ class InferenceComponent(PlatformComponent):
         settings = self.platform.settings.inference
         loop = asyncio.get_running_loop()
         start = loop.time()
-        base = await asyncio.to_thread(
-            load_base_model, self.platform.models, settings.base_model, settings.dtype, settings.device
-        )
-        self.engine = Engine(
-            base.model,
-            base.tokenizer,
-            max_adapters=settings.max_adapters,
-            max_rank=settings.max_rank,
-            max_batch_size=settings.max_batch_size,
-            batch_wait_s=settings.batch_wait_ms / 1000,
-        )
-        frontend = InferenceFrontend(
-            self.engine,
-            base.name,
-            base.template_hash,
-            AdapterRegistry(self.platform.metadata, self.platform.artifacts),
-            self.platform.artifacts,
-            Limits(settings.max_prompt_tokens, settings.max_new_tokens, settings.max_concurrent_per_tenant),
-        )
-        log.info(
-            "base_model_loaded",
-            model=settings.base_model,
-            seconds=round(loop.time() - start, 2),
-            template_hash=base.template_hash[:16],
-        )
+        registry = AdapterRegistry(self.platform.metadata, self.platform.artifacts)
+        if settings.serve_app:
+            from tuneforge.inference.remote import connect
+
+            frontend: InferenceFrontend = await connect(
+                self.platform.settings, self.platform.models, registry, self.platform.artifacts
+            )
+            log.info("inference_on_ray_serve", app=settings.serve_app, base_model=frontend.base_name)
+        else:
+            base = await asyncio.to_thread(
+                load_base_model, self.platform.models, settings.base_model, settings.dtype, settings.device
+            )
+            self.engine = Engine(
+                base.model,
+                base.tokenizer,
+                max_adapters=settings.max_adapters,
+                max_rank=settings.max_rank,
+                max_batch_size=settings.max_batch_size,
+                batch_wait_s=settings.batch_wait_ms / 1000,
+            )
+            frontend = InferenceFrontend(
+                self.engine,
+                base.name,
+                base.template_hash,
+                registry,
+                self.platform.artifacts,
+                Limits(settings.max_prompt_tokens, settings.max_new_tokens, settings.max_concurrent_per_tenant),
+            )
+            log.info(
+                "base_model_loaded",
+                model=settings.base_model,
+                seconds=round(loop.time() - start, 2),
+                template_hash=base.template_hash[:16],
+            )
         if settings.http_port is not None:
             from tuneforge.inference.http import OpenAIServer
 

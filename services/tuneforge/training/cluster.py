@@ -186,7 +186,8 @@ class LocalRayHead:
                 command, stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
         deadline = time.monotonic() + timeout_s
-        while not _answers(url):
+        # ready once the dashboard answers and `ray start` has recorded the GCS address (written last)
+        while not (_answers(url) and (self.temp_dir / "ray_current_cluster").exists()):
             if process.poll() is not None:
                 raise RuntimeError(
                     f"the local Ray head exited with status {process.returncode}; see {self.directory / 'head.log'}"
