@@ -439,3 +439,18 @@ def test_generate_cli_streams_an_answer(platform_server: BackgroundServer, adapt
     assert result.returncode == 0, result.stderr
     assert result.stdout.rstrip("\n") == _expected(resolver, tokenizer, adapters["alpha"], MESSAGES)
     assert "tokens]" in result.stderr
+
+
+def test_chat_cli_keeps_the_conversation(platform_server: BackgroundServer, adapters) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TUNEFORGE_ADDRESS": platform_server.address, "TUNEFORGE_API_KEY": ACME_KEY}
+    command = [sys.executable, "-m", "tuneforge.cli", "chat", "--adapter=beta", "--max-tokens=6"]
+    result = subprocess.run(
+        command, env=env, input="Hello there\nAnd again\n\n", capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "chatting with beta" in result.stderr
+    assert result.stdout.count("> ") == 3  # two answered turns, then the empty line ends it

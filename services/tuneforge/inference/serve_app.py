@@ -15,6 +15,7 @@ the engine's events as dicts.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
@@ -32,6 +33,10 @@ from tuneforge.store.metadata import MetadataStore
 from tuneforge.training.registry import AdapterRegistry
 
 log = get_logger(__name__)
+
+#: Adapters Serve keeps per replica (its multiplexing LRU), fixed when the deployment is defined: set
+#: `TUNEFORGE_INFERENCE__MAX_ADAPTERS` in the replicas' environment (the RayService's runtime_env).
+MAX_ADAPTERS = int(os.environ.get("TUNEFORGE_INFERENCE__MAX_ADAPTERS", "8"))
 
 
 class _Resident:
@@ -75,7 +80,7 @@ class InferenceReplica:
         )
         log.info("serve_replica_ready", base_model=base.name)
 
-    @serve.multiplexed(max_num_models_per_replica=8)
+    @serve.multiplexed(max_num_models_per_replica=MAX_ADAPTERS)
     async def adapter(self, key: str) -> _Resident:
         """Loads `tenant/adapter:version` (validated and hash-checked) into an engine slot."""
         tenant, _, ref = key.partition("/")
