@@ -70,7 +70,7 @@ def test_unauthenticated_streaming_upload_is_refused(anonymous: TuneforgeClient)
 
 def test_contract_calls_not_offered_yet_answer_unimplemented_not_fake_results(acme: TuneforgeClient) -> None:
     calls = [
-        (acme.evaluation.ListSuites, evaluation_pb2.ListSuitesRequest()),
+        (acme.evaluation.GetEvalRun, evaluation_pb2.GetEvalRunRequest(run_id="eval-0123456789ab")),
     ]
     for method, request in calls:
         with pytest.raises(TuneforgeError) as info:

@@ -1,7 +1,6 @@
 """EvaluationService bootstrap: `tuneforge serve evaluation`.
 
-The contract is complete; suites, runs and reports are built on top of this server by the
-evaluation issue. Until then its calls answer UNIMPLEMENTED (never a fake result).
+Suites are served; runs and reports answer UNIMPLEMENTED until they are built (never a fake result).
 """
 
 from __future__ import annotations
@@ -10,6 +9,8 @@ import grpc
 
 from tuneforge.common.server import TuneforgeServer, build_server
 from tuneforge.common.settings import Settings
+from tuneforge.evaluation.servicer import EvaluationServicer
+from tuneforge.evaluation.suite_store import SuiteStore
 from tuneforge.platform import PlatformComponent
 from tuneforge.v1 import evaluation_pb2, evaluation_pb2_grpc
 
@@ -20,9 +21,8 @@ class EvaluationComponent(PlatformComponent):
     service_names = (evaluation_pb2.DESCRIPTOR.services_by_name["EvaluationService"].full_name,)
 
     def register(self, server: grpc.aio.Server) -> None:
-        evaluation_pb2_grpc.add_EvaluationServiceServicer_to_server(
-            evaluation_pb2_grpc.EvaluationServiceServicer(), server
-        )
+        suites = SuiteStore(self.platform.metadata, self.platform.artifacts)
+        evaluation_pb2_grpc.add_EvaluationServiceServicer_to_server(EvaluationServicer(suites), server)
 
 
 async def create_server(settings: Settings) -> tuple[TuneforgeServer, int]:

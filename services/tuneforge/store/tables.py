@@ -190,3 +190,26 @@ class JobEventRow(Base):
     state: Mapped[str] = mapped_column(String(24), nullable=False, default="")
     step: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     metrics_json: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
+
+
+class EvalSuiteRow(Base):
+    """An evaluation suite a tenant uploaded (its JSONL lives in the artifact store)."""
+
+    __tablename__ = "eval_suites"
+    __table_args__ = (
+        UniqueConstraint("tenant", "idempotency_key", name="uq_eval_suites_tenant_idempotency_key"),
+        Index("ix_eval_suites_tenant_created", "tenant", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(63), nullable=False)
+    name: Mapped[str] = mapped_column(String(63), nullable=False)
+    num_items: Mapped[int] = mapped_column(Integer, nullable=False)
+    category_counts_json: Mapped[str] = mapped_column(Text, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    artifact_key: Mapped[str] = mapped_column(String(1024), nullable=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
