@@ -1,18 +1,25 @@
 """EvaluationService bootstrap: `tuneforge serve evaluation`.
 
-Suites are served; runs and reports answer UNIMPLEMENTED until they are built (never a fake result).
+Suites, runs and reports; runs generate through the inference service of this process.
 """
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
+from tuneforge.common.logging import get_logger
 from tuneforge.common.server import TuneforgeServer, build_server
 from tuneforge.common.settings import Settings
+from tuneforge.evaluation.runs import EvalRuns
 from tuneforge.evaluation.servicer import EvaluationServicer
 from tuneforge.evaluation.suite_store import SuiteStore
-from tuneforge.platform import PlatformComponent
+from tuneforge.inference.frontend import InferenceFrontend
+from tuneforge.platform import Platform, PlatformComponent
 from tuneforge.v1 import evaluation_pb2, evaluation_pb2_grpc
+
+log = get_logger(__name__)
 
 
 class EvaluationComponent(PlatformComponent):
@@ -20,9 +27,36 @@ class EvaluationComponent(PlatformComponent):
 
     service_names = (evaluation_pb2.DESCRIPTOR.services_by_name["EvaluationService"].full_name,)
 
+    def __init__(self, platform: Platform) -> None:
+        super().__init__(platform)
+        self.suites = SuiteStore(platform.metadata, platform.artifacts)
+        self.runs = EvalRuns(platform.metadata, platform.artifacts, self.suites)
+        self._resumer: asyncio.Task[None] | None = None
+
     def register(self, server: grpc.aio.Server) -> None:
-        suites = SuiteStore(self.platform.metadata, self.platform.artifacts)
-        evaluation_pb2_grpc.add_EvaluationServiceServicer_to_server(EvaluationServicer(suites), server)
+        evaluation_pb2_grpc.add_EvaluationServiceServicer_to_server(EvaluationServicer(self.suites, self.runs), server)
+
+    async def start(self) -> None:
+        await super().start()
+        self._resumer = asyncio.create_task(self._resume(), name="tuneforge-eval-resume")
+
+    async def _resume(self) -> None:
+        """Runs left queued or running by a previous process continue once inference serves here."""
+        unfinished = await asyncio.to_thread(self.runs.unfinished)
+        if not unfinished:
+            return
+        for _ in range(1200):
+            if InferenceFrontend.local is not None:
+                break
+            await asyncio.sleep(0.5)
+        for info in unfinished:
+            self.runs.start(info, InferenceFrontend.local)
+        log.info("eval_runs_resumed", runs=[i.id for i in unfinished])
+
+    async def stop(self) -> None:
+        if self._resumer is not None:
+            self._resumer.cancel()
+        await self.runs.stop()
 
 
 async def create_server(settings: Settings) -> tuple[TuneforgeServer, int]:

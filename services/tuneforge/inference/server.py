@@ -83,6 +83,7 @@ class InferenceComponent(PlatformComponent):
             self.http = OpenAIServer(frontend, self.platform.settings)
             await self.http.start(self.platform.settings.host, settings.http_port)
         self.servicer.frontend = frontend
+        InferenceFrontend.local = frontend
         self._sweeper = asyncio.create_task(self._sweep(frontend), name="tuneforge-adapter-sweeper")
 
     async def _sweep(self, frontend: InferenceFrontend) -> None:
@@ -94,6 +95,8 @@ class InferenceComponent(PlatformComponent):
                 log.warning("adapter_sweep_failed", error=repr(exc))
 
     async def stop(self) -> None:
+        if InferenceFrontend.local is self.servicer.frontend:
+            InferenceFrontend.local = None
         self.servicer.frontend = None
         if self._sweeper is not None:
             self._sweeper.cancel()

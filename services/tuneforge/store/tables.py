@@ -213,3 +213,42 @@ class EvalSuiteRow(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+
+
+class EvalRunRow(Base):
+    """An evaluation run: a suite against a reference model and adapters."""
+
+    __tablename__ = "eval_runs"
+    __table_args__ = (
+        UniqueConstraint("tenant", "idempotency_key", name="uq_eval_runs_tenant_idempotency_key"),
+        Index("ix_eval_runs_tenant_created", "tenant", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(63), nullable=False)
+    suite_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    models_json: Mapped[str] = mapped_column(Text, nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    failure_reason: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    completed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    total: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    sampling_json: Mapped[str] = mapped_column(Text, nullable=False)
+    cancel_requested: Mapped[bool] = mapped_column(nullable=False, default=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+
+
+class EvalResultRow(Base):
+    """One model's answer to one suite item, with every check's verdict."""
+
+    __tablename__ = "eval_results"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    item_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    category: Mapped[str] = mapped_column(String(100), nullable=False)
+    output: Mapped[str] = mapped_column(Text, nullable=False)
+    passed: Mapped[bool] = mapped_column(nullable=False)
+    checks_json: Mapped[str] = mapped_column(Text, nullable=False)
