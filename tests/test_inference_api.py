@@ -414,7 +414,7 @@ def test_the_ray_serve_replica_serves_adapters_by_multiplexed_id(
         front = BackgroundServer(front_settings, [InferenceComponent])
         try:
             with TuneforgeClient(front.address, api_key=ACME_KEY) as client:
-                for model, path in (("alpha", adapters["alpha"]), ("", None), ("bot:prod", adapters["bot1"])):
+                for model, path in (("alpha", adapters["alpha"]), ("", None), ("bot:1", adapters["bot1"])):
                     answer = _generate(client, model)
                     assert answer.text == _expected(resolver, tokenizer, path, MESSAGES), model
                 assert answer.resolved_model == "bot:1"

@@ -103,6 +103,7 @@ def test_serve_refuses_to_start_without_keys_when_not_local(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # every stage on 2 cores, LoRA training included (~6 minutes alone)
 def test_demo_runs_to_the_end(tmp_path: Path) -> None:
     env = {**os.environ, "TUNEFORGE_MODELS__CACHE_DIR": str(MODEL_CACHE)}
     env.pop("RAY_ADDRESS", None)  # the demo starts and stops a Ray head of its own, as on a laptop
@@ -111,7 +112,7 @@ def test_demo_runs_to_the_end(tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1700,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -121,6 +122,8 @@ def test_demo_runs_to_the_end(tmp_path: Path) -> None:
     assert "[training] registered adapter demo-dates:1" in result.stdout
     assert "[SUCCEEDED]" in result.stdout and "(last quarter)" in result.stdout
     assert "demo-dates:1 → '" in result.stdout and "smollm2-135m-instruct → '" in result.stdout
+    assert "structured output pass rate: base" in result.stdout and "95% CI" in result.stdout
+    assert (tmp_path / "demo" / "eval-report" / "report.html").read_text().startswith("<!doctype html>")
     assert "exited with code 0" in result.stdout
 
 

@@ -482,6 +482,97 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_line(run) -> str:
+    from tuneforge.v1 import evaluation_pb2
+
+    state = evaluation_pb2.EvalRunState.Name(run.state).removeprefix("EVAL_RUN_STATE_")
+    tail = f"  {run.failure_reason}" if run.failure_reason else ""
+    return (
+        f"{run.id}  {state:10s} {run.progress.completed:>5d}/{run.progress.total:<5d} {run.suite_id:28s} "
+        f"{', '.join(run.models)}{tail}"
+    )
+
+
+def follow_eval(client, run_id: str, file=None):  # -> EvalRun
+    """A progress bar over a run's answers until it finishes; returns the final run."""
+    from tqdm import tqdm
+
+    from tuneforge.v1 import evaluation_pb2
+
+    bar = None
+    run = None
+    try:
+        request = evaluation_pb2.StreamEvalRunRequest(run_id=run_id)
+        for message in client.stream(client.evaluation.StreamEvalRun, request):
+            run = message.run
+            if bar is None:
+                bar = tqdm(total=run.progress.total, unit="answer", desc="evaluate", file=file or sys.stdout)
+            bar.update(max(0, run.progress.completed - bar.n))
+    finally:
+        if bar is not None:
+            bar.close()
+    return run
+
+
+def cmd_evals(args: argparse.Namespace) -> int:
+    from tuneforge.v1 import evaluation_pb2
+
+    with _client(args) as client:
+        command = args.evals_command
+        if command == "suites":
+            suites = client.call(client.evaluation.ListSuites, evaluation_pb2.ListSuitesRequest()).suites
+            for suite in suites:
+                counts = ", ".join(f"{k} {v}" for k, v in sorted(suite.category_counts.items()))
+                print(f"{suite.id:32s} {suite.name:20s} {suite.num_items:>5d} items  {counts}")
+        elif command == "upload":
+            request = evaluation_pb2.CreateSuiteRequest(name=args.name, jsonl=Path(args.path).read_bytes())
+            suite = client.call(client.evaluation.CreateSuite, request).suite
+            print(f"{suite.id}  {suite.num_items} items")
+        elif command == "run":
+            request = evaluation_pb2.CreateEvalRunRequest(
+                suite_id=args.suite, models=[m.strip() for m in args.models.split(",") if m.strip()]
+            )
+            request.sampling.max_tokens = args.max_tokens
+            run = client.call(client.evaluation.CreateEvalRun, request).run
+            print(_run_line(run))
+            if args.follow:
+                run = follow_eval(client, run.id)
+                print(_run_line(run))
+                return 0 if run.state == evaluation_pb2.EVAL_RUN_STATE_SUCCEEDED else 1
+        elif command == "list":
+            runs = client.call(client.evaluation.ListEvalRuns, evaluation_pb2.ListEvalRunsRequest()).runs
+            for run in runs:
+                print(_run_line(run))
+        elif command == "show":
+            print(
+                _run_line(
+                    client.call(client.evaluation.GetEvalRun, evaluation_pb2.GetEvalRunRequest(run_id=args.run_id)).run
+                )
+            )
+        elif command == "report":
+            fmt = {"json": 1, "md": 2, "html": 3}[args.format]
+            report = client.call(
+                client.evaluation.GetEvalReport, evaluation_pb2.GetEvalReportRequest(run_id=args.run_id, format=fmt)
+            )
+            for warning in report.warnings:
+                print(f"warning: {warning}", file=sys.stderr)
+            if args.out or args.open:
+                import tempfile
+
+                out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="tuneforge-report-"))
+                out.mkdir(parents=True, exist_ok=True)
+                path = out / f"{args.run_id}.{args.format}"
+                path.write_bytes(report.content)
+                print(f"wrote {path}")
+                if args.open:
+                    import webbrowser
+
+                    webbrowser.open(path.resolve().as_uri())
+            else:
+                sys.stdout.write(report.content.decode())
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from tuneforge.models import EMBEDDED_MODELS
 
@@ -670,6 +761,27 @@ def build_parser() -> argparse.ArgumentParser:
     sampling_options(p)
     p.add_argument("--adapter", default="", help="adapter[:version|alias]; empty for the base model")
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("evals", help="evaluation suites, runs and reports")
+    client_options(p)
+    evals = p.add_subparsers(dest="evals_command", required=True)
+    evals.add_parser("suites", help="built-in and uploaded suites")
+    upload = evals.add_parser("upload", help="upload a suite (JSONL)")
+    upload.add_argument("path")
+    upload.add_argument("--name", required=True)
+    run = evals.add_parser("run", help="run a suite: reference model first, then adapters")
+    run.add_argument("--suite", required=True, help="suite id, e.g. builtin/core-zh-en")
+    run.add_argument("--models", required=True, help="comma-separated: base,my-adapter:prod")
+    run.add_argument("--max-tokens", dest="max_tokens", type=int, default=256)
+    run.add_argument("--follow", action="store_true", help="progress bar until the run finishes")
+    evals.add_parser("list")
+    evals.add_parser("show").add_argument("run_id")
+    report = evals.add_parser("report")
+    report.add_argument("run_id")
+    report.add_argument("--format", choices=["md", "html", "json"], default="md")
+    report.add_argument("--out", help="directory to write the report to")
+    report.add_argument("--open", action="store_true", help="write it and open it in the browser")
+    p.set_defaults(func=cmd_evals)
 
     p = sub.add_parser("adapters", help="the adapter registry")
     client_options(p)

@@ -3,9 +3,9 @@
 Stages so far: contracts and auth (an authenticated call), data upload (DatasetService, chunked,
 hash-verified, idempotent), curation (a dataset version with its report), training (a LoRA job on
 the platform's local Ray, its progress streamed, the adapter registered), inference (the adapter
-answers next to the base model from one replica). Evaluation comes with its issue. The
-platform runs as `tuneforge up` in a child process and is stopped with SIGTERM at the end, which
-must drain and exit cleanly.
+answers next to the base model from one replica), evaluation (the adapter against the base model
+on held-out items, with a 95% interval). The platform runs as `tuneforge up` in a child process
+and is stopped with SIGTERM at the end, which must drain and exit cleanly.
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ def run_demo(workdir: Path, timeout: float = 600.0) -> int:
             version_id = _curate(client, uploaded.id, workdir)
             adapter = _train(client, version_id)
             _serve(client, adapter)
+            _evaluate(client, adapter, workdir)
 
     except Exception as exc:
         _say("demo", f"FAILED: {exc}")
@@ -200,6 +201,50 @@ def _serve(client: TuneforgeClient, adapter: str) -> None:
             ),
         )
         _say("inference", f"{response.resolved_model:>24s} → {response.text.strip()!r}")
+
+
+def _evaluate(client: TuneforgeClient, adapter: str, workdir: Path) -> None:
+    """Evaluation stage: the adapter against the base model on held-out items, with a 95% interval."""
+    import json
+
+    from tuneforge.cli import follow_eval
+    from tuneforge.v1 import evaluation_pb2
+
+    request = evaluation_pb2.CreateSuiteRequest(
+        name="demo-dates", jsonl=(DEMO_DIR / "eval_dates.jsonl").read_bytes(), idempotency_key="demo-suite-1"
+    )
+    suite = client.call(client.evaluation.CreateSuite, request).suite
+    _say("evaluation", f"suite {suite.id}: {suite.num_items} held-out items (valid JSON with the right date)")
+    run_request = evaluation_pb2.CreateEvalRunRequest(suite_id=suite.id, models=["base", adapter])
+    run_request.sampling.max_tokens = 64
+    run = client.call(client.evaluation.CreateEvalRun, run_request).run
+    run = follow_eval(client, run.id)
+    if run.state != evaluation_pb2.EVAL_RUN_STATE_SUCCEEDED:
+        raise RuntimeError(f"evaluation run {run.id} did not succeed: {run.failure_reason}")
+    out = workdir / "eval-report"
+    out.mkdir(exist_ok=True)
+    for fmt, name in (
+        (evaluation_pb2.REPORT_FORMAT_JSON, "report.json"),
+        (evaluation_pb2.REPORT_FORMAT_MARKDOWN, "report.md"),
+        (evaluation_pb2.REPORT_FORMAT_HTML, "report.html"),
+    ):
+        report = client.call(
+            client.evaluation.GetEvalReport, evaluation_pb2.GetEvalReportRequest(run_id=run.id, format=fmt)
+        )
+        (out / name).write_bytes(report.content)
+    data = json.loads((out / "report.json").read_text())
+    entry = data["categories"]["structured_output"]
+    diff = entry["difference"][adapter]
+    _say(
+        "evaluation",
+        f"structured output pass rate: base {entry['pass_rate']['base']:.0%} → {adapter} "
+        f"{entry['pass_rate'][adapter]:.0%}; difference {diff['estimate']:+.0%}, 95% CI "
+        f"[{diff['low']:+.0%}, {diff['high']:+.0%}] ({len(data['flips'][adapter]['fixed'])} fixed, "
+        f"{len(data['flips'][adapter]['broken'])} broken)",
+    )
+    _say("evaluation", f"report: {out / 'report.html'} (also report.md, report.json)")
+    if not diff["low"] > 0:
+        raise RuntimeError("the adapter's gain on the held-out items is not significant (its 95% interval reaches 0)")
 
 
 def _wait(client: TuneforgeClient, platform: subprocess.Popen, names: list[str], timeout: float, log: Path) -> None:
