@@ -92,3 +92,28 @@ def test_comparison_per_category_with_flips_and_reports() -> None:
     html = render_html(report, outputs)
     assert html.startswith("<!doctype html>") and "<svg" in html and "Sure, here is how" in html
     assert json.loads(render_json(report))["categories"]["refusal"]["items"] == 10
+
+
+def test_the_leakage_guard_names_items_that_copy_training_prompts(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tuneforge.evaluation.leakage import leaked_items
+
+    prompt = "Extract the event and its date from the text as JSON.\n\nThe product launch is on March 13, 2025."
+    training = [
+        [{"role": "user", "content": prompt}, {"role": "assistant", "content": '{"date": "2025-03-13"}'}],
+        [
+            {"role": "user", "content": "Translate into French: good morning"},
+            {"role": "assistant", "content": "bonjour"},
+        ],
+    ]
+    pq.write_table(pa.table({"messages": [json.dumps(m) for m in training]}), tmp_path / "train-00000.parquet")
+    copied = {**GOOD, "id": "copied", "messages": [{"role": "user", "content": prompt.upper()}]}
+    fresh = {**GOOD, "id": "fresh", "messages": [{"role": "user", "content": "Summarise the plot of Hamlet."}]}
+    suite = parse_suite("s", (json.dumps(copied) + "\n" + json.dumps(fresh)).encode())
+    assert leaked_items(suite.items, tmp_path) == ["copied"]  # case and spacing do not hide a copy
+    assert leaked_items(suite.items, tmp_path / "missing") == []
+    report = compare({"base": {"copied": True}, "bot": {"copied": True}}, {"copied": "x"}, "base")
+    report["leakage"] = {"message": "1 of 2 suite items near-duplicate training prompts of bot"}
+    assert "Leakage warning" in render_markdown(report) and "Leakage warning" in render_html(report)

@@ -27,6 +27,7 @@ from tuneforge.common.logging import get_logger
 from tuneforge.common.names import check_idempotency_key, check_resource_id, new_id
 from tuneforge.evaluation.checks import run_check
 from tuneforge.evaluation.compare import compare, render_html, render_json, render_markdown
+from tuneforge.evaluation.leakage import leaked_items
 from tuneforge.evaluation.suite_store import SuiteStore
 from tuneforge.store.artifacts import ArtifactStore
 from tuneforge.store.metadata import MetadataStore, find_idempotent, newest_first_page
@@ -228,6 +229,7 @@ class EvalRuns:
         done = {(r.model, r.item_id) for r in (await asyncio.to_thread(self._all_results, info.id))}
         gate = asyncio.Semaphore(CONCURRENCY)
         names: dict[str, str] = {}
+        versions: dict[str, Any] = {}
 
         async def answer(model: str, target: Any, item: Any) -> None:
             async with gate:
@@ -248,14 +250,14 @@ class EvalRuns:
                 target = await frontend.resolve(info.tenant, "" if model == BASE else model, field="models")
             except NotFound as exc:
                 raise FailedPrecondition(f"model {model!r}: {exc.message}") from exc
-            names[model] = target.name
+            names[model], versions[model] = target.name, target.version
             pending = [item for item in suite.items if (model, item.id) not in done]
             await asyncio.gather(*(answer(model, target, item) for item in pending))
         current = await asyncio.to_thread(self.get, info.tenant, info.id)
         if current.cancel_requested:
             await asyncio.to_thread(self._update, info.id, state=CANCELLED)
             return
-        await asyncio.to_thread(self._finish, info, suite, names)
+        await asyncio.to_thread(self._finish, info, suite, names, versions)
 
     def _all_results(self, run_id: str) -> list[EvalResultRow]:
         with self.metadata.session() as session:
@@ -279,7 +281,27 @@ class EvalRuns:
             row = session.get(EvalRunRow, run_id, with_for_update=True)
             row.completed, row.updated_at = row.completed + 1, utcnow()
 
-    def _finish(self, info: RunInfo, suite: Any, names: dict[str, str]) -> None:
+    def _leakage(self, tenant: str, suite: Any, versions: dict[str, Any]) -> dict[str, Any] | None:
+        """Which suite items near-duplicate training prompts of each adapter's dataset version."""
+        found: dict[str, Any] = {}
+        for model, version in versions.items():
+            dataset = (version.lineage.get("dataset_version_id") if version is not None else "") or ""
+            if not dataset:
+                continue
+            directory = self.artifacts.for_tenant(tenant).path(f"datasets/{dataset}")
+            ids = leaked_items(suite.items, directory)
+            if ids:
+                found[model] = {"dataset_version_id": dataset, "items": ids}
+        if not found:
+            return None
+        message = "; ".join(
+            f"{len(v['items'])} of {len(suite.items)} suite items near-duplicate training prompts of {m} "
+            f"(dataset version {v['dataset_version_id']}): {', '.join(v['items'][:10])}"
+            for m, v in found.items()
+        )
+        return {"message": message + " — their scores measure recall of training data", "by_model": found}
+
+    def _finish(self, info: RunInfo, suite: Any, names: dict[str, str], versions: dict[str, Any]) -> None:
         rows = self._all_results(info.id)
         passed: dict[str, dict[str, bool]] = {}
         outputs: dict[str, dict[str, str]] = {}
@@ -292,6 +314,9 @@ class EvalRuns:
         report["run_id"], report["suite_id"], report["resolved_models"] = info.id, info.suite_id, names
         report["sampling"] = info.sampling
         report["item_categories"] = categories
+        leakage = self._leakage(info.tenant, suite, versions)
+        if leakage is not None:
+            report["leakage"] = leakage
         artifacts = self.artifacts.for_tenant(info.tenant)
         artifacts.write_bytes(f"evals/{info.id}/report.json", render_json(report).encode())
         artifacts.write_bytes(f"evals/{info.id}/report.md", render_markdown(report, outputs).encode())
