@@ -200,7 +200,8 @@ class DatasetVersions:
         validate_spec(spec, idempotency_key)
         if spec.leakage_suite_id:
             raise FailedPrecondition(
-                "settings.leakage_suite_id: evaluation suites are not available on this server yet; leave it empty"
+                "settings.leakage_suite_id: removing suite items at curation time is not offered yet; leave it "
+                "empty (evaluation reports name the suite items that near-duplicate an adapter's training data)"
             )
         request_hash = spec.request_hash()
         with self.metadata.session() as session:
