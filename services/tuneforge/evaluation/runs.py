@@ -30,7 +30,14 @@ from tuneforge.evaluation.compare import compare, render_html, render_json, rend
 from tuneforge.evaluation.leakage import leaked_items
 from tuneforge.evaluation.suite_store import SuiteStore
 from tuneforge.store.artifacts import ArtifactStore
-from tuneforge.store.metadata import MetadataStore, find_idempotent, newest_first_page
+from tuneforge.store.metadata import (
+    MetadataStore,
+    decode_cursor,
+    encode_cursor,
+    find_idempotent,
+    newest_first_page,
+    page_size_of,
+)
 from tuneforge.store.tables import EvalResultRow, EvalRunRow, utcnow
 
 log = get_logger(__name__)
@@ -153,8 +160,6 @@ class EvalRuns:
     def results(
         self, tenant: str, run_id: str, model: str = "", category: str = "", page_size: int = 0, page_token: str = ""
     ) -> tuple[list[EvalResultRow], str]:
-        from tuneforge.store.metadata import decode_cursor, encode_cursor, page_size_of
-
         size = page_size_of(page_size)
         with self.metadata.session() as session:
             self._row(session, tenant, run_id)

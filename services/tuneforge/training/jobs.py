@@ -191,32 +191,19 @@ def train_config(
     max_seq_len: int,
     trust_remote_code: bool = False,
 ) -> dict[str, Any]:
-    """The per-worker `TrainConfig` values a validated job spec implies (the one place they are mapped)."""
-    return {
-        "base_model_path": base_model_path,
-        "dataset_dir": dataset_dir,
-        "output_dir": output_dir,
-        "method": spec.method,
-        "lora_r": spec.lora_r,
-        "lora_alpha": spec.lora_alpha,
-        "lora_dropout": spec.lora_dropout,
-        "target_modules": list(spec.target_modules),
-        "learning_rate": spec.learning_rate,
-        "epochs": spec.epochs,
-        "max_steps": spec.max_steps,
-        "micro_batch_size": spec.micro_batch_size,
-        "gradient_accumulation_steps": spec.gradient_accumulation_steps,
-        "warmup_ratio": spec.warmup_ratio,
-        "weight_decay": spec.weight_decay,
-        "max_seq_len": max_seq_len,
-        "seed": spec.seed,
-        "train_on_prompt": spec.train_on_prompt,
-        "gradient_checkpointing": spec.gradient_checkpointing,
-        "packing": spec.packing,
-        "eval_every_steps": spec.eval_every_steps,
-        "checkpoint_every_steps": spec.checkpoint_every_steps,
-        "trust_remote_code": trust_remote_code,
-        "deepspeed_stage": spec.deepspeed_stage,
-        "offload_optimizer": spec.offload_optimizer,
-        "offload_parameters": spec.offload_parameters,
-    }
+    """The per-worker `TrainConfig` values a validated job spec implies: every field the two share by name."""
+    from dataclasses import fields
+
+    from tuneforge.training.trainer import TrainConfig
+
+    shared = {f.name for f in fields(TrainConfig)} & {f.name for f in fields(JobSpecInput)}
+    values = {name: getattr(spec, name) for name in shared}
+    values["target_modules"] = list(spec.target_modules)
+    values.update(
+        base_model_path=base_model_path,
+        dataset_dir=dataset_dir,
+        output_dir=output_dir,
+        max_seq_len=max_seq_len,
+        trust_remote_code=trust_remote_code,
+    )
+    return values

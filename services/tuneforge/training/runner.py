@@ -277,10 +277,9 @@ class JobRunner:
             return
         if job.cancel_requested and not status.terminal:
             self.ray.stop(job.runner_id)
-        job = self._ingest(job)
+        job = self._ingest(job)  # the status was read first, so a finished job's log is complete here
         if not status.terminal or job.state not in (QUEUED, RUNNING):
             return
-        job = self._ingest(job)  # whatever rank 0 wrote last
         if job.cancel_requested:
             self.jobs.transition(job.id, CANCELLED, "cancelled by request; workers stopped")
         elif status.status == "SUCCEEDED":

@@ -1,0 +1,80 @@
+"""The job runner's own rules, against a stand-in for Ray's Job Submission API; the local head's reuse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import MODEL_CACHE
+
+from tuneforge.common.settings import load_settings
+from tuneforge.models import ModelResolver
+from tuneforge.store.artifacts import ArtifactStore
+from tuneforge.store.metadata import MetadataStore
+from tuneforge.training.cluster import LocalRayHead, SubmissionStatus
+from tuneforge.training.job_store import QUEUED, JobStore
+from tuneforge.training.jobs import JobSpecInput
+from tuneforge.training.registry import AdapterRegistry
+from tuneforge.training.runner import JobRunner
+
+
+class FakeRay:
+    """Records submissions; every submission stays PENDING until told otherwise."""
+
+    address = "http://127.0.0.1:1"
+
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+        self.statuses: dict[str, str] = {}
+
+    def submit(self, submission_id: str, entrypoint: str, env: dict[str, str]) -> None:
+        self.submitted.append(submission_id)
+        self.statuses[submission_id] = "PENDING"
+
+    def status(self, submission_id: str) -> SubmissionStatus | None:
+        state = self.statuses.get(submission_id)
+        return SubmissionStatus(state, "") if state else None
+
+    def stop(self, submission_id: str) -> None:
+        self.statuses[submission_id] = "STOPPED"
+
+
+def test_a_tenant_s_jobs_beyond_its_running_limit_wait_in_queued(tmp_path: Path) -> None:
+    settings = load_settings(
+        None,
+        home=tmp_path,
+        auth={"mode": "local"},
+        models={"cache_dir": str(MODEL_CACHE)},
+        training={"max_running_jobs_per_tenant": 1},
+    )
+    metadata = MetadataStore(settings.database_url)
+    metadata.migrate()
+    artifacts = ArtifactStore(settings.artifact_root)
+    jobs = JobStore(metadata)
+    runner = JobRunner(
+        settings, jobs, AdapterRegistry(metadata, artifacts), metadata, artifacts, ModelResolver(MODEL_CACHE)
+    )
+    runner.ray = FakeRay()
+    spec = JobSpecInput(base_model="tiny-qwen2", dataset_version_id="dsv-aaaaaaaaaaaaaaaaaaaaaaaa", adapter_name="a")
+    first, second = jobs.create("acme", spec), jobs.create("acme", spec)
+    other = jobs.create("globex", spec)
+    runner.tick()
+    assert sorted(runner.ray.submitted) == sorted([f"{first.id}-1", f"{other.id}-1"])  # limits are per tenant
+    assert jobs.get("acme", second.id).state == QUEUED and not jobs.get("acme", second.id).runner_id
+    assert (runner.output_dir(jobs.get("acme", first.id)) / "job.json").is_file()
+    # the first job's submission vanishes (its cluster restarted): it is resubmitted, the second still waits
+    del runner.ray.statuses[f"{first.id}-1"]
+    runner.tick()
+    assert f"{first.id}-2" in runner.ray.submitted and f"{second.id}-1" not in runner.ray.submitted
+    metadata.close()
+
+
+def test_the_local_head_is_found_again_and_stopped(tmp_path: Path) -> None:
+    head = LocalRayHead(tmp_path / "ray", num_cpus=1)
+    address = head.ensure()
+    try:
+        again = LocalRayHead(tmp_path / "ray", num_cpus=1)  # a restarted service
+        assert again.running_address() == address and again.ensure() == address
+        assert ":" in again.gcs_address()
+    finally:
+        head.stop()
+    assert LocalRayHead(tmp_path / "ray").running_address() is None
