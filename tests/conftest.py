@@ -19,6 +19,7 @@ from tuneforge.services import COMPONENTS
 
 ACME_KEY = "tf_acme_key_0123456789abcdef"
 GLOBEX_KEY = "tf_globex_key_0123456789abcdef"
+SERVICE_KEY = "tf_service_key_0123456789abcdef"  # the evaluation pods' key for the inference service
 MODEL_CACHE = Path(os.environ.get("TUNEFORGE_TEST_MODEL_CACHE", "~/.cache/tuneforge/models")).expanduser()
 POSTGRES_URL = os.environ.get("TUNEFORGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -32,6 +33,7 @@ def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "keys": [
                     {"sha256": hash_key(ACME_KEY), "tenant": "acme", "role": "member", "name": "acme-ci"},
                     {"key": GLOBEX_KEY, "tenant": "globex", "role": "admin", "name": "globex-admin"},
+                    {"sha256": hash_key(SERVICE_KEY), "role": "service", "name": "evaluation"},
                 ]
             }
         )

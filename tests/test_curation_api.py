@@ -192,3 +192,59 @@ def test_a_failed_version_says_why_and_can_be_deleted(acme: TuneforgeClient) -> 
     with pytest.raises(TuneforgeError) as info:
         acme.get_dataset_version(version.id)
     assert info.value.code == "NOT_FOUND"
+
+
+def test_a_leakage_suite_s_prompts_are_kept_out_of_the_training_data(
+    acme: TuneforgeClient, globex: TuneforgeClient, tmp_path: Path
+) -> None:
+    from tuneforge.v1 import evaluation_pb2
+
+    topics = ["tide tables", "violin strings", "sourdough starters", "tax forms", "bike chains", "fern care"]
+    prompts = [f"Explain in two sentences how {t} work and what beginners get wrong about {t}." for t in topics]
+    records = [
+        {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": f"Answer {i}."}]}
+        for i, p in enumerate(prompts)
+    ]
+    data = tmp_path / "leaky.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    items = [
+        {
+            "id": f"held-{i}",
+            "category": "long_form",
+            "messages": [{"role": "user", "content": prompts[i]}],
+            "checks": [{"type": "max_words", "params": {"n": 80}}],
+        }
+        for i in (1, 4)
+    ]
+    suite = acme.call(
+        acme.evaluation.CreateSuite,
+        evaluation_pb2.CreateSuiteRequest(name="held-out", jsonl="\n".join(json.dumps(i) for i in items).encode()),
+    ).suite
+    file_id = acme.upload_file(data).id
+    plain = acme.create_dataset_version("leaky", [file_id], "tiny-qwen2", validation_fraction=0.0)
+    guarded = acme.create_dataset_version(
+        "leaky", [file_id], "tiny-qwen2", validation_fraction=0.0, leakage_suite_id=suite.id
+    )
+    assert guarded.id != plain.id and guarded.settings.leakage_suite_id == suite.id
+    plain = acme.wait_for_dataset_version(plain.id, timeout=300)
+    guarded = acme.wait_for_dataset_version(guarded.id, timeout=300)
+    assert guarded.state == curation_pb2.DATASET_VERSION_STATE_READY, guarded.failure_reason
+    assert (plain.counts.leaked, plain.counts.train_records) == (0, 6)
+    assert (guarded.counts.leaked, guarded.counts.train_records) == (2, 4)
+    preview = acme.call(
+        acme.datasets.PreviewDatasetRecords,
+        curation_pb2.PreviewDatasetRecordsRequest(dataset_version_id=guarded.id, limit=10),
+    )
+    kept = [m.content for r in preview.records for m in r.messages if m.role == "user"]
+    assert sorted(kept) == sorted(p for i, p in enumerate(prompts) if i not in (1, 4))
+    report = acme.call(
+        acme.datasets.GetDatasetReport, curation_pb2.GetDatasetReportRequest(dataset_version_id=guarded.id)
+    )
+    assert sum(c.kind == "leaked" for c in report.duplicate_clusters) == 2
+
+    for client, suite_id in ((acme, "suite-doesnotexist00000000"), (globex, suite.id)):  # globex cannot see it
+        own_file = client.upload_file(data).id
+        with pytest.raises(TuneforgeError) as refused:
+            client.create_dataset_version("leaky", [own_file], "tiny-qwen2", leakage_suite_id=suite_id)
+        assert refused.value.code == "INVALID_ARGUMENT"
+        assert [f for f, _ in refused.value.violations] == ["settings.leakage_suite_id"]

@@ -131,6 +131,8 @@ def test_keys_file_is_reloaded_when_rotated(tmp_path: Path) -> None:
         ([{"sha256": "x" * 64, "tenant": "acme"}], "sha256"),
         ([{"key": "a-long-enough-key-0", "tenant": "Not A Tenant"}], "tenant"),
         ([{"key": "a-long-enough-key-0", "tenant": "a"}, {"key": "a-long-enough-key-0", "tenant": "b"}], "keys[1]"),
+        ([{"key": "a-long-enough-key-0"}], "names its 'tenant'"),
+        ([{"key": "a-long-enough-key-0", "tenant": "acme", "role": "service"}], "service key names none"),
     ],
 )
 def test_invalid_keys_files_are_refused_at_start(tmp_path: Path, entries: list, problem: str) -> None:

@@ -109,3 +109,16 @@ def test_invalid_settings_say_what_and_where(tmp_path: Path) -> None:
     assert "port" in text and "unknown_key" in text
     with pytest.raises(FileNotFoundError):
         load_settings(tmp_path / "missing.yaml")
+
+
+def test_a_remote_inference_address_needs_a_service_key(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="inference_api_key"):
+        load_settings(None, home=tmp_path, auth={"mode": "local"}, evaluation={"inference_address": "inference:50051"})
+    settings = load_settings(
+        None,
+        home=tmp_path,
+        auth={"mode": "local"},
+        evaluation={"inference_address": "inference:50051", "inference_api_key": "tf_service_0123456789"},
+    )
+    assert settings.evaluation.inference_api_key.get_secret_value() == "tf_service_0123456789"
+    assert "tf_service_0123456789" not in repr(settings)  # never printed in logs

@@ -44,9 +44,9 @@ def _upload(catalog: FileCatalog, tenant: str, data: bytes, name: str = "f.jsonl
 
 
 def test_migrations_bring_an_empty_database_to_head(store: MetadataStore) -> None:
-    assert store.current_revision() == store.head_revision() == "0007_eval_runs"
+    assert store.current_revision() == store.head_revision() == "0008_eval_scores"
     assert {"files", "dataset_versions"} <= set(inspect(store.engine).get_table_names())
-    assert store.migrate() == "0007_eval_runs"  # running again is a no-op
+    assert store.migrate() == "0008_eval_scores"  # running again is a no-op
     store.ping()
 
 

@@ -530,7 +530,9 @@ def cmd_evals(args: argparse.Namespace) -> int:
             print(f"{suite.id}  {suite.num_items} items")
         elif command == "run":
             request = evaluation_pb2.CreateEvalRunRequest(
-                suite_id=args.suite, models=[m.strip() for m in args.models.split(",") if m.strip()]
+                suite_id=args.suite,
+                models=[m.strip() for m in args.models.split(",") if m.strip()],
+                judge_model=args.judge or "",
             )
             request.sampling.max_tokens = args.max_tokens
             run = client.call(client.evaluation.CreateEvalRun, request).run
@@ -539,6 +541,10 @@ def cmd_evals(args: argparse.Namespace) -> int:
                 run = follow_eval(client, run.id)
                 print(_run_line(run))
                 return 0 if run.state == evaluation_pb2.EVAL_RUN_STATE_SUCCEEDED else 1
+        elif command == "rate":
+            request = evaluation_pb2.ImportHumanScoresRequest(run_id=args.run_id, jsonl=Path(args.path).read_bytes())
+            response = client.call(client.evaluation.ImportHumanScores, request)
+            print(f"{response.imported} rating(s) stored for {response.run.id}")
         elif command == "list":
             runs = client.call(client.evaluation.ListEvalRuns, evaluation_pb2.ListEvalRunsRequest()).runs
             for run in runs:
@@ -596,8 +602,17 @@ def cmd_keys(args: argparse.Namespace) -> int:
         key = args.key or sys.stdin.readline().strip()
         print(hash_key(key))
         return 0
-    check_resource_name(args.tenant, "--tenant")
     key = "tf_" + secrets.token_urlsafe(32)
+    if args.role == "service":
+        if args.tenant:
+            raise SystemExit("--tenant: a service key acts for the tenant each call names; leave it out")
+        name = args.name or "service"
+        print(f"# service key {name} (put it in the calling service's Secret; it is not stored anywhere):\n# {key}")
+        print(f"- sha256: {hash_key(key)}\n  role: service\n  name: {name}")
+        return 0
+    if not args.tenant:
+        raise SystemExit("--tenant is required for member and admin keys")
+    check_resource_name(args.tenant, "--tenant")
     print(f"# API key for tenant {args.tenant} (give it to the tenant; it is not stored anywhere):\n# {key}")
     print(
         f"- sha256: {hash_key(key)}\n  tenant: {args.tenant}\n  role: {args.role}\n  name: {args.name or args.tenant}"
@@ -774,6 +789,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--models", required=True, help="comma-separated: base,my-adapter:prod")
     run.add_argument("--max-tokens", dest="max_tokens", type=int, default=256)
     run.add_argument("--follow", action="store_true", help="progress bar until the run finishes")
+    run.add_argument("--judge", help="model that rates every answer 1-5: base or one of your adapters")
+    rate = evals.add_parser("rate", help="import people's 1-5 ratings of a run's answers (JSONL)")
+    rate.add_argument("run_id")
+    rate.add_argument("path", help='lines of {"item_id", "model", "score", "rater"?, "comment"?}')
     evals.add_parser("list")
     evals.add_parser("show").add_argument("run_id")
     report = evals.add_parser("report")
@@ -807,8 +826,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys = p.add_subparsers(dest="keys_command", required=True)
     keys.add_parser("hash", help="SHA-256 of a key, for the keys file").add_argument("key", nargs="?")
     new = keys.add_parser("new", help="a new random key and its keys-file entry")
-    new.add_argument("--tenant", required=True)
-    new.add_argument("--role", choices=["member", "admin"], default="member")
+    new.add_argument("--tenant", help="tenant of a member or admin key")
+    new.add_argument("--role", choices=["member", "admin", "service"], default="member")
     new.add_argument("--name")
     p.set_defaults(func=cmd_keys)
     return parser

@@ -8,6 +8,13 @@ rather than the keys themselves (`tuneforge keys hash` prints one):
         tenant: acme
         role: member        # member | admin
         name: ci-pipeline   # shown in logs, never the key
+      - sha256: 4b227777d4dd1fc61c6f884f48641d02b4d121d3fd328cb08b5531fcacdabf8a
+        role: service       # another Tuneforge service; acts for the tenant it names per call
+        name: evaluation
+
+A `service` key belongs to no tenant: each call names the tenant it acts for in the
+`x-tuneforge-tenant` metadata, and only the methods a service-to-service path needs accept it
+(evaluation pods generating through the inference service). Tenants never get such keys.
 
 The file is re-read when it changes, so rotated secrets take effect without a restart.
 """
@@ -26,10 +33,15 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from tuneforge.common.errors import Unauthenticated
+from tuneforge.common.errors import PermissionDenied, Unauthenticated
 from tuneforge.common.names import RESOURCE_NAME
 
-Role = Literal["member", "admin"]
+Role = Literal["member", "admin", "service"]
+
+#: Metadata naming the tenant a `service` key acts for.
+ON_BEHALF_HEADER = "x-tuneforge-tenant"
+#: Methods a `service` key may call: the service-to-service paths of the design.
+SERVICE_METHOD_PREFIXES = ("/tuneforge.v1.InferenceService/",)
 
 
 @dataclass(frozen=True)
@@ -72,7 +84,7 @@ class _KeyEntry(BaseModel):
 
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     key: str | None = Field(default=None, min_length=16)
-    tenant: str = Field(pattern=f"^{RESOURCE_NAME.pattern}$")
+    tenant: str | None = Field(default=None, pattern=f"^{RESOURCE_NAME.pattern}$")
     role: Role = "member"
     name: str = ""
 
@@ -80,6 +92,8 @@ class _KeyEntry(BaseModel):
     def _one_secret(self) -> _KeyEntry:
         if (self.sha256 is None) == (self.key is None):
             raise ValueError("give exactly one of 'sha256' (preferred) or 'key'")
+        if (self.tenant is None) != (self.role == "service"):
+            raise ValueError("a member or admin key names its 'tenant'; a service key names none")
         return self
 
     def digest(self) -> str:
@@ -144,7 +158,7 @@ class ApiKeyFile(KeyResolver):
             digest = entry.digest()
             if digest in table:
                 raise ValueError(f"API keys file {self.path}: keys[{index}] repeats an earlier key")
-            table[digest] = Principal(entry.tenant, entry.role, entry.name or f"keys[{index}]")
+            table[digest] = Principal(entry.tenant or "", entry.role, entry.name or f"keys[{index}]")
         return table
 
     def resolve(self, key: str | None) -> Principal:
@@ -157,6 +171,29 @@ class ApiKeyFile(KeyResolver):
         if principal is None:
             raise Unauthenticated("unknown API key")
         return principal
+
+
+def acting_principal(
+    principal: Principal, method: str, metadata: tuple[tuple[str, str | bytes], ...] | None
+) -> Principal:
+    """The caller a call acts as: a `service` key becomes a member of the tenant its call names.
+
+    Raises PermissionDenied for a service key outside the service-to-service methods or without a
+    valid tenant, so a leaked service key cannot list or change anything.
+    """
+    if principal.role != "service":
+        return principal
+    if not method.startswith(SERVICE_METHOD_PREFIXES):
+        raise PermissionDenied(f"service key {principal.key_name!r} may not call {method}")
+    tenant = ""
+    for name, value in metadata or ():
+        if name.lower() == ON_BEHALF_HEADER:
+            tenant = value.decode() if isinstance(value, bytes) else value
+    if not RESOURCE_NAME.fullmatch(tenant):
+        raise PermissionDenied(
+            f"service key {principal.key_name!r} must name the tenant it acts for in '{ON_BEHALF_HEADER}' metadata"
+        )
+    return Principal(tenant=tenant, role="member", key_name=f"{principal.key_name} for {tenant}")
 
 
 def bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:

@@ -22,7 +22,7 @@ from grpc_status import rpc_status
 from prometheus_client import Counter, Histogram
 
 from tuneforge.common import errors
-from tuneforge.common.auth import KeyResolver, bearer_token, bind_principal, reset_principal
+from tuneforge.common.auth import KeyResolver, acting_principal, bearer_token, bind_principal, reset_principal
 from tuneforge.common.logging import get_logger
 
 log = get_logger("tuneforge.rpc")
@@ -195,7 +195,8 @@ class AuthInterceptor(_AroundInterceptor):
 
     @asynccontextmanager
     async def around(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-        principal = self.resolver.resolve(bearer_token(context.invocation_metadata()))
+        metadata = context.invocation_metadata()
+        principal = acting_principal(self.resolver.resolve(bearer_token(metadata)), method, metadata)
         structlog.contextvars.bind_contextvars(tenant=principal.tenant, key=principal.key_name)
         token = bind_principal(principal)
         try:

@@ -12,7 +12,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -121,6 +121,30 @@ class TrainingSettings(BaseModel):
     poll_interval_s: float = Field(default=1.0, gt=0, le=60)
 
 
+class EvaluationSettings(BaseModel):
+    """Where evaluation runs generate their answers."""
+
+    model_config = {"extra": "forbid"}
+
+    #: gRPC address (`host:port`) of the inference service when it runs in another pod, e.g.
+    #: `tuneforge-inference:50051`. Unset: the inference service of this process (the embedded default).
+    inference_address: str | None = None
+    #: A `service` API key the inference service accepts (env `TUNEFORGE_EVALUATION__INFERENCE_API_KEY`,
+    #: from a Secret); each call names the tenant of the run it generates for.
+    inference_api_key: SecretStr | None = None
+    #: Generation calls of one run in flight at once.
+    concurrency: int = Field(default=8, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _key_with_address(self) -> EvaluationSettings:
+        if self.inference_address and self.inference_api_key is None:
+            raise ValueError(
+                "evaluation.inference_address needs evaluation.inference_api_key (a `service` key of the "
+                "inference service's keys file; env TUNEFORGE_EVALUATION__INFERENCE_API_KEY)"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     """All runtime settings of a Tuneforge process."""
 
@@ -145,6 +169,7 @@ class Settings(BaseSettings):
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     curation: CurationSettings = Field(default_factory=CurationSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     #: `json` for machines (the default in containers), `console` for people.
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -97,14 +97,19 @@ class InputFile:
     data_format: str = "auto"
 
 
-def version_id(inputs: list[InputFile], options: CurationOptions, template_hash: str) -> str:
-    """Content address: the same input bytes with the same settings and tokenizer give the same id."""
+def version_id(inputs: list[InputFile], options: CurationOptions, template_hash: str, leakage_suite: str = "") -> str:
+    """Content address: the same input bytes with the same settings and tokenizer give the same id.
+
+    `leakage_suite` is the SHA-256 of the evaluation suite whose prompts were removed, if any.
+    """
     payload = {
         "pipeline": PIPELINE_VERSION,
         "inputs": [[f.sha256, f.data_format] for f in inputs],
         "options": options.canonical(),
         "template": template_hash,
     }
+    if leakage_suite:
+        payload["leakage_suite"] = leakage_suite
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
     return f"dsv-{digest[:24]}"
 

@@ -70,6 +70,7 @@ def version_message(info: VersionInfo) -> curation_pb2.DatasetVersion:
             near_duplicate_threshold=options["near_duplicate_threshold"],
             scrub_pii=options["scrub_pii"],
             seed=options["seed"],
+            leakage_suite_id=options.get("leakage_suite_id", ""),
         ),
         file_ids=[i["file_id"] for i in info.inputs],
         counts=curation_pb2.DatasetCounts(

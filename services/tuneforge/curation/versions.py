@@ -40,6 +40,13 @@ from tuneforge.store.metadata import (
 from tuneforge.store.tables import DatasetVersionRow, utcnow
 
 PROCESSING, READY, FAILED = "processing", "ready", "failed"
+
+
+def leakage_options(leakage: dict[str, str]) -> dict[str, str]:
+    """The keys a version's stored options carry for its leakage suite (none without one)."""
+    return {"leakage_suite_id": leakage["id"], "leakage_suite_sha256": leakage["sha256"]} if leakage else {}
+
+
 LENGTH_POLICIES = ("drop", "truncate")
 
 
@@ -198,11 +205,7 @@ class DatasetVersions:
     def create(self, tenant: str, spec: VersionSpec, idempotency_key: str = "") -> VersionInfo:
         """Validates, computes the content address, and queues a build unless the version exists."""
         validate_spec(spec, idempotency_key)
-        if spec.leakage_suite_id:
-            raise FailedPrecondition(
-                "settings.leakage_suite_id: removing suite items at curation time is not offered yet; leave it "
-                "empty (evaluation reports name the suite items that near-duplicate an adapter's training data)"
-            )
+        leakage = self._leakage_suite(tenant, spec.leakage_suite_id)
         request_hash = spec.request_hash()
         with self.metadata.session() as session:
             earlier = find_idempotent(
@@ -212,7 +215,7 @@ class DatasetVersions:
                 return _info(earlier)
         inputs = self._inputs(tenant, spec)
         hashed_template = self.template_hash(spec.base_model)
-        new_id = version_id(inputs, spec.options, hashed_template)
+        new_id = version_id(inputs, spec.options, hashed_template, leakage.get("sha256", ""))
         now = utcnow()
         with self.metadata.session() as session:
             row = session.get(DatasetVersionRow, (tenant, new_id))
@@ -231,7 +234,9 @@ class DatasetVersions:
                         for fid, f in zip([*spec.file_ids, spec.source_uri][: len(inputs)], inputs, strict=True)
                     ]
                 ),
-                options_json=json.dumps(spec.options.canonical() | {"batch_size": spec.options.batch_size}),
+                options_json=json.dumps(
+                    spec.options.canonical() | {"batch_size": spec.options.batch_size} | leakage_options(leakage)
+                ),
                 counts_json="{}",
                 template_hash=hashed_template,
                 failure_reason="",
@@ -246,6 +251,20 @@ class DatasetVersions:
             info = _info(row)
         self.submit(tenant, new_id)
         return info
+
+    def _leakage_suite(self, tenant: str, suite_id: str) -> dict[str, str]:
+        """The evaluation suite whose prompts the build removes from training data (`{}` for none)."""
+        if not suite_id:
+            return {}
+        from tuneforge.evaluation.suite_store import SuiteStore
+
+        try:
+            info, _ = SuiteStore(self.metadata, self.artifacts).get(tenant, suite_id)
+        except NotFound as exc:
+            raise InvalidArgument.for_field(
+                "settings.leakage_suite_id", f"no suite {suite_id!r}: name one of yours or a built-in one"
+            ) from exc
+        return {"id": info.id, "sha256": info.sha256}
 
     def resume(self) -> list[tuple[str, str]]:
         """Queues again every version left PROCESSING (e.g. by a crash); returns them."""

@@ -51,6 +51,18 @@ def _update(metadata: MetadataStore, tenant: str, version_id: str, **values: Any
         row.updated_at = utcnow()
 
 
+def _suite_prompts(
+    metadata: MetadataStore, artifacts: ArtifactStore, tenant: str, suite_id: str, sha256: str
+) -> list[list[dict[str, str]]]:
+    """The prompts of the evaluation suite a version keeps out of its training data (as requested)."""
+    from tuneforge.evaluation.suite_store import SuiteStore
+
+    info, suite = SuiteStore(metadata, artifacts).get(tenant, suite_id)
+    if info.sha256 != sha256:
+        raise RuntimeError(f"evaluation suite {suite_id} changed since the version was requested")
+    return [item.messages for item in suite.items]
+
+
 def _build(
     metadata: MetadataStore, artifacts: ArtifactStore, config: WorkerConfig, tenant: str, version_id: str
 ) -> str:
@@ -60,6 +72,7 @@ def _build(
             return row.state if row is not None else "missing"
         inputs_spec = json.loads(row.inputs_json)
         options_values = json.loads(row.options_json)
+        leakage_suite = options_values.pop("leakage_suite_id", ""), options_values.pop("leakage_suite_sha256", "")
         base_model, dataset, expected_template = row.base_model, row.dataset, row.template_hash
         data_format, bytes_total = row.data_format, row.bytes_total
     work = artifacts.make_temp_dir(f"build-{version_id}")
@@ -73,6 +86,7 @@ def _build(
         missing = [i.name for i in inputs if not i.path.is_file()]
         if missing:
             raise RuntimeError(f"input files are gone: {', '.join(missing)}")
+        eval_prompts = _suite_prompts(metadata, artifacts, tenant, *leakage_suite) if leakage_suite[0] else None
         processed = 0
         last_update = 0.0
 
@@ -91,6 +105,7 @@ def _build(
             out,
             work / "staging",
             progress=progress,
+            eval_prompts=eval_prompts,
             metadata={
                 "version_id": version_id,
                 "dataset": dataset,

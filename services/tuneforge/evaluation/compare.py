@@ -82,6 +82,28 @@ def compare(
     return report
 
 
+def _score_table(report: dict[str, Any]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """Header and rows of the 1-5 scores (judge and human mean with count) per category; empty without scores."""
+    scores = report.get("scores") or {}
+    if not scores:
+        return [], []
+    columns = [
+        (m, kind)
+        for m in report["models"]
+        for kind in ("judge", "human")
+        if any(kind in entry for entry in scores.get(m, {}).values())
+    ]
+    header = [f"{m} {kind}" for m, kind in columns]
+    rows = []
+    for group in report["categories"]:
+        cells = []
+        for model, kind in columns:
+            value = scores.get(model, {}).get(group, {}).get(kind)
+            cells.append(f"{value['mean']:.2f} (n={value['n']})" if value else "–")
+        rows.append((group, cells))
+    return header, rows
+
+
 def _chart(report: dict[str, Any]) -> str:
     groups = list(report["categories"])
     series = {m: [report["categories"][g]["pass_rate"][m] for g in groups] for m in report["models"]}
@@ -112,6 +134,13 @@ def render_markdown(report: dict[str, Any], outputs: dict[str, dict[str, str]] |
         name = f"**{group}**" if group == OVERALL else group
         lines.append(f"| {name} | {entry['items']} | {rates} | {diffs} |")
     lines += ["", "`*`: the 95% paired-bootstrap interval excludes zero.", ""]
+    score_header, score_rows = _score_table(report)
+    if score_rows:
+        judge = f" (judge: {report['judge_model']})" if report.get("judge_model") else ""
+        lines += [f"## Scores 1-5{judge}", "", "| category | " + " | ".join(score_header) + " |"]
+        lines.append("|" + " --- |" * (1 + len(score_header)))
+        lines += [f"| {group} | " + " | ".join(cells) + " |" for group, cells in score_rows]
+        lines += ["", "Mean score (number of rated answers); scores are shown beside pass rates, not in them.", ""]
     for model, flips in report["flips"].items():
         lines += [f"## {model}: {len(flips['fixed'])} fixed, {len(flips['broken'])} broken", ""]
         for kind in ("fixed", "broken"):
@@ -148,6 +177,20 @@ def render_html(report: dict[str, Any], outputs: dict[str, dict[str, str]] | Non
                     f"<tr><td>{escape(model)}</td><td>{kind}</td><td><code>{escape(item)}</code></td>"
                     f"<td><pre>{before}</pre></td><td><pre>{after}</pre></td></tr>"
                 )
+    score_header, score_rows = _score_table(report)
+    scores_html = ""
+    if score_rows:
+        judge = f" (judge: {escape(report['judge_model'])})" if report.get("judge_model") else ""
+        scores_html = (
+            f"<h2>Scores 1-5{judge}</h2><table><tr><th>category</th>"
+            + "".join(f"<th>{escape(h)}</th>" for h in score_header)
+            + "</tr>"
+            + "".join(
+                f"<tr><th>{escape(g)}</th>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>"
+                for g, cells in score_rows
+            )
+            + "</table>"
+        )
     leak = report.get("leakage")
     warning = f'<p class="warn"><b>Leakage warning:</b> {escape(leak["message"])}</p>' if leak else ""
     return f"""<!doctype html>
@@ -160,6 +203,7 @@ pre{{white-space:pre-wrap;margin:0;max-width:380px}}
 <table><tr><th>category</th><th>items</th>{head}</tr>{"".join(rows)}</table>
 <p>Bold: the 95% paired-bootstrap interval ({report["resamples"]} resamples, seed {report["seed"]}) excludes zero.</p>
 {_chart(report)}
+{scores_html}
 <h2>Items that flipped</h2>
 <table><tr><th>model</th><th>flip</th><th>item</th><th>{escape(base)}</th><th>adapter</th></tr>{"".join(flips)}</table>
 </body></html>

@@ -7,8 +7,10 @@ otherwise; the seed is recorded), scores each answer with the item's checks, and
 as it comes, so a restarted service resumes a run where it stopped. The comparison report (JSON,
 Markdown, HTML) is written to the tenant's artifacts when the run finishes.
 
-Generation runs in the process that hosts the inference service (the embedded default, where the
-evaluation service finds it); a run elsewhere fails with a reason that says so.
+Answers come from an `AnswerSource`: the inference service of this process (the embedded default)
+or, when the evaluation service runs in a pod of its own, the inference service's gRPC API called
+with a service key on the run tenant's behalf. An optional judge model rates every answer 1-5, and
+people's ratings can be imported afterwards; both are reported next to the pass rates.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ from sqlalchemy import select
 from tuneforge.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from tuneforge.common.logging import get_logger
 from tuneforge.common.names import check_idempotency_key, check_resource_id, new_id
+from tuneforge.evaluation.answers import AnswerSource, ResolvedModel
 from tuneforge.evaluation.checks import run_check
-from tuneforge.evaluation.compare import compare, render_html, render_json, render_markdown
+from tuneforge.evaluation.compare import OVERALL, compare, render_html, render_json, render_markdown
 from tuneforge.evaluation.leakage import leaked_items
+from tuneforge.evaluation.scores import judge_messages, parse_human_scores, parse_judge_score, summarize
 from tuneforge.evaluation.suite_store import SuiteStore
 from tuneforge.store.artifacts import ArtifactStore
 from tuneforge.store.metadata import (
@@ -38,15 +42,15 @@ from tuneforge.store.metadata import (
     newest_first_page,
     page_size_of,
 )
-from tuneforge.store.tables import EvalResultRow, EvalRunRow, utcnow
+from tuneforge.store.tables import EvalHumanScoreRow, EvalResultRow, EvalRunRow, utcnow
 
 log = get_logger(__name__)
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 FINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
-BASE = "base"
 REPORT_FILES = {"json": "report.json", "markdown": "report.md", "html": "report.html"}
 CONCURRENCY = 8  # below the per-tenant in-flight limit, so the tenant can still chat meanwhile
+JUDGE_SAMPLING = {"temperature": 0.0, "top_p": 0.0, "max_tokens": 8, "stop": [], "seed": 0}
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class RunInfo:
     cancel_requested: bool
     created_at: datetime
     updated_at: datetime
+    judge_model: str = ""
 
 
 def _info(row: EvalRunRow) -> RunInfo:
@@ -79,22 +84,32 @@ def _info(row: EvalRunRow) -> RunInfo:
         row.cancel_requested,
         row.created_at,
         row.updated_at,
+        row.judge_model,
     )
 
 
 class EvalRuns:
     """The run store and its runner (asyncio tasks in the serving process)."""
 
-    def __init__(self, metadata: MetadataStore, artifacts: ArtifactStore, suites: SuiteStore) -> None:
+    def __init__(
+        self, metadata: MetadataStore, artifacts: ArtifactStore, suites: SuiteStore, concurrency: int = CONCURRENCY
+    ) -> None:
         self.metadata = metadata
         self.artifacts = artifacts
         self.suites = suites
+        self.concurrency = concurrency
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     # -- store ---------------------------------------------------------------------------------
 
     def create(
-        self, tenant: str, suite_id: str, models: list[str], sampling: dict[str, Any], idempotency_key: str = ""
+        self,
+        tenant: str,
+        suite_id: str,
+        models: list[str],
+        sampling: dict[str, Any],
+        idempotency_key: str = "",
+        judge_model: str = "",
     ) -> RunInfo:
         check_idempotency_key(idempotency_key)
         if not models:
@@ -102,7 +117,11 @@ class EvalRuns:
         if len(set(models)) != len(models):
             raise InvalidArgument.for_field("models", "names a model twice")
         _, suite = self.suites.get(tenant, suite_id)  # NOT_FOUND for a suite the caller cannot see
-        request = json.dumps({"suite": suite_id, "models": models, "sampling": sampling}, sort_keys=True)
+        if len(judge_model) > 200:
+            raise InvalidArgument.for_field("judge_model", "at most 200 characters")
+        request = json.dumps(
+            {"suite": suite_id, "models": models, "sampling": sampling, "judge": judge_model}, sort_keys=True
+        )
         request_hash = hashlib.sha256(request.encode()).hexdigest()
         with self.metadata.session() as session:
             existing = find_idempotent(session, EvalRunRow, tenant, idempotency_key, request_hash, "run")
@@ -120,6 +139,7 @@ class EvalRuns:
                 total=len(suite.items) * len(models),
                 sampling_json=json.dumps(sampling, sort_keys=True),
                 cancel_requested=False,
+                judge_model=judge_model,
                 idempotency_key=idempotency_key or None,
                 request_hash=request_hash,
                 created_at=now,
@@ -159,7 +179,8 @@ class EvalRuns:
 
     def results(
         self, tenant: str, run_id: str, model: str = "", category: str = "", page_size: int = 0, page_token: str = ""
-    ) -> tuple[list[EvalResultRow], str]:
+    ) -> tuple[list[tuple[EvalResultRow, list[EvalHumanScoreRow]]], str]:
+        """A page of results, each with its human ratings."""
         size = page_size_of(page_size)
         with self.metadata.session() as session:
             self._row(session, tenant, run_id)
@@ -175,9 +196,43 @@ class EvalRuns:
                     | ((EvalResultRow.model == after_model) & (EvalResultRow.item_id > after_item))
                 )
             rows = list(session.scalars(query.order_by(EvalResultRow.model, EvalResultRow.item_id).limit(size + 1)))
+            token = encode_cursor(f"{rows[size - 1].model}\0{rows[size - 1].item_id}") if len(rows) > size else ""
+            rows = rows[:size]
+            ratings: dict[tuple[str, str], list[EvalHumanScoreRow]] = {}
+            if rows:
+                query = select(EvalHumanScoreRow).where(
+                    EvalHumanScoreRow.run_id == run_id,
+                    EvalHumanScoreRow.item_id.in_({r.item_id for r in rows}),
+                )
+                for rating in session.scalars(query.order_by(EvalHumanScoreRow.rater)):
+                    ratings.setdefault((rating.model, rating.item_id), []).append(rating)
             session.expunge_all()
-        token = encode_cursor(f"{rows[size - 1].model}\0{rows[size - 1].item_id}") if len(rows) > size else ""
-        return rows[:size], token
+        return [(r, ratings.get((r.model, r.item_id), [])) for r in rows], token
+
+    def import_human_scores(self, tenant: str, run_id: str, data: bytes) -> tuple[int, RunInfo]:
+        """Stores people's ratings of the run's answers (all or none) and refreshes a finished run's report."""
+        info = self.get(tenant, run_id)
+        _, suite = self.suites.get(tenant, info.suite_id)
+        scores = parse_human_scores(data, info.models, [item.id for item in suite.items])
+        now = utcnow()
+        with self.metadata.session() as session:
+            for score in scores:
+                session.merge(
+                    EvalHumanScoreRow(
+                        run_id=run_id,
+                        model=score.model,
+                        item_id=score.item_id,
+                        rater=score.rater,
+                        score=score.score,
+                        comment=score.comment,
+                        created_at=now,
+                    )
+                )
+        if info.state == SUCCEEDED:
+            artifacts = self.artifacts.for_tenant(tenant)
+            report = json.loads(artifacts.read_bytes(f"evals/{run_id}/report.json"))
+            self._write_report(info, report, suite)
+        return len(scores), self._update(run_id)
 
     def report(self, tenant: str, run_id: str, fmt: str) -> tuple[dict[str, Any], bytes]:
         info = self.get(tenant, run_id)
@@ -197,11 +252,11 @@ class EvalRuns:
 
     # -- runner --------------------------------------------------------------------------------
 
-    def start(self, info: RunInfo, frontend: Any) -> None:
+    def start(self, info: RunInfo, source: AnswerSource | None) -> None:
         """Runs `info` in the background (idempotent while it runs)."""
         if info.id in self._tasks and not self._tasks[info.id].done():
             return
-        self._tasks[info.id] = asyncio.create_task(self._run(info, frontend), name=f"tuneforge-eval-{info.id}")
+        self._tasks[info.id] = asyncio.create_task(self._run(info, source), name=f"tuneforge-eval-{info.id}")
 
     def unfinished(self) -> list[RunInfo]:
         with self.metadata.session() as session:
@@ -213,9 +268,9 @@ class EvalRuns:
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
-    async def _run(self, info: RunInfo, frontend: Any) -> None:
+    async def _run(self, info: RunInfo, source: AnswerSource | None) -> None:
         try:
-            await self._execute(info, frontend)
+            await self._execute(info, source)
         except asyncio.CancelledError:
             raise  # the service is stopping: the run stays RUNNING and resumes at the next start
         except Exception as exc:
@@ -223,46 +278,47 @@ class EvalRuns:
             log.warning("eval_run_failed", run_id=info.id, error=message)
             await asyncio.to_thread(self._update, info.id, state=FAILED, failure_reason=message)
 
-    async def _execute(self, info: RunInfo, frontend: Any) -> None:
-        if frontend is None:
+    async def _execute(self, info: RunInfo, source: AnswerSource | None) -> None:
+        if source is None:
             raise FailedPrecondition(
-                "no inference service runs in this process; evaluation runs where the inference service does"
+                "no inference service to generate with: run the evaluation service with the inference "
+                "service, or set evaluation.inference_address"
             )
         _, suite = await asyncio.to_thread(self.suites.get, info.tenant, info.suite_id)
         await asyncio.to_thread(self._update, info.id, state=RUNNING)
-        sampling = frontend.sampling(**info.sampling, prefix="sampling.")
         done = {(r.model, r.item_id) for r in (await asyncio.to_thread(self._all_results, info.id))}
-        gate = asyncio.Semaphore(CONCURRENCY)
-        names: dict[str, str] = {}
-        versions: dict[str, Any] = {}
+        gate = asyncio.Semaphore(self.concurrency)
+        judge = await source.resolve(info.tenant, info.judge_model, "judge_model") if info.judge_model else None
 
-        async def answer(model: str, target: Any, item: Any) -> None:
+        async def answer(model: ResolvedModel, item: Any) -> None:
             async with gate:
                 if (await asyncio.to_thread(self.get, info.tenant, info.id)).cancel_requested:
                     return
-                prompt = frontend.prompt_ids([(m["role"], m["content"]) for m in item.messages])
-                parts = []
-                async for event in frontend.stream(info.tenant, target, prompt, sampling):
-                    parts.append(event.delta)
-                    if event.finish_reason == "error":
-                        raise FailedPrecondition(f"generation failed for {model}: {event.error}")
-                output = "".join(parts)
+                messages = [(m["role"], m["content"]) for m in item.messages]
+                output = await source.answer(info.tenant, model, messages, info.sampling)
                 verdicts = [run_check(check, output, item.reference) for check in item.checks]
-                await asyncio.to_thread(self._store, info.id, model, item, output, verdicts)
+                judged: tuple[float | None, str] = (None, "")
+                if judge is not None:
+                    reply = await source.answer(
+                        info.tenant, judge, judge_messages(item.messages, output, item.rubric), JUDGE_SAMPLING
+                    )
+                    judged = parse_judge_score(reply)
+                await asyncio.to_thread(self._store, info.id, model.name, item, output, verdicts, judged)
 
+        resolved: list[ResolvedModel] = []
         for model in info.models:
-            try:
-                target = await frontend.resolve(info.tenant, "" if model == BASE else model, field="models")
-            except NotFound as exc:
-                raise FailedPrecondition(f"model {model!r}: {exc.message}") from exc
-            names[model], versions[model] = target.name, target.version
+            target = await source.resolve(info.tenant, model, "models")
+            resolved.append(target)
             pending = [item for item in suite.items if (model, item.id) not in done]
-            await asyncio.gather(*(answer(model, target, item) for item in pending))
+            await asyncio.gather(*(answer(target, item) for item in pending))
         current = await asyncio.to_thread(self.get, info.tenant, info.id)
         if current.cancel_requested:
             await asyncio.to_thread(self._update, info.id, state=CANCELLED)
             return
-        await asyncio.to_thread(self._finish, info, suite, names, versions)
+        names = {m.name: source.display_name(m) for m in resolved}
+        if judge is not None:
+            names["judge"] = source.display_name(judge)
+        await asyncio.to_thread(self._finish, info, suite, names, resolved)
 
     def _all_results(self, run_id: str) -> list[EvalResultRow]:
         with self.metadata.session() as session:
@@ -270,7 +326,9 @@ class EvalRuns:
             session.expunge_all()
             return rows
 
-    def _store(self, run_id: str, model: str, item: Any, output: str, verdicts: list[Any]) -> None:
+    def _store(
+        self, run_id: str, model: str, item: Any, output: str, verdicts: list[Any], judged: tuple[float | None, str]
+    ) -> None:
         with self.metadata.session() as session:
             session.merge(
                 EvalResultRow(
@@ -281,22 +339,23 @@ class EvalRuns:
                     output=output,
                     passed=all(v.passed for v in verdicts),
                     checks_json=json.dumps([v.__dict__ for v in verdicts], ensure_ascii=False),
+                    judge_score=judged[0],
+                    judge_reason=judged[1],
                 )
             )
             row = session.get(EvalRunRow, run_id, with_for_update=True)
             row.completed, row.updated_at = row.completed + 1, utcnow()
 
-    def _leakage(self, tenant: str, suite: Any, versions: dict[str, Any]) -> dict[str, Any] | None:
+    def _leakage(self, tenant: str, suite: Any, resolved: list[ResolvedModel]) -> dict[str, Any] | None:
         """Which suite items near-duplicate training prompts of each adapter's dataset version."""
         found: dict[str, Any] = {}
-        for model, version in versions.items():
-            dataset = (version.lineage.get("dataset_version_id") if version is not None else "") or ""
-            if not dataset:
+        for model in resolved:
+            if not model.dataset_version_id:
                 continue
-            directory = self.artifacts.for_tenant(tenant).path(f"datasets/{dataset}")
+            directory = self.artifacts.for_tenant(tenant).path(f"datasets/{model.dataset_version_id}")
             ids = leaked_items(suite.items, directory)
             if ids:
-                found[model] = {"dataset_version_id": dataset, "items": ids}
+                found[model.name] = {"dataset_version_id": model.dataset_version_id, "items": ids}
         if not found:
             return None
         message = "; ".join(
@@ -306,25 +365,45 @@ class EvalRuns:
         )
         return {"message": message + " — their scores measure recall of training data", "by_model": found}
 
-    def _finish(self, info: RunInfo, suite: Any, names: dict[str, str], versions: dict[str, Any]) -> None:
+    def _finish(self, info: RunInfo, suite: Any, names: dict[str, str], resolved: list[ResolvedModel]) -> None:
         rows = self._all_results(info.id)
         passed: dict[str, dict[str, bool]] = {}
-        outputs: dict[str, dict[str, str]] = {}
         for row in rows:
             passed.setdefault(row.model, {})[row.item_id] = row.passed
-            outputs.setdefault(row.model, {})[row.item_id] = row.output
         categories = {item.id: item.category for item in suite.items}
         seed = int(info.sampling.get("seed") or 0)
         report = compare(passed, categories, info.models[0], seed=seed)
         report["run_id"], report["suite_id"], report["resolved_models"] = info.id, info.suite_id, names
         report["sampling"] = info.sampling
         report["item_categories"] = categories
-        leakage = self._leakage(info.tenant, suite, versions)
+        if info.judge_model:
+            report["judge_model"] = info.judge_model
+        leakage = self._leakage(info.tenant, suite, resolved)
         if leakage is not None:
             report["leakage"] = leakage
+        self._write_report(info, report, suite)
+        self._update(info.id, state=SUCCEEDED, completed=len(rows))
+        log.info("eval_run_succeeded", run_id=info.id, items=len(categories), models=info.models)
+
+    def _write_report(self, info: RunInfo, report: dict[str, Any], suite: Any) -> None:
+        """Adds the judge's and people's scores to `report` and writes it in every format."""
+        rows = self._all_results(info.id)
+        outputs: dict[str, dict[str, str]] = {}
+        judge: dict[str, dict[str, float]] = {}
+        for row in rows:
+            outputs.setdefault(row.model, {})[row.item_id] = row.output
+            if row.judge_score is not None:
+                judge.setdefault(row.model, {})[row.item_id] = row.judge_score
+        human: dict[str, dict[str, list[int]]] = {}
+        with self.metadata.session() as session:
+            for rating in session.scalars(select(EvalHumanScoreRow).where(EvalHumanScoreRow.run_id == info.id)):
+                human.setdefault(rating.model, {}).setdefault(rating.item_id, []).append(rating.score)
+        categories = {item.id: item.category for item in suite.items}
+        scores = summarize(judge, human, categories, OVERALL)
+        report.pop("scores", None)
+        if scores:
+            report["scores"] = scores
         artifacts = self.artifacts.for_tenant(info.tenant)
         artifacts.write_bytes(f"evals/{info.id}/report.json", render_json(report).encode())
         artifacts.write_bytes(f"evals/{info.id}/report.md", render_markdown(report, outputs).encode())
         artifacts.write_bytes(f"evals/{info.id}/report.html", render_html(report, outputs).encode())
-        self._update(info.id, state=SUCCEEDED, completed=len(rows))
-        log.info("eval_run_succeeded", run_id=info.id, items=len(categories), models=info.models)

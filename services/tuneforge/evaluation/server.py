@@ -1,6 +1,8 @@
 """EvaluationService bootstrap: `tuneforge serve evaluation`.
 
-Suites, runs and reports; runs generate through the inference service of this process.
+Suites, runs and reports. Runs generate through the inference service of this process (the embedded
+default) or, with `evaluation.inference_address` set, through another pod's InferenceService with a
+service key.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import grpc
 from tuneforge.common.logging import get_logger
 from tuneforge.common.server import TuneforgeServer, build_server
 from tuneforge.common.settings import Settings
+from tuneforge.evaluation.answers import AnswerSource, LocalAnswers, RemoteAnswers
 from tuneforge.evaluation.runs import EvalRuns
 from tuneforge.evaluation.servicer import EvaluationServicer
 from tuneforge.evaluation.suite_store import SuiteStore
 from tuneforge.inference.frontend import InferenceFrontend
 from tuneforge.platform import Platform, PlatformComponent
+from tuneforge.training.registry import AdapterRegistry
 from tuneforge.v1 import evaluation_pb2, evaluation_pb2_grpc
 
 log = get_logger(__name__)
@@ -30,33 +34,48 @@ class EvaluationComponent(PlatformComponent):
     def __init__(self, platform: Platform) -> None:
         super().__init__(platform)
         self.suites = SuiteStore(platform.metadata, platform.artifacts)
-        self.runs = EvalRuns(platform.metadata, platform.artifacts, self.suites)
+        settings = platform.settings.evaluation
+        self.runs = EvalRuns(platform.metadata, platform.artifacts, self.suites, settings.concurrency)
+        self.remote: RemoteAnswers | None = None
+        if settings.inference_address:
+            key = settings.inference_api_key.get_secret_value() if settings.inference_api_key else ""
+            registry = AdapterRegistry(platform.metadata, platform.artifacts)
+            self.remote = RemoteAnswers(settings.inference_address, key, registry)
         self._resumer: asyncio.Task[None] | None = None
 
+    def source(self) -> AnswerSource | None:
+        """Where answers come from now: the remote inference service, else this process's, else none yet."""
+        if self.remote is not None:
+            return self.remote
+        return LocalAnswers(InferenceFrontend.local) if InferenceFrontend.local is not None else None
+
     def register(self, server: grpc.aio.Server) -> None:
-        evaluation_pb2_grpc.add_EvaluationServiceServicer_to_server(EvaluationServicer(self.suites, self.runs), server)
+        servicer = EvaluationServicer(self.suites, self.runs, self.source)
+        evaluation_pb2_grpc.add_EvaluationServiceServicer_to_server(servicer, server)
 
     async def start(self) -> None:
         await super().start()
         self._resumer = asyncio.create_task(self._resume(), name="tuneforge-eval-resume")
 
     async def _resume(self) -> None:
-        """Runs left queued or running by a previous process continue once inference serves here."""
+        """Runs left queued or running by a previous process continue once there is inference to use."""
         unfinished = await asyncio.to_thread(self.runs.unfinished)
         if not unfinished:
             return
         for _ in range(1200):
-            if InferenceFrontend.local is not None:
+            if self.source() is not None:
                 break
             await asyncio.sleep(0.5)
         for info in unfinished:
-            self.runs.start(info, InferenceFrontend.local)
+            self.runs.start(info, self.source())
         log.info("eval_runs_resumed", runs=[i.id for i in unfinished])
 
     async def stop(self) -> None:
         if self._resumer is not None:
             self._resumer.cancel()
         await self.runs.stop()
+        if self.remote is not None:
+            await self.remote.close()
 
 
 async def create_server(settings: Settings) -> tuple[TuneforgeServer, int]:

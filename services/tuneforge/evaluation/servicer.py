@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from google.protobuf import json_format, struct_pb2
@@ -12,11 +12,11 @@ from google.protobuf import json_format, struct_pb2
 from tuneforge.common.auth import current_principal
 from tuneforge.common.convert import resource_times, timestamp
 from tuneforge.common.errors import InvalidArgument
+from tuneforge.evaluation.answers import AnswerSource
 from tuneforge.evaluation.compare import OVERALL
 from tuneforge.evaluation.runs import FINAL, EvalRuns
 from tuneforge.evaluation.suite_store import SuiteInfo, SuiteStore
 from tuneforge.evaluation.suites import Suite
-from tuneforge.inference.frontend import InferenceFrontend
 from tuneforge.store.tables import utcnow
 from tuneforge.v1 import common_pb2, evaluation_pb2, evaluation_pb2_grpc, inference_pb2
 
@@ -48,6 +48,7 @@ def item_messages(suite: Suite) -> list[evaluation_pb2.SuiteItem]:
                 messages=[common_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in item.messages],
                 checks=checks,
                 reference=item.reference,
+                rubric=item.rubric,
             )
         )
     return items
@@ -63,17 +64,16 @@ STREAM_INTERVAL_S = 0.5
 
 
 class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
-    """Suites per tenant and the built-in ones; runs against the inference service of this process."""
+    """Suites per tenant and the built-in ones; runs generating through `source()` (None: no inference yet)."""
 
-    def __init__(self, suites: SuiteStore, runs: EvalRuns) -> None:
+    def __init__(self, suites: SuiteStore, runs: EvalRuns, source: Callable[[], AnswerSource | None]) -> None:
         self.suites = suites
         self.runs = runs
+        self.source = source
 
     async def CreateEvalRun(
         self, request: evaluation_pb2.CreateEvalRunRequest, context: grpc.aio.ServicerContext
     ) -> evaluation_pb2.CreateEvalRunResponse:
-        if request.judge_model:
-            raise InvalidArgument.for_field("judge_model", "an LLM judge is not offered yet; leave it empty")
         s = request.sampling
         sampling = {
             "temperature": s.temperature,
@@ -89,9 +89,10 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
             list(request.models),
             sampling,
             request.idempotency_key,
+            request.judge_model,
         )
         if info.state == "queued":
-            self.runs.start(info, InferenceFrontend.local)
+            self.runs.start(info, self.source())
         return evaluation_pb2.CreateEvalRunResponse(run=run_message(info))
 
     async def GetEvalRun(
@@ -142,9 +143,9 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
             request.page_token,
         )
         results = []
-        for row in rows:
+        for row, ratings in rows:
             checks = [
-                evaluation_pb2.CheckResult(type=c["type"], passed=c["passed"], reason=c["reason"])
+                evaluation_pb2.CheckResult(type=c["type"], passed=c["passed"], reason=c["reason"], score=c.get("score"))
                 for c in json.loads(row.checks_json)
             ]
             results.append(
@@ -155,6 +156,11 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
                     output=row.output,
                     checks=checks,
                     passed=row.passed,
+                    judge_score=row.judge_score,
+                    judge_reason=row.judge_reason,
+                    human_scores=[
+                        evaluation_pb2.HumanScore(rater=r.rater, score=r.score, comment=r.comment) for r in ratings
+                    ],
                 )
             )
         return evaluation_pb2.ListEvalResultsResponse(results=results, next_page_token=token)
@@ -188,8 +194,23 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
                         broken=len([i for i in flips["broken"] if ids is None or i in ids]),
                     )
                 )
+        scores = report.get("scores", {})
+        for comparison in comparisons:
+            for kind in ("judge", "human"):
+                for model, field in ((base, f"reference_{kind}_score"), (comparison.model, f"{kind}_score")):
+                    value = scores.get(model, {}).get(comparison.category, {}).get(kind)
+                    if value is not None:
+                        setattr(comparison, field, value["mean"])
         warnings = [report["leakage"]["message"]] if report.get("leakage") else []
         return evaluation_pb2.GetEvalReportResponse(comparisons=comparisons, content=content, warnings=warnings)
+
+    async def ImportHumanScores(
+        self, request: evaluation_pb2.ImportHumanScoresRequest, context: grpc.aio.ServicerContext
+    ) -> evaluation_pb2.ImportHumanScoresResponse:
+        count, info = await asyncio.to_thread(
+            self.runs.import_human_scores, current_principal().tenant, request.run_id, request.jsonl
+        )
+        return evaluation_pb2.ImportHumanScoresResponse(imported=count, run=run_message(info))
 
     async def CreateSuite(
         self, request: evaluation_pb2.CreateSuiteRequest, context: grpc.aio.ServicerContext
@@ -232,4 +253,5 @@ def run_message(info) -> evaluation_pb2.EvalRun:
         sampling=sampling,
         failure_reason=info.failure_reason,
         times=resource_times(info.created_at, info.updated_at),
+        judge_model=info.judge_model,
     )

@@ -1,4 +1,6 @@
-"""Evaluation suites as data: JSONL, one item a line — `{"id", "category", "messages", "checks", "reference"?}`.
+"""Evaluation suites as data: JSONL, one item a line.
+
+Each item is `{"id", "category", "messages", "checks", "reference"?, "rubric"?}`.
 
 `parse_suite` reads a whole file and reports every bad line at once as field violations with line
 numbers (`line 7: messages[1].role …`); a suite with any bad line is not stored. Categories are
@@ -33,6 +35,7 @@ class SuiteItem:
     messages: list[dict[str, str]]
     checks: list[dict[str, Any]]
     reference: str = ""
+    rubric: str = ""  # what an LLM judge rates this answer on (the default rubric when empty)
 
 
 @dataclass
@@ -53,9 +56,9 @@ def _item(record: Any, line: int) -> SuiteItem:
 
     if not isinstance(record, dict):
         raise bad("item", "must be a JSON object")
-    unknown = sorted(set(record) - {"id", "category", "messages", "checks", "reference"})
+    unknown = sorted(set(record) - {"id", "category", "messages", "checks", "reference", "rubric"})
     if unknown:
-        raise bad(unknown[0], "is not an item field (id, category, messages, checks, reference)")
+        raise bad(unknown[0], "is not an item field (id, category, messages, checks, reference, rubric)")
     item_id, category = record.get("id"), record.get("category")
     if not isinstance(item_id, str) or not item_id.strip() or len(item_id) > 200:
         raise bad("id", "must be a non-empty string of up to 200 characters")
@@ -86,8 +89,11 @@ def _item(record: Any, line: int) -> SuiteItem:
     reference = record.get("reference", "")
     if not isinstance(reference, str):
         raise bad("reference", "must be a string")
+    rubric = record.get("rubric", "")
+    if not isinstance(rubric, str) or len(rubric) > 4000:
+        raise bad("rubric", "must be a string of up to 4000 characters")
     return SuiteItem(
-        item_id, category, [{"role": m["role"], "content": m["content"]} for m in messages], checks, reference
+        item_id, category, [{"role": m["role"], "content": m["content"]} for m in messages], checks, reference, rubric
     )
 
 
@@ -143,5 +149,7 @@ def suite_jsonl(suite: Suite) -> bytes:
         }
         if item.reference:
             record["reference"] = item.reference
+        if item.rubric:
+            record["rubric"] = item.rubric
         lines.append(json.dumps(record, ensure_ascii=False, sort_keys=True))
     return ("\n".join(lines) + "\n").encode()

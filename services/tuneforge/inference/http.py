@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tuneforge.common.auth import acting_principal
 from tuneforge.common.errors import InvalidArgument, TuneforgeError
 from tuneforge.common.logging import get_logger
 from tuneforge.common.settings import Settings
@@ -92,7 +93,8 @@ class OpenAIServer:
     def _tenant(self, request: web.Request) -> str:
         header = request.headers.get("Authorization", "")
         key = header[7:].strip() if header.lower().startswith("bearer ") else None
-        return self.keys.resolve(key).tenant
+        # a service key acts only on the gRPC service-to-service paths, never here
+        return acting_principal(self.keys.resolve(key), f"HTTP {request.path}", None).tenant
 
     async def models(self, request: web.Request) -> web.Response:
         tenant = self._tenant(request)

@@ -5,7 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Index, Integer, MetaData, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -238,6 +249,7 @@ class EvalRunRow(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+    judge_model: Mapped[str] = mapped_column(String(200), nullable=False, default="", server_default="")
 
 
 class EvalResultRow(Base):
@@ -252,3 +264,19 @@ class EvalResultRow(Base):
     output: Mapped[str] = mapped_column(Text, nullable=False)
     passed: Mapped[bool] = mapped_column(nullable=False)
     checks_json: Mapped[str] = mapped_column(Text, nullable=False)
+    judge_score: Mapped[float | None] = mapped_column(Float)
+    judge_reason: Mapped[str] = mapped_column(Text, nullable=False, default="", server_default="")
+
+
+class EvalHumanScoreRow(Base):
+    """A person's 1-5 rating of one model's answer to one suite item."""
+
+    __tablename__ = "eval_human_scores"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    item_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    rater: Mapped[str] = mapped_column(String(63), primary_key=True)
+    score: Mapped[int] = mapped_column(Integer, nullable=False)
+    comment: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)

@@ -1,3 +1,3 @@
 """Digest of the .proto sources this package was generated from (written by `make proto`)."""
 
-PROTO_SOURCES_SHA256 = "1b5c2a052630e7ae0a60e9d40009233ab2a69bbe426615e0a48cc9759f31704e"
+PROTO_SOURCES_SHA256 = "554713ac0ce350d8a26a09ad4abee8b7f893ee6502aa100489e21f04de2e4d2c"

@@ -48,18 +48,20 @@ class CheckSpec(_message.Message):
     def __init__(self, type: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class SuiteItem(_message.Message):
-    __slots__ = ("id", "category", "messages", "checks", "reference")
+    __slots__ = ("id", "category", "messages", "checks", "reference", "rubric")
     ID_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     CHECKS_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    RUBRIC_FIELD_NUMBER: _ClassVar[int]
     id: str
     category: str
     messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
     checks: _containers.RepeatedCompositeFieldContainer[CheckSpec]
     reference: str
-    def __init__(self, id: _Optional[str] = ..., category: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., checks: _Optional[_Iterable[_Union[CheckSpec, _Mapping]]] = ..., reference: _Optional[str] = ...) -> None: ...
+    rubric: str
+    def __init__(self, id: _Optional[str] = ..., category: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., checks: _Optional[_Iterable[_Union[CheckSpec, _Mapping]]] = ..., reference: _Optional[str] = ..., rubric: _Optional[str] = ...) -> None: ...
 
 class Suite(_message.Message):
     __slots__ = ("id", "name", "num_items", "category_counts", "builtin", "digest", "times")
@@ -155,7 +157,7 @@ class EvalProgress(_message.Message):
     def __init__(self, completed: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
 
 class EvalRun(_message.Message):
-    __slots__ = ("id", "suite_id", "models", "state", "progress", "sampling", "failure_reason", "times")
+    __slots__ = ("id", "suite_id", "models", "state", "progress", "sampling", "failure_reason", "times", "judge_model")
     ID_FIELD_NUMBER: _ClassVar[int]
     SUITE_ID_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +166,7 @@ class EvalRun(_message.Message):
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
     TIMES_FIELD_NUMBER: _ClassVar[int]
+    JUDGE_MODEL_FIELD_NUMBER: _ClassVar[int]
     id: str
     suite_id: str
     models: _containers.RepeatedScalarFieldContainer[str]
@@ -172,7 +175,8 @@ class EvalRun(_message.Message):
     sampling: _inference_pb2.SamplingParams
     failure_reason: str
     times: _common_pb2.ResourceTimes
-    def __init__(self, id: _Optional[str] = ..., suite_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., state: _Optional[_Union[EvalRunState, str]] = ..., progress: _Optional[_Union[EvalProgress, _Mapping]] = ..., sampling: _Optional[_Union[_inference_pb2.SamplingParams, _Mapping]] = ..., failure_reason: _Optional[str] = ..., times: _Optional[_Union[_common_pb2.ResourceTimes, _Mapping]] = ...) -> None: ...
+    judge_model: str
+    def __init__(self, id: _Optional[str] = ..., suite_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., state: _Optional[_Union[EvalRunState, str]] = ..., progress: _Optional[_Union[EvalProgress, _Mapping]] = ..., sampling: _Optional[_Union[_inference_pb2.SamplingParams, _Mapping]] = ..., failure_reason: _Optional[str] = ..., times: _Optional[_Union[_common_pb2.ResourceTimes, _Mapping]] = ..., judge_model: _Optional[str] = ...) -> None: ...
 
 class CreateEvalRunResponse(_message.Message):
     __slots__ = ("run",)
@@ -247,20 +251,36 @@ class CheckResult(_message.Message):
     def __init__(self, type: _Optional[str] = ..., passed: _Optional[bool] = ..., reason: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class EvalResult(_message.Message):
-    __slots__ = ("item_id", "category", "model", "output", "checks", "passed")
+    __slots__ = ("item_id", "category", "model", "output", "checks", "passed", "judge_score", "judge_reason", "human_scores")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     CHECKS_FIELD_NUMBER: _ClassVar[int]
     PASSED_FIELD_NUMBER: _ClassVar[int]
+    JUDGE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    JUDGE_REASON_FIELD_NUMBER: _ClassVar[int]
+    HUMAN_SCORES_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     category: str
     model: str
     output: str
     checks: _containers.RepeatedCompositeFieldContainer[CheckResult]
     passed: bool
-    def __init__(self, item_id: _Optional[str] = ..., category: _Optional[str] = ..., model: _Optional[str] = ..., output: _Optional[str] = ..., checks: _Optional[_Iterable[_Union[CheckResult, _Mapping]]] = ..., passed: _Optional[bool] = ...) -> None: ...
+    judge_score: float
+    judge_reason: str
+    human_scores: _containers.RepeatedCompositeFieldContainer[HumanScore]
+    def __init__(self, item_id: _Optional[str] = ..., category: _Optional[str] = ..., model: _Optional[str] = ..., output: _Optional[str] = ..., checks: _Optional[_Iterable[_Union[CheckResult, _Mapping]]] = ..., passed: _Optional[bool] = ..., judge_score: _Optional[float] = ..., judge_reason: _Optional[str] = ..., human_scores: _Optional[_Iterable[_Union[HumanScore, _Mapping]]] = ...) -> None: ...
+
+class HumanScore(_message.Message):
+    __slots__ = ("rater", "score", "comment")
+    RATER_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    COMMENT_FIELD_NUMBER: _ClassVar[int]
+    rater: str
+    score: int
+    comment: str
+    def __init__(self, rater: _Optional[str] = ..., score: _Optional[int] = ..., comment: _Optional[str] = ...) -> None: ...
 
 class ListEvalResultsRequest(_message.Message):
     __slots__ = ("run_id", "model", "category", "page_size", "page_token")
@@ -285,7 +305,7 @@ class ListEvalResultsResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[EvalResult, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class CategoryComparison(_message.Message):
-    __slots__ = ("category", "model", "reference_pass_rate", "pass_rate", "difference_ci_low", "difference_ci_high", "fixed", "broken")
+    __slots__ = ("category", "model", "reference_pass_rate", "pass_rate", "difference_ci_low", "difference_ci_high", "fixed", "broken", "reference_judge_score", "judge_score", "reference_human_score", "human_score")
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_PASS_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -294,6 +314,10 @@ class CategoryComparison(_message.Message):
     DIFFERENCE_CI_HIGH_FIELD_NUMBER: _ClassVar[int]
     FIXED_FIELD_NUMBER: _ClassVar[int]
     BROKEN_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_JUDGE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    JUDGE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_HUMAN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    HUMAN_SCORE_FIELD_NUMBER: _ClassVar[int]
     category: str
     model: str
     reference_pass_rate: float
@@ -302,7 +326,11 @@ class CategoryComparison(_message.Message):
     difference_ci_high: float
     fixed: int
     broken: int
-    def __init__(self, category: _Optional[str] = ..., model: _Optional[str] = ..., reference_pass_rate: _Optional[float] = ..., pass_rate: _Optional[float] = ..., difference_ci_low: _Optional[float] = ..., difference_ci_high: _Optional[float] = ..., fixed: _Optional[int] = ..., broken: _Optional[int] = ...) -> None: ...
+    reference_judge_score: float
+    judge_score: float
+    reference_human_score: float
+    human_score: float
+    def __init__(self, category: _Optional[str] = ..., model: _Optional[str] = ..., reference_pass_rate: _Optional[float] = ..., pass_rate: _Optional[float] = ..., difference_ci_low: _Optional[float] = ..., difference_ci_high: _Optional[float] = ..., fixed: _Optional[int] = ..., broken: _Optional[int] = ..., reference_judge_score: _Optional[float] = ..., judge_score: _Optional[float] = ..., reference_human_score: _Optional[float] = ..., human_score: _Optional[float] = ...) -> None: ...
 
 class GetEvalReportRequest(_message.Message):
     __slots__ = ("run_id", "format")
@@ -321,3 +349,19 @@ class GetEvalReportResponse(_message.Message):
     content: bytes
     warnings: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, comparisons: _Optional[_Iterable[_Union[CategoryComparison, _Mapping]]] = ..., content: _Optional[bytes] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ImportHumanScoresRequest(_message.Message):
+    __slots__ = ("run_id", "jsonl")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    JSONL_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    jsonl: bytes
+    def __init__(self, run_id: _Optional[str] = ..., jsonl: _Optional[bytes] = ...) -> None: ...
+
+class ImportHumanScoresResponse(_message.Message):
+    __slots__ = ("imported", "run")
+    IMPORTED_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    imported: int
+    run: EvalRun
+    def __init__(self, imported: _Optional[int] = ..., run: _Optional[_Union[EvalRun, _Mapping]] = ...) -> None: ...

@@ -86,6 +86,11 @@ class EvaluationServiceStub:
                 request_serializer=tuneforge_dot_v1_dot_evaluation__pb2.GetEvalReportRequest.SerializeToString,
                 response_deserializer=tuneforge_dot_v1_dot_evaluation__pb2.GetEvalReportResponse.FromString,
                 _registered_method=True)
+        self.ImportHumanScores = channel.unary_unary(
+                '/tuneforge.v1.EvaluationService/ImportHumanScores',
+                request_serializer=tuneforge_dot_v1_dot_evaluation__pb2.ImportHumanScoresRequest.SerializeToString,
+                response_deserializer=tuneforge_dot_v1_dot_evaluation__pb2.ImportHumanScoresResponse.FromString,
+                _registered_method=True)
 
 
 class EvaluationServiceServicer:
@@ -164,6 +169,15 @@ class EvaluationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportHumanScores(self, request, context):
+        """Imports people's 1–5 ratings of a run's answers (JSONL); they are reported next to the automatic
+        checks. Invalid lines are reported as field violations with line numbers and nothing is stored;
+        a rating of the same item, model and rater replaces the earlier one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EvaluationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -216,6 +230,11 @@ def add_EvaluationServiceServicer_to_server(servicer, server):
                     servicer.GetEvalReport,
                     request_deserializer=tuneforge_dot_v1_dot_evaluation__pb2.GetEvalReportRequest.FromString,
                     response_serializer=tuneforge_dot_v1_dot_evaluation__pb2.GetEvalReportResponse.SerializeToString,
+            ),
+            'ImportHumanScores': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportHumanScores,
+                    request_deserializer=tuneforge_dot_v1_dot_evaluation__pb2.ImportHumanScoresRequest.FromString,
+                    response_serializer=tuneforge_dot_v1_dot_evaluation__pb2.ImportHumanScoresResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -490,6 +509,33 @@ class EvaluationService:
             '/tuneforge.v1.EvaluationService/GetEvalReport',
             tuneforge_dot_v1_dot_evaluation__pb2.GetEvalReportRequest.SerializeToString,
             tuneforge_dot_v1_dot_evaluation__pb2.GetEvalReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportHumanScores(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneforge.v1.EvaluationService/ImportHumanScores',
+            tuneforge_dot_v1_dot_evaluation__pb2.ImportHumanScoresRequest.SerializeToString,
+            tuneforge_dot_v1_dot_evaluation__pb2.ImportHumanScoresResponse.FromString,
             options,
             channel_credentials,
             insecure,

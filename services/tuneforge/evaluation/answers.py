@@ -1,0 +1,151 @@
+"""Where an evaluation run's answers come from: the inference service of this process, or another pod's.
+
+Both sources resolve a run's model names once (an alias is pinned to the version it names when the
+run starts) and then generate one answer per call. The remote source speaks the public
+InferenceService contract with a `service` API key that names the run's tenant on every call, so
+the inference service applies the same tenancy, lineage and limit checks as for the tenant itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+
+from tuneforge.common.auth import ON_BEHALF_HEADER
+from tuneforge.common.errors import FailedPrecondition, NotFound
+from tuneforge.common.logging import get_logger
+from tuneforge.training.registry import AdapterRegistry
+from tuneforge.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+
+log = get_logger(__name__)
+
+BASE = "base"
+#: Status codes worth another try: the replica is busy, starting or moving.
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+RETRIES = 8
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A run's model as it was resolved when the run (re)started."""
+
+    name: str  # as the run names it: `base` or `adapter[:version|alias]`
+    ref: str  # what generation asks for: "" for the base model, else `adapter:version`
+    display: str  # exact name for reports: the base model's id or `adapter:version`
+    dataset_version_id: str  # the adapter's training data (leakage guard); "" for the base model
+
+
+class AnswerSource(Protocol):
+    """Generates answers for a tenant's run."""
+
+    async def resolve(self, tenant: str, model: str, field: str) -> ResolvedModel: ...
+
+    async def answer(
+        self, tenant: str, model: ResolvedModel, messages: Sequence[tuple[str, str]], sampling: dict[str, Any]
+    ) -> str: ...
+
+    def display_name(self, model: ResolvedModel) -> str: ...
+
+
+def _not_found_as_precondition(model: str, exc: NotFound) -> FailedPrecondition:
+    return FailedPrecondition(f"model {model!r}: {exc.message}")
+
+
+class LocalAnswers:
+    """The inference frontend of this process (the embedded default)."""
+
+    def __init__(self, frontend: Any) -> None:
+        self.frontend = frontend
+
+    async def resolve(self, tenant: str, model: str, field: str) -> ResolvedModel:
+        try:
+            target = await self.frontend.resolve(tenant, "" if model == BASE else model, field=field)
+        except NotFound as exc:
+            raise _not_found_as_precondition(model, exc) from exc
+        version = target.version
+        if version is None:
+            return ResolvedModel(model, "", target.name, "")
+        return ResolvedModel(model, version.ref, version.ref, version.lineage.get("dataset_version_id") or "")
+
+    async def answer(
+        self, tenant: str, model: ResolvedModel, messages: Sequence[tuple[str, str]], sampling: dict[str, Any]
+    ) -> str:
+        target = await self.frontend.resolve(tenant, model.ref, field="models")
+        prompt = self.frontend.prompt_ids(list(messages))
+        parts = []
+        async for event in self.frontend.stream(tenant, target, prompt, self.frontend.sampling(**sampling)):
+            parts.append(event.delta)
+            if event.finish_reason == "error":
+                raise FailedPrecondition(f"generation failed for {model.name}: {event.error}")
+        return "".join(parts)
+
+    def display_name(self, model: ResolvedModel) -> str:
+        return model.display
+
+
+class RemoteAnswers:
+    """The InferenceService of another pod, called with a `service` key on the run's tenant's behalf."""
+
+    def __init__(self, address: str, api_key: str, registry: AdapterRegistry, retry_base_s: float = 0.5) -> None:
+        self.address = address
+        self.api_key = api_key
+        self.registry = registry
+        self.retry_base_s = retry_base_s
+        self._channel: grpc.aio.Channel | None = None
+        self._base_name = ""
+
+    def _stub(self) -> inference_pb2_grpc.InferenceServiceStub:
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.address)
+        return inference_pb2_grpc.InferenceServiceStub(self._channel)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    async def resolve(self, tenant: str, model: str, field: str) -> ResolvedModel:
+        if model == BASE:
+            return ResolvedModel(model, "", self._base_name or BASE, "")
+        # the metadata store is shared, so the version is pinned here and generation asks for exactly it
+        try:
+            version = await asyncio.to_thread(self.registry.resolve, tenant, model, field)
+        except NotFound as exc:
+            raise _not_found_as_precondition(model, exc) from exc
+        return ResolvedModel(model, version.ref, version.ref, version.lineage.get("dataset_version_id") or "")
+
+    async def answer(
+        self, tenant: str, model: ResolvedModel, messages: Sequence[tuple[str, str]], sampling: dict[str, Any]
+    ) -> str:
+        request = inference_pb2.GenerateRequest(
+            model=model.ref, messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in messages]
+        )
+        request.sampling.temperature = sampling.get("temperature", 0.0)
+        request.sampling.top_p = sampling.get("top_p", 0.0)
+        request.sampling.max_tokens = sampling.get("max_tokens", 0)
+        request.sampling.stop.extend(sampling.get("stop", ()))
+        if sampling.get("seed") is not None:
+            request.sampling.seed = sampling["seed"]
+        metadata = (("authorization", f"Bearer {self.api_key}"), (ON_BEHALF_HEADER, tenant))
+        for attempt in range(RETRIES + 1):
+            try:
+                response = await self._stub().Generate(request, metadata=metadata, timeout=600)
+                break
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in RETRYABLE and attempt < RETRIES:
+                    await asyncio.sleep(min(self.retry_base_s * 2**attempt, 30.0))
+                    continue
+                raise FailedPrecondition(
+                    f"inference service at {self.address} answered {exc.code().name} for {model.name}: {exc.details()}"
+                ) from exc
+        if not model.ref:
+            self._base_name = response.resolved_model
+        return response.text
+
+    def display_name(self, model: ResolvedModel) -> str:
+        """The base model's id once an answer has named it."""
+        return self._base_name if not model.ref and self._base_name else model.display
