@@ -1,11 +1,18 @@
-"""Images and manifests: hadolint, helm lint, schema-valid renders, k8s/ in sync with the chart."""
+"""Images and manifests: hadolint, entry points, helm lint, schema-valid renders of every values
+profile (Kubernetes schemas, KubeRay CRD schemas), pod hardening, GPU requests, secrets, wiring
+between the roles, NetworkPolicy paths, and k8s/ in sync with the chart."""
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
+import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -13,6 +20,15 @@ import yaml
 from tuneforge import deploy
 
 REPO = Path(__file__).resolve().parents[1]
+PROFILES = {
+    "default": [],
+    "cpu": ["-f", str(deploy.CHART / "ci" / "cpu-values.yaml")],
+    "gpu-4x4090": ["-f", str(deploy.CHART / "ci" / "gpu-4x4090-values.yaml")],
+}
+KUBERAY_CRDS = Path(
+    os.environ.get("TUNEFORGE_KUBERAY_CRDS", REPO.parent / "shared" / "schemas" / "kuberay-v1.7.0")
+).expanduser()
+SECRETISH = re.compile(r"KEY|TOKEN|PASSWORD|SECRET|DATABASE_URL|CREDENTIAL", re.IGNORECASE)
 
 
 def _tool(path: Path | str | None, name: str) -> str:
@@ -23,10 +39,59 @@ def _tool(path: Path | str | None, name: str) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="module")
-def rendered() -> list[dict]:
-    _tool(deploy.HELM, "helm")
-    return [doc for doc in yaml.safe_load_all(deploy.render_chart()) if doc]
+def _helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([_tool(deploy.HELM, "helm"), *args], capture_output=True, text=True)
+
+
+def _render(profile_args: list[str], *extra: str) -> list[dict]:
+    result = _helm("template", "tuneforge", str(deploy.CHART), "--namespace", "tuneforge", *profile_args, *extra)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="module", params=sorted(PROFILES))
+def profile(request: pytest.FixtureRequest) -> tuple[str, list[dict]]:
+    return request.param, _render(PROFILES[request.param])
+
+
+def _pod_specs(docs: list[dict]) -> list[tuple[str, dict]]:
+    """(where, pod template) of every workload, KubeRay head and worker groups included."""
+    pods = []
+    for doc in docs:
+        name = f"{doc['kind']}/{doc['metadata']['name']}"
+        if doc["kind"] == "Deployment":
+            pods.append((name, doc["spec"]["template"]))
+        cluster = (
+            doc["spec"].get("rayClusterConfig", doc["spec"]) if doc["kind"] in ("RayCluster", "RayService") else None
+        )
+        if cluster is not None:
+            pods.append((f"{name}/head", cluster["headGroupSpec"]["template"]))
+            pods += [(f"{name}/{g['groupName']}", g["template"]) for g in cluster["workerGroupSpecs"]]
+    return pods
+
+
+def _unknown_fields(value: Any, schema: dict, path: str = "") -> list[str]:
+    """Fields a structural schema does not declare (the API server would prune them silently)."""
+    if isinstance(value, dict) and schema.get("type") == "object":
+        if schema.get("x-kubernetes-preserve-unknown-fields") or "properties" not in schema:
+            return []
+        found = []
+        for key, item in value.items():
+            if key not in schema["properties"]:
+                found.append(f"{path}.{key}")
+            else:
+                found += _unknown_fields(item, schema["properties"][key], f"{path}.{key}")
+        return found
+    if isinstance(value, list) and "items" in schema:
+        return [f for i, item in enumerate(value) for f in _unknown_fields(item, schema["items"], f"{path}[{i}]")]
+    return []
+
+
+def _by_kind(docs: list[dict], kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+# -- images ---------------------------------------------------------------------------------------
 
 
 def test_dockerfiles_lint_clean() -> None:
@@ -37,81 +102,369 @@ def test_dockerfiles_lint_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_dockerfiles_run_as_non_root_with_pinned_bases() -> None:
-    for name in ("Dockerfile.train", "Dockerfile.serve"):
-        text = (REPO / name).read_text()
-        assert "USER 10001" in text, name
-        assert ":latest" not in text and "python:3.11.11-slim-bookworm" in text, name
-        assert not any(ext in text for ext in (".safetensors", ".gguf", ".bin ")), name  # no weights baked in
+def _stages(dockerfile: str) -> list[tuple[str, str, list[str]]]:
+    """(base, stage name, instructions) of each stage, ARG defaults substituted into FROM."""
+    text = (REPO / dockerfile).read_text().replace("\\\n", " ")
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)", text, flags=re.MULTILINE))
+    stages: list[tuple[str, str, list[str]]] = []
+    for line in text.splitlines():
+        if line.startswith("FROM "):
+            parts = line.split()
+            base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], parts[1])
+            stages.append((base, parts[3] if len(parts) > 3 else "", []))
+        elif stages and line.strip() and not line.startswith("#"):
+            stages[-1][2].append(line.strip())
+    return stages
 
 
-def test_helm_lint_strict_passes() -> None:
-    helm = _tool(deploy.HELM, "helm")
-    result = subprocess.run([helm, "lint", "--strict", str(deploy.CHART)], capture_output=True, text=True)
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.train", "Dockerfile.serve"])
+def test_images_are_multi_stage_non_root_pinned_and_weightless(dockerfile: str) -> None:
+    stages = _stages(dockerfile)
+    assert len(stages) >= 2
+    for base, _, _ in stages:
+        assert ":" in base and not base.endswith(":latest"), base  # a pinned tag on every base
+    finals = [s for s in stages if any(i.startswith("COPY --from=") for i in s[2])]
+    assert finals, "no stage copies the built environment"
+    for _base, name, instructions in finals:
+        assert "USER 10001:10001" in instructions, (dockerfile, name)
+        assert any(i.startswith("LABEL") and "org.opencontainers.image.version" in i for i in instructions), name
+        assert not any(re.search(r"\.(safetensors|gguf|pt|bin)\b", i) for i in instructions), name
+    cuda = [s for s in stages if s[0].startswith("nvidia/cuda:")]
+    assert cuda, "GPU images start from a CUDA base"
+    assert "ray_jobs" in (REPO / ".dockerignore").read_text()
+
+
+def test_the_training_image_compiles_deepspeed_ops_at_build_time() -> None:
+    build = _stages("Dockerfile.train")[0]
+    assert "devel" in build[0]
+    text = " ".join(build[2])
+    assert "DS_BUILD_FUSED_ADAM=1" in text and "DS_BUILD_CPU_ADAM=1" in text and "8.9" in text  # RTX 4090
+
+
+def test_entry_points_the_images_and_chart_name_exist(profile: tuple[str, list[dict]]) -> None:
+    from tuneforge.services import COMPONENTS
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for dockerfile in ("Dockerfile.train", "Dockerfile.serve"):
+        for _, stage, instructions in _stages(dockerfile):
+            commands = {
+                i.split(" ", 1)[0]: json.loads(i.split(" ", 1)[1])
+                for i in instructions
+                if i.startswith(("ENTRYPOINT", "CMD"))
+            }
+            command = commands.get("ENTRYPOINT", []) + commands.get("CMD", [])
+            if command and command[0] == "tuneforge":
+                assert "tuneforge" in project["scripts"] and command[1] == "serve" and command[2] in COMPONENTS, stage
+            elif command:
+                assert command[:2] == ["ray", "start"], (dockerfile, stage, command)  # ray is in the train extra
+            for instruction in instructions:
+                extras = re.search(r'"\.\[(\w+)\]"', instruction)
+                if extras:
+                    assert extras.group(1) in project["optional-dependencies"], instruction
+    assert any(name == "control" for _, name, _ in _stages("Dockerfile.serve"))
+    assert "COPY --from=build /src/ray_jobs /opt/tuneforge-jobs/ray_jobs" in _stages("Dockerfile.train")[-1][2]
+
+    _, docs = profile
+    for deployment in _by_kind(docs, "Deployment").values():
+        args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert args[0] == "serve" and args[1] in COMPONENTS
+    settings = yaml.safe_load(_by_kind(docs, "ConfigMap")["tuneforge-settings"]["data"]["training.yaml"])
+    script = Path(settings["training"]["script"])
+    assert (
+        script.parts[:3] == ("/", "opt", "tuneforge-jobs")
+        and (REPO / script.relative_to("/opt/tuneforge-jobs")).is_file()
+    )
+    for service in _by_kind(docs, "RayService").values():
+        for app in yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]:
+            module, _, attribute = app["import_path"].partition(":")
+            assert hasattr(importlib.import_module(module), attribute), app["import_path"]
+
+
+# -- chart ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_helm_lint_strict_passes_for_every_profile(name: str) -> None:
+    result = _helm("lint", "--strict", str(deploy.CHART), *PROFILES[name])
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_rendered_objects_validate_against_kubernetes_schemas(rendered: list[dict]) -> None:
+def test_rendered_objects_validate_against_kubernetes_and_kuberay_schemas(profile: tuple[str, list[dict]]) -> None:
+    import jsonschema
     import kubernetes_validate
 
-    for doc in rendered:
-        kubernetes_validate.validate(doc, "1.33", strict=True)
+    _, docs = profile
+    crds = {}
+    if not KUBERAY_CRDS.is_dir():
+        pytest.skip(f"KubeRay CRDs not found at {KUBERAY_CRDS}; set TUNEFORGE_KUBERAY_CRDS to their directory")
+    for path in KUBERAY_CRDS.glob("ray.io_*.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        for version in crd["spec"]["versions"]:
+            crds[(f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])] = version["schema"][
+                "openAPIV3Schema"
+            ]
+    kinds = set()
+    for doc in docs:
+        kinds.add(doc["kind"])
+        schema = crds.get((doc["apiVersion"], doc["kind"]))
+        if schema is not None:
+            errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
+            assert not errors, f"{doc['kind']}: " + "; ".join(f"{list(e.path)}: {e.message}" for e in errors[:5])
+            unknown = [f for f in _unknown_fields(doc["spec"], schema["properties"]["spec"], "spec")]
+            assert not unknown, f"{doc['kind']} fields the CRD does not know: {unknown}"
+        elif doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            assert doc["kind"] == "ServiceMonitor" and doc["spec"]["endpoints"][0]["port"] == "metrics"
+        else:
+            kubernetes_validate.validate(doc, "1.33", strict=True)
+    assert {"RayCluster", "RayService", "NetworkPolicy", "ConfigMap"} <= kinds
 
 
-def test_every_object_carries_the_standard_labels(rendered: list[dict]) -> None:
-    for doc in rendered:
+def test_every_object_and_pod_carries_the_helper_labels(profile: tuple[str, list[dict]]) -> None:
+    _, docs = profile
+    standard = {
+        "app.kubernetes.io/name": "tuneforge",
+        "app.kubernetes.io/instance": "tuneforge",
+        "app.kubernetes.io/version": "0.1.0",
+        "app.kubernetes.io/managed-by": "Helm",
+        "helm.sh/chart": "tuneforge-0.2.0",
+    }
+    for doc in docs:
         labels = doc["metadata"]["labels"]
-        for key in (
-            "app.kubernetes.io/name",
-            "app.kubernetes.io/instance",
-            "app.kubernetes.io/version",
-            "app.kubernetes.io/managed-by",
-            "helm.sh/chart",
-        ):
-            assert key in labels, (doc["kind"], doc["metadata"]["name"], key)
+        assert standard.items() <= labels.items(), (doc["kind"], doc["metadata"]["name"])
         assert len(doc["metadata"]["name"]) <= 63
+    for where, pod in _pod_specs(docs):
+        assert standard.items() <= pod["metadata"]["labels"].items(), where
+        assert "app.kubernetes.io/component" in pod["metadata"]["labels"], where
 
 
-def test_service_pods_are_locked_down_and_gpu_requests_equal_limits(rendered: list[dict]) -> None:
-    deployments = {d["metadata"]["name"]: d for d in rendered if d["kind"] == "Deployment"}
-    assert set(deployments) == {f"tuneforge-{n}" for n in ("curation", "training", "evaluation", "inference")}
-    for name, deployment in deployments.items():
-        pod = deployment["spec"]["template"]["spec"]
-        assert pod["securityContext"]["runAsNonRoot"] is True
-        container = pod["containers"][0]
-        assert container["securityContext"]["readOnlyRootFilesystem"] is True
-        assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
-        assert container["readinessProbe"]["grpc"]["port"] == 50051
-        assert not container["image"].endswith(":latest")
-        resources = container["resources"]
-        if "nvidia.com/gpu" in resources.get("limits", {}):
-            assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"]
-            assert "startupProbe" in container, name
-            assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in pod["volumes"])
-    assert (
-        "nvidia.com/gpu"
-        in deployments["tuneforge-inference"]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
-    )
+def test_every_container_has_resources_probes_and_a_locked_down_context(profile: tuple[str, list[dict]]) -> None:
+    _, docs = profile
+    pods = _pod_specs(docs)
+    assert len(pods) >= 6
+    for where, template in pods:
+        spec = template["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0, where
+        assert spec.get("automountServiceAccountToken") is False, where
+        for container in spec["containers"]:
+            resources = container["resources"]
+            assert resources.get("requests") and resources.get("limits"), where
+            assert "readinessProbe" in container and "livenessProbe" in container, where
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, where
+            assert context["readOnlyRootFilesystem"] is True, where
+            assert context["capabilities"]["drop"] == ["ALL"], where
+            if "nvidia.com/gpu" in resources["limits"]:
+                assert resources["requests"] == resources["limits"], where  # GPU pods: requests = limits
+                assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in spec["volumes"]), where
 
 
-def test_settings_in_the_configmap_load(rendered: list[dict], tmp_path: Path) -> None:
+def test_training_workers_take_whole_4_gpu_nodes_and_the_cpu_profile_none(profile: tuple[str, list[dict]]) -> None:
+    name, docs = profile
+    (cluster,) = _by_kind(docs, "RayCluster").values()
+    groups = cluster["spec"]["workerGroupSpecs"]
+    assert len(groups) == 1
+    worker = groups[0]["template"]["spec"]
+    resources = worker["containers"][0]["resources"]
+    gpus = resources["limits"].get("nvidia.com/gpu")
+    if name == "cpu":
+        assert not any(
+            "nvidia.com/gpu" in c["resources"]["limits"] for _, p in _pod_specs(docs) for c in p["spec"]["containers"]
+        )
+        return
+    assert gpus == resources["requests"]["nvidia.com/gpu"] == 4
+    assert any(t["key"] == "nvidia.com/gpu" for t in worker["tolerations"])
+    assert any(v["name"] == "dshm" and v["emptyDir"]["medium"] == "Memory" for v in worker["volumes"])
+    assert groups[0]["minReplicas"] <= groups[0]["replicas"] <= groups[0]["maxReplicas"] or groups[0]["replicas"] == 0
+    head = cluster["spec"]["headGroupSpec"]
+    assert head["rayStartParams"]["num-gpus"] == "0"  # training never lands on the head
+    if name == "gpu-4x4090":
+        assert worker["nodeSelector"] == {"tuneforge.dev/gpu-pool": "rtx4090"}
+        assert cluster["spec"]["enableInTreeAutoscaling"] is True
+
+
+def test_no_secret_reaches_a_configmap_or_an_env_literal(profile: tuple[str, list[dict]]) -> None:
+    _, docs = profile
+    sentinel = "postgresql+psycopg://admin:hunter2@db:5432/tuneforge"
+    for doc in docs:
+        text = yaml.safe_dump(doc)
+        assert "hunter2" not in text and sentinel not in text
+        if doc["kind"] == "ConfigMap":
+            for content in doc["data"].values():
+                assert not re.search(r"postgres\S*://|password|inference_api_key|tf_[\w-]{16,}", content, re.IGNORECASE)
+    for where, template in _pod_specs(docs):
+        for container in template["spec"]["containers"]:
+            for env in container.get("env", []):
+                if SECRETISH.search(env["name"]) and env["name"] != "RAY_AUTH_MODE":
+                    assert "value" not in env and "secretKeyRef" in env["valueFrom"], (where, env["name"])
+
+
+def test_image_tags_are_pinned_and_latest_is_refused(profile: tuple[str, list[dict]]) -> None:
+    _, docs = profile
+    for where, template in _pod_specs(docs):
+        for container in template["spec"]["containers"]:
+            repository, _, tag = container["image"].rpartition(":")
+            assert repository and re.fullmatch(r"\d+\.\d+\.\d+[\w.-]*", tag), (where, container["image"])
+    for setting in ("controlImage.tag=latest", "curation.image.tag=latest", "rayCluster.image.tag=latest"):
+        result = _helm("template", "t", str(deploy.CHART), "--set", setting)
+        assert result.returncode != 0 and "tag" in result.stderr, setting
+
+
+def test_settings_files_load_and_wire_the_roles_together(profile: tuple[str, list[dict]], tmp_path: Path) -> None:
     from tuneforge.common.settings import load_settings
 
-    config = next(d for d in rendered if d["kind"] == "ConfigMap")["data"]["tuneforge.yaml"]
-    path = tmp_path / "tuneforge.yaml"
-    path.write_text(config)
-    settings = load_settings(path)
-    assert settings.host == "0.0.0.0" and settings.auth.mode == "api_keys"
+    _, docs = profile
+    data = _by_kind(docs, "ConfigMap")["tuneforge-settings"]["data"]
+    loaded = {}
+    env = {"TUNEFORGE_EVALUATION__INFERENCE_API_KEY": "tf_service_key_for_the_test"}
+    for file_name, content in data.items():
+        path = tmp_path / file_name
+        path.write_text(content)
+        previous = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            loaded[file_name] = load_settings(path)
+        finally:
+            for key, value in previous.items():
+                os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+        assert loaded[file_name].auth.mode == "api_keys" and loaded[file_name].host == "0.0.0.0"
+    (cluster,) = _by_kind(docs, "RayCluster")
+    assert loaded["training.yaml"].training.ray_address == f"http://{cluster}-head-svc.tuneforge.svc:8265"
+    services = _by_kind(docs, "Service")
+    host, _, port = loaded["evaluation.yaml"].evaluation.inference_address.partition(":")
+    assert host in services and int(port) in [p["port"] for p in services[host]["spec"]["ports"]]
+    ((rayservice_name, rayservice),) = _by_kind(docs, "RayService").items()
+    app = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"][0]
+    inference = loaded["inference.yaml"].inference
+    assert inference.serve_app == app["name"]
+    assert inference.ray_address == f"ray://{rayservice_name}-head-svc.tuneforge.svc:10001"
+    evaluation = _by_kind(docs, "Deployment")["tuneforge-evaluation"]["spec"]["template"]["spec"]["containers"][0]
+    key = next(e for e in evaluation["env"] if e["name"] == "TUNEFORGE_EVALUATION__INFERENCE_API_KEY")
+    assert key["valueFrom"]["secretKeyRef"]["name"] == "tuneforge-service-key"
 
 
-def test_schema_refuses_a_latest_tag() -> None:
-    helm = _tool(deploy.HELM, "helm")
-    result = subprocess.run(
-        [helm, "template", "t", str(deploy.CHART), "--set", "image.tag=latest"], capture_output=True, text=True
-    )
-    assert result.returncode != 0 and "image/tag" in result.stderr
+def test_disruption_budgets_exist_exactly_where_replicas_exceed_one(profile: tuple[str, list[dict]]) -> None:
+    _, docs = profile
+    budgets = _by_kind(docs, "PodDisruptionBudget")
+    for name, deployment in _by_kind(docs, "Deployment").items():
+        assert (name in budgets) == (deployment["spec"]["replicas"] > 1), name
+        if name in budgets:
+            assert budgets[name]["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_sqlite_is_refused_unless_asked_for_and_then_only_with_single_replicas() -> None:
+    refused = _helm("template", "t", str(deploy.CHART), "--set", "database.existingSecret=")
+    assert refused.returncode != 0 and "database.existingSecret" in refused.stderr
+    crowded = _helm("template", "t", str(deploy.CHART), *PROFILES["cpu"], "--set", "curation.replicas=2")
+    assert crowded.returncode != 0 and "curation.replicas > 1 needs PostgreSQL" in crowded.stderr
+    _render(PROFILES["cpu"])  # one replica each: fine
+
+
+# -- network policies -----------------------------------------------------------------------------
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    if not all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        if expression["operator"] == "In" and labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+def _allowed(docs: list[dict], source: dict | str, target: dict, port: int) -> bool:
+    """Kubernetes NetworkPolicy ingress semantics for one connection inside the release's namespace.
+
+    `source` is a pod's labels, or the name of another namespace (matched by namespaceSelector on
+    `kubernetes.io/metadata.name`)."""
+    policies = [
+        p
+        for p in _by_kind(docs, "NetworkPolicy").values()
+        if "Ingress" in p["spec"]["policyTypes"] and _selects(p["spec"]["podSelector"], target)
+    ]
+    if not policies:
+        return True
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            ports = [p["port"] for p in rule.get("ports", [])]
+            if ports and port not in ports:
+                continue
+            peers = rule.get("from")
+            if peers is None:
+                return True
+            for peer in peers:
+                if isinstance(source, str):
+                    names = peer.get("namespaceSelector", {}).get("matchLabels", {})
+                    if "namespaceSelector" in peer and names.get("kubernetes.io/metadata.name") == source:
+                        return True
+                elif (
+                    "podSelector" in peer and "namespaceSelector" not in peer and _selects(peer["podSelector"], source)
+                ):
+                    return True
+    return False
+
+
+def test_network_policies_admit_only_the_paths_the_design_needs() -> None:
+    docs = _render(PROFILES["gpu-4x4090"])
+    pods = {
+        t["metadata"]["labels"]["app.kubernetes.io/component"]: t["metadata"]["labels"] for _, t in _pod_specs(docs)
+    }
+    assert set(pods) == {"curation", "training", "evaluation", "inference", "training-ray", "inference-ray"}
+    allowed = [
+        ("evaluation", "inference", 50051),
+        ("training", "training-ray", 8265),
+        ("inference", "inference-ray", 10001),
+        ("training-ray", "training-ray", 6379),
+        ("inference-ray", "inference-ray", 52365),
+        ("ingress-nginx", "inference", 8000),
+        ("ingress-nginx", "curation", 50051),
+        ("kuberay-system", "inference-ray", 8265),
+        ("monitoring", "training", 9090),
+        ("monitoring", "training-ray", 8080),
+    ]
+    denied = [
+        ("curation", "training-ray", 8265),  # only the training service submits jobs
+        ("evaluation", "training-ray", 8265),
+        ("training", "inference-ray", 10001),  # only the inference front joins the Serve cluster
+        ("curation", "inference", 50051),  # with apiFrom set, service pods are not clients
+        ("inference-ray", "training-ray", 6379),  # the two Ray clusters stay apart
+        ("some-other-namespace", "curation", 50051),
+        ("monitoring", "curation", 50051),
+    ]
+    for source, target, port in allowed + denied:
+        origin = pods.get(source, source)
+        expected = (source, target, port) in allowed
+        assert _allowed(docs, origin, pods[target], port) is expected, (source, target, port)
+    default_docs = _render(PROFILES["default"])  # no apiFrom: any client may call the APIs, nothing else
+    default_pods = {
+        t["metadata"]["labels"]["app.kubernetes.io/component"]: t["metadata"]["labels"]
+        for _, t in _pod_specs(default_docs)
+    }
+    assert _allowed(default_docs, "anywhere", default_pods["inference"], 50051)
+    assert not _allowed(default_docs, "anywhere", default_pods["training-ray"], 8265)
+
+
+def test_the_service_monitor_scrapes_every_service_metrics_port() -> None:
+    docs = _render(PROFILES["gpu-4x4090"])
+    (monitor,) = _by_kind(docs, "ServiceMonitor").values()
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    scraped = [
+        s for s in _by_kind(docs, "Service").values() if _selects(monitor["spec"]["selector"], s["metadata"]["labels"])
+    ]
+    assert len(scraped) == 4 and all(any(p["name"] == "metrics" for p in s["spec"]["ports"]) for s in scraped)
+    assert not _by_kind(_render(PROFILES["default"]), "ServiceMonitor")
+
+
+# -- plain manifests ------------------------------------------------------------------------------
 
 
 def test_plain_manifests_match_the_chart() -> None:
     _tool(deploy.HELM, "helm")
     assert deploy.MANIFEST.read_text() == deploy.expected_manifest(), "k8s/ is stale: run `make k8s`"
+
+
+def test_plain_manifests_cover_every_role() -> None:
+    docs = [d for d in yaml.safe_load_all(deploy.MANIFEST.read_text()) if d]
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    for role in ("curation", "training", "evaluation", "inference"):
+        assert ("Deployment", f"tuneforge-{role}") in kinds
+    assert any(k == "RayCluster" for k, _ in kinds) and any(k == "RayService" for k, _ in kinds)

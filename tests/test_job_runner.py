@@ -78,3 +78,61 @@ def test_the_local_head_is_found_again_and_stopped(tmp_path: Path) -> None:
     finally:
         head.stop()
     assert LocalRayHead(tmp_path / "ray").running_address() is None
+
+
+class AgentlessRay(FakeRay):
+    """A head whose dashboard answers but which has no agent to run jobs on."""
+
+    def submit(self, submission_id: str, entrypoint: str, env: dict[str, str]) -> None:
+        raise RuntimeError(
+            "Request failed with status code 500: No available agent to submit job, please try again later.."
+        )
+
+
+class FakeHead:
+    def __init__(self) -> None:
+        self.stopped = 0
+
+    def running_address(self) -> str:
+        return "http://127.0.0.1:1"
+
+    def stop(self) -> None:
+        self.stopped += 1
+
+
+def test_a_managed_head_without_a_job_agent_is_restarted(tmp_path: Path, monkeypatch) -> None:
+    import asyncio
+
+    from tuneforge.training import runner as runner_module
+
+    settings = load_settings(
+        None,
+        home=tmp_path,
+        auth={"mode": "local"},
+        models={"cache_dir": str(MODEL_CACHE)},
+        training={"poll_interval_s": 0.05},
+    )
+    metadata = MetadataStore(settings.database_url)
+    metadata.migrate()
+    artifacts = ArtifactStore(settings.artifact_root)
+    jobs = JobStore(metadata)
+    runner = JobRunner(
+        settings, jobs, AdapterRegistry(metadata, artifacts), metadata, artifacts, ModelResolver(MODEL_CACHE)
+    )
+    head, healthy = FakeHead(), FakeRay()
+    runner.head, runner.ray = head, AgentlessRay()
+    monkeypatch.setattr(runner_module, "AGENTLESS_RESTART_S", 0.3)
+    monkeypatch.setattr(runner, "connect", lambda: setattr(runner, "ray", healthy))
+    job = jobs.create(
+        "acme", JobSpecInput(base_model="tiny-qwen2", dataset_version_id="dsv-" + "a" * 24, adapter_name="a")
+    )
+
+    async def run_for(seconds: float) -> None:
+        task = asyncio.create_task(runner._loop())
+        await asyncio.sleep(seconds)
+        task.cancel()
+
+    asyncio.run(run_for(1.5))
+    assert head.stopped == 1  # restarted once, not on every failed tick
+    assert healthy.submitted == [f"{job.id}-1"]  # the job goes to the new head
+    metadata.close()

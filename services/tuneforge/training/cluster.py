@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -96,7 +97,38 @@ class RayJobs:
         )
 
 
+def _ephemeral_low() -> int:
+    """Lowest port the kernel hands out for port-0 binds (32768 on Linux by default)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_taken: set[int] = set()
+
+
 def _free_port() -> int:
+    """A free port below the ephemeral range.
+
+    Ray binds the ports it is given some seconds later; a port from the ephemeral range could be
+    handed to any port-0 bind on the machine meanwhile (a lost race left a head whose dashboard
+    agent never listened, so no job could be submitted). Ports below that range only collide with
+    other explicit choices, and those are random.
+    """
+    low, high = 20000, max(20001, _ephemeral_low())
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(low, high)
+        if port in _taken:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))  # noqa: S104 - a probe: the agent binds every interface
+            except OSError:
+                continue
+        _taken.add(port)
+        return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

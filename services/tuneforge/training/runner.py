@@ -25,6 +25,7 @@ import os
 import re
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -47,6 +48,10 @@ log = get_logger(__name__)
 
 #: Resubmissions of a job whose submission the cluster lost (its head restarted), beyond `max_failures`.
 EXTRA_RESUBMISSIONS = 2
+#: What Ray's Job API answers while no dashboard agent runs on the head.
+NO_AGENT = "No available agent to submit job"
+#: Seconds a managed local head may go without an agent before it is restarted.
+AGENTLESS_RESTART_S = 60.0
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 #: Largest chunk of a metrics log read per job and tick.
 MAX_LOG_READ = 1 << 20
@@ -122,6 +127,7 @@ class JobRunner:
         self.models = models
         self.ray: RayJobs | None = None
         self.head: LocalRayHead | None = None
+        self._agentless_since: float | None = None
         self._task: asyncio.Task[None] | None = None
 
     # -- cluster -------------------------------------------------------------------------------
@@ -178,6 +184,16 @@ class JobRunner:
                     # the local head died under us: start a new one; its jobs come back as lost and resume
                     log.warning("local_ray_lost_restarting")
                     await asyncio.to_thread(self.connect)
+                elif (
+                    self.head is not None
+                    and self._agentless_since is not None
+                    and (time.monotonic() - self._agentless_since > AGENTLESS_RESTART_S)
+                ):
+                    # its dashboard answers but no agent takes jobs: a head that cannot run anything
+                    log.warning("local_ray_without_agent_restarting", seconds=AGENTLESS_RESTART_S)
+                    await asyncio.to_thread(self.head.stop)
+                    self._agentless_since = None
+                    await asyncio.to_thread(self.connect)
                 await asyncio.to_thread(self.tick)
             except Exception as exc:  # a broken tick must not end the runner; the next one retries
                 log.error("job_runner_tick_failed", error=repr(exc))
@@ -199,7 +215,11 @@ class JobRunner:
                     self._submit(job)
                     submitted[job.tenant] = submitted.get(job.tenant, 0) + 1
             except Exception as exc:
+                if NO_AGENT in str(exc):
+                    self._agentless_since = self._agentless_since or time.monotonic()
                 log.error("job_reconcile_failed", job_id=job.id, error=repr(exc))
+            else:
+                self._agentless_since = None
 
     def stop_submission(self, runner_id: str) -> None:
         """Stops a submission at once (a QUEUED job cancelled after it was submitted)."""
