@@ -282,6 +282,21 @@ def test_training_workers_take_whole_4_gpu_nodes_and_the_cpu_profile_none(profil
         assert cluster["spec"]["enableInTreeAutoscaling"] is True
 
 
+def test_inference_pods_wait_long_enough_for_the_model_to_load(profile: tuple[str, list[dict]]) -> None:
+    _, docs = profile
+    (service,) = _by_kind(docs, "RayService").values()
+    assert service["spec"]["deploymentUnhealthySecondThreshold"] >= 600
+    for group in service["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+        probe = group["template"]["spec"]["containers"][0]["startupProbe"]
+        assert (
+            probe["periodSeconds"] * probe["failureThreshold"] >= service["spec"]["deploymentUnhealthySecondThreshold"]
+        )
+        assert "8000/-/healthz" in probe["exec"]["command"][-1]  # the Serve proxy, not just the raylet
+    front = _by_kind(docs, "Deployment")["tuneforge-inference"]["spec"]["template"]["spec"]["containers"][0]
+    assert front["startupProbe"]["grpc"]["service"] == "tuneforge.v1.InferenceService"
+    assert {p["name"] for p in _by_kind(docs, "Service")["tuneforge-inference"]["spec"]["ports"]} >= {"grpc", "http"}
+
+
 def test_no_secret_reaches_a_configmap_or_an_env_literal(profile: tuple[str, list[dict]]) -> None:
     _, docs = profile
     sentinel = "postgresql+psycopg://admin:hunter2@db:5432/tuneforge"
@@ -329,6 +344,8 @@ def test_settings_files_load_and_wire_the_roles_together(profile: tuple[str, lis
         assert loaded[file_name].auth.mode == "api_keys" and loaded[file_name].host == "0.0.0.0"
     (cluster,) = _by_kind(docs, "RayCluster")
     assert loaded["training.yaml"].training.ray_address == f"http://{cluster}-head-svc.tuneforge.svc:8265"
+    training = _by_kind(docs, "Deployment")["tuneforge-training"]["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "RAY_ADDRESS", "value": loaded["training.yaml"].training.ray_address} in training["env"]
     services = _by_kind(docs, "Service")
     host, _, port = loaded["evaluation.yaml"].evaluation.inference_address.partition(":")
     assert host in services and int(port) in [p["port"] for p in services[host]["spec"]["ports"]]

@@ -196,6 +196,18 @@ spec:
           containerPort: 8080
           protocol: TCP
       {{- end }}
+      {{- if .startupSeconds }}
+      # Serve replicas download and load the base model before the proxy reports healthy
+      startupProbe:
+        exec:
+          command:
+            - bash
+            - -c
+            - wget -T 2 -q -O- http://localhost:52365/api/local_raylet_healthz | grep success{{ if and .serve (not .head) }} && wget -T 2 -q -O- http://localhost:8000/-/healthz | grep success{{ end }}
+        periodSeconds: 10
+        timeoutSeconds: 2
+        failureThreshold: {{ div .startupSeconds 10 }}
+      {{- end }}
       readinessProbe:
         exec:
           command:
