@@ -9,6 +9,7 @@ tokens/s (real, non-padding tokens) and peak memory. Prints one line: RESULT {js
 
     python benchmarks/train_throughput.py --rows 1 --row 4096 --r 16 --targets all7 --gc 0
     python benchmarks/train_throughput.py --rows 1 --gc 1 --memory-cap-gib 22   # one 24 GiB card
+    python benchmarks/train_throughput.py --rows 1 --gc 0 --compile 1 --fp8 1   # base matmuls in float8
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ def main() -> int:
     parser.add_argument("--pool", type=int, default=64, help="samples to pack from per step (more fills rows better)")
     parser.add_argument("--profile", type=int, default=0, help="print where one step's GPU time goes")
     parser.add_argument("--fused-adamw", type=int, default=1, help="AdamW(fused=True)")
+    parser.add_argument("--fp8", type=int, default=0, help="frozen base matmuls in float8 (base_precision: fp8)")
     args = parser.parse_args()
 
     from peft import LoraConfig, get_peft_model
@@ -136,6 +138,11 @@ def main() -> int:
         ),
     )
     model.train()
+    if args.fp8:
+        from tuneforge.training.fp8 import convert_lora_base_layers
+
+        convert_lora_base_layers(model)
+        torch.cuda.empty_cache()
     if args.compile:
         for layer in model.get_base_model().get_decoder().layers:
             layer.compile()
@@ -168,7 +175,7 @@ def main() -> int:
                 yield batch.to("cuda")
 
     stream = batches()
-    times, tokens, trained = [], [], []
+    times, tokens, trained, losses = [], [], [], []
     torch.cuda.reset_peak_memory_stats()
     for step in range(args.steps + 2):
         batch = next(stream)
@@ -183,6 +190,7 @@ def main() -> int:
             times.append(time.time() - t)
             tokens.append(batch.num_tokens)
             trained.append(count)
+        losses.append(round(float(loss_sum) / max(int(count), 1), 4))  # same seeds: comparable across runs
     if args.profile:
         _profile(lambda: _step(model, next(stream), optimizer, varlen, args.chunk))
     tps = sum(tokens) / sum(times)
@@ -203,6 +211,7 @@ def main() -> int:
         "chunk": args.chunk,
         "memory_cap_gib": args.memory_cap_gib,
         "compile": args.compile,
+        "fp8": args.fp8,
         "pool": args.pool,
         "tokens_per_s": round(tps),
         "step_s": round(sum(times) / len(times), 3),
@@ -212,6 +221,7 @@ def main() -> int:
         "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
         "model_tflops_per_s": round(tps * flops_per_token / 1e12, 1),
         "build_s": round(build_s, 1),
+        "losses": losses,
         "gpu": torch.cuda.get_device_name(),
         "torch": torch.__version__,
     }

@@ -94,6 +94,9 @@ def test_the_model_s_linear_layers_are_listed_without_loading_weights(resolver: 
         ({"adapter_name": "Bad Name"}, "spec.adapter_name"),
         ({"lora_r": 0}, "spec.lora.r"),
         ({"deepspeed_stage": 1}, "spec.deepspeed.stage"),
+        ({"base_precision": "fp4"}, "spec.lora.base_precision"),
+        ({"base_precision": "fp8"}, "spec.lora.base_precision"),  # fp8 needs GPUs
+        ({"base_precision": "fp8", "use_gpu": True, "method": "full"}, "spec.lora.base_precision"),
     ],
 )
 def test_each_bad_field_is_named(metadata: MetadataStore, resolver: ModelResolver, overrides: dict, field: str) -> None:

@@ -324,7 +324,12 @@ def _job_spec(args: argparse.Namespace):  # -> training_pb2.JobSpec
             setattr(spec, name, value)
     if args.method:
         spec.method = training_pb2.TrainingMethod.Value(f"TRAINING_METHOD_{args.method.upper()}")
-    lora = {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout}
+    lora = {
+        "r": args.lora_r,
+        "alpha": args.lora_alpha,
+        "dropout": args.lora_dropout,
+        "base_precision": args.base_precision,
+    }
     for name, value in lora.items():
         if value is not None:
             setattr(spec.lora, name, value)
@@ -712,6 +717,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--lora-alpha", type=float)
     create.add_argument("--lora-dropout", type=float)
     create.add_argument("--target-modules", help="comma-separated module names, or all-linear")
+    create.add_argument(
+        "--base-precision", choices=["bf16", "fp8"], help="frozen base matmuls in float8 on Ada/Hopper GPUs (LoRA)"
+    )
     for flag, kind in (
         ("--learning-rate", float),
         ("--epochs", float),

@@ -34,6 +34,7 @@ class JobSpecInput:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.1
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    base_precision: str = "bf16"
     learning_rate: float = 0.0
     epochs: float = 1.0
     max_steps: int = 0
@@ -96,6 +97,12 @@ def validate_job_spec(
     check(1 <= spec.lora_r <= 256, "spec.lora.r", "must be between 1 and 256")
     check(spec.lora_alpha > 0, "spec.lora.alpha", "must be positive")
     check(0 <= spec.lora_dropout < 1, "spec.lora.dropout", "must be in [0, 1)")
+    check(spec.base_precision in ("bf16", "fp8"), "spec.lora.base_precision", "must be bf16 or fp8")
+    check(
+        spec.base_precision != "fp8" or (spec.method == "lora" and spec.use_gpu),
+        "spec.lora.base_precision",
+        "fp8 needs LORA on GPUs (use_gpu): full fine-tuning trains the base weights",
+    )
     check(0 < spec.learning_rate <= 1, "spec.hyperparameters.learning_rate", "must be in (0, 1]")
     check(spec.epochs > 0 or spec.max_steps > 0, "spec.hyperparameters.epochs", "give epochs or max_steps")
     check(spec.max_steps >= 0, "spec.hyperparameters.max_steps", "must not be negative")

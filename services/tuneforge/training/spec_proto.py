@@ -25,6 +25,7 @@ def spec_input(message: training_pb2.JobSpec) -> JobSpecInput:
         lora_alpha=lora.alpha or 16.0,
         lora_dropout=lora.dropout if lora.HasField("dropout") else 0.1,
         target_modules=list(lora.target_modules),
+        base_precision=lora.base_precision or "bf16",
         learning_rate=hyper.learning_rate,
         epochs=hyper.epochs or 1.0,
         max_steps=hyper.max_steps,
@@ -58,7 +59,11 @@ def spec_message(spec: JobSpecInput) -> training_pb2.JobSpec:
         adapter_name=spec.adapter_name,
         method=training_pb2.TRAINING_METHOD_FULL if spec.method == "full" else training_pb2.TRAINING_METHOD_LORA,
         lora=training_pb2.LoraSpec(
-            r=spec.lora_r, alpha=spec.lora_alpha, dropout=spec.lora_dropout, target_modules=spec.target_modules
+            r=spec.lora_r,
+            alpha=spec.lora_alpha,
+            dropout=spec.lora_dropout,
+            target_modules=spec.target_modules,
+            base_precision=spec.base_precision,
         ),
         deepspeed=training_pb2.DeepSpeedSpec(
             stage=spec.deepspeed_stage,

@@ -46,6 +46,8 @@ class TrainConfig:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.1
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    #: `fp8`: the frozen base weights' matmuls in float8 (see `tuneforge.training.fp8`).
+    base_precision: str = "bf16"
     learning_rate: float = 2e-4
     epochs: float = 1.0
     max_steps: int = 0
@@ -145,6 +147,15 @@ def _build_model(config: TrainConfig, device: torch.device) -> tuple[Any, Any, b
                 task_type="CAUSAL_LM",
             ),
         )
+        if config.base_precision == "fp8":
+            from tuneforge.training.fp8 import convert_lora_base_layers, fp8_supported
+
+            if not fp8_supported(device):
+                raise RuntimeError(
+                    f"base_precision fp8 needs a GPU with float8 tensor cores (compute capability 8.9+, e.g. RTX 4090, "
+                    f"H100); {torch.cuda.get_device_name(device)} has none: use bf16"
+                )
+            convert_lora_base_layers(model)
     return model, tokenizer, varlen
 
 

@@ -1,3 +1,3 @@
 """Digest of the .proto sources this package was generated from (written by `make proto`)."""
 
-PROTO_SOURCES_SHA256 = "554713ac0ce350d8a26a09ad4abee8b7f893ee6502aa100489e21f04de2e4d2c"
+PROTO_SOURCES_SHA256 = "70c053453d77645192ee073c8af586a4f6f18844a9c1af1bfec4e5edf4f08543"

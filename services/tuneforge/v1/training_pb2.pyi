@@ -71,16 +71,18 @@ ADAPTER_VERSION_STATE_READY: AdapterVersionState
 ADAPTER_VERSION_STATE_DELETED: AdapterVersionState
 
 class LoraSpec(_message.Message):
-    __slots__ = ("r", "alpha", "dropout", "target_modules")
+    __slots__ = ("r", "alpha", "dropout", "target_modules", "base_precision")
     R_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     DROPOUT_FIELD_NUMBER: _ClassVar[int]
     TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
+    BASE_PRECISION_FIELD_NUMBER: _ClassVar[int]
     r: int
     alpha: float
     dropout: float
     target_modules: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, r: _Optional[int] = ..., alpha: _Optional[float] = ..., dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ...) -> None: ...
+    base_precision: str
+    def __init__(self, r: _Optional[int] = ..., alpha: _Optional[float] = ..., dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., base_precision: _Optional[str] = ...) -> None: ...
 
 class DeepSpeedSpec(_message.Message):
     __slots__ = ("stage", "offload_optimizer", "offload_parameters")
