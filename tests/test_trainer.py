@@ -64,6 +64,22 @@ def test_lora_training_reduces_the_loss_and_saves_safetensors(dataset_dir: Path,
     assert not list(checkpoint.glob("*.bin"))
 
 
+def test_an_fp8_base_trains_the_same_adapter_files_and_the_loss_goes_down(dataset_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    seen: list[dict] = []
+    train_worker(
+        _config(dataset_dir, tmp_path, max_steps=12, base_precision="fp8"), report=lambda m, c: seen.append(dict(m))
+    )
+    losses = [m["loss"] for m in seen]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.2, [round(x, 3) for x in losses]
+    adapter = load_file(tmp_path / "checkpoint-000012" / "adapter_model.safetensors")
+    # only adapter matrices are saved: nothing of the float8 base leaks into the adapter file
+    assert (
+        adapter and all("lora_" in k for k in adapter) and all(t.dtype != torch.float8_e4m3fn for t in adapter.values())
+    )
+
+
 def test_resuming_from_a_checkpoint_ends_like_an_uninterrupted_run(dataset_dir: Path, tmp_path: Path) -> None:
     straight = tmp_path / "straight"
     train_worker(_config(dataset_dir, straight, checkpoint_every_steps=4), report=lambda m, c: None)
