@@ -38,13 +38,10 @@ class FakeRay:
         self.statuses[submission_id] = "STOPPED"
 
 
-def test_a_tenant_s_jobs_beyond_its_running_limit_wait_in_queued(tmp_path: Path) -> None:
+def _runner(home: Path, **training: object) -> tuple[JobRunner, JobStore, MetadataStore]:
+    """A runner over a fresh store in `home`, not yet connected to any Ray."""
     settings = load_settings(
-        None,
-        home=tmp_path,
-        auth={"mode": "local"},
-        models={"cache_dir": str(MODEL_CACHE)},
-        training={"max_running_jobs_per_tenant": 1},
+        None, home=home, auth={"mode": "local"}, models={"cache_dir": str(MODEL_CACHE)}, training=training
     )
     metadata = MetadataStore(settings.database_url)
     metadata.migrate()
@@ -53,6 +50,11 @@ def test_a_tenant_s_jobs_beyond_its_running_limit_wait_in_queued(tmp_path: Path)
     runner = JobRunner(
         settings, jobs, AdapterRegistry(metadata, artifacts), metadata, artifacts, ModelResolver(MODEL_CACHE)
     )
+    return runner, jobs, metadata
+
+
+def test_a_tenant_s_jobs_beyond_its_running_limit_wait_in_queued(tmp_path: Path) -> None:
+    runner, jobs, metadata = _runner(tmp_path, max_running_jobs_per_tenant=1)
     runner.ray = FakeRay()
     spec = JobSpecInput(base_model="tiny-qwen2", dataset_version_id="dsv-aaaaaaaaaaaaaaaaaaaaaaaa", adapter_name="a")
     first, second = jobs.create("acme", spec), jobs.create("acme", spec)
@@ -105,20 +107,7 @@ def test_a_managed_head_without_a_job_agent_is_restarted(tmp_path: Path, monkeyp
 
     from tuneforge.training import runner as runner_module
 
-    settings = load_settings(
-        None,
-        home=tmp_path,
-        auth={"mode": "local"},
-        models={"cache_dir": str(MODEL_CACHE)},
-        training={"poll_interval_s": 0.05},
-    )
-    metadata = MetadataStore(settings.database_url)
-    metadata.migrate()
-    artifacts = ArtifactStore(settings.artifact_root)
-    jobs = JobStore(metadata)
-    runner = JobRunner(
-        settings, jobs, AdapterRegistry(metadata, artifacts), metadata, artifacts, ModelResolver(MODEL_CACHE)
-    )
+    runner, jobs, metadata = _runner(tmp_path, poll_interval_s=0.05)
     head, healthy = FakeHead(), FakeRay()
     runner.head, runner.ray = head, AgentlessRay()
     monkeypatch.setattr(runner_module, "AGENTLESS_RESTART_S", 0.3)
