@@ -108,8 +108,26 @@ class RemoteAnswers:
             await self._channel.close()
             self._channel = None
 
+    async def _call(self, method: str, request: Any, tenant: str, what: str) -> Any:
+        """One unary call with the service key on `tenant`'s behalf; busy or unreachable replicas are retried."""
+        metadata = (("authorization", f"Bearer {self.api_key}"), (ON_BEHALF_HEADER, tenant))
+        attempt = 0
+        while True:
+            try:
+                return await getattr(self._stub(), method)(request, metadata=metadata, timeout=600)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in RETRYABLE or attempt >= RETRIES:
+                    raise FailedPrecondition(
+                        f"inference service at {self.address} answered {exc.code().name} for {what}: {exc.details()}"
+                    ) from exc
+            await asyncio.sleep(min(self.retry_base_s * 2**attempt, 30.0))
+            attempt += 1
+
     async def resolve(self, tenant: str, model: str, field: str) -> ResolvedModel:
         if model == BASE:
+            if not self._base_name:
+                listed = await self._call("ListModels", inference_pb2.ListModelsRequest(), tenant, "the model list")
+                self._base_name = next((m.name for m in listed.models if m.is_base), "")
             return ResolvedModel(model, "", self._base_name or BASE, "")
         # the metadata store is shared, so the version is pinned here and generation asks for exactly it
         try:
@@ -130,22 +148,8 @@ class RemoteAnswers:
         request.sampling.stop.extend(sampling.get("stop", ()))
         if sampling.get("seed") is not None:
             request.sampling.seed = sampling["seed"]
-        metadata = (("authorization", f"Bearer {self.api_key}"), (ON_BEHALF_HEADER, tenant))
-        for attempt in range(RETRIES + 1):
-            try:
-                response = await self._stub().Generate(request, metadata=metadata, timeout=600)
-                break
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() in RETRYABLE and attempt < RETRIES:
-                    await asyncio.sleep(min(self.retry_base_s * 2**attempt, 30.0))
-                    continue
-                raise FailedPrecondition(
-                    f"inference service at {self.address} answered {exc.code().name} for {model.name}: {exc.details()}"
-                ) from exc
-        if not model.ref:
-            self._base_name = response.resolved_model
+        response = await self._call("Generate", request, tenant, model.name)
         return response.text
 
     def display_name(self, model: ResolvedModel) -> str:
-        """The base model's id once an answer has named it."""
-        return self._base_name if not model.ref and self._base_name else model.display
+        return model.display
