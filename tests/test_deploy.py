@@ -376,6 +376,42 @@ def test_sqlite_is_refused_unless_asked_for_and_then_only_with_single_replicas()
     _render(PROFILES["cpu"])  # one replica each: fine
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        "inference.rayService.enabled=false",  # the front holds the model itself
+        "rayCluster.enabled=false,rayCluster.externalAddress=http://ray-head.ray:8265",
+        "evaluation.enabled=false,inference.enabled=false,networkPolicy.enabled=false",
+        "serviceMonitor.enabled=true,inference.ingress.enabled=true,inference.ingress.tlsSecret=tls",
+        "fullnameOverride=a-release-name-long-enough-to-need-truncation-in-every-object-name",
+    ],
+)
+def test_chart_variants_render_valid_objects(settings: str) -> None:
+    import kubernetes_validate
+
+    docs = _render([], "--set", settings)
+    for doc in docs:
+        assert len(doc["metadata"]["name"]) <= 63, doc["metadata"]["name"]
+        if doc["kind"] in ("RayCluster", "RayService"):
+            assert len(doc["metadata"]["name"]) <= 40  # room for KubeRay's suffixes
+        elif not doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            kubernetes_validate.validate(doc, "1.33", strict=True)
+    if "rayCluster.enabled=false" in settings:
+        assert not _by_kind(docs, "RayCluster")
+        config = yaml.safe_load(next(iter(_by_kind(docs, "ConfigMap").values()))["data"]["training.yaml"])
+        assert config["training"]["ray_address"] == "http://ray-head.ray:8265"
+
+
+def test_inconsistent_values_are_refused_with_the_reason() -> None:
+    for settings, reason in (
+        ("rayCluster.enabled=false", "rayCluster.externalAddress is required"),
+        ("inference.enabled=false", "evaluation.enabled needs inference.enabled"),
+        ("auth.existingSecret=", "auth/existingSecret"),
+    ):
+        result = _helm("template", "t", str(deploy.CHART), "--set", settings)
+        assert result.returncode != 0 and reason in result.stderr, (settings, result.stderr)
+
+
 # -- network policies -----------------------------------------------------------------------------
 
 

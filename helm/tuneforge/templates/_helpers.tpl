@@ -68,7 +68,7 @@ app.kubernetes.io/component: {{ .name }}
 
 {{/* The artifact volume's claim name. */}}
 {{- define "tuneforge.artifactClaim" -}}
-{{- default (printf "%s-artifacts" (include "tuneforge.fullname" .)) .Values.artifacts.existingClaim }}
+{{- default (include "tuneforge.componentName" (dict "root" . "name" "artifacts")) .Values.artifacts.existingClaim }}
 {{- end }}
 
 {{/* Job Submission (dashboard) address of the training Ray cluster. */}}
@@ -87,6 +87,9 @@ app.kubernetes.io/component: {{ .name }}
 
 {{/* Refuses configurations that would lose or corrupt data. */}}
 {{- define "tuneforge.validate" -}}
+{{- if and .Values.evaluation.enabled (not .Values.inference.enabled) }}
+{{- fail "evaluation.enabled needs inference.enabled: evaluation runs generate through the inference service" }}
+{{- end }}
 {{- if not .Values.database.existingSecret }}
 {{- if not .Values.database.allowSqlite }}
 {{- fail "database.existingSecret must name a Secret with the PostgreSQL URL (or set database.allowSqlite for a single-node trial)" }}
@@ -117,7 +120,7 @@ app.kubernetes.io/component: {{ .name }}
 {{- define "tuneforge.volumes" -}}
 - name: settings
   configMap:
-    name: {{ include "tuneforge.fullname" . }}-settings
+    name: {{ include "tuneforge.componentName" (dict "root" . "name" "settings") }}
 - name: data
   persistentVolumeClaim:
     claimName: {{ include "tuneforge.artifactClaim" . }}
