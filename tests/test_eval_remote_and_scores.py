@@ -275,3 +275,12 @@ def test_human_ratings_file_errors_name_lines_and_fields() -> None:
     summary = summarize({"m": {"a": 4.0, "b": 2.0}}, {"m": {"b": [5, 3]}}, {"a": "x", "b": "y"}, "overall")
     assert summary["m"]["overall"] == {"judge": {"mean": 3.0, "n": 2}, "human": {"mean": 4.0, "n": 2}}
     assert summary["m"]["x"] == {"judge": {"mean": 4.0, "n": 1}}
+
+
+def test_an_oversized_ratings_file_is_refused_before_anything_is_read() -> None:
+    from tuneforge.common.errors import InvalidArgument
+    from tuneforge.evaluation.runs import MAX_RATINGS_BYTES, EvalRuns
+
+    with pytest.raises(InvalidArgument) as refused:
+        EvalRuns(None, None, None).import_human_scores("acme", "eval-x", b"x" * (MAX_RATINGS_BYTES + 1))
+    assert refused.value.violations[0].field == "jsonl"

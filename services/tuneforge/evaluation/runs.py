@@ -50,6 +50,7 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded"
 FINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 REPORT_FILES = {"json": "report.json", "markdown": "report.md", "html": "report.html"}
 CONCURRENCY = 8  # below the per-tenant in-flight limit, so the tenant can still chat meanwhile
+MAX_RATINGS_BYTES = 16 * 1024 * 1024
 JUDGE_SAMPLING = {"temperature": 0.0, "top_p": 0.0, "max_tokens": 8, "stop": [], "seed": 0}
 
 
@@ -211,6 +212,8 @@ class EvalRuns:
 
     def import_human_scores(self, tenant: str, run_id: str, data: bytes) -> tuple[int, RunInfo]:
         """Stores people's ratings of the run's answers (all or none) and refreshes a finished run's report."""
+        if len(data) > MAX_RATINGS_BYTES:
+            raise InvalidArgument.for_field("jsonl", f"is {len(data)} bytes; at most {MAX_RATINGS_BYTES} per call")
         info = self.get(tenant, run_id)
         _, suite = self.suites.get(tenant, info.suite_id)
         scores = parse_human_scores(data, info.models, [item.id for item in suite.items])
