@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
@@ -37,6 +37,7 @@ class ResolvedModel:
     ref: str  # what generation asks for: "" for the base model, else `adapter:version`
     display: str  # exact name for reports: the base model's id or `adapter:version`
     dataset_version_id: str  # the adapter's training data (leakage guard); "" for the base model
+    target: Any = field(default=None, compare=False, repr=False)  # the local frontend's loaded target
 
 
 class AnswerSource(Protocol):
@@ -47,8 +48,6 @@ class AnswerSource(Protocol):
     async def answer(
         self, tenant: str, model: ResolvedModel, messages: Sequence[tuple[str, str]], sampling: dict[str, Any]
     ) -> str: ...
-
-    def display_name(self, model: ResolvedModel) -> str: ...
 
 
 def _not_found_as_precondition(model: str, exc: NotFound) -> FailedPrecondition:
@@ -68,23 +67,21 @@ class LocalAnswers:
             raise _not_found_as_precondition(model, exc) from exc
         version = target.version
         if version is None:
-            return ResolvedModel(model, "", target.name, "")
-        return ResolvedModel(model, version.ref, version.ref, version.lineage.get("dataset_version_id") or "")
+            return ResolvedModel(model, "", target.name, "", target)
+        dataset = version.lineage.get("dataset_version_id") or ""
+        return ResolvedModel(model, version.ref, version.ref, dataset, target)
 
     async def answer(
         self, tenant: str, model: ResolvedModel, messages: Sequence[tuple[str, str]], sampling: dict[str, Any]
     ) -> str:
-        target = await self.frontend.resolve(tenant, model.ref, field="models")
+        # the target resolved when the run started: `stream` reloads its adapter if it was evicted since
         prompt = self.frontend.prompt_ids(list(messages))
         parts = []
-        async for event in self.frontend.stream(tenant, target, prompt, self.frontend.sampling(**sampling)):
+        async for event in self.frontend.stream(tenant, model.target, prompt, self.frontend.sampling(**sampling)):
             parts.append(event.delta)
             if event.finish_reason == "error":
                 raise FailedPrecondition(f"generation failed for {model.name}: {event.error}")
         return "".join(parts)
-
-    def display_name(self, model: ResolvedModel) -> str:
-        return model.display
 
 
 class RemoteAnswers:
@@ -150,6 +147,3 @@ class RemoteAnswers:
             request.sampling.seed = sampling["seed"]
         response = await self._call("Generate", request, tenant, model.name)
         return response.text
-
-    def display_name(self, model: ResolvedModel) -> str:
-        return model.display

@@ -234,7 +234,7 @@ class EvalRuns:
         if info.state == SUCCEEDED:
             artifacts = self.artifacts.for_tenant(tenant)
             report = json.loads(artifacts.read_bytes(f"evals/{run_id}/report.json"))
-            self._write_report(info, report, suite)
+            self._write_report(info, report, suite, self._all_results(run_id))
         return len(scores), self._update(run_id)
 
     def report(self, tenant: str, run_id: str, fmt: str) -> tuple[dict[str, Any], bytes]:
@@ -318,9 +318,9 @@ class EvalRuns:
         if current.cancel_requested:
             await asyncio.to_thread(self._update, info.id, state=CANCELLED)
             return
-        names = {m.name: source.display_name(m) for m in resolved}
+        names = {m.name: m.display for m in resolved}
         if judge is not None:
-            names["judge"] = source.display_name(judge)
+            names["judge"] = judge.display
         await asyncio.to_thread(self._finish, info, suite, names, resolved)
 
     def _all_results(self, run_id: str) -> list[EvalResultRow]:
@@ -384,13 +384,12 @@ class EvalRuns:
         leakage = self._leakage(info.tenant, suite, resolved)
         if leakage is not None:
             report["leakage"] = leakage
-        self._write_report(info, report, suite)
+        self._write_report(info, report, suite, rows)
         self._update(info.id, state=SUCCEEDED, completed=len(rows))
         log.info("eval_run_succeeded", run_id=info.id, items=len(categories), models=info.models)
 
-    def _write_report(self, info: RunInfo, report: dict[str, Any], suite: Any) -> None:
+    def _write_report(self, info: RunInfo, report: dict[str, Any], suite: Any, rows: list[EvalResultRow]) -> None:
         """Adds the judge's and people's scores to `report` and writes it in every format."""
-        rows = self._all_results(info.id)
         outputs: dict[str, dict[str, str]] = {}
         judge: dict[str, dict[str, float]] = {}
         for row in rows:

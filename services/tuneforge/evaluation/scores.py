@@ -10,14 +10,14 @@ change pass rates, they are reported beside them (mean and count per category an
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tuneforge.common.errors import FieldViolation, InvalidArgument
+from tuneforge.common.errors import FieldViolation
 from tuneforge.common.names import RESOURCE_NAME
+from tuneforge.evaluation.jsonl import jsonl_records, refuse_problems
 
 DEFAULT_RUBRIC = (
     "Rate how well the answer does what the user asked: correct, complete, following every "
@@ -68,21 +68,10 @@ class HumanScore:
 def parse_human_scores(data: bytes, models: Iterable[str], item_ids: Iterable[str]) -> list[HumanScore]:
     """Ratings from JSONL bytes, checked against the run's models and items; every bad line reported."""
     models, item_ids = set(models), set(item_ids)
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InvalidArgument.for_field("jsonl", f"is not UTF-8 (byte {exc.start})") from exc
     scores: list[HumanScore] = []
     problems: list[FieldViolation] = []
     seen: dict[tuple[str, str, str], int] = {}
-    for line, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-        except ValueError as exc:
-            problems.append(FieldViolation("jsonl", f"invalid JSON: {exc}", line))
-            continue
+    for line, record in jsonl_records(data, problems):
         if not isinstance(record, dict):
             problems.append(FieldViolation("jsonl", "must be a JSON object", line))
             continue
@@ -114,11 +103,7 @@ def parse_human_scores(data: bytes, models: Iterable[str], item_ids: Iterable[st
             scores.append(HumanScore(item, model, score, rater, comment))
     if not scores and not problems:
         problems.append(FieldViolation("jsonl", "holds no ratings"))
-    if problems:
-        summary = "; ".join(
-            f"line {p.line}: {p.field}: {p.description}" if p.line else p.description for p in problems[:5]
-        )
-        raise InvalidArgument(f"{len(problems)} problem(s) in the ratings: {summary}", problems[:100])
+    refuse_problems(problems, "ratings")
     return scores
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from tuneforge.common.errors import FieldViolation, InvalidArgument
 from tuneforge.evaluation.checks import validate_check
+from tuneforge.evaluation.jsonl import jsonl_records, refuse_problems
 
 CATEGORIES = (
     "structured_output",
@@ -99,22 +100,12 @@ def _item(record: Any, line: int) -> SuiteItem:
 
 def parse_suite(name: str, data: bytes) -> Suite:
     """A suite from JSONL bytes; INVALID_ARGUMENT listing every bad line (up to 100) otherwise."""
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InvalidArgument.for_field("jsonl", f"is not UTF-8 (byte {exc.start})") from exc
     suite = Suite(name)
     problems: list[FieldViolation] = []
     seen: dict[str, int] = {}
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for line_number, record in jsonl_records(data, problems):
         try:
-            record = json.loads(line)
             item = _item(record, line_number)
-        except ValueError as exc:
-            problems.append(FieldViolation("jsonl", f"invalid JSON: {exc}", line_number))
-            continue
         except InvalidArgument as exc:
             problems += exc.violations
             continue
@@ -128,12 +119,7 @@ def parse_suite(name: str, data: bytes) -> Suite:
             break
     if not suite.items and not problems:
         problems.append(FieldViolation("jsonl", "holds no items"))
-    if problems:
-        shown = problems[:100]
-        summary = "; ".join(
-            f"line {p.line}: {p.field}: {p.description}" if p.line else f"{p.field}: {p.description}" for p in shown[:5]
-        )
-        raise InvalidArgument(f"{len(problems)} problem(s) in the suite: {summary}", shown)
+    refuse_problems(problems, "suite")
     return suite
 
 
