@@ -164,3 +164,87 @@ def test_deepspeed_full_fine_tuning_on_two_cpu_workers(
     assert embed.shape == (151936, 64)  # the whole model, gathered from the ZeRO shards
     base = load_file(MODEL_CACHE / "tiny-qwen2" / "model.safetensors")["model.embed_tokens.weight"]
     assert not torch.equal(embed, base)  # full fine-tuning changed the base weights
+
+
+def test_two_torchrun_processes_train_like_one_process_given_both_rows(dataset_dir: Path, tmp_path: Path) -> None:
+    """DDP under a real process group (gloo here, NCCL on GPU) averages gradients over ranks.
+
+    Two processes with one row each per step see exactly the rows one process sees with two rows a
+    step, so their adapters must match; without gradient synchronisation rank 0 would only have
+    learned from its own rows.
+    """
+    import os
+    import subprocess
+    import sys
+
+    alone = tmp_path / "alone"
+    train_worker(_config(dataset_dir, alone, max_steps=4, micro_batch_size=2), report=lambda m, c: None)
+    together = tmp_path / "together"
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps(_config(dataset_dir, together, max_steps=4, micro_batch_size=1)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        + ["-m", "tuneforge.training.trainer", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    steps = [json.loads(line) for line in run.stdout.splitlines() if line.startswith('{"step"')]
+    assert [s["step"] for s in steps] == [1, 2, 3, 4]  # rank 0 reports
+    expected = load_file(alone / "checkpoint-000004" / "adapter_model.safetensors")
+    actual = load_file(together / "checkpoint-000004" / "adapter_model.safetensors")
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-6)
+
+
+def test_each_epoch_is_packed_once_and_every_rank_gets_the_same_number_of_batches(
+    dataset_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tuneforge.training import trainer
+    from tuneforge.training.trainer import EpochPlan, TrainConfig, load_samples
+
+    samples = load_samples(dataset_dir, "train")
+    config = TrainConfig(**_config(dataset_dir, dataset_dir, micro_batch_size=2))
+    calls: list[int] = []
+    real = trainer.pack_rows
+    monkeypatch.setattr(trainer, "pack_rows", lambda s, n: calls.append(len(s)) or real(s, n))
+    plans = [EpochPlan(samples, config, rank, 3) for rank in range(3)]
+    counts = {len(plan.batches(0)) for plan in plans}
+    assert len(counts) == 1  # equal shares: no rank waits in a collective the others never reach
+    per_epoch = counts.pop()
+    plan = plans[0]
+    stream = plan.stream(skip=0)
+    first_two_epochs = [next(stream) for _ in range(2 * per_epoch)]
+    assert len(calls) == 3 + 1  # each plan's epoch 0 once, then epoch 1 once, however many batches were read
+    rows = [id(s) for batch in first_two_epochs[:per_epoch] for row in batch for s in row]
+    assert len(rows) == len(set(rows))  # an epoch trains each sample once
+    assert first_two_epochs[:per_epoch] != first_two_epochs[per_epoch:]  # epochs are shuffled differently
+    resumed = EpochPlan(samples, config, 0, 3).stream(skip=per_epoch + 1)
+    assert next(resumed) == first_two_epochs[per_epoch + 1]  # replaying the order lands on the same batch
+
+
+def test_running_out_of_gpu_memory_names_the_step_the_rows_and_what_to_change(
+    dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tuneforge.training import trainer
+
+    real = trainer.PackedLossModule.forward
+    calls: list[int] = []
+
+    def forward(self, batch):
+        calls.append(1)
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, batch)
+
+    monkeypatch.setattr(trainer.PackedLossModule, "forward", forward)
+    with pytest.raises(trainer.TrainingOutOfMemory) as raised:
+        train_worker(_config(dataset_dir, tmp_path, max_steps=4, micro_batch_size=2), report=lambda m, c: None)
+    message = str(raised.value)
+    assert message.startswith("out of GPU memory at step 3 on rank 0 (micro-batch of 2 row(s) x 256 tokens")
+    assert "gradient_checkpointing" in message and "base_precision fp8" in message and "ZeRO-3" in message
+    assert isinstance(raised.value.__cause__, torch.OutOfMemoryError)

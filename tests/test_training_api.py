@@ -247,6 +247,23 @@ def test_failures_carry_a_reason_a_user_can_act_on() -> None:
     code, message = diagnose("KeyError: 'x'\nsafetensors_rust.SafetensorError: header too large\n", "")
     assert (code, message) == ("training_error", "SafetensorError: header too large")
     assert diagnose("", "Job entrypoint command failed with exit code 2")[1].endswith("exit code 2")
+    # the trainer's own account wins over the generic advice: it names the step and the rows
+    worker_oom = (
+        "torch.OutOfMemoryError: CUDA out of memory.\n\nThe above exception was the direct cause...\n"
+        "tuneforge.training.trainer.TrainingOutOfMemory: out of GPU memory at step 3 on rank 0 (micro-batch of "
+        "1 row(s) x 4096 tokens, 21.9 GiB peak of 22.0 GiB); turn on gradient_checkpointing\n"
+    )
+    code, message = diagnose(worker_oom, "")
+    assert code == "out_of_memory" and message.startswith("out of GPU memory at step 3") and "4096 tokens" in message
+    host = "ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on memory."
+    assert diagnose(host, "")[0] == "host_out_of_memory"
+    nccl = (
+        "torch.distributed.DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:3150, remote process exited "
+        "or there was a network error\nray.train.v2.api.exceptions.TrainingFailedError: ...\n"
+    )
+    code, message = diagnose(nccl, "")
+    assert code == "worker_lost" and "collective between training workers failed" in message
+    assert "DistBackendError" in message
 
 
 def test_state_filters_and_pages(acme: TuneforgeClient) -> None:

@@ -58,10 +58,10 @@ MAX_LOG_READ = 1 << 20
 
 _DIAGNOSES: tuple[tuple[re.Pattern[str], str, str], ...] = (
     (
-        re.compile(r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED"),
+        re.compile(r"CUDA out of memory|OutOfMemoryError: CUDA|CUBLAS_STATUS_ALLOC_FAILED"),
         "out_of_memory",
         "a worker ran out of GPU memory: lower micro_batch_size or max_seq_len, turn on gradient_checkpointing, "
-        "or use DeepSpeed ZeRO-3 with offload",
+        "use base_precision fp8 (LoRA), or use DeepSpeed ZeRO-3 with offload",
     ),
     (
         re.compile(r"has no training records"),
@@ -74,17 +74,34 @@ _DIAGNOSES: tuple[tuple[re.Pattern[str], str, str], ...] = (
         "a worker ran out of host memory: use fewer workers per node or a smaller micro_batch_size",
     ),
 )
+#: The trainer's own account of a GPU out-of-memory: the step, the rows, and what to change.
+_WORKER_OOM = re.compile(r"TrainingOutOfMemory: (.+)$", re.MULTILINE)
+#: A collective between workers broke: a worker (or its GPU, or the network to it) was lost.
+_COLLECTIVE_FAILED = re.compile(
+    r"NCCL (?:error|communicator|WARN)|ncclInternalError|ncclSystemError|ncclRemoteError|DistBackendError|"
+    r"ProcessGroupNCCL|Watchdog caught collective operation timeout|Connection closed by peer|Gloo.*(?:Connection|Timed out)"
+)
 _EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$", re.MULTILINE)
 
 
 def diagnose(logs: str, ray_message: str) -> tuple[str, str]:
     """An error code and an actionable message for a failed submission, from its logs."""
+    worker_oom = _WORKER_OOM.findall(logs)
+    if worker_oom:
+        return "out_of_memory", worker_oom[-1][:500]
     for pattern, code, advice in _DIAGNOSES:
         if pattern.search(logs):
             return code, advice
     lines = _EXCEPTION_LINE.findall(logs)
+    detail = f" (last error: {lines[-1][0]}: {lines[-1][1][:300]})" if lines else ""
+    if _COLLECTIVE_FAILED.search(logs):
+        broken = [line for line in lines if _COLLECTIVE_FAILED.search(": ".join(line))] or lines
+        detail = f" ({broken[-1][0]}: {broken[-1][1][:300]})" if broken else ""
+        return "worker_lost", (
+            f"a collective between training workers failed: a worker, its GPU or the network between them was lost"
+            f"{detail}; the run restarted from its newest checkpoint until max_failures ran out"
+        )
     if "TrainingFailedError" in logs or "WorkerGroupError" in logs or "max_failures" in logs:
-        detail = f" (last error: {lines[-1][0]}: {lines[-1][1][:300]})" if lines else ""
         return "worker_lost", (
             f"training workers kept failing and the retries (max_failures) ran out{detail}; see the job's logs"
         )

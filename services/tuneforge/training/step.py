@@ -10,7 +10,7 @@ from tuneforge.training.loss import chunked_lm_loss
 from tuneforge.training.packing import PackedBatch
 
 
-def _parts(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
+def decoder_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The decoder stack and the output head (PEFT injects LoRA in place, so its base model is used)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base.get_decoder(), base.get_output_embeddings()
@@ -24,7 +24,7 @@ def packed_loss(model: Any, batch: PackedBatch, *, varlen: bool, chunk_size: int
     autocast: PEFT keeps adapter weights in fp32 (the optimizer's master copy), and without autocast
     every LoRA matmul would run in fp32 off the tensor cores — a fifth of a 7B step on an H100.
     """
-    decoder, lm_head = _parts(model)
+    decoder, lm_head = decoder_and_head(model)
     kwargs: dict[str, Any] = {}
     if varlen:
         kwargs = {

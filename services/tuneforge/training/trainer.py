@@ -1,22 +1,31 @@
 """The per-worker training function: LoRA (PEFT) or full fine-tuning over a dataset version.
 
 `train_worker(config)` runs under Ray Train (`TorchTrainer`) and equally on its own — one process,
-or one per GPU under `torchrun` — because Ray cannot be installed everywhere (the GPU benchmark
-machines, for one). It reads the version's Parquet shards, shards rows across ranks, packs samples
-into rows with per-document attention, computes the assistant-only loss in chunks, steps AdamW
-with linear warm-up and cosine decay, and every `checkpoint_every_steps` saves the adapter
-(safetensors) with the optimizer and scheduler state. Resuming from a checkpoint replays the same
-data order and continues at the saved step, so an interrupted run ends where an uninterrupted one
-does.
+or one per GPU under `torchrun` (`python -m tuneforge.training.trainer --config job.json`) —
+because Ray cannot be installed everywhere (the GPU benchmark machines, for one). It reads the
+version's Parquet shards, packs samples into rows with per-document attention (once per epoch),
+shards rows across ranks, computes the assistant-only loss in chunks, steps AdamW with linear
+warm-up and cosine decay, and every `checkpoint_every_steps` saves the adapter (safetensors) with
+the optimizer and scheduler state. Resuming from a checkpoint replays the same data order and
+continues at the saved step, so an interrupted run ends where an uninterrupted one does.
+
+Inside a process group (Ray Train sets up gloo on CPU and NCCL on GPU, even for one worker;
+torchrun likewise) gradients are synchronised by DDP — bucketed and overlapped with the backward
+pass — and every collective runs on the training device, since NCCL refuses CPU tensors. DeepSpeed
+(ZeRO-2/3) takes DDP's place for full fine-tuning when the spec asks for it. On GPU the decoder
+layers are compiled (`torch_compile`, on by default there), the forward pass runs under bf16
+autocast, and AdamW is the fused CUDA kernel.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +37,7 @@ import torch
 import torch.distributed as dist
 
 from tuneforge.training.packing import PackedBatch, Sample, collate, pack_rows
-from tuneforge.training.step import packed_loss
+from tuneforge.training.step import decoder_and_head, packed_loss
 
 CHECKPOINT_STATE = "trainer_state.json"
 OPTIMIZER_STATE = "optimizer.pt"
@@ -65,6 +74,9 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     resume_from: str = ""
     loss_chunk: int = 4096
+    #: `torch.compile` each decoder layer (fuses norms, RoPE, SwiGLU and the LoRA adds). None = on when
+    #: training on GPU without DeepSpeed, where it is stable; off on CPU, where compiling costs more than it saves.
+    torch_compile: bool | None = None
     trust_remote_code: bool = False
     #: DeepSpeed ZeRO stage (2 or 3; 0 = plain data parallel), for full fine-tuning across workers.
     deepspeed_stage: int = 0
@@ -81,12 +93,37 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _all_reduce(value: float, op: str = "sum") -> float:
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.SUM)
-    return float(tensor.item())
+def _all_reduce(values: list[float | torch.Tensor], device: torch.device) -> list[float]:
+    """Sums of `values` over all ranks, computed on the training device (NCCL refuses CPU tensors)."""
+    tensor = torch.stack([torch.as_tensor(v).to(device, torch.float64) for v in values])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+class TrainingOutOfMemory(RuntimeError):
+    """The device ran out of memory at a step; the message says where and what to change."""
+
+
+def _out_of_memory(config: TrainConfig, step: int, rows: int, rank: int, device: torch.device) -> TrainingOutOfMemory:
+    hints = []
+    if not config.gradient_checkpointing:
+        hints.append("turn on gradient_checkpointing")
+    hints.append(f"use a smaller max_seq_len (rows are {config.max_seq_len} tokens)")
+    if config.micro_batch_size > 1:
+        hints.append("lower micro_batch_size (raise gradient_accumulation_steps to keep the batch)")
+    if config.method == "lora" and config.base_precision != "fp8":
+        hints.append("use base_precision fp8 (LoRA on Ada/Hopper GPUs)")
+    if config.deepspeed_stage != 3 or not (config.offload_optimizer and config.offload_parameters):
+        hints.append("use DeepSpeed ZeRO-3 with offload_optimizer and offload_parameters")
+    where = ""
+    if device.type == "cuda":
+        allowed = torch.cuda.get_device_properties(device).total_memory
+        where = f", {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB peak of {allowed / 2**30:.1f} GiB"
+    return TrainingOutOfMemory(
+        f"out of GPU memory at step {step} on rank {rank} (micro-batch of {rows} row(s) x {config.max_seq_len} "
+        f"tokens{where}); " + "; or ".join(hints)
+    )
 
 
 def load_samples(dataset_dir: Path, split: str) -> list[Sample]:
@@ -99,35 +136,79 @@ def load_samples(dataset_dir: Path, split: str) -> list[Sample]:
     return samples
 
 
-def epoch_batches(
-    samples: list[Sample], config: TrainConfig, epoch: int, rank: int, world: int, pad_id: int
-) -> list[list[list[Sample]]]:
-    """This rank's micro-batches (lists of packed rows) for one epoch, in a seeded order."""
-    order = list(range(len(samples)))
-    random.Random(config.seed * 1_000_003 + epoch).shuffle(order)  # noqa: S311 - data order, not secrets
-    if config.packing:
-        rows = pack_rows((samples[i] for i in order), config.max_seq_len)
-    else:
-        rows = [row for i in order for row in pack_rows([samples[i]], config.max_seq_len)]  # one sample a row
-    mine = rows[rank::world]
-    size = config.micro_batch_size
-    return [mine[i : i + size] for i in range(0, len(mine), size)]
+class EpochPlan:
+    """This rank's micro-batches (lists of packed rows), epoch after epoch, in a seeded order.
+
+    Each epoch shuffles the samples with its own seed, packs them (best-fit-decreasing; the shuffle
+    decides among equal lengths) and shuffles the rows, once: counting steps, training and replaying
+    the data order on resume all read the same plan. Every rank packs the same rows and takes an
+    equal share (a remainder smaller than the world size waits for the next epoch's packing), so all
+    ranks run the same number of steps without asking each other.
+    """
+
+    def __init__(self, samples: list[Sample], config: TrainConfig, rank: int, world: int) -> None:
+        self.samples, self.config, self.rank, self.world = samples, config, rank, world
+        self._epoch, self._batches = -1, []  # one epoch's plan at a time
+
+    def batches(self, epoch: int) -> list[list[list[Sample]]]:
+        if epoch != self._epoch:
+            self._epoch, self._batches = epoch, self._plan(epoch)
+        return self._batches
+
+    def _plan(self, epoch: int) -> list[list[list[Sample]]]:
+        config = self.config
+        rng = random.Random(config.seed * 1_000_003 + epoch)  # noqa: S311 - data order, not secrets
+        order = list(range(len(self.samples)))
+        rng.shuffle(order)
+        if config.packing:
+            rows = pack_rows([self.samples[i] for i in order], config.max_seq_len)
+            rng.shuffle(rows)
+        else:  # one sample a row, padded
+            rows = [row for i in order for row in pack_rows([self.samples[i]], config.max_seq_len)]
+        mine = rows[: len(rows) - len(rows) % self.world][self.rank :: self.world]
+        size = config.micro_batch_size
+        return [mine[i : i + size] for i in range(0, len(mine), size)]
+
+    def stream(self, skip: int) -> Iterator[list[list[Sample]]]:
+        """Micro-batches from the start of epoch 0 on, endlessly, after skipping the first `skip`."""
+        epoch = 0
+        while True:
+            batches = self.batches(epoch)
+            if not batches:
+                raise ValueError(
+                    f"dataset {self.config.dataset_dir} packs into fewer rows than there are workers ({self.world})"
+                )
+            yield from batches[skip:]
+            skip = max(0, skip - len(batches))
+            epoch += 1
 
 
 def _build_model(config: TrainConfig, device: torch.device) -> tuple[Any, Any, bool]:
+    """The (PEFT-wrapped) model on `device`, its tokenizer, and whether attention is varlen.
+
+    A full fine-tune resumed from a checkpoint reads its weights from there (the checkpoint is a
+    complete model directory), so the base weights are never loaded twice. Under ZeRO-3 the model
+    stays on the CPU: DeepSpeed partitions it (and offloads it, if asked) without it ever being whole
+    on the GPU.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tuneforge.training.attention import register_varlen_attention, varlen_available
 
     tokenizer = AutoTokenizer.from_pretrained(config.base_model_path, trust_remote_code=config.trust_remote_code)
+    weights = config.base_model_path
+    if config.method == "full" and config.resume_from and (Path(config.resume_from) / "model.safetensors").exists():
+        weights = config.resume_from
     varlen = device.type == "cuda" and varlen_available()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(
-        config.base_model_path,
+        weights,
         dtype=dtype,
         trust_remote_code=config.trust_remote_code,
         attn_implementation=register_varlen_attention() if varlen else "sdpa",
-    ).to(device)
+    )
+    if config.deepspeed_stage != 3:
+        model = model.to(device)
     model.config.use_cache = False
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -156,17 +237,61 @@ def _build_model(config: TrainConfig, device: torch.device) -> tuple[Any, Any, b
                     f"H100); {torch.cuda.get_device_name(device)} has none: use bf16"
                 )
             convert_lora_base_layers(model)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # the bf16 base weights just freed
+    if compiles(config, device):
+        for layer in decoder_and_head(model)[0].layers:
+            layer.compile()
     return model, tokenizer, varlen
 
 
+def compiles(config: TrainConfig, device: torch.device) -> bool:
+    """Whether this run compiles its decoder layers (`torch_compile`, or by default: on GPU without DeepSpeed)."""
+    if config.torch_compile is not None:
+        return config.torch_compile
+    return device.type == "cuda" and not config.deepspeed_stage
+
+
+class PackedLossModule(torch.nn.Module):
+    """The model and its chunked loss as one module, so DDP sees (and hooks) the whole forward pass."""
+
+    def __init__(self, model: Any, *, varlen: bool, chunk_size: int) -> None:
+        super().__init__()
+        self.model, self.varlen, self.chunk_size = model, varlen, chunk_size
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        return packed_loss(self.model, batch, varlen=self.varlen, chunk_size=self.chunk_size)[0]
+
+
+def _data_parallel(module: PackedLossModule) -> torch.nn.Module:
+    """`module` under DDP when a process group is up (bucketed all-reduce overlapped with backward).
+
+    Frozen weights are left out of DDP's start-up broadcast: every rank loaded the same base.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    frozen = [name for name, parameter in module.named_parameters() if not parameter.requires_grad]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, frozen)
+    with warnings.catch_warnings():
+        # torch 2.13 renames it, 2.11 (GPU images) has only this name; False: buffers are never synced
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+        return DistributedDataParallel(module, device_ids=None, broadcast_buffers=False, gradient_as_bucket_view=True)
+
+
 def deepspeed_config(config: TrainConfig, device: torch.device) -> dict[str, Any]:
-    """The DeepSpeed config a job spec implies (ZeRO stage, offload, precision, accumulation)."""
+    """The DeepSpeed config a job spec implies (ZeRO stage, offload, precision, accumulation).
+
+    With the optimizer offloaded, DeepSpeed builds its own AdamW (its CPU Adam kernel, the one that
+    makes offload fast); otherwise it wraps the client AdamW the trainer passes.
+    """
     zero: dict[str, Any] = {"stage": config.deepspeed_stage, "overlap_comm": device.type == "cuda"}
     if config.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": device.type == "cuda"}
     if config.offload_parameters and config.deepspeed_stage == 3:
         zero["offload_param"] = {"device": "cpu", "pin_memory": device.type == "cuda"}
-    return {
+    values: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": config.micro_batch_size,
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
         "zero_optimization": zero,
@@ -175,6 +300,12 @@ def deepspeed_config(config: TrainConfig, device: torch.device) -> dict[str, Any
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if config.offload_optimizer:
+        values["optimizer"] = {
+            "type": "AdamW",
+            "params": {"lr": config.learning_rate, "weight_decay": config.weight_decay, "betas": [0.9, 0.999]},
+        }
+    return values
 
 
 def _full_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
@@ -204,13 +335,16 @@ def save_checkpoint(
 ) -> Path:
     """Adapter (or model) weights as safetensors, optimizer/scheduler state, and the step, in `path`.
 
-    Under DeepSpeed the optimizer state is sharded across ranks and not saved here: a DeepSpeed run
-    resumed from this checkpoint restarts AdamW's moments from the saved weights.
+    Under DeepSpeed the optimizer state is sharded across ranks and not saved here (the scheduler's
+    is): a DeepSpeed run resumed from this checkpoint restarts AdamW's moments from the saved weights
+    and continues the learning-rate schedule where it was.
     """
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True, state_dict=state_dict)
+    state = {"scheduler": scheduler.state_dict()}
     if not config.deepspeed_stage:
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, path / OPTIMIZER_STATE)
+        state["optimizer"] = optimizer.state_dict()
+    torch.save(state, path / OPTIMIZER_STATE)
     (path / CHECKPOINT_STATE).write_text(json.dumps({"step": step, "metrics": metrics, "config": asdict(config)}))
     return path
 
@@ -230,6 +364,10 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 
 def _load_checkpoint(model: Any, optimizer: Any, scheduler: Any, path: Path) -> int:
+    """Adapter weights, optimizer and scheduler state from `path`; returns its step.
+
+    A full fine-tune's weights were already read from the checkpoint when the model was built.
+    """
     from safetensors.torch import load_file
 
     state = json.loads((path / CHECKPOINT_STATE).read_text())
@@ -238,42 +376,36 @@ def _load_checkpoint(model: Any, optimizer: Any, scheduler: Any, path: Path) -> 
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model, load_file(weights))
-    else:
-        model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
     if (path / OPTIMIZER_STATE).exists():
         # our own file, written by save_checkpoint; weights_only keeps it to tensors and plain values
         saved = torch.load(path / OPTIMIZER_STATE, weights_only=True)
-        optimizer.load_state_dict(saved["optimizer"])
+        if "optimizer" in saved:
+            optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
     return int(state["step"])
 
 
 def _evaluate(
-    model: Any,
-    samples: list[Sample],
-    config: TrainConfig,
-    pad_id: int,
-    varlen: bool,
-    device: torch.device,
-    rank: int,
-    world: int,
+    model: Any, rows: list[list[Sample]], config: TrainConfig, pad_id: int, varlen: bool, device: torch.device
 ) -> float | None:
-    if not samples:
-        return None
-    rows = pack_rows(samples, config.max_seq_len)[rank::world]
-    total, count = 0.0, 0
+    """Mean loss per trained token over this rank's validation rows, summed over all ranks."""
+    total = torch.zeros((), dtype=torch.float32, device=device)
+    count = 0
+    fixed_length = compiles(config, device)
     model.eval()
     with torch.no_grad():
         for start in range(0, len(rows), config.micro_batch_size):
             batch = collate(
                 rows[start : start + config.micro_batch_size], config.max_seq_len, pad_id, config.train_on_prompt
-            ).to(device)
-            loss_sum, n = packed_loss(model, batch, varlen=varlen, chunk_size=config.loss_chunk)
-            total += float(loss_sum)
+            )
+            if fixed_length:
+                batch.max_seqlen = config.max_seq_len
+            loss_sum, n = packed_loss(model, batch.to(device), varlen=varlen, chunk_size=config.loss_chunk)
+            total += loss_sum
             count += n
     model.train()
-    total, count = _all_reduce(total), _all_reduce(float(count))
-    return total / count if count else None
+    total_all, count_all = _all_reduce([total, count], device)
+    return total_all / count_all if count_all else None
 
 
 Reporter = Callable[[dict[str, Any], Path | None], None]
@@ -283,92 +415,112 @@ def _print_reporter(metrics: dict[str, Any], checkpoint: Path | None) -> None:
     print(json.dumps({**metrics, **({"checkpoint": str(checkpoint)} if checkpoint else {})}), flush=True)
 
 
+def training_device() -> torch.device:
+    """This worker's device: its GPU (`LOCAL_RANK`, as Ray Train and torchrun set it) or the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    torch.cuda.set_device(device)  # NCCL runs its collectives on the current device
+    return device
+
+
 def train_worker(config_values: dict[str, Any], report: Reporter | None = None) -> dict[str, Any]:
     """Trains on this worker; returns the final metrics. `report(metrics, checkpoint_dir)` sees every step."""
     config = TrainConfig(**config_values)
     report = report or _print_reporter
     rank, world = _rank_world()
-    device = (
-        torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
-    )
+    device = training_device()
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     model, tokenizer, varlen = _build_model(config, device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     dataset = Path(config.dataset_dir)
     train = load_samples(dataset, "train")
-    validation = load_samples(dataset, "validation")
     if not train:
         raise ValueError(f"dataset {dataset} has no training records")
+    validation_rows = pack_rows(load_samples(dataset, "validation"), config.max_seq_len)[rank::world]
 
-    per_epoch = _all_reduce(len(epoch_batches(train, config, 0, rank, world, pad_id)), "min")
-    steps_per_epoch = max(1, int(per_epoch) // config.gradient_accumulation_steps)
+    plan = EpochPlan(train, config, rank, world)
+    steps_per_epoch = max(1, len(plan.batches(0)) // config.gradient_accumulation_steps)
     total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
-    optimizer = torch.optim.AdamW(_trainable(model), lr=config.learning_rate, weight_decay=config.weight_decay)
+    warmup = int(total_steps * config.warmup_ratio)
     from transformers import get_cosine_schedule_with_warmup
 
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(total_steps * config.warmup_ratio), total_steps)
-    step = 0
-    if config.resume_from:
-        step = _load_checkpoint(model, optimizer, scheduler, Path(config.resume_from))
     engine = None
     if config.deepspeed_stage:
         import deepspeed
 
+        client = None
+        if not config.offload_optimizer:
+            client = torch.optim.AdamW(_trainable(model), lr=config.learning_rate, weight_decay=config.weight_decay)
         engine, optimizer, _, scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(config, device)
+            model=model,
+            model_parameters=_trainable(model),
+            optimizer=client,
+            lr_scheduler=lambda built: get_cosine_schedule_with_warmup(built, warmup, total_steps),
+            config=deepspeed_config(config, device),
         )
         model = engine.module
+    else:
+        optimizer = torch.optim.AdamW(
+            _trainable(model),
+            lr=config.learning_rate,
+            weight_decay=config.weight_decay,
+            fused=device.type == "cuda",  # one kernel for all parameters instead of a dozen per tensor
+        )
+        scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
+    step = _load_checkpoint(model, optimizer, scheduler, Path(config.resume_from)) if config.resume_from else 0
+    loss_module = PackedLossModule(model, varlen=varlen, chunk_size=config.loss_chunk)
+    parallel = loss_module if engine is not None else _data_parallel(loss_module)
+    fixed_length = compiles(config, device)  # one attention bound for every batch: no recompilation per batch
 
-    def micro_batches() -> Iterator[PackedBatch]:
-        epoch = 0
-        while True:
-            batches = epoch_batches(train, config, epoch, rank, world, pad_id)[: int(per_epoch)]
-            for rows in batches:
-                yield collate(rows, config.max_seq_len, pad_id, config.train_on_prompt)
-            epoch += 1
-
-    stream = micro_batches()
-    for _ in range(step * config.gradient_accumulation_steps):  # replay the data order up to the checkpoint
-        next(stream)
+    gas = config.gradient_accumulation_steps
+    stream = plan.stream(skip=step * gas)  # the data order up to the checkpoint, replayed without collating
     model.train()
     metrics: dict[str, Any] = {}
     while step < total_steps:
         started = time.perf_counter()
-        batches = [next(stream).to(device) for _ in range(config.gradient_accumulation_steps)]
-        step_tokens = _all_reduce(float(sum(b.num_loss_tokens for b in batches)))
-        loss_total = 0.0
-        for batch in batches:
-            loss_sum, _ = packed_loss(model, batch, varlen=varlen, chunk_size=config.loss_chunk)
-            # gradients are averaged over ranks: scale so the result is the mean over every trained token
-            scaled = loss_sum * world / max(step_tokens, 1.0)
-            if engine is not None:
-                engine.backward(scaled, scale_wrt_gas=False)
-                engine.step()  # DeepSpeed reduces, and steps the optimizer at the accumulation boundary
-            else:
-                scaled.backward()
-            loss_total += float(loss_sum.detach())
-        if engine is None:
-            if world > 1:
-                for parameter in _trainable(model):
-                    if parameter.grad is not None:
-                        dist.all_reduce(parameter.grad)
-                        parameter.grad /= world
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+        batches = [collate(next(stream), config.max_seq_len, pad_id, config.train_on_prompt) for _ in range(gas)]
+        trained_tokens = _all_reduce([sum(b.num_loss_tokens for b in batches)], device)[0]
+        loss_total = torch.zeros((), dtype=torch.float32, device=device)
+        rows = max(b.input_ids.shape[0] for b in batches)
+        try:
+            for index, batch in enumerate(batches):
+                if fixed_length:
+                    batch.max_seqlen = config.max_seq_len
+                batch = batch.to(device)
+                accumulating = engine is None and parallel is not loss_module and index < gas - 1
+                with parallel.no_sync() if accumulating else contextlib.nullcontext():
+                    loss_sum = parallel(batch)
+                    # DDP and DeepSpeed average gradients over ranks: scale so the result is the mean over
+                    # every token trained in this step, on all ranks
+                    scaled = loss_sum * world / max(trained_tokens, 1.0)
+                    if engine is not None:
+                        engine.backward(scaled, scale_wrt_gas=False)
+                        engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary
+                    else:
+                        scaled.backward()
+                loss_total += loss_sum.detach()
+            if engine is None:
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+        except torch.OutOfMemoryError as exc:
+            raise _out_of_memory(config, step + 1, rows, rank, device) from exc
         step += 1
+        loss_all, tokens_all = _all_reduce([loss_total, sum(b.num_tokens for b in batches)], device)
         elapsed = time.perf_counter() - started
-        tokens = _all_reduce(float(sum(b.num_tokens for b in batches)))
         metrics = {
             "step": step,
             "total_steps": total_steps,
-            "loss": _all_reduce(loss_total) / max(step_tokens, 1.0),
+            "loss": loss_all / max(trained_tokens, 1.0),
             "learning_rate": scheduler.get_last_lr()[0],
-            "tokens_per_second": tokens / elapsed if elapsed > 0 else 0.0,
+            "tokens_per_second": tokens_all / elapsed if elapsed > 0 else 0.0,
         }
+        if device.type == "cuda":
+            metrics["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         if (config.eval_every_steps and step % config.eval_every_steps == 0) or step == total_steps:
-            value = _evaluate(model, validation, config, pad_id, varlen, device, rank, world)
+            value = _evaluate(model, validation_rows, config, pad_id, varlen, device)
             if value is not None:
                 metrics["validation_loss"] = value
         checkpoint = None
@@ -385,3 +537,37 @@ def train_worker(config_values: dict[str, Any], report: Reporter | None = None) 
                 marker.touch()
                 os._exit(17)  # like a killed worker: no cleanup, no exception handling
     return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`torchrun --nproc_per_node N -m tuneforge.training.trainer --config train.json`: training without Ray.
+
+    `train.json` holds TrainConfig's fields. Under torchrun (WORLD_SIZE set) the process group is
+    NCCL on GPU and gloo on CPU, as Ray Train sets it up; metrics print one JSON line a step.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tuneforge.training.trainer")
+    parser.add_argument("--config", required=True, help="JSON file of TrainConfig fields")
+    args = parser.parse_args(argv)
+    values = json.loads(Path(args.config).read_text())
+    if "WORLD_SIZE" in os.environ and not dist.is_initialized():
+        device = training_device()
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None
+        )
+    rank = _rank_world()[0]
+    try:
+        metrics = train_worker(values, report=_print_reporter if rank == 0 else lambda metrics, checkpoint: None)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if rank == 0:
+        print(json.dumps({"event": "finished", "metrics": metrics}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
