@@ -1,27 +1,66 @@
-"""Tuneforge's LoRA training step on the Qwen2.5-7B architecture (random weights, bf16, one GPU).
+"""Training throughput of the production loop (`train_worker`) beside the plain transformers + PEFT recipe.
 
-Samples with the reference's length law (log-normal, median ~270 tokens, 16..4096) are packed
-first-fit into rows of `--row` tokens with per-document attention (varlen flash attention through
-`cu_seqlens`: no sample attends to another), the loss is computed in chunks over the vocabulary on
-trained positions only, and LoRA (PEFT) trains with AdamW — the same code path as
-`tuneforge.training`. Run it in the same job as `../shared/bench/lora_reference.py` and compare
-tokens/s (real, non-padding tokens) and peak memory. Prints one line: RESULT {json}.
+Three steps, so the GPU machine needs only the training stack:
 
-    python benchmarks/train_throughput.py --rows 1 --row 4096 --r 16 --targets all7 --gc 0
-    python benchmarks/train_throughput.py --rows 1 --gc 1 --memory-cap-gib 22   # one 24 GiB card
-    python benchmarks/train_throughput.py --rows 1 --gc 0 --compile 1 --fp8 1   # base matmuls in float8
+    # here (CPU, the project's venv): a dataset version made by the curation pipeline from generated
+    # records whose token lengths follow the reference's law (log-normal, median ~270, 16..4096),
+    # rendered with the real Qwen2.5 tokenizer, and the tokenizer itself
+    python benchmarks/train_throughput.py prepare --out .gpu/bench
+
+    # on the GPU: a random-weight Qwen2.5-7B model directory is written once (bf16, ~15 GB), then every
+    # configuration runs `train_worker` under torchrun (NCCL, as Ray Train sets up a GPU worker) in a
+    # process of its own, beside ../shared/bench/lora_reference.py (padded and packed) in the same call
+    python benchmarks/train_throughput.py run --data .gpu/bench --reference .gpu/lora_reference.py \\
+        --configs bf16,fp8,bf16-cap22
+
+Figures come from the worker's own per-step metrics (`tokens`, `step_seconds`; the first
+`--warmup` steps, which compile, are left out). Each configuration prints a `RESULT {json}` line;
+the table at the end puts tokens/s and peak memory next to both reference modes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import random
+import subprocess
 import sys
 import time
+from pathlib import Path
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+ALL7 = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
-ALL7 = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+#: Named configurations of the production loop: TrainConfig overrides and a GPU memory cap (GiB, 0 = none).
+CONFIGS: dict[str, tuple[dict, float]] = {
+    "bf16": ({}, 0.0),
+    "fp8": ({"base_precision": "fp8"}, 0.0),
+    "bf16-cap22": ({"gradient_checkpointing": True, "loss_chunk": 1024}, 22.0),
+    "fp8-cap22": ({"base_precision": "fp8", "gradient_checkpointing": True, "loss_chunk": 1024}, 22.0),
+    "bf16-eager": ({"torch_compile": False}, 0.0),
+    "bf16-2rows": ({"micro_batch_size": 2}, 0.0),
+    "full-zero3-offload-cap24": (
+        {
+            "method": "full",
+            "deepspeed_stage": 3,
+            "offload_optimizer": True,
+            "offload_parameters": True,
+            "gradient_checkpointing": True,
+            "loss_chunk": 1024,
+            "learning_rate": 1e-5,
+        },
+        24.0,
+    ),
+}
+
+
+def sample_lengths(n: int, seed: int = 0, mean_log: float = 5.6, sigma: float = 0.8, max_len: int = 4096) -> list[int]:
+    """The reference benchmark's length law, with its seed."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.exp(torch.randn(n, generator=g) * sigma + mean_log).clamp(16, max_len).long().tolist()
 
 
 def qwen25_7b_config(layers: int):
@@ -41,191 +80,250 @@ def qwen25_7b_config(layers: int):
     )
 
 
-def sample_lengths(n: int, seed: int = 0, mean_log: float = 5.6, sigma: float = 0.8, max_len: int = 4096) -> list[int]:
-    """The reference benchmark's length law, with its seed."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.exp(torch.randn(n, generator=g) * sigma + mean_log).clamp(16, max_len).long().tolist()
+# -- prepare (CPU, the project's environment) ------------------------------------------------------------------
 
 
-def _step(model, batch, optimizer, varlen: bool, chunk: int) -> None:
-    from tuneforge.training.step import packed_loss
-
-    loss_sum, count = packed_loss(model, batch, varlen=varlen, chunk_size=chunk)
-    (loss_sum / max(count, 1)).backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-
-
-def _profile(step) -> None:
-    """One step under the profiler: GPU time by kernel family and the top kernels (one line each)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        step()
-        torch.cuda.synchronize()
-    events = [e for e in prof.key_averages() if e.device_time_total > 0]
-    families = {"gemm": 0.0, "flash/attention": 0.0, "triton (compiled)": 0.0, "other": 0.0}
-    for e in events:
-        name = e.key.lower()
-        if any(k in name for k in ("gemm", "nvjet", "xmma", "cutlass", "cublas", "matmul")):
-            family = "gemm"
-        elif "flash" in name or "fmha" in name or "attention" in name:
-            family = "flash/attention"
-        elif name.startswith("triton"):
-            family = "triton (compiled)"
-        else:
-            family = "other"
-        families[family] += e.self_device_time_total
-    total = sum(families.values()) or 1.0
-    print("PROFILE total_ms", round(total / 1e3, 1), {k: f"{v / total:.1%}" for k, v in families.items()}, flush=True)
-    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:18]:
-        print(f"PROFILE {e.self_device_time_total / 1e3:8.1f} ms {e.count:5d}x {e.key[:90]}", flush=True)
+def _records(count: int, seed: int) -> list[dict]:
+    """OpenAI-chat records of ~n tokens each (n from the length law): a question and a long answer."""
+    words = [
+        w
+        for w in (
+            "the model data train token answer question system value result number order table river city "
+            "light music winter market garden letter paper window report engine signal bridge forest ocean "
+            "planet camera travel coffee memory school doctor energy health metal stone field spring"
+        ).split()
+    ]
+    rng = random.Random(seed)
+    records = []
+    for index, n in enumerate(sample_lengths(count, seed=seed)):
+        body = max(4, n - 24)  # the chat template adds ~24 tokens around two turns
+        prompt = max(2, body // 4)
+        question = " ".join(rng.choice(words) for _ in range(prompt))
+        answer = " ".join(rng.choice(words) for _ in range(body - prompt))
+        records.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"{index}: {question}"},
+                    {"role": "assistant", "content": answer},
+                ]
+            }
+        )
+    return records
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=1, help="packed rows per step")
-    parser.add_argument("--row", type=int, default=4096, help="tokens per packed row")
-    parser.add_argument("--r", type=int, default=16)
-    parser.add_argument("--targets", default="all7", help="'all7' or comma-separated module names")
-    parser.add_argument("--dropout", type=float, default=0.0)
-    parser.add_argument("--gc", type=int, default=0, help="gradient checkpointing")
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--layers", type=int, default=28)
-    parser.add_argument("--chunk", type=int, default=4096, help="loss chunk in tokens")
-    parser.add_argument(
-        "--trained-fraction",
-        type=float,
-        default=1.0,
-        help="share of each sample's tokens with a loss (1.0 = all, like the reference)",
+def prepare(out: Path, count: int, seed: int) -> None:
+    import hashlib
+    import shutil
+
+    sys.path.insert(0, str(ROOT / "services"))
+    from tuneforge.curation.pipeline import CurationOptions, InputFile, curate
+    from tuneforge.models.embedded import build_qwen2_tokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_qwen2_tokenizer()
+    tokenizer.save_pretrained(out / "tokenizer")
+    raw = out / "records.jsonl"
+    raw.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in _records(count, seed)))
+    item = InputFile(raw.name, raw, hashlib.sha256(raw.read_bytes()).hexdigest())
+    started = time.perf_counter()
+    result = curate(
+        [item],
+        tokenizer,
+        CurationOptions(max_seq_len=4096, length_policy="truncate", validation_fraction=0.02, scrub_pii=False),
+        out / "dataset",
+        out / "work",
     )
-    parser.add_argument("--memory-cap-gib", type=float, default=0.0, help="cap this process's GPU memory")
-    parser.add_argument("--attn", default="auto", help="auto (varlen when available) | sdpa")
-    parser.add_argument("--compile", type=int, default=0, help="torch.compile each decoder layer")
-    parser.add_argument("--pool", type=int, default=64, help="samples to pack from per step (more fills rows better)")
-    parser.add_argument("--profile", type=int, default=0, help="print where one step's GPU time goes")
-    parser.add_argument("--fused-adamw", type=int, default=1, help="AdamW(fused=True)")
-    parser.add_argument("--fp8", type=int, default=0, help="frozen base matmuls in float8 (base_precision: fp8)")
-    args = parser.parse_args()
+    if not result.ok:
+        raise SystemExit(f"curation failed: {result}")
+    raw.unlink()
+    shutil.rmtree(out / "work", ignore_errors=True)
+    import pyarrow.parquet as pq
 
-    from peft import LoraConfig, get_peft_model
+    lengths = [
+        len(x)
+        for f in sorted((out / "dataset").glob("train-*.parquet"))
+        for x in pq.read_table(f)["input_ids"].to_pylist()
+    ]
+    lengths.sort()
+    print(
+        "PREPARED",
+        json.dumps(
+            {
+                "samples": len(lengths),
+                "tokens": sum(lengths),
+                "median_tokens": lengths[len(lengths) // 2],
+                "max_tokens": lengths[-1],
+                "curation_s": round(time.perf_counter() - started, 1),
+                "dir": str(out),
+            }
+        ),
+        flush=True,
+    )
+
+
+# -- run (GPU) ---------------------------------------------------------------------------------------------------
+
+
+def build_model_dir(path: Path, tokenizer_dir: Path, layers: int) -> float:
+    """A random-weight Qwen2.5-7B-architecture model directory (bf16 safetensors + the real tokenizer), once."""
+    import shutil
+
+    import torch
     from transformers import AutoModelForCausalLM
 
-    from tuneforge.training.attention import register_varlen_attention, varlen_available
-    from tuneforge.training.packing import Sample, collate, pack_rows
-    from tuneforge.training.step import packed_loss
-
-    if args.memory_cap_gib:
-        total = torch.cuda.get_device_properties(0).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib * 2**30 / total))
-    varlen = args.attn == "auto" and varlen_available()
-    attn = register_varlen_attention() if varlen else "sdpa"
+    if (path / "config.json").exists():
+        return 0.0
+    started = time.perf_counter()
     torch.manual_seed(0)
-    config = qwen25_7b_config(args.layers)
-    config._attn_implementation = attn
-    start = time.time()
     with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    model.config.use_cache = False
-    if args.gc:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    targets = ALL7 if args.targets == "all7" else args.targets
-    model = get_peft_model(
-        model,
-        LoraConfig(
-            r=args.r, lora_alpha=16, lora_dropout=args.dropout, target_modules=targets.split(","), task_type="CAUSAL_LM"
-        ),
-    )
-    model.train()
-    if args.fp8:
-        from tuneforge.training.fp8 import convert_lora_base_layers
+        model = AutoModelForCausalLM.from_config(qwen25_7b_config(layers), dtype=torch.bfloat16)
+    partial = path.with_name(path.name + ".partial")
+    model.save_pretrained(partial, safe_serialization=True)
+    for file in tokenizer_dir.iterdir():
+        shutil.copy(file, partial / file.name)
+    partial.rename(path)
+    del model
+    torch.cuda.empty_cache()
+    return time.perf_counter() - started
 
-        convert_lora_base_layers(model)
-        torch.cuda.empty_cache()
-    if args.compile:
-        for layer in model.get_base_model().get_decoder().layers:
-            layer.compile()
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=bool(args.fused_adamw)
-    )
-    build_s = time.time() - start
 
-    g = torch.Generator().manual_seed(1)
-    lengths = iter(sample_lengths(200_000))
+def worker(config_path: Path) -> None:
+    """One configuration inside torchrun: `train_worker` itself, its metrics summarised as RESULT."""
+    import torch
 
-    def batches():
-        while True:
-            # a data loader packs from a window of samples; rows that are not full yet wait for the next step
-            pending: list = []
-            while True:
-                while len(pending) < args.pool:
-                    n = next(lengths)
-                    ids = torch.randint(0, config.vocab_size, (n,), generator=g).tolist()
-                    prompt = int(n * (1 - args.trained_fraction))
-                    pending.append(Sample(ids, [False] * prompt + [True] * (n - prompt)))
-                rows = pack_rows(pending, args.row)
-                rows.sort(key=lambda row: -sum(len(s.input_ids) for s in row))
-                taken = rows[: args.rows]
-                used = {id(s) for row in taken for s in row}
-                pending = [s for s in pending if id(s) not in used]
-                batch = collate(taken, args.row, pad_id=0)
-                if args.compile:
-                    batch.max_seqlen = args.row  # a constant upper bound: no recompilation per batch
-                yield batch.to("cuda")
+    sys.path.insert(0, str(ROOT / "services"))
+    from tuneforge.training.trainer import init_process_group_from_env, train_worker
 
-    stream = batches()
-    times, tokens, trained, losses = [], [], [], []
-    torch.cuda.reset_peak_memory_stats()
-    for step in range(args.steps + 2):
-        batch = next(stream)
-        torch.cuda.synchronize()
-        t = time.time()
-        loss_sum, count = packed_loss(model, batch, varlen=varlen, chunk_size=args.chunk)
-        (loss_sum / max(count, 1)).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        if step >= 2:
-            times.append(time.time() - t)
-            tokens.append(batch.num_tokens)
-            trained.append(count)
-        losses.append(round(float(loss_sum) / max(int(count), 1), 4))  # same seeds: comparable across runs
-    if args.profile:
-        _profile(lambda: _step(model, next(stream), optimizer, varlen, args.chunk))
-    tps = sum(tokens) / sum(times)
-    h, inter, layers, vocab = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
-    kv = config.num_key_value_heads * (h // config.num_attention_heads)
-    matmul_params = (h * h * 2 + h * kv * 2 + 3 * h * inter) * layers + h * vocab
-    flops_per_token = (6 if args.gc else 4) * matmul_params
+    job = json.loads(config_path.read_text())
+    if job["memory_cap_gib"]:
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, job["memory_cap_gib"] * 2**30 / total))
+    init_process_group_from_env()
+    steps: list[dict] = []
+    started = time.perf_counter()
+    train_worker(job["train"], report=lambda metrics, checkpoint: steps.append(dict(metrics)))
+    timed = steps[job["warmup"] :]
+    tokens = sum(s["tokens"] for s in timed)
+    seconds = sum(s["step_seconds"] for s in timed)
     result = {
-        "trainer": "tuneforge",
-        "attn": attn,
-        "rows": args.rows,
-        "row": args.row,
-        "r": args.r,
-        "targets": targets,
-        "dropout": args.dropout,
-        "gc": args.gc,
-        "layers": layers,
-        "chunk": args.chunk,
-        "memory_cap_gib": args.memory_cap_gib,
-        "compile": args.compile,
-        "fp8": args.fp8,
-        "pool": args.pool,
-        "tokens_per_s": round(tps),
-        "step_s": round(sum(times) / len(times), 3),
-        "tokens_per_step": round(sum(tokens) / len(tokens)),
-        "row_fill": round(sum(tokens) / len(tokens) / (args.rows * args.row), 3),
-        "trained_tokens_per_step": round(sum(trained) / len(trained)),
+        "trainer": "tuneforge train_worker",
+        "config": job["name"],
+        "overrides": job["overrides"],
+        "memory_cap_gib": job["memory_cap_gib"],
+        "tokens_per_s": round(tokens / seconds) if seconds else 0,
+        "step_s": round(seconds / max(len(timed), 1), 3),
+        "tokens_per_step": round(tokens / max(len(timed), 1)),
+        "row_fill": round(
+            tokens / max(len(timed), 1) / (job["train"]["max_seq_len"] * job["train"]["micro_batch_size"]), 3
+        ),
         "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-        "model_tflops_per_s": round(tps * flops_per_token / 1e12, 1),
-        "build_s": round(build_s, 1),
-        "losses": losses,
+        "steps": len(steps),
+        "first_step_s": round(steps[0]["step_seconds"], 1),
+        "wall_s": round(time.perf_counter() - started, 1),
+        "losses": [round(s["loss"], 4) for s in steps],
         "gpu": torch.cuda.get_device_name(),
         "torch": torch.__version__,
     }
     print("RESULT", json.dumps(result), flush=True)
+
+
+def _result_line(output: str) -> dict | None:
+    lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
+    return json.loads(lines[-1][len("RESULT ") :]) if lines else None
+
+
+def _run(command: list[str], timeout: float, env: dict | None = None) -> tuple[dict | None, str]:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired as exc:
+        return None, f"timed out after {timeout:.0f} s: {str(exc.stderr)[-1500:]}"
+    result = _result_line(done.stdout)
+    tail = "" if result else (done.stdout[-1500:] + done.stderr[-3000:])
+    return result, tail
+
+
+def run(args: argparse.Namespace) -> None:
+    data = Path(args.data)
+    model_dir = Path(args.model_dir) if args.model_dir else Path("/tmp") / f"qwen25-7b-arch-{args.layers}l"
+    build_s = build_model_dir(model_dir, data / "tokenizer", args.layers)
+    print("MODEL", json.dumps({"dir": str(model_dir), "layers": args.layers, "build_s": round(build_s, 1)}), flush=True)
+    rows: list[tuple[str, dict | None]] = []
+    if args.reference:
+        targets = ",".join(ALL7)
+        for mode, extra in (("padded", ["--batch", "4", "--gc", "1"]), ("packed", ["--batch", "1", "--gc", "0"])):
+            command = [sys.executable, args.reference, "--mode", mode, "--targets", targets, "--r", "16"]
+            command += ["--dropout", "0", "--steps", str(args.reference_steps), "--layers", str(args.layers), *extra]
+            result, tail = _run(command, args.timeout)
+            print(
+                "RESULT" if result else "FAILED",
+                f"reference {mode}",
+                json.dumps(result) if result else tail,
+                flush=True,
+            )
+            rows.append((f"reference {mode}", result))
+    for name in args.configs.split(","):
+        overrides, cap = CONFIGS[name]
+        train = {
+            "base_model_path": str(model_dir),
+            "dataset_dir": str(data / "dataset"),
+            "output_dir": f"/tmp/tuneforge-bench-{name}",
+            "lora_r": 16,
+            "lora_alpha": 16,
+            "lora_dropout": 0.0,
+            "target_modules": ALL7,
+            "max_steps": args.steps,
+            "max_seq_len": 4096,
+            "micro_batch_size": 1,
+            "warmup_ratio": 0.0,
+            "checkpoint_every_steps": 10**9,  # the final step's checkpoint only
+            **overrides,
+        }
+        job = {"name": name, "overrides": overrides, "memory_cap_gib": cap, "warmup": args.warmup, "train": train}
+        path = Path(f"/tmp/tuneforge-bench-{name}.json")
+        path.write_text(json.dumps(job))
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
+        command += [str(Path(__file__).resolve()), "worker", "--job", str(path)]
+        result, tail = _run(command, args.timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        print("RESULT" if result else "FAILED", f"tuneforge {name}", json.dumps(result) if result else tail, flush=True)
+        rows.append((f"tuneforge {name}", result))
+    padded = next((r for n, r in rows if n == "reference padded"), None)
+    packed = next((r for n, r in rows if n == "reference packed"), None)
+    print(f"\n{'run':<40} {'tokens/s':>9} {'peak GiB':>9} {'vs padded':>10} {'vs packed':>10}")
+    for name, result in rows:
+        if result is None:
+            print(f"{name:<40} {'failed':>9}")
+            continue
+        tps = result["tokens_per_s"]
+        ratio = [f"{tps / ref['tokens_per_s']:.2f}x" if ref else "-" for ref in (padded, packed)]
+        print(f"{name:<40} {tps:>9,} {result['peak_gib']:>9} {ratio[0]:>10} {ratio[1]:>10}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare", help="CPU: tokenizer + curated dataset version")
+    p.add_argument("--out", default=".gpu/bench")
+    p.add_argument("--records", type=int, default=3000)
+    p.add_argument("--seed", type=int, default=0)
+    r = sub.add_parser("run", help="GPU: the production loop per configuration, beside the reference")
+    r.add_argument("--data", default=".gpu/bench")
+    r.add_argument("--model-dir", default="")
+    r.add_argument("--layers", type=int, default=28)
+    r.add_argument("--configs", default="bf16,fp8,bf16-cap22", help=f"comma-separated: {', '.join(CONFIGS)}")
+    r.add_argument("--steps", type=int, default=10)
+    r.add_argument("--warmup", type=int, default=2, help="first steps left out (compilation)")
+    r.add_argument("--reference", default="", help="path of lora_reference.py (left out when empty)")
+    r.add_argument("--reference-steps", type=int, default=8)
+    r.add_argument("--timeout", type=float, default=400)
+    w = sub.add_parser("worker", help="(internal) one configuration under torchrun")
+    w.add_argument("--job", required=True)
+    args = parser.parse_args()
+    if args.command == "prepare":
+        prepare(Path(args.out), args.records, args.seed)
+    elif args.command == "run":
+        run(args)
+    else:
+        worker(Path(args.job))
     return 0
 
 

@@ -6,16 +6,18 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
-from sqlalchemy import create_engine, text
 
-from tuneforge.client import TuneforgeClient
-from tuneforge.common.auth import hash_key
-from tuneforge.common.server import BackgroundServer
-from tuneforge.common.settings import Settings, load_settings
-from tuneforge.services import COMPONENTS
+if TYPE_CHECKING:
+    from tuneforge.client import TuneforgeClient
+    from tuneforge.common.server import BackgroundServer
+    from tuneforge.common.settings import Settings
+
+# The platform's modules are imported where a fixture needs them, not here: the GPU tier
+# (tests/test_training_gpu.py) runs on machines that carry only the training stack.
 
 ACME_KEY = "tf_acme_key_0123456789abcdef"
 GLOBEX_KEY = "tf_globex_key_0123456789abcdef"
@@ -26,6 +28,8 @@ POSTGRES_URL = os.environ.get("TUNEFORGE_TEST_POSTGRES_URL", "postgresql+psycopg
 
 @pytest.fixture(scope="session")
 def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tuneforge.common.auth import hash_key
+
     path = tmp_path_factory.mktemp("auth") / "keys.yaml"
     path.write_text(
         yaml.safe_dump(
@@ -43,6 +47,8 @@ def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_settings(home: Path, keys_file: Path, **overrides: object) -> Settings:
     """Settings for a test server: its own home, API keys, shared model cache, tiny model, any port."""
+    from tuneforge.common.settings import load_settings
+
     values: dict[str, object] = {
         "home": home,
         "port": 0,
@@ -89,6 +95,9 @@ def server_settings(tmp_path_factory: pytest.TempPathFactory, keys_file: Path, r
 @pytest.fixture(scope="session")
 def platform_server(server_settings: Settings) -> Iterator[BackgroundServer]:
     """Every service in one server on a free loopback port, as `tuneforge up` runs them."""
+    from tuneforge.common.server import BackgroundServer
+    from tuneforge.services import COMPONENTS
+
     server = BackgroundServer(server_settings, list(COMPONENTS.values()))
     yield server
     server.stop()
@@ -96,18 +105,24 @@ def platform_server(server_settings: Settings) -> Iterator[BackgroundServer]:
 
 @pytest.fixture()
 def acme(platform_server: BackgroundServer) -> Iterator[TuneforgeClient]:
+    from tuneforge.client import TuneforgeClient
+
     with TuneforgeClient(platform_server.address, api_key=ACME_KEY) as client:
         yield client
 
 
 @pytest.fixture()
 def globex(platform_server: BackgroundServer) -> Iterator[TuneforgeClient]:
+    from tuneforge.client import TuneforgeClient
+
     with TuneforgeClient(platform_server.address, api_key=GLOBEX_KEY) as client:
         yield client
 
 
 @pytest.fixture()
 def anonymous(platform_server: BackgroundServer) -> Iterator[TuneforgeClient]:
+    from tuneforge.client import TuneforgeClient
+
     with TuneforgeClient(platform_server.address) as client:
         yield client
 
@@ -115,6 +130,8 @@ def anonymous(platform_server: BackgroundServer) -> Iterator[TuneforgeClient]:
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """The PostgreSQL server's URL; the tests that need it are skipped where none is reachable."""
+    from sqlalchemy import create_engine, text
+
     admin = create_engine(POSTGRES_URL)
     try:
         with admin.connect() as connection:
@@ -132,6 +149,8 @@ def postgres_server() -> Iterator[str]:
 @pytest.fixture()
 def postgres_url(postgres_server: str) -> Iterator[str]:
     """A private, empty schema on the PostgreSQL server for one test, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
     admin = create_engine(postgres_server)
     schema = f"tf_test_{uuid.uuid4().hex[:10]}"
     with admin.begin() as connection:

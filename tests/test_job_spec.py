@@ -121,3 +121,26 @@ def test_all_problems_are_reported_at_once_and_other_tenants_see_no_dataset(
     with pytest.raises(InvalidArgument) as info:
         validate_job_spec("globex", _spec(), metadata, resolver)
     assert _fields(info.value) == {"spec.dataset_version_id"}
+
+
+@pytest.mark.parametrize("requested", [None, True, False])
+def test_torch_compile_travels_from_the_wire_to_the_worker_and_unset_stays_the_trainer_s_choice(
+    requested: bool | None,
+) -> None:
+    import torch
+
+    from tuneforge.training.jobs import train_config
+    from tuneforge.training.spec_proto import spec_input, spec_message
+    from tuneforge.training.trainer import TrainConfig, compiles
+
+    spec = _spec(torch_compile=requested)
+    back = spec_input(spec_message(spec))
+    assert back.torch_compile is requested
+    values = train_config(back, base_model_path="/m", dataset_dir="/d", output_dir="/o", max_seq_len=512)
+    config = TrainConfig(**values)
+    assert config.torch_compile is requested
+    gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert compiles(config, gpu) is (True if requested is None else requested)
+    assert compiles(config, cpu) is (False if requested is None else requested)
+    zero3 = TrainConfig(**{**values, "method": "full", "deepspeed_stage": 3})
+    assert compiles(zero3, gpu) is (False if requested is None else requested)

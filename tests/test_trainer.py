@@ -183,9 +183,9 @@ def test_two_torchrun_processes_train_like_one_process_given_both_rows(dataset_d
     config = tmp_path / "train.json"
     config.write_text(json.dumps(_config(dataset_dir, together, max_steps=4, micro_batch_size=1)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-        + ["-m", "tuneforge.training.trainer", "--config", str(config)],
+        [*torchrun, "-m", "tuneforge.training.trainer", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=300,

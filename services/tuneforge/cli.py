@@ -358,6 +358,8 @@ def _job_spec(args: argparse.Namespace):  # -> training_pb2.JobSpec
         spec.hyperparameters.train_on_prompt = True
     if args.gradient_checkpointing:
         spec.hyperparameters.gradient_checkpointing = True
+    if args.torch_compile is not None:
+        spec.hyperparameters.torch_compile = args.torch_compile
     if args.zero_stage:
         spec.deepspeed.stage = args.zero_stage
     if args.offload_optimizer:
@@ -739,6 +741,13 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         create.add_argument(flag, type=kind)
     create.add_argument("--zero-stage", type=int, choices=[2, 3])
+    create.add_argument(
+        "--compile",
+        dest="torch_compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the decoder layers (default: on for GPU jobs without DeepSpeed)",
+    )
     for flag in (
         "--no-packing",
         "--train-on-prompt",

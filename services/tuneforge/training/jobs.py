@@ -46,6 +46,8 @@ class JobSpecInput:
     seed: int = 0
     train_on_prompt: bool = False
     gradient_checkpointing: bool = False
+    #: None: the trainer decides (compiled on GPU without DeepSpeed).
+    torch_compile: bool | None = None
     packing: bool = True
     eval_every_steps: int = 0
     checkpoint_every_steps: int = 0

@@ -79,7 +79,8 @@ _WORKER_OOM = re.compile(r"TrainingOutOfMemory: (.+)$", re.MULTILINE)
 #: A collective between workers broke: a worker (or its GPU, or the network to it) was lost.
 _COLLECTIVE_FAILED = re.compile(
     r"NCCL (?:error|communicator|WARN)|ncclInternalError|ncclSystemError|ncclRemoteError|DistBackendError|"
-    r"ProcessGroupNCCL|Watchdog caught collective operation timeout|Connection closed by peer|Gloo.*(?:Connection|Timed out)"
+    r"ProcessGroupNCCL|Watchdog caught collective operation timeout|Connection closed by peer|"
+    r"Gloo.*(?:Connection|Timed out)"
 )
 _EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$", re.MULTILINE)
 

@@ -201,12 +201,20 @@ def _build_model(config: TrainConfig, device: torch.device) -> tuple[Any, Any, b
         weights = config.resume_from
     varlen = device.type == "cuda" and varlen_available()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    zero3 = None
+    if config.deepspeed_stage == 3:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        # while this object lives, from_pretrained builds the model under deepspeed.zero.Init: each weight
+        # goes straight into its partition (on the CPU with offload), never whole onto the GPU
+        zero3 = HfDeepSpeedConfig(deepspeed_config(config, device))
     model = AutoModelForCausalLM.from_pretrained(
         weights,
         dtype=dtype,
         trust_remote_code=config.trust_remote_code,
         attn_implementation=register_varlen_attention() if varlen else "sdpa",
     )
+    del zero3  # the partitioned model keeps what it needs; deepspeed.initialize gets the config again
     if config.deepspeed_stage != 3:
         model = model.to(device)
     model.config.use_cache = False
@@ -516,6 +524,8 @@ def train_worker(config_values: dict[str, Any], report: Reporter | None = None) 
             "loss": loss_all / max(trained_tokens, 1.0),
             "learning_rate": scheduler.get_last_lr()[0],
             "tokens_per_second": tokens_all / elapsed if elapsed > 0 else 0.0,
+            "tokens": tokens_all,
+            "step_seconds": elapsed,
         }
         if device.type == "cuda":
             metrics["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -539,11 +549,21 @@ def train_worker(config_values: dict[str, Any], report: Reporter | None = None) 
     return metrics
 
 
+def init_process_group_from_env() -> None:
+    """Joins the process group torchrun describes (WORLD_SIZE etc.): NCCL on GPU, gloo on CPU, as Ray Train does."""
+    if "WORLD_SIZE" not in os.environ or dist.is_initialized():
+        return
+    device = training_device()
+    if device.type == "cuda":
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+
+
 def main(argv: list[str] | None = None) -> int:
     """`torchrun --nproc_per_node N -m tuneforge.training.trainer --config train.json`: training without Ray.
 
-    `train.json` holds TrainConfig's fields. Under torchrun (WORLD_SIZE set) the process group is
-    NCCL on GPU and gloo on CPU, as Ray Train sets it up; metrics print one JSON line a step.
+    `train.json` holds TrainConfig's fields; rank 0 prints one JSON line a step.
     """
     import argparse
 
@@ -551,11 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="JSON file of TrainConfig fields")
     args = parser.parse_args(argv)
     values = json.loads(Path(args.config).read_text())
-    if "WORLD_SIZE" in os.environ and not dist.is_initialized():
-        device = training_device()
-        dist.init_process_group(
-            "nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None
-        )
+    init_process_group_from_env()
     rank = _rank_world()[0]
     try:
         metrics = train_worker(values, report=_print_reporter if rank == 0 else lambda metrics, checkpoint: None)

@@ -95,7 +95,7 @@ class DeepSpeedSpec(_message.Message):
     def __init__(self, stage: _Optional[_Union[ZeroStage, str]] = ..., offload_optimizer: _Optional[bool] = ..., offload_parameters: _Optional[bool] = ...) -> None: ...
 
 class Hyperparameters(_message.Message):
-    __slots__ = ("learning_rate", "epochs", "max_steps", "micro_batch_size", "gradient_accumulation_steps", "warmup_ratio", "weight_decay", "max_seq_len", "seed", "packing", "train_on_prompt", "gradient_checkpointing", "eval_every_steps", "checkpoint_every_steps")
+    __slots__ = ("learning_rate", "epochs", "max_steps", "micro_batch_size", "gradient_accumulation_steps", "warmup_ratio", "weight_decay", "max_seq_len", "seed", "packing", "train_on_prompt", "gradient_checkpointing", "eval_every_steps", "checkpoint_every_steps", "torch_compile")
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +110,7 @@ class Hyperparameters(_message.Message):
     GRADIENT_CHECKPOINTING_FIELD_NUMBER: _ClassVar[int]
     EVAL_EVERY_STEPS_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_EVERY_STEPS_FIELD_NUMBER: _ClassVar[int]
+    TORCH_COMPILE_FIELD_NUMBER: _ClassVar[int]
     learning_rate: float
     epochs: float
     max_steps: int
@@ -124,7 +125,8 @@ class Hyperparameters(_message.Message):
     gradient_checkpointing: bool
     eval_every_steps: int
     checkpoint_every_steps: int
-    def __init__(self, learning_rate: _Optional[float] = ..., epochs: _Optional[float] = ..., max_steps: _Optional[int] = ..., micro_batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_seq_len: _Optional[int] = ..., seed: _Optional[int] = ..., packing: _Optional[bool] = ..., train_on_prompt: _Optional[bool] = ..., gradient_checkpointing: _Optional[bool] = ..., eval_every_steps: _Optional[int] = ..., checkpoint_every_steps: _Optional[int] = ...) -> None: ...
+    torch_compile: bool
+    def __init__(self, learning_rate: _Optional[float] = ..., epochs: _Optional[float] = ..., max_steps: _Optional[int] = ..., micro_batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_seq_len: _Optional[int] = ..., seed: _Optional[int] = ..., packing: _Optional[bool] = ..., train_on_prompt: _Optional[bool] = ..., gradient_checkpointing: _Optional[bool] = ..., eval_every_steps: _Optional[int] = ..., checkpoint_every_steps: _Optional[int] = ..., torch_compile: _Optional[bool] = ...) -> None: ...
 
 class ResourceSpec(_message.Message):
     __slots__ = ("num_workers", "use_gpu", "gpus_per_worker", "cpus_per_worker", "max_failures")
