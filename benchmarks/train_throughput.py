@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import time
@@ -47,12 +48,16 @@ CONFIGS: dict[str, tuple[dict, float]] = {
             "offload_optimizer": True,
             "offload_parameters": True,
             "gradient_checkpointing": True,
+            "optimizer_precision": "bf16",  # 10 host bytes per parameter: the 7B run fits a 128 GB host
             "loss_chunk": 1024,
             "learning_rate": 1e-5,
+            "max_steps": 4,
         },
         24.0,
     ),
 }
+#: Configurations that are resumed from their last checkpoint for `--resume-steps` more steps.
+RESUMED = {"full-zero3-offload-cap24"}
 
 
 def sample_lengths(n: int, seed: int = 0, mean_log: float = 5.6, sigma: float = 0.8, max_len: int = 4096) -> list[int]:
@@ -217,6 +222,8 @@ def worker(config_path: Path) -> None:
             tokens / max(len(timed), 1) / (job["train"]["max_seq_len"] * job["train"]["micro_batch_size"]), 3
         ),
         "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "host_peak_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 1),
+        "resumed_from_step": steps[0]["step"] - 1,
         "steps": len(steps),
         "first_step_s": round(steps[0]["step_seconds"], 1),
         "wall_s": round(time.perf_counter() - started, 1),
@@ -240,6 +247,17 @@ def _run(command: list[str], timeout: float, env: dict | None = None) -> tuple[d
     result = _result_line(done.stdout)
     tail = "" if result else (done.stdout[-1500:] + done.stderr[-3000:])
     return result, tail
+
+
+def _worker_run(job: dict, timeout: float) -> dict | None:
+    path = Path(f"/tmp/tuneforge-bench-{job['name']}.json")
+    path.write_text(json.dumps(job))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
+    command += [str(Path(__file__).resolve()), "worker", "--job", str(path)]
+    result, tail = _run(command, timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    label = job["name"] + (" resumed" if job["train"].get("resume_from") else "")
+    print("RESULT" if result else "FAILED", f"tuneforge {label}", json.dumps(result) if result else tail, flush=True)
+    return result
 
 
 def run(args: argparse.Namespace) -> None:
@@ -278,24 +296,27 @@ def run(args: argparse.Namespace) -> None:
             "checkpoint_every_steps": 10**9,  # the final step's checkpoint only
             **overrides,
         }
-        job = {"name": name, "overrides": overrides, "memory_cap_gib": cap, "warmup": args.warmup, "train": train}
-        path = Path(f"/tmp/tuneforge-bench-{name}.json")
-        path.write_text(json.dumps(job))
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
-        command += [str(Path(__file__).resolve()), "worker", "--job", str(path)]
-        result, tail = _run(command, args.timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        print("RESULT" if result else "FAILED", f"tuneforge {name}", json.dumps(result) if result else tail, flush=True)
+        warmup = min(args.warmup, train["max_steps"] - 1)
+        job = {"name": name, "overrides": overrides, "memory_cap_gib": cap, "warmup": warmup, "train": train}
+        result = _worker_run(job, args.timeout)
         rows.append((f"tuneforge {name}", result))
+        if name in RESUMED and result is not None:
+            last = Path(train["output_dir"]) / f"checkpoint-{train['max_steps']:06d}"
+            resumed = {**train, "resume_from": str(last), "max_steps": train["max_steps"] + args.resume_steps}
+            rows.append(
+                (f"tuneforge {name} resumed", _worker_run({**job, "warmup": 0, "train": resumed}, args.timeout))
+            )
     padded = next((r for n, r in rows if n == "reference padded"), None)
     packed = next((r for n, r in rows if n == "reference packed"), None)
-    print(f"\n{'run':<40} {'tokens/s':>9} {'peak GiB':>9} {'vs padded':>10} {'vs packed':>10}")
+    print(f"\n{'run':<40} {'tokens/s':>9} {'peak GiB':>9} {'vs padded':>10} {'vs packed':>10} {'host GiB':>9}")
     for name, result in rows:
         if result is None:
             print(f"{name:<40} {'failed':>9}")
             continue
         tps = result["tokens_per_s"]
         ratio = [f"{tps / ref['tokens_per_s']:.2f}x" if ref else "-" for ref in (padded, packed)]
-        print(f"{name:<40} {tps:>9,} {result['peak_gib']:>9} {ratio[0]:>10} {ratio[1]:>10}")
+        host = result.get("host_peak_gib", "-")
+        print(f"{name:<40} {tps:>9,} {result['peak_gib']:>9} {ratio[0]:>10} {ratio[1]:>10} {host:>9}")
 
 
 def main() -> int:
@@ -314,6 +335,7 @@ def main() -> int:
     r.add_argument("--warmup", type=int, default=2, help="first steps left out (compilation)")
     r.add_argument("--reference", default="", help="path of lora_reference.py (left out when empty)")
     r.add_argument("--reference-steps", type=int, default=8)
+    r.add_argument("--resume-steps", type=int, default=1, help="steps a resumed configuration runs on")
     r.add_argument("--timeout", type=float, default=400)
     w = sub.add_parser("worker", help="(internal) one configuration under torchrun")
     w.add_argument("--job", required=True)

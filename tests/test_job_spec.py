@@ -97,6 +97,9 @@ def test_the_model_s_linear_layers_are_listed_without_loading_weights(resolver: 
         ({"base_precision": "fp4"}, "spec.lora.base_precision"),
         ({"base_precision": "fp8"}, "spec.lora.base_precision"),  # fp8 needs GPUs
         ({"base_precision": "fp8", "use_gpu": True, "method": "full"}, "spec.lora.base_precision"),
+        ({"optimizer_precision": "fp16"}, "spec.deepspeed.optimizer_precision"),
+        ({"optimizer_precision": "bf16", "method": "full", "use_gpu": True}, "spec.deepspeed.optimizer_precision"),
+        ({"optimizer_precision": "bf16", "method": "full", "deepspeed_stage": 3}, "spec.deepspeed.optimizer_precision"),
     ],
 )
 def test_each_bad_field_is_named(metadata: MetadataStore, resolver: ModelResolver, overrides: dict, field: str) -> None:
@@ -144,3 +147,22 @@ def test_torch_compile_travels_from_the_wire_to_the_worker_and_unset_stays_the_t
     assert compiles(config, cpu) is (False if requested is None else requested)
     zero3 = TrainConfig(**{**values, "method": "full", "deepspeed_stage": 3})
     assert compiles(zero3, gpu) is (False if requested is None else requested)
+
+
+def test_bf16_optimizer_state_reaches_deepspeed_only_on_gpu() -> None:
+    import torch
+
+    from tuneforge.training.jobs import train_config
+    from tuneforge.training.spec_proto import spec_input, spec_message
+    from tuneforge.training.trainer import TrainConfig, deepspeed_config
+
+    spec = _spec(method="full", deepspeed_stage=3, offload_optimizer=True, offload_parameters=True, use_gpu=True)
+    spec.optimizer_precision = "bf16"
+    back = spec_input(spec_message(spec))
+    config = TrainConfig(**train_config(back, base_model_path="/m", dataset_dir="/d", output_dir="/o", max_seq_len=512))
+    gpu = deepspeed_config(config, torch.device("cuda", 0))
+    assert gpu["bf16"] == {"enabled": True, "bf16_master_weights_and_grads": True, "bf16_optimizer_states": True}
+    assert gpu["zero_optimization"]["offload_param"]["device"] == "cpu" and gpu["optimizer"]["type"] == "AdamW"
+    assert deepspeed_config(config, torch.device("cpu"))["bf16"] == {"enabled": False}
+    default = TrainConfig(**{**config.__dict__, "optimizer_precision": "fp32"})
+    assert deepspeed_config(default, torch.device("cuda", 0))["bf16"] == {"enabled": True}

@@ -54,6 +54,7 @@ class JobSpecInput:
     deepspeed_stage: int = 0
     offload_optimizer: bool = False
     offload_parameters: bool = False
+    optimizer_precision: str = "fp32"
     num_workers: int = 1
     use_gpu: bool = False
     gpus_per_worker: int = 1
@@ -118,6 +119,12 @@ def validate_job_spec(
     check(spec.weight_decay >= 0, "spec.hyperparameters.weight_decay", "must not be negative")
     check(spec.deepspeed_stage in (0, 2, 3), "spec.deepspeed.stage", "must be ZeRO-2 or ZeRO-3")
     check(not spec.offload_parameters or spec.deepspeed_stage == 3, "spec.deepspeed.offload_parameters", "needs ZeRO-3")
+    check(spec.optimizer_precision in ("fp32", "bf16"), "spec.deepspeed.optimizer_precision", "must be fp32 or bf16")
+    check(
+        spec.optimizer_precision != "bf16" or (spec.deepspeed_stage in (2, 3) and spec.use_gpu),
+        "spec.deepspeed.optimizer_precision",
+        "bf16 optimizer state needs DeepSpeed ZeRO-2 or ZeRO-3 on GPUs (use_gpu)",
+    )
     check(1 <= spec.num_workers <= 1024, "spec.resources.num_workers", "must be between 1 and 1024")
     check(1 <= spec.gpus_per_worker <= 16, "spec.resources.gpus_per_worker", "must be between 1 and 16")
     check(1 <= spec.cpus_per_worker <= 256, "spec.resources.cpus_per_worker", "must be between 1 and 256")

@@ -44,6 +44,7 @@ def spec_input(message: training_pb2.JobSpec) -> JobSpecInput:
         deepspeed_stage=int(message.deepspeed.stage),
         offload_optimizer=message.deepspeed.offload_optimizer,
         offload_parameters=message.deepspeed.offload_parameters,
+        optimizer_precision=message.deepspeed.optimizer_precision or "fp32",
         num_workers=resources.num_workers or 1,
         use_gpu=resources.use_gpu,
         gpus_per_worker=resources.gpus_per_worker or 1,
@@ -70,6 +71,7 @@ def spec_message(spec: JobSpecInput) -> training_pb2.JobSpec:
             stage=spec.deepspeed_stage,
             offload_optimizer=spec.offload_optimizer,
             offload_parameters=spec.offload_parameters,
+            optimizer_precision=spec.optimizer_precision,
         ),
         hyperparameters=training_pb2.Hyperparameters(
             learning_rate=spec.learning_rate,

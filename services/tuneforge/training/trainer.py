@@ -82,6 +82,10 @@ class TrainConfig:
     deepspeed_stage: int = 0
     offload_optimizer: bool = False
     offload_parameters: bool = False
+    #: `bf16`: ZeRO keeps master weights, gradients and AdamW moments in bf16 (GPU only): with offload,
+    #: 10 instead of 18 host bytes per parameter (76 instead of 137 GB for a 7.6B model), at the cost of
+    #: updates smaller than bf16's resolution. `fp32`: the usual mixed-precision master copy.
+    optimizer_precision: str = "fp32"
     #: Failure drill: the worker process dies right after this step, once per output directory
     #: (a marker file remembers it), so operators and tests can watch a run resume. 0 = never.
     crash_after_step: int = 0
@@ -93,12 +97,17 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _all_reduce(values: list[float | torch.Tensor], device: torch.device) -> list[float]:
-    """Sums of `values` over all ranks, computed on the training device (NCCL refuses CPU tensors)."""
+def _all_reduce_on_device(values: list[float | torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Sums of `values` over all ranks, computed and left on the training device (NCCL refuses CPU tensors)."""
     tensor = torch.stack([torch.as_tensor(v).to(device, torch.float64) for v in values])
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor)
-    return tensor.tolist()
+    return tensor
+
+
+def _all_reduce(values: list[float | torch.Tensor], device: torch.device) -> list[float]:
+    """Sums of `values` over all ranks, on the host (one device sync)."""
+    return _all_reduce_on_device(values, device).tolist()
 
 
 class TrainingOutOfMemory(RuntimeError):
@@ -299,11 +308,14 @@ def deepspeed_config(config: TrainConfig, device: torch.device) -> dict[str, Any
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": device.type == "cuda"}
     if config.offload_parameters and config.deepspeed_stage == 3:
         zero["offload_param"] = {"device": "cpu", "pin_memory": device.type == "cuda"}
+    half_states = {}
+    if config.optimizer_precision == "bf16" and device.type == "cuda":
+        half_states = {"bf16_master_weights_and_grads": True, "bf16_optimizer_states": True}
     values: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": config.micro_batch_size,
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
         "zero_optimization": zero,
-        "bf16": {"enabled": device.type == "cuda"},
+        "bf16": {"enabled": device.type == "cuda", **half_states},
         "zero_allow_untested_optimizer": True,  # the client AdamW below
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -489,7 +501,8 @@ def train_worker(config_values: dict[str, Any], report: Reporter | None = None) 
     while step < total_steps:
         started = time.perf_counter()
         batches = [collate(next(stream), config.max_seq_len, pad_id, config.train_on_prompt) for _ in range(gas)]
-        trained_tokens = _all_reduce([sum(b.num_loss_tokens for b in batches)], device)[0]
+        # the step's trained tokens on all ranks, kept on the device: no host sync before the backward pass
+        trained_tokens = _all_reduce_on_device([sum(b.num_loss_tokens for b in batches)], device)[0].clamp(min=1.0)
         loss_total = torch.zeros((), dtype=torch.float32, device=device)
         rows = max(b.input_ids.shape[0] for b in batches)
         try:
@@ -502,7 +515,7 @@ def train_worker(config_values: dict[str, Any], report: Reporter | None = None) 
                     loss_sum = parallel(batch)
                     # DDP and DeepSpeed average gradients over ranks: scale so the result is the mean over
                     # every token trained in this step, on all ranks
-                    scaled = loss_sum * world / max(trained_tokens, 1.0)
+                    scaled = loss_sum * (world / trained_tokens).float()
                     if engine is not None:
                         engine.backward(scaled, scale_wrt_gas=False)
                         engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary
@@ -517,11 +530,12 @@ def train_worker(config_values: dict[str, Any], report: Reporter | None = None) 
             raise _out_of_memory(config, step + 1, rows, rank, device) from exc
         step += 1
         loss_all, tokens_all = _all_reduce([loss_total, sum(b.num_tokens for b in batches)], device)
+        trained_all = float(trained_tokens)  # already summed over ranks
         elapsed = time.perf_counter() - started
         metrics = {
             "step": step,
             "total_steps": total_steps,
-            "loss": loss_all / max(trained_tokens, 1.0),
+            "loss": loss_all / trained_all,
             "learning_rate": scheduler.get_last_lr()[0],
             "tokens_per_second": tokens_all / elapsed if elapsed > 0 else 0.0,
             "tokens": tokens_all,

@@ -1,3 +1,3 @@
 """Digest of the .proto sources this package was generated from (written by `make proto`)."""
 
-PROTO_SOURCES_SHA256 = "c4732d7f561d996591a18beb8abb14e5ed43785b81a7883bd88c1a8714b3d8fa"
+PROTO_SOURCES_SHA256 = "d5bc98b8449127625b5ffd1d5bbdd54f33709fe5d1c1d85a0e8134af08c19353"

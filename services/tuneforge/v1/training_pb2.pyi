@@ -85,14 +85,16 @@ class LoraSpec(_message.Message):
     def __init__(self, r: _Optional[int] = ..., alpha: _Optional[float] = ..., dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., base_precision: _Optional[str] = ...) -> None: ...
 
 class DeepSpeedSpec(_message.Message):
-    __slots__ = ("stage", "offload_optimizer", "offload_parameters")
+    __slots__ = ("stage", "offload_optimizer", "offload_parameters", "optimizer_precision")
     STAGE_FIELD_NUMBER: _ClassVar[int]
     OFFLOAD_OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     OFFLOAD_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_PRECISION_FIELD_NUMBER: _ClassVar[int]
     stage: ZeroStage
     offload_optimizer: bool
     offload_parameters: bool
-    def __init__(self, stage: _Optional[_Union[ZeroStage, str]] = ..., offload_optimizer: _Optional[bool] = ..., offload_parameters: _Optional[bool] = ...) -> None: ...
+    optimizer_precision: str
+    def __init__(self, stage: _Optional[_Union[ZeroStage, str]] = ..., offload_optimizer: _Optional[bool] = ..., offload_parameters: _Optional[bool] = ..., optimizer_precision: _Optional[str] = ...) -> None: ...
 
 class Hyperparameters(_message.Message):
     __slots__ = ("learning_rate", "epochs", "max_steps", "micro_batch_size", "gradient_accumulation_steps", "warmup_ratio", "weight_decay", "max_seq_len", "seed", "packing", "train_on_prompt", "gradient_checkpointing", "eval_every_steps", "checkpoint_every_steps", "torch_compile")
