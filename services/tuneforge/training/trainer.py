@@ -82,8 +82,9 @@ class TrainConfig:
     deepspeed_stage: int = 0
     offload_optimizer: bool = False
     offload_parameters: bool = False
-    #: `bf16`: ZeRO keeps master weights, gradients and AdamW moments in bf16 (GPU only): with offload,
-    #: 10 instead of 18 host bytes per parameter (76 instead of 137 GB for a 7.6B model), at the cost of
+    #: `bf16`: ZeRO keeps master weights, gradients and AdamW moments in bf16 (GPU only): with ZeRO-3
+    #: offload, 12 instead of 20 host bytes per parameter in DeepSpeed's buffers (93 instead of 154 GB
+    #: for a 7.6B model), at the cost of
     #: updates smaller than bf16's resolution (at lr 1e-5 only ~12% of a steady update survives, ~50% at
     #: 5e-5: measured with DeepSpeed's CPU Adam). `fp32`: the usual mixed-precision master copy.
     optimizer_precision: str = "fp32"
