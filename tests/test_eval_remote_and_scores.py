@@ -284,3 +284,72 @@ def test_an_oversized_ratings_file_is_refused_before_anything_is_read() -> None:
     with pytest.raises(InvalidArgument) as refused:
         EvalRuns(None, None, None).import_human_scores("acme", "eval-x", b"x" * (MAX_RATINGS_BYTES + 1))
     assert refused.value.violations[0].field == "jsonl"
+
+
+class _ReplicaAnswers:
+    """Answers as one replica's inference client would; blocks for good after `stall_after` answers."""
+
+    def __init__(self, stall_after: int | None = None) -> None:
+        self.answered: list[str] = []
+        self.stall_after = stall_after
+
+    async def resolve(self, tenant: str, model: str, field: str):
+        from tuneforge.evaluation.answers import ResolvedModel
+
+        return ResolvedModel(model, "", "base-model", "")
+
+    async def answer(self, tenant, model, messages, sampling) -> str:
+        import asyncio
+
+        if self.stall_after is not None and len(self.answered) >= self.stall_after:
+            await asyncio.Event().wait()  # this replica hangs, then dies
+        self.answered.append(messages[0][1])
+        return '{"date": "2026-01-01"}'
+
+
+def test_two_evaluation_replicas_run_a_run_once_and_one_takes_over_from_a_dead_holder(
+    tmp_path, database_url: str
+) -> None:
+    import asyncio
+
+    from tuneforge.evaluation.runs import SUCCEEDED, EvalRuns
+    from tuneforge.evaluation.suite_store import SuiteStore
+    from tuneforge.store.artifacts import ArtifactStore
+    from tuneforge.store.leases import Leases
+    from tuneforge.store.metadata import MetadataStore
+
+    metadata = MetadataStore(database_url)
+    metadata.migrate()
+    artifacts = ArtifactStore(tmp_path / "artifacts")
+    suites = SuiteStore(metadata, artifacts)
+    suite = suites.create("acme", "replicas", "\n".join(json.dumps(i) for i in ITEMS).encode())
+    first = EvalRuns(metadata, artifacts, suites, concurrency=1, leases=Leases(metadata, "pod-a", ttl_s=1.0))
+    second = EvalRuns(metadata, artifacts, suites, concurrency=1, leases=Leases(metadata, "pod-b", ttl_s=1.0))
+    info = first.create("acme", suite.id, ["base"], {"temperature": 0.0})
+    stalled, healthy = _ReplicaAnswers(stall_after=4), _ReplicaAnswers()
+
+    async def scenario() -> None:
+        first.start(info, stalled)
+        while len(stalled.answered) < 4:
+            await asyncio.sleep(0.05)
+        for _ in range(3):  # the other replica's sweeps: the run is taken, so it stays idle
+            second.start(info, healthy)
+            await asyncio.sleep(0.1)
+        assert healthy.answered == [] and first.leases.holder_of(f"eval-run:{info.id}") == "pod-a"
+        # pod-a dies: its tasks end without releasing anything, its lease stops being renewed
+        first.leases.acquire = lambda name: False  # type: ignore[method-assign]
+        first.leases.release = lambda name: None  # type: ignore[method-assign]
+        for task in first._tasks.values():
+            task.cancel()
+        deadline = time.monotonic() + 20
+        while second.get("acme", info.id).state != SUCCEEDED and time.monotonic() < deadline:
+            second.start(info, healthy)
+            await asyncio.sleep(0.2)
+
+    asyncio.run(scenario())
+    done = second.get("acme", info.id)
+    assert done.state == SUCCEEDED and done.completed == done.total == len(ITEMS)
+    assert len(stalled.answered) == 4 and len(healthy.answered) == len(ITEMS) - 4  # resumed, not redone
+    assert not set(stalled.answered) & set(healthy.answered)
+    assert second.leases.holder_of(f"eval-run:{info.id}") is None  # released when the run finished
+    metadata.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from conftest import MODEL_CACHE
@@ -9,9 +10,10 @@ from conftest import MODEL_CACHE
 from tuneforge.common.settings import load_settings
 from tuneforge.models import ModelResolver
 from tuneforge.store.artifacts import ArtifactStore
+from tuneforge.store.leases import Leases
 from tuneforge.store.metadata import MetadataStore
 from tuneforge.training.cluster import LocalRayHead, SubmissionStatus
-from tuneforge.training.job_store import QUEUED, JobStore
+from tuneforge.training.job_store import FAILED, QUEUED, RUNNING, JobStore
 from tuneforge.training.jobs import JobSpecInput
 from tuneforge.training.registry import AdapterRegistry
 from tuneforge.training.runner import JobRunner
@@ -37,20 +39,89 @@ class FakeRay:
     def stop(self, submission_id: str) -> None:
         self.statuses[submission_id] = "STOPPED"
 
+    def logs(self, submission_id: str) -> str:
+        return "ValueError: the training program broke\n"
 
-def _runner(home: Path, **training: object) -> tuple[JobRunner, JobStore, MetadataStore]:
-    """A runner over a fresh store in `home`, not yet connected to any Ray."""
+
+def _runner(
+    home: Path, database_url: str | None = None, lease_ttl_s: float = 30.0, **training: object
+) -> tuple[JobRunner, JobStore, MetadataStore]:
+    """A runner over a store in `home` (or at `database_url`), not yet connected to any Ray."""
     settings = load_settings(
-        None, home=home, auth={"mode": "local"}, models={"cache_dir": str(MODEL_CACHE)}, training=training
+        None,
+        home=home,
+        database_url=database_url,
+        auth={"mode": "local"},
+        models={"cache_dir": str(MODEL_CACHE)},
+        training=training,
     )
     metadata = MetadataStore(settings.database_url)
     metadata.migrate()
     artifacts = ArtifactStore(settings.artifact_root)
     jobs = JobStore(metadata)
     runner = JobRunner(
-        settings, jobs, AdapterRegistry(metadata, artifacts), metadata, artifacts, ModelResolver(MODEL_CACHE)
+        settings,
+        jobs,
+        AdapterRegistry(metadata, artifacts),
+        metadata,
+        artifacts,
+        ModelResolver(MODEL_CACHE),
+        Leases(metadata, ttl_s=lease_ttl_s),
     )
     return runner, jobs, metadata
+
+
+def test_two_replicas_on_one_database_submit_a_job_once_and_one_takes_over_when_the_other_dies(
+    tmp_path: Path, database_url: str
+) -> None:
+    ray = FakeRay()  # the one training cluster both replicas submit to
+    first, jobs, first_store = _runner(tmp_path, database_url, lease_ttl_s=1.0)
+    second, _, second_store = _runner(tmp_path, database_url, lease_ttl_s=1.0)
+    first.ray = second.ray = ray
+    spec = JobSpecInput(base_model="tiny-qwen2", dataset_version_id="dsv-" + "a" * 24, adapter_name="a")
+    job = jobs.create("acme", spec)
+    for _ in range(3):
+        first.tick()
+        second.tick()
+    assert ray.submitted == [f"{job.id}-1"]  # exactly once, by the replica holding the job's lease
+    assert first.leases.holder_of(f"training-job:{job.id}") == first.leases.holder
+    # the holder dies without a word (no release): its submission fails meanwhile
+    ray.statuses[f"{job.id}-1"] = "FAILED"
+    second.tick()
+    assert jobs.get("acme", job.id).state in (QUEUED, RUNNING)  # not yet its job
+    time.sleep(1.2)  # the dead replica's lease expires
+    second.tick()
+    failed = jobs.get("acme", job.id)
+    assert failed.state == FAILED and "the training program broke" in failed.error_message
+    second.tick()
+    assert second.leases.holder_of(f"training-job:{job.id}") is None  # released once its job finished
+    assert second.leases.held == {"training-scheduler"}
+    first_store.close()
+    second_store.close()
+
+
+def test_a_replica_that_stops_hands_its_jobs_over_at_once(tmp_path: Path, database_url: str) -> None:
+    import asyncio
+
+    ray = FakeRay()
+    first, jobs, first_store = _runner(tmp_path, database_url)  # 30 s leases: only a release hands over
+    second, _, second_store = _runner(tmp_path, database_url)
+    first.ray = second.ray = ray
+    spec = JobSpecInput(base_model="tiny-qwen2", dataset_version_id="dsv-" + "b" * 24, adapter_name="a")
+    queued, waiting = jobs.create("acme", spec), jobs.create("globex", spec)
+    first.tick()
+    second.tick()
+    assert ray.submitted == [f"{queued.id}-1", f"{waiting.id}-1"]  # the scheduler lease is first's
+    ray.statuses[f"{queued.id}-1"] = "FAILED"
+    second.tick()
+    assert jobs.get("acme", queued.id).state != FAILED  # first still drives it
+    asyncio.run(first.stop())  # a rolling update: the old pod releases its leases
+    third = jobs.create("acme", spec)
+    second.tick()
+    assert jobs.get("acme", queued.id).state == FAILED
+    assert ray.submitted[-1] == f"{third.id}-1"  # second is the scheduler now
+    first_store.close()
+    second_store.close()
 
 
 def test_a_tenant_s_jobs_beyond_its_running_limit_wait_in_queued(tmp_path: Path) -> None:

@@ -44,10 +44,50 @@ def _upload(catalog: FileCatalog, tenant: str, data: bytes, name: str = "f.jsonl
 
 
 def test_migrations_bring_an_empty_database_to_head(store: MetadataStore) -> None:
-    assert store.current_revision() == store.head_revision() == "0008_eval_scores"
-    assert {"files", "dataset_versions"} <= set(inspect(store.engine).get_table_names())
-    assert store.migrate() == "0008_eval_scores"  # running again is a no-op
+    assert store.current_revision() == store.head_revision() == "0009_leases"
+    assert {"files", "dataset_versions", "leases"} <= set(inspect(store.engine).get_table_names())
+    assert store.migrate() == "0009_leases"  # running again is a no-op
     store.ping()
+
+
+def test_a_lease_has_one_holder_until_it_expires_or_is_released(store: MetadataStore) -> None:
+    from datetime import timedelta
+
+    from tuneforge.store.leases import Leases
+    from tuneforge.store.tables import utcnow
+
+    now = [utcnow()]
+    first = Leases(store, "replica-a", ttl_s=30, clock=lambda: now[0])
+    second = Leases(store, "replica-b", ttl_s=30, clock=lambda: now[0])
+    assert first.acquire("training-job:j1") and not second.acquire("training-job:j1")
+    assert second.acquire("training-job:j2")  # leases are per name
+    now[0] += timedelta(seconds=20)
+    assert first.acquire("training-job:j1")  # renewed: lasts 30 s from now
+    now[0] += timedelta(seconds=20)
+    assert not second.acquire("training-job:j1") and first.holder_of("training-job:j1") == "replica-a"
+    now[0] += timedelta(seconds=11)  # replica-a died: its lease expired
+    assert first.holder_of("training-job:j1") is None
+    assert second.acquire("training-job:j1") and not first.acquire("training-job:j1")
+    assert "training-job:j1" not in first.held
+    assert second.acquire("training-job:j2")  # second's own lease, expired but not taken: renewed
+    second.release("training-job:j1")
+    first.release("training-job:j2")  # not the holder: nothing happens
+    assert first.acquire("training-job:j1") and first.holder_of("training-job:j2") == "replica-b"
+    second.release_all()
+    assert first.acquire("training-job:j2") and first.held == {"training-job:j1", "training-job:j2"}
+
+
+def test_concurrent_replicas_never_both_take_a_lease(store: MetadataStore) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tuneforge.store.leases import Leases
+
+    replicas = [Leases(store, f"replica-{i}", ttl_s=30) for i in range(8)]
+    for name in ("eval-run:a", "eval-run:b", "eval-run:c"):
+        with ThreadPoolExecutor(8) as pool:
+            won = list(pool.map(Leases.acquire, replicas, [name] * len(replicas)))
+        assert sum(won) == 1, (name, won)
+        assert replicas[won.index(True)].holder_of(name) == replicas[won.index(True)].holder
 
 
 def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:

@@ -11,6 +11,10 @@ Answers come from an `AnswerSource`: the inference service of this process (the 
 or, when the evaluation service runs in a pod of its own, the inference service's gRPC API called
 with a service key on the run tenant's behalf. An optional judge model rates every answer 1-5, and
 people's ratings can be imported afterwards; both are reported next to the pass rates.
+
+With several replicas, a run is executed only by the replica holding its lease (`eval-run:<id>` in
+the metadata store), renewed while it runs; when that replica dies the lease expires and another
+replica's sweep (`EvaluationComponent`) takes the run over where the stored results end.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from tuneforge.evaluation.leakage import leaked_items
 from tuneforge.evaluation.scores import judge_messages, parse_human_scores, parse_judge_score, summarize
 from tuneforge.evaluation.suite_store import SuiteStore
 from tuneforge.store.artifacts import ArtifactStore
+from tuneforge.store.leases import Leases
 from tuneforge.store.metadata import (
     MetadataStore,
     decode_cursor,
@@ -52,6 +57,8 @@ REPORT_FILES = {"json": "report.json", "markdown": "report.md", "html": "report.
 CONCURRENCY = 8  # below the per-tenant in-flight limit, so the tenant can still chat meanwhile
 MAX_RATINGS_BYTES = 16 * 1024 * 1024
 JUDGE_SAMPLING = {"temperature": 0.0, "top_p": 0.0, "max_tokens": 8, "stop": [], "seed": 0}
+#: Prefix of a run's lease: the replica holding it generates and scores the run's answers.
+RUN_LEASE = "eval-run:"
 
 
 @dataclass(frozen=True)
@@ -93,12 +100,18 @@ class EvalRuns:
     """The run store and its runner (asyncio tasks in the serving process)."""
 
     def __init__(
-        self, metadata: MetadataStore, artifacts: ArtifactStore, suites: SuiteStore, concurrency: int = CONCURRENCY
+        self,
+        metadata: MetadataStore,
+        artifacts: ArtifactStore,
+        suites: SuiteStore,
+        concurrency: int = CONCURRENCY,
+        leases: Leases | None = None,
     ) -> None:
         self.metadata = metadata
         self.artifacts = artifacts
         self.suites = suites
         self.concurrency = concurrency
+        self.leases = leases or (Leases(metadata) if metadata is not None else None)
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     # -- store ---------------------------------------------------------------------------------
@@ -256,10 +269,40 @@ class EvalRuns:
     # -- runner --------------------------------------------------------------------------------
 
     def start(self, info: RunInfo, source: AnswerSource | None) -> None:
-        """Runs `info` in the background (idempotent while it runs)."""
+        """Runs `info` in the background if this replica gets its lease (idempotent while it runs)."""
         if info.id in self._tasks and not self._tasks[info.id].done():
             return
-        self._tasks[info.id] = asyncio.create_task(self._run(info, source), name=f"tuneforge-eval-{info.id}")
+        self._tasks[info.id] = asyncio.create_task(self._drive(info, source), name=f"tuneforge-eval-{info.id}")
+
+    def running(self) -> set[str]:
+        """Ids of the runs this replica executes now."""
+        return {run_id for run_id, task in self._tasks.items() if not task.done()}
+
+    async def _drive(self, info: RunInfo, source: AnswerSource | None) -> None:
+        """Runs `info` while holding its lease; stops (the run stays RUNNING) if the lease is lost."""
+        assert self.leases is not None
+        name = RUN_LEASE + info.id
+        if not await asyncio.to_thread(self.leases.acquire, name):
+            return  # another replica runs it
+        info = await asyncio.to_thread(self.get, info.tenant, info.id)  # it may have finished meanwhile
+        if info.state in FINAL:
+            await asyncio.to_thread(self.leases.release, name)
+            return
+        work = asyncio.create_task(self._run(info, source))
+        try:
+            while not work.done():
+                await asyncio.wait({work}, timeout=self.leases.ttl_s / 3)
+                if not work.done() and not await asyncio.to_thread(self.leases.acquire, name):
+                    log.warning("eval_run_lease_lost", run_id=info.id, holder=self.leases.holder)
+                    work.cancel()
+                    await asyncio.gather(work, return_exceptions=True)
+                    return
+            await work
+        finally:
+            if not work.done():  # this task was cancelled: the service is stopping
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
+            await asyncio.shield(asyncio.to_thread(self.leases.release, name))
 
     def unfinished(self) -> list[RunInfo]:
         with self.metadata.session() as session:
@@ -267,6 +310,7 @@ class EvalRuns:
             return [_info(r) for r in rows]
 
     async def stop(self) -> None:
+        """Stops this replica's runs (they stay RUNNING) and releases their leases for another replica."""
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
@@ -333,6 +377,8 @@ class EvalRuns:
         self, run_id: str, model: str, item: Any, output: str, verdicts: list[Any], judged: tuple[float | None, str]
     ) -> None:
         with self.metadata.session() as session:
+            # a run taken over from a replica that died mid-write may store an item again: count it once
+            new = session.get(EvalResultRow, (run_id, model, item.id)) is None
             session.merge(
                 EvalResultRow(
                     run_id=run_id,
@@ -347,7 +393,7 @@ class EvalRuns:
                 )
             )
             row = session.get(EvalRunRow, run_id, with_for_update=True)
-            row.completed, row.updated_at = row.completed + 1, utcnow()
+            row.completed, row.updated_at = row.completed + int(new), utcnow()
 
     def _leakage(self, tenant: str, suite: Any, resolved: list[ResolvedModel]) -> dict[str, Any] | None:
         """Which suite items near-duplicate training prompts of each adapter's dataset version."""

@@ -58,17 +58,27 @@ class EvaluationComponent(PlatformComponent):
         self._resumer = asyncio.create_task(self._resume(), name="tuneforge-eval-resume")
 
     async def _resume(self) -> None:
-        """Runs left queued or running by a previous process continue once there is inference to use."""
-        unfinished = await asyncio.to_thread(self.runs.unfinished)
-        if not unfinished:
-            return
+        """Runs left queued or running by a previous process (or a replica that died) continue here.
+
+        Every half lease period the unfinished runs are offered to this replica; `EvalRuns.start` runs
+        one only where it gets the run's lease, so each run has one executor among the replicas.
+        """
         for _ in range(1200):
             if self.source() is not None:
                 break
             await asyncio.sleep(0.5)
-        for info in unfinished:
-            self.runs.start(info, self.source())
-        log.info("eval_runs_resumed", runs=[i.id for i in unfinished])
+        assert self.runs.leases is not None
+        while True:
+            try:
+                unfinished = await asyncio.to_thread(self.runs.unfinished)
+                waiting = [i for i in unfinished if i.id not in self.runs.running()]
+                for info in waiting:
+                    self.runs.start(info, self.source())
+                if waiting:
+                    log.debug("eval_runs_offered", runs=[i.id for i in waiting])
+            except Exception as exc:  # a broken sweep must not end the loop; the next one retries
+                log.error("eval_runs_sweep_failed", error=repr(exc))
+            await asyncio.sleep(self.runs.leases.ttl_s / 2)
 
     async def stop(self) -> None:
         if self._resumer is not None:

@@ -280,3 +280,17 @@ class EvalHumanScoreRow(Base):
     score: Mapped[int] = mapped_column(Integer, nullable=False)
     comment: Mapped[str] = mapped_column(Text, nullable=False, default="")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+
+
+class LeaseRow(Base):
+    """Who drives one piece of background work (a training job, an evaluation run) and until when.
+
+    Not tenant-owned: the name is `<kind>:<resource id>`, and only the reconcilers read it.
+    """
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200), nullable=False)
+    acquired_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)

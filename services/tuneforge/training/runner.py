@@ -12,7 +12,10 @@ Every `poll_interval_s` it reconciles each QUEUED or RUNNING job in the metadata
   newest checkpoint in the output directory.
 
 All state is in the store and the output directory, none in memory, so a new service process picks
-up exactly where the old one stopped.
+up exactly where the old one stopped. With several replicas, a job is driven only by the replica that
+holds its lease (`training-job:<id>` in the metadata store) and only the holder of the scheduler lease
+submits queued jobs (so per-tenant limits hold across replicas); when a replica dies its leases expire
+and another replica takes its jobs over.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from tuneforge.common.logging import get_logger
 from tuneforge.common.settings import Settings
 from tuneforge.models import ModelResolver
 from tuneforge.store.artifacts import ArtifactStore
+from tuneforge.store.leases import Leases
 from tuneforge.store.metadata import MetadataStore
 from tuneforge.store.tables import DatasetVersionRow
 from tuneforge.training.cluster import LocalRayHead, RayJobs, SubmissionStatus
@@ -55,6 +59,10 @@ AGENTLESS_RESTART_S = 60.0
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 #: Largest chunk of a metrics log read per job and tick.
 MAX_LOG_READ = 1 << 20
+#: Lease of the replica that submits queued jobs (one decides, so per-tenant running limits hold).
+SCHEDULER_LEASE = "training-scheduler"
+#: Prefix of a job's lease: the replica holding it follows and finishes the job.
+JOB_LEASE = "training-job:"
 
 _DIAGNOSES: tuple[tuple[re.Pattern[str], str, str], ...] = (
     (
@@ -136,8 +144,10 @@ class JobRunner:
         metadata: MetadataStore,
         artifacts: ArtifactStore,
         models: ModelResolver,
+        leases: Leases | None = None,
     ) -> None:
         self.settings = settings
+        self.leases = leases or Leases(metadata)
         self.jobs = jobs
         self.registry = registry
         self.metadata = metadata
@@ -192,6 +202,7 @@ class JobRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await asyncio.to_thread(self.leases.release_all)  # another replica takes the jobs over at once
         if self.head is not None and stop_local_head:
             await asyncio.to_thread(self.head.stop)
 
@@ -218,9 +229,13 @@ class JobRunner:
             await asyncio.sleep(self.settings.training.poll_interval_s)
 
     def tick(self) -> None:
-        """One reconciliation of every unfinished job."""
+        """One reconciliation of every unfinished job whose lease this replica holds or can take."""
         assert self.ray is not None
         unfinished = self.jobs.unfinished()
+        live = {JOB_LEASE + job.id for job in unfinished}
+        for name in [n for n in self.leases.held if n.startswith(JOB_LEASE) and n not in live]:
+            self.leases.release(name)  # its job finished
+        scheduler = self.leases.acquire(SCHEDULER_LEASE)
         submitted: dict[str, int] = {}
         for job in unfinished:
             if job.runner_id:
@@ -228,8 +243,13 @@ class JobRunner:
         for job in sorted(unfinished, key=lambda j: j.created_at):
             try:
                 if job.runner_id:
-                    self._follow(job)
-                elif submitted.get(job.tenant, 0) < self.settings.training.max_running_jobs_per_tenant:
+                    if self.leases.acquire(JOB_LEASE + job.id):
+                        self._follow(job)
+                elif (
+                    scheduler
+                    and submitted.get(job.tenant, 0) < self.settings.training.max_running_jobs_per_tenant
+                    and self.leases.acquire(JOB_LEASE + job.id)
+                ):
                     self._submit(job)
                     submitted[job.tenant] = submitted.get(job.tenant, 0) + 1
             except Exception as exc:
