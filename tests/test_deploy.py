@@ -352,8 +352,11 @@ def test_settings_files_load_and_wire_the_roles_together(profile: tuple[str, lis
     ((rayservice_name, rayservice),) = _by_kind(docs, "RayService").items()
     app = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"][0]
     inference = loaded["inference.yaml"].inference
-    assert inference.serve_app == app["name"]
-    assert inference.ray_address == f"ray://{rayservice_name}-head-svc.tuneforge.svc:10001"
+    # the front reaches the app through Serve's HTTP proxy (KubeRay's serve service), never Ray Client
+    assert inference.serve_url == f"http://{rayservice_name}-serve-svc.tuneforge.svc:8000{app['route_prefix']}"
+    assert app["import_path"].endswith(":app_builder")
+    replica = load_settings(None, **app["args"]["settings"]).inference  # the replicas' settings are the app's args
+    assert (replica.base_model, replica.max_adapters) == (inference.base_model, inference.max_adapters)
     evaluation = _by_kind(docs, "Deployment")["tuneforge-evaluation"]["spec"]["template"]["spec"]["containers"][0]
     key = next(e for e in evaluation["env"] if e["name"] == "TUNEFORGE_EVALUATION__INFERENCE_API_KEY")
     assert key["valueFrom"]["secretKeyRef"]["name"] == "tuneforge-service-key"

@@ -366,65 +366,141 @@ def test_http_errors_come_back_in_openai_s_shape(openai_url: str, adapters) -> N
     assert "messages[0].role" in str(bad.value)
 
 
-def test_the_ray_serve_replica_serves_adapters_by_multiplexed_id(
+def _post(url: str, body: dict, headers: dict[str, str]) -> tuple[int, list[dict]]:
+    """(status, JSON lines) of one POST to the Serve proxy."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, [json.loads(line) for line in response if line.strip()]
+    except urllib.error.HTTPError as error:
+        return error.code, [json.loads(error.read())]
+
+
+def test_the_serve_app_serves_the_front_through_serve_s_http_proxy(
     local_ray, server_settings, adapters: dict[str, Path], resolver: ModelResolver, tokenizer
 ) -> None:
-    """The Serve deployment: a replica process of its own, adapters routed by their version key."""
+    """The Serve deployment behind Serve's own HTTP proxy: adapters routed by the multiplexed-model header,
+    the serve token required, and the platform's front (no model, no Ray) generating through it."""
+    import openai
     from ray import serve
 
     from tuneforge.inference.serve_app import InferenceReplica
+    from tuneforge.inference.server import InferenceComponent
+    from tuneforge.training.cluster import _free_port
 
+    token = "serve-token-for-the-test"
     settings = {
         "home": str(server_settings.home),
         "database_url": server_settings.database_url,
         "artifact_root": str(server_settings.artifact_root),
         "auth": {"mode": "api_keys", "keys_file": str(server_settings.auth.keys_file)},
         "models": {"cache_dir": str(MODEL_CACHE)},
-        "inference": {"base_model": "tiny-qwen2", "max_adapters": 2},
+        "inference": {"base_model": "tiny-qwen2", "max_adapters": 2, "serve_token": token},
     }
-    serve.start(http_options={"location": "NoServer"})
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = InferenceReplica.options(ray_actor_options={"num_cpus": 0}).bind(settings)
-    handle = serve.run(app, name="tuneforge-inference-test", route_prefix=None)
+    serve.run(app, name="tuneforge-inference-test", route_prefix="/tuneforge-inference-test")
+    url = f"http://127.0.0.1:{port}/tuneforge-inference-test"
     try:
-        payload = {"tenant": "acme", "prompt_ids": _prompt(tokenizer, MESSAGES), "sampling": {"max_tokens": TOKENS}}
+        body = {"tenant": "acme", "prompt_ids": _prompt(tokenizer, MESSAGES), "sampling": {"max_tokens": TOKENS}}
+        auth = {"Authorization": f"Bearer {token}"}
 
-        def run(key: str) -> list[dict]:
-            return list(handle.options(multiplexed_model_id=key, stream=True).generate.remote(payload))
+        def run(key: str) -> tuple[int, list[dict]]:
+            return _post(f"{url}/generate", body, {**auth, "serve_multiplexed_model_id": key} if key else auth)
 
+        status, (refused,) = _post(f"{url}/generate", body, {})
+        assert status == 401 and refused["error"]["status"] == "UNAUTHENTICATED", refused
+        assert _post(f"{url}/generate", body, {"Authorization": "Bearer wrong"})[0] == 401
         for key, path in (("acme/alpha:1", adapters["alpha"]), ("", None), ("acme/beta:1", adapters["beta"])):
-            events = run(key)
+            status, events = run(key)
+            assert status == 200, events
             assert "".join(e["delta"] for e in events) == _expected(resolver, tokenizer, path, MESSAGES)
             assert events[-1]["finish_reason"] in ("stop", "length")
         assert events[-1]["model"] == "beta:1"
-        with pytest.raises(Exception, match="alpha"):  # another tenant's name resolves to nothing
-            run("globex/alpha:1")
+        status, (mixed,) = run("globex/alpha:1")  # a model id of another tenant than the body's
+        assert status == 400 and mixed["error"]["violations"][0]["field"] == "serve_multiplexed_model_id", mixed
+        headers = {**auth, "serve_multiplexed_model_id": "globex/alpha:1"}
+        status, (missing,) = _post(f"{url}/generate", {**body, "tenant": "globex"}, headers)
+        assert status == 404 and missing["error"]["status"] == "NOT_FOUND" and "alpha" in missing["error"]["message"]
 
-        # cluster mode: the platform's gRPC front, with no model of its own, generates through Serve
+        # cluster mode: the platform's gRPC and OpenAI front, with no model of its own, generates through Serve
         from conftest import make_settings
-
-        from tuneforge.inference.server import InferenceComponent
 
         front_settings = make_settings(
             server_settings.home / "front",
             server_settings.auth.keys_file,
             database_url=server_settings.database_url,
             artifact_root=str(server_settings.artifact_root),
-            inference={"base_model": "tiny-qwen2", "serve_app": "tuneforge-inference-test"},
+            inference={"base_model": "tiny-qwen2", "serve_url": url, "serve_token": token, "http_port": 0},
         )
         front = BackgroundServer(front_settings, [InferenceComponent])
         try:
             with TuneforgeClient(front.address, api_key=ACME_KEY) as client:
+                assert client.health("tuneforge.v1.InferenceService") == "SERVING" and client.health() == "SERVING"
                 for model, path in (("alpha", adapters["alpha"]), ("", None), ("bot:1", adapters["bot1"])):
                     answer = _generate(client, model)
                     assert answer.text == _expected(resolver, tokenizer, path, MESSAGES), model
                 assert answer.resolved_model == "bot:1"
+                chunks = list(client.stream(client.inference.GenerateStream, _request("alpha")))
+                assert "".join(c.delta for c in chunks) == _expected(resolver, tokenizer, adapters["alpha"], MESSAGES)
             with TuneforgeClient(front.address, api_key=GLOBEX_KEY) as other, pytest.raises(TuneforgeError) as denied:
                 _generate(other, "alpha")
             assert denied.value.code == "NOT_FOUND"
+            http_port = front.server.components[0].http.port
+            chat = openai.OpenAI(base_url=f"http://127.0.0.1:{http_port}/v1", api_key=ACME_KEY, max_retries=0)
+            messages = [{"role": r, "content": c} for r, c in MESSAGES]
+            stream = chat.chat.completions.create(
+                model="beta", messages=messages, max_tokens=TOKENS, temperature=0, stream=True
+            )
+            text = "".join(c.choices[0].delta.content or "" for c in stream)
+            assert text == _expected(resolver, tokenizer, adapters["beta"], MESSAGES)
         finally:
             front.stop()
     finally:
         serve.delete("tuneforge-inference-test")
+
+
+def test_a_front_without_its_serve_backend_is_not_serving_and_answers_unavailable(
+    server_settings, adapters: dict[str, Path]
+) -> None:
+    """Cluster mode with Serve unreachable: health NOT_SERVING, requests UNAVAILABLE / HTTP 503 after retries."""
+    import openai
+    from conftest import make_settings
+
+    from tuneforge.inference.server import InferenceComponent
+    from tuneforge.training.cluster import _free_port
+
+    url = f"http://127.0.0.1:{_free_port()}/tuneforge-inference"  # nothing listens there
+    front_settings = make_settings(
+        server_settings.home / "front-down",
+        server_settings.auth.keys_file,
+        database_url=server_settings.database_url,
+        artifact_root=str(server_settings.artifact_root),
+        inference={"base_model": "tiny-qwen2", "serve_url": url, "serve_retry_s": 1.0, "http_port": 0},
+    )
+    front = BackgroundServer(front_settings, [InferenceComponent])
+    try:
+        with TuneforgeClient(front.address, api_key=ACME_KEY) as client:
+            assert client.health("tuneforge.v1.InferenceService") == "NOT_SERVING"
+            assert client.health() == "NOT_SERVING"
+            with pytest.raises(TuneforgeError) as down:
+                _generate(client, "alpha")
+            assert down.value.code == "UNAVAILABLE"
+            assert url in down.value.message and "attempts" in down.value.message, down.value.message
+            with pytest.raises(TuneforgeError) as missing:  # resolved in the front, before Serve is asked
+                _generate(client, "no-such-adapter")
+            assert missing.value.code == "NOT_FOUND"
+        http_port = front.server.components[0].http.port
+        chat = openai.OpenAI(base_url=f"http://127.0.0.1:{http_port}/v1", api_key=ACME_KEY, max_retries=0)
+        with pytest.raises(openai.APIStatusError) as unavailable:
+            chat.chat.completions.create(model="alpha", messages=[{"role": "user", "content": "hi"}], stream=True)
+        assert unavailable.value.status_code == 503 and url in str(unavailable.value)
+    finally:
+        front.stop()
 
 
 def test_generate_cli_streams_an_answer(platform_server: BackgroundServer, adapters, resolver, tokenizer) -> None:

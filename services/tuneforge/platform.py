@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 from tuneforge.common.logging import get_logger
 from tuneforge.common.settings import Settings
@@ -64,4 +65,8 @@ class PlatformComponent:
         await self.platform.open()
 
     async def stop(self) -> None:
+        return None
+
+    def health_updates(self) -> AsyncIterator[bool] | None:
+        """Serving as soon as `start()` returns, unless a subclass follows a backend it depends on."""
         return None

@@ -80,9 +80,9 @@ app.kubernetes.io/component: {{ .name }}
 {{- end }}
 {{- end }}
 
-{{/* Ray client address of the inference RayService's head. */}}
-{{- define "tuneforge.inferenceRayAddress" -}}
-{{- printf "ray://%s-head-svc.%s.svc:10001" (include "tuneforge.rayName" (dict "root" . "name" "inference")) .Release.Namespace }}
+{{/* Base URL of the inference Serve application on Serve's HTTP proxy (KubeRay's <rayservice>-serve-svc, port 8000, the app's route prefix): the front's data path, never Ray Client. */}}
+{{- define "tuneforge.inferenceServeUrl" -}}
+{{- printf "http://%s-serve-svc.%s.svc:8000/%s" (include "tuneforge.rayName" (dict "root" . "name" "inference")) .Release.Namespace .Values.inference.rayService.appName }}
 {{- end }}
 
 {{/* Refuses configurations that would lose or corrupt data. */}}

@@ -3,16 +3,19 @@
 A server hosts one or more *components* (one per service, or all of them for the embedded
 `tuneforge up`). It registers the standard health service and reflection, installs the metrics,
 error-mapping and auth interceptors, and reports SERVING for a component only once its `start()`
-has finished (stores open, models loaded). SIGTERM/SIGINT drain it: health turns NOT_SERVING,
-new calls are refused, in-flight calls get `shutdown_grace_s` to finish.
+has finished (stores open, models loaded) — and, for a component that depends on a backend it
+does not own (the inference front on Ray Serve), only while its `health_updates()` says so. The
+server as a whole (service "") is SERVING while every component is. SIGTERM/SIGINT drain it:
+health turns NOT_SERVING, new calls are refused, in-flight calls get `shutdown_grace_s` to finish.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import signal
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 import grpc
@@ -44,6 +47,9 @@ class Component(Protocol):
 
     async def stop(self) -> None:
         """Releases what `start()` acquired."""
+
+    def health_updates(self) -> AsyncIterator[bool] | None:
+        """None when started means serving; else whether it can serve now, then at every change."""
 
 
 def key_resolver(settings: Settings) -> KeyResolver:
@@ -86,6 +92,8 @@ class TuneforgeServer:
         if self.port == 0:
             raise OSError(f"cannot bind {settings.host}:{settings.port}")
         self._stopped = asyncio.Event()
+        self._serving: dict[int, bool] = {}
+        self._watchers: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         """Starts accepting calls, then starts each component and marks it SERVING when ready."""
@@ -97,7 +105,6 @@ class TuneforgeServer:
         log.info("server_listening", host=self.settings.host, port=self.port)
         # Components get ready concurrently: quick ones serve while a model is still loading.
         await asyncio.gather(*(self._start_component(component) for component in self.components))
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
 
     async def _start_component(self, component: Component) -> None:
         try:
@@ -105,9 +112,27 @@ class TuneforgeServer:
         except Exception:
             log.exception("component_start_failed", services=list(component.service_names))
             raise
+        updates = component.health_updates()
+        if updates is None:
+            await self._set_serving(component, True)
+            return
+        await self._set_serving(component, await anext(updates))
+        self._watchers.append(asyncio.create_task(self._follow(component, updates), name="tuneforge-health"))
+
+    async def _follow(self, component: Component, updates: AsyncIterator[bool]) -> None:
+        async for serving in updates:
+            await self._set_serving(component, serving)
+
+    async def _set_serving(self, component: Component, serving: bool) -> None:
+        """Reports the component's services, and the server's overall status (SERVING once all are)."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in component.service_names:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving", services=list(component.service_names))
+            await self.health.set(name, status)
+        self._serving[id(component)] = serving
+        everything = len(self._serving) == len(self.components) and all(self._serving.values())
+        overall = health_pb2.HealthCheckResponse.SERVING if everything else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set("", overall)
+        log.info("serving" if serving else "not_serving", services=list(component.service_names))
 
     def _all_names(self) -> list[str]:
         return ["", *(name for component in self.components for name in component.service_names)]
@@ -118,6 +143,10 @@ class TuneforgeServer:
             return
         self._stopped.set()
         await self.health.enter_graceful_shutdown()
+        for watcher in self._watchers:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         grace = self.settings.shutdown_grace_s if grace is None else grace
         log.info("server_stopping", grace_s=grace)
         await self.grpc.stop(grace)

@@ -79,11 +79,33 @@ class InferenceSettings(BaseModel):
     max_concurrent_per_tenant: int = Field(default=16, ge=1)
     #: Port of the OpenAI-compatible HTTP API (`/v1/chat/completions`, `/v1/models`); unset disables it.
     http_port: int | None = Field(default=None, ge=0, le=65535)
-    #: Name of the Ray Serve application that runs the engine (cluster mode); unset: the engine runs in
-    #: this process (the embedded default).
-    serve_app: str | None = None
-    #: Ray address the front joins in cluster mode (`auto` inside the cluster, or `ray://head:10001`).
-    ray_address: str | None = None
+    #: Cluster mode: base URL of the Ray Serve application (`serve_app.py`) on Serve's own HTTP proxy,
+    #: its route prefix included, e.g. `http://tuneforge-inference-serve-svc.NS.svc:8000/tuneforge-inference`.
+    #: The front then loads no model and sends each request there. Unset: the engine runs in this
+    #: process (the embedded default). Never a Ray Client (`ray://`) address.
+    serve_url: str | None = None
+    #: Shared secret between the front and the Serve replicas (env `TUNEFORGE_INFERENCE__SERVE_TOKEN`, from
+    #: a Secret): the front sends it as `Authorization: Bearer …`; replicas that have one refuse requests
+    #: without it (Serve's proxy itself authenticates nobody).
+    serve_token: SecretStr | None = None
+    #: Seconds between the front's readiness checks of the Serve application (cluster mode).
+    serve_health_interval_s: float = Field(default=2.0, gt=0, le=60)
+    #: Seconds the front keeps retrying a request Serve could not take (connection refused or lost, proxy
+    #: 502/503/504) before it answers UNAVAILABLE; never once the first token has arrived.
+    serve_retry_s: float = Field(default=15.0, ge=0, le=600)
+
+    @field_validator("serve_url", mode="after")
+    @classmethod
+    def _http_serve_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(
+                f"inference.serve_url must be the http(s) URL of the Serve application on Serve's HTTP proxy "
+                f"(e.g. http://<rayservice>-serve-svc:8000/tuneforge-inference), not {value!r}; the front never "
+                "joins the cluster as a Ray Client"
+            )
+        return value.rstrip("/")
 
 
 class CurationSettings(BaseModel):

@@ -13,14 +13,16 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
 from tuneforge.common.auth import acting_principal
-from tuneforge.common.errors import InvalidArgument, TuneforgeError
+from tuneforge.common.errors import InvalidArgument, TuneforgeError, Unavailable
 from tuneforge.common.logging import get_logger
 from tuneforge.common.settings import Settings
+from tuneforge.inference.engine import Event
 from tuneforge.inference.frontend import InferenceFrontend
 
 log = get_logger(__name__)
@@ -42,6 +44,15 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 def _error(status: int, kind: str, message: str, param: str | None = None, code: str | None = None) -> web.Response:
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return web.json_response(body, status=status)
+
+
+async def _chain(first: Event, rest: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    yield first
+    if first.finish_reason:
+        await rest.aclose()  # frees the tenant's place now, not when the generator is collected
+        return
+    async for event in rest:
+        yield event
 
 
 def _from_domain(exc: TuneforgeError) -> web.Response:
@@ -142,6 +153,12 @@ class OpenAIServer:
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         events = self.frontend.stream(tenant, target, prompt, sampling)
+        # taken before any byte is sent, so a failure up to the first token (a backend that is down) still
+        # gets its HTTP status (503) instead of a broken event stream
+        first = await anext(events)
+        if first.finish_reason == "error":
+            return _error(503, "service_unavailable", f"generation failed on this replica: {first.error}; retry")
+        events = _chain(first, events)
         if not body.get("stream"):
             parts: list[str] = []
             async for event in events:
@@ -185,16 +202,24 @@ class OpenAIServer:
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
 
         await send({"role": "assistant", "content": ""}, None)
-        async for event in events:
-            if event.delta:
-                await send({"content": event.delta}, None)
-            if event.finish_reason:
-                usage = {
-                    "prompt_tokens": event.prompt_tokens,
-                    "completion_tokens": event.completion_tokens,
-                    "total_tokens": event.prompt_tokens + event.completion_tokens,
-                }
-                await send({}, FINISH.get(event.finish_reason, "stop"), usage)
+        try:
+            async for event in events:
+                if event.delta:
+                    await send({"content": event.delta}, None)
+                if event.finish_reason == "error":
+                    raise Unavailable(f"generation failed on this replica: {event.error}; retry")
+                if event.finish_reason:
+                    usage = {
+                        "prompt_tokens": event.prompt_tokens,
+                        "completion_tokens": event.completion_tokens,
+                        "total_tokens": event.prompt_tokens + event.completion_tokens,
+                    }
+                    await send({}, FINISH.get(event.finish_reason, "stop"), usage)
+        except TuneforgeError as exc:
+            # the status line is gone: the error travels as an event, which the openai client raises
+            status, kind = STATUS.get(exc.status, (500, "server_error"))
+            error = {"message": exc.message if status != 500 else "internal error", "type": kind, "code": status}
+            await response.write(f"data: {json.dumps({'error': error})}\n\n".encode())
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response

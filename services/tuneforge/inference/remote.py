@@ -1,27 +1,53 @@
 """The gRPC/HTTP fronts in cluster mode: the same InferenceFrontend, with generation on Ray Serve.
 
-With `inference.serve_app` set, the inference service loads no model itself: it renders prompts with
+With `inference.serve_url` set, the inference service loads no model itself: it renders prompts with
 the base model's tokenizer, resolves `model` in the caller's tenant (NOT_FOUND, lineage checks and
-limits exactly as in one process), and sends the request through the Serve application's
-DeploymentHandle with the resolved version key as `multiplexed_model_id`, so Serve routes it to a
-replica that already holds that adapter. The replica checks the adapter's files when it loads it.
+limits exactly as in one process), and POSTs the request to the Serve application through Serve's
+own HTTP proxy with the resolved version key in the `serve_multiplexed_model_id` header, so Serve
+routes it to a replica that already holds that adapter (`wire.py` has the format). The replica
+checks the adapter's files when it loads it.
+
+The front never imports Ray. Ray Client (`ray://`) cannot carry streaming DeploymentHandles, drops
+its session after 30 s without a connection and is not meant for production traffic; the proxy is
+Serve's production ingress, is plain HTTP (one aiohttp session, reused) and needs no Ray token.
+
+Readiness follows the backend: every `serve_health_interval_s` the front asks the application's
+`/ready` route, and the server reports NOT_SERVING while it does not answer (or serves another base
+model than this front's). A request Serve could not take — connection refused or lost, a 502/503/504
+from the proxy, a stream cut before its first token — is retried with backoff for `serve_retry_s`,
+then answered UNAVAILABLE; once a token has reached the caller it is never retried.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
-from dataclasses import asdict, fields
 from typing import Any
 
+import aiohttp
+
+from tuneforge.common.errors import TuneforgeError, Unavailable
+from tuneforge.common.logging import get_logger
 from tuneforge.common.settings import Settings
+from tuneforge.inference import wire
 from tuneforge.inference.engine import Event, Sampling
 from tuneforge.inference.frontend import InferenceFrontend, Limits, Target
 from tuneforge.models import ModelResolver, template_hash
 from tuneforge.store.artifacts import ArtifactStore
 from tuneforge.training.registry import AdapterRegistry
 
-_EVENT_FIELDS = {f.name for f in fields(Event)}
+log = get_logger(__name__)
+
+#: Proxy answers that mean "Serve could not take the request now" (no replica, draining, overloaded).
+RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
+#: Seconds to open a connection to the proxy before the attempt counts as failed.
+CONNECT_TIMEOUT_S = 5.0
+MAX_BACKOFF_S = 2.0
+
+
+class _NotTaken(Exception):
+    """Serve did not take this attempt (before the first token): safe to retry."""
 
 
 class _RemoteEngine:
@@ -37,12 +63,115 @@ class _RemoteEngine:
         return []
 
 
+class ServeClient:
+    """Serve's HTTP proxy, as the front uses it: one aiohttp session for every request and check."""
+
+    def __init__(self, serve_url: str, token: str | None, retry_s: float) -> None:
+        self.url = serve_url.rstrip("/")
+        self.retry_s = retry_s
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers=self._headers,
+                # no total timeout: answers stream for as long as they decode; the caller's deadline bounds them
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S),
+                connector=aiohttp.TCPConnector(limit=0),  # no cap: per-tenant limits bound the front already
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def ready(self, timeout_s: float) -> dict[str, Any]:
+        """What the application serves (its `/ready` answer); Unavailable with the reason when it does not answer."""
+        try:
+            async with self._open().get(
+                self.url + wire.READY_PATH, timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as response:
+                body = await response.read()
+                if response.status != 200:
+                    raise Unavailable(f"GET {self.url}{wire.READY_PATH} answered {response.status}: {_text(body)}")
+                return json.loads(body)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise Unavailable(f"GET {self.url}{wire.READY_PATH} failed: {_reason(exc)}") from exc
+
+    async def generate(self, model_id: str, body: dict[str, Any]) -> AsyncIterator[Event]:
+        """The request's events from a replica, retried while Serve has not taken it (see the module doc)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry_s
+        delay, attempt = 0.1, 0
+        while True:
+            attempt += 1
+            started = False
+            try:
+                async for event in self._attempt(model_id, body):
+                    started = True
+                    yield event
+                    if event.finish_reason:
+                        return
+                raise _NotTaken("the answer ended without its last event")
+            except (aiohttp.ClientError, TimeoutError, _NotTaken) as exc:
+                if started:
+                    raise Unavailable(
+                        f"the Serve replica was lost in the middle of the answer ({_reason(exc)}); retry the request"
+                    ) from exc
+                if loop.time() + delay > deadline:
+                    raise Unavailable(
+                        f"the inference backend (Ray Serve at {self.url}) did not take the request in {attempt} "
+                        f"attempts over {self.retry_s:.0f} s: {_reason(exc)}; retry later"
+                    ) from exc
+                log.warning("serve_request_retried", attempt=attempt, model_id=model_id, reason=_reason(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+
+    async def _attempt(self, model_id: str, body: dict[str, Any]) -> AsyncIterator[Event]:
+        headers = {wire.MODEL_ID_HEADER: model_id} if model_id else {}
+        async with self._open().post(self.url + wire.GENERATE_PATH, json=body, headers=headers) as response:
+            if response.status != 200:
+                text = await response.read()
+                try:
+                    error = wire.error_from(json.loads(text))
+                except ValueError:
+                    error = None
+                if error is not None:
+                    raise error  # the replica's own answer (NOT_FOUND, limits…): final, never retried
+                if response.status in RETRYABLE_STATUS:
+                    raise _NotTaken(f"the Serve proxy answered {response.status}: {_text(text)}")
+                raise Unavailable(
+                    f"POST {self.url}{wire.GENERATE_PATH} answered {response.status}: {_text(text)}; is "
+                    "inference.serve_url the Serve application's URL (with its route prefix)?"
+                )
+            async for line in response.content:
+                if not line.strip():
+                    continue
+                try:
+                    item = json.loads(line)
+                except ValueError as exc:
+                    raise _NotTaken(f"a cut answer line from the Serve proxy: {_text(line)}") from exc
+                failure = wire.error_from(item)
+                if failure is not None:
+                    raise failure
+                yield wire.event_from(item)
+
+
+def _text(body: bytes) -> str:
+    return body.decode(errors="replace").strip()[:300]
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 class ServeFrontend(InferenceFrontend):
-    """InferenceFrontend whose requests run on a Ray Serve application."""
+    """InferenceFrontend whose requests run on a Ray Serve application, reached through Serve's HTTP proxy."""
 
     def __init__(
         self,
-        handle: Any,
+        client: ServeClient,
         tokenizer: Any,
         base_name: str,
         registry: AdapterRegistry,
@@ -50,17 +179,14 @@ class ServeFrontend(InferenceFrontend):
         limits: Limits,
     ) -> None:
         super().__init__(_RemoteEngine(tokenizer), base_name, template_hash(tokenizer), registry, artifacts, limits)
-        self.handle = handle
+        self.client = client
 
     async def stream(
         self, tenant: str, target: Target, prompt_ids: list[int], sampling: Sampling
     ) -> AsyncIterator[Event]:
         with self._slot_for(tenant):
-            payload = {"tenant": tenant, "prompt_ids": prompt_ids, "sampling": asdict(sampling)}
             key = f"{tenant}/{target.name}" if target.adapter_key is not None else ""
-            responses = self.handle.options(multiplexed_model_id=key, stream=True).generate.remote(payload)
-            async for item in responses:
-                event = Event(**{k: v for k, v in item.items() if k in _EVENT_FIELDS})
+            async for event in self.client.generate(key, wire.request_body(tenant, prompt_ids, sampling)):
                 yield event
                 if event.finish_reason:
                     return
@@ -68,19 +194,49 @@ class ServeFrontend(InferenceFrontend):
     async def sweep_deleted(self) -> int:
         return 0  # replicas drop adapters through Serve's multiplexing LRU
 
+    async def backend_ready(self, timeout_s: float) -> tuple[bool, str]:
+        """(ready, why not): the Serve application answers and serves this front's base model and template."""
+        try:
+            served = await self.client.ready(timeout_s)
+        except TuneforgeError as exc:
+            return False, exc.message
+        base, template = served.get("base_model"), str(served.get("template_hash"))
+        if (base, template) != (self.base_name, self.template_hash):
+            return False, (
+                f"the Serve application serves {base!r} (template {template[:12]}), this front renders prompts "
+                f"for {self.base_name!r} (template {self.template_hash[:12]}): give both the same inference.base_model"
+            )
+        return True, ""
+
+    async def health_updates(self, interval_s: float) -> AsyncIterator[bool]:
+        """Whether the backend is ready: now, then at every change (checked every `interval_s`)."""
+        last: bool | None = None
+        while True:
+            ready, reason = await self.backend_ready(timeout_s=max(2.0, interval_s))
+            if ready != last:
+                if ready:
+                    log.info("serve_backend_ready", serve_url=self.client.url)
+                else:
+                    log.warning("serve_backend_unavailable", serve_url=self.client.url, reason=reason)
+                last = ready
+                yield ready
+            await asyncio.sleep(interval_s)
+
+    async def close(self) -> None:
+        await self.client.close()
+
 
 async def connect(
     settings: Settings, resolver: ModelResolver, registry: AdapterRegistry, artifacts: ArtifactStore
 ) -> ServeFrontend:
-    """Joins the Ray cluster (unless this process already has) and returns the front for the Serve app."""
-    import ray
-    from ray import serve
-
+    """The front for the Serve application at `inference.serve_url` (its tokenizer loaded, nothing joined)."""
     inference = settings.inference
-    if not ray.is_initialized():
-        await asyncio.to_thread(ray.init, address=inference.ray_address or "auto", log_to_driver=False)
-    handle = await asyncio.to_thread(serve.get_app_handle, inference.serve_app)
+    assert inference.serve_url is not None
+    token = inference.serve_token.get_secret_value() if inference.serve_token is not None else None
+    if token is None:
+        log.warning("serve_token_unset", detail="requests to the Serve application carry no token")
     resolved = resolver.resolve(inference.base_model, field="inference.base_model")
     tokenizer = await asyncio.to_thread(resolver.load_tokenizer, resolved)
     limits = Limits(inference.max_prompt_tokens, inference.max_new_tokens, inference.max_concurrent_per_tenant)
-    return ServeFrontend(handle, tokenizer, resolved.name, registry, artifacts, limits)
+    client = ServeClient(inference.serve_url, token, inference.serve_retry_s)
+    return ServeFrontend(client, tokenizer, resolved.name, registry, artifacts, limits)

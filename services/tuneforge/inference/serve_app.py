@@ -1,31 +1,41 @@
-"""The inference engine as a Ray Serve application (one deployment per base model).
+"""The inference engine as a Ray Serve application (one deployment per base model), reached over HTTP.
 
 Each replica loads the base model once and holds an Engine (adapter slots, batching). Adapters are
-Serve-multiplexed models keyed by their immutable version key, `tenant/adapter:version`: Serve
-routes a request to a replica that already holds its adapter and keeps at most
-`max_num_models_per_replica` per replica, unloading the least recently used (the engine's slot is
-freed when Serve drops it). Requests arrive through a DeploymentHandle — from the platform's gRPC
-and HTTP fronts, which authenticate the caller and resolve `model` in its tenant first — as
-`handle.options(multiplexed_model_id=key, stream=True).generate.remote(payload)`, and stream back
-the engine's events as dicts.
+Serve-multiplexed models keyed by their immutable version key, `tenant/adapter:version`: Serve's
+proxy routes a request to a replica that already holds its adapter (the `serve_multiplexed_model_id`
+header) and each replica keeps at most `inference.max_adapters`, unloading the least recently used
+(the engine's slot is freed when Serve drops it).
 
-    serve run tuneforge.inference.serve_app:app   # settings from TUNEFORGE_* / TUNEFORGE_CONFIG
+The application's ingress is plain HTTP on Serve's own proxy (`wire.py` has the format): the
+platform's gRPC and OpenAI fronts authenticate the caller, resolve `model` in its tenant and POST
+`{tenant, prompt_ids, sampling}` to `/generate`; the answer streams back as NDJSON events. A replica
+with `inference.serve_token` refuses requests without that bearer token, since Serve's proxy itself
+authenticates nobody.
+
+Settings arrive as the application's args, so `serve deploy` of a changed config rolls the replicas
+in place (secrets such as the database URL and the serve token stay in the pods' environment):
+
+    serve run tuneforge.inference.serve_app:app_builder settings='{"inference": {"base_model": "…"}}'
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import hmac
+import json
 from collections.abc import AsyncIterator
-from dataclasses import asdict
 from typing import Any
 
 from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from tuneforge.common.errors import InvalidArgument, NotFound, TuneforgeError, Unauthenticated
 from tuneforge.common.logging import get_logger
-from tuneforge.common.settings import load_settings
+from tuneforge.common.settings import Settings, load_settings
+from tuneforge.inference import wire
 from tuneforge.inference.base_model import load_base_model
-from tuneforge.inference.engine import Engine, Sampling
+from tuneforge.inference.engine import Engine, Event
 from tuneforge.inference.frontend import InferenceFrontend, Limits, Target
 from tuneforge.models import ModelResolver
 from tuneforge.store.artifacts import ArtifactStore
@@ -33,10 +43,6 @@ from tuneforge.store.metadata import MetadataStore
 from tuneforge.training.registry import AdapterRegistry
 
 log = get_logger(__name__)
-
-#: Adapters Serve keeps per replica (its multiplexing LRU), fixed when the deployment is defined: set
-#: `TUNEFORGE_INFERENCE__MAX_ADAPTERS` in the replicas' environment (the RayService's runtime_env).
-MAX_ADAPTERS = int(os.environ.get("TUNEFORGE_INFERENCE__MAX_ADAPTERS", "8"))
 
 
 class _Resident:
@@ -51,9 +57,13 @@ class _Resident:
             self.engine.evict(self.target.adapter_key)
 
 
+def _error(exc: TuneforgeError) -> JSONResponse:
+    return JSONResponse(wire.error_body(exc), status_code=wire.HTTP_STATUS.get(exc.status, 500))
+
+
 @serve.deployment(name="tuneforge-inference", max_ongoing_requests=256, health_check_period_s=10)
 class InferenceReplica:
-    """One base model, many adapters; generation streams engine events."""
+    """One base model, many adapters; `/generate` streams engine events, `/ready` says what it serves."""
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         config = load_settings(None, **(settings or {}))
@@ -78,10 +88,26 @@ class InferenceReplica:
             artifacts,
             Limits(inference.max_prompt_tokens, inference.max_new_tokens, inference.max_concurrent_per_tenant),
         )
-        log.info("serve_replica_ready", base_model=base.name)
+        token = inference.serve_token
+        self._token = token.get_secret_value().encode() if token is not None else None
+        if self._token is None:
+            log.warning("serve_replica_unauthenticated", detail="inference.serve_token is unset: any caller is served")
+        self._describe = {
+            "base_model": base.name,
+            "template_hash": base.template_hash,
+            "max_adapters": inference.max_adapters,
+            "max_batch_size": inference.max_batch_size,
+            "batch_wait_ms": inference.batch_wait_ms,
+        }
 
-    @serve.multiplexed(max_num_models_per_replica=MAX_ADAPTERS)
-    async def adapter(self, key: str) -> _Resident:
+        # Serve's multiplexing LRU, sized from the settings (a decorator on the class would fix it at import)
+        async def load_adapter(key: str) -> _Resident:
+            return await self._load_adapter(key)
+
+        self.adapter = serve.multiplexed(max_num_models_per_replica=inference.max_adapters)(load_adapter)
+        log.info("serve_replica_ready", base_model=base.name, max_adapters=inference.max_adapters)
+
+    async def _load_adapter(self, key: str) -> _Resident:
         """Loads `tenant/adapter:version` (validated and hash-checked) into an engine slot."""
         tenant, _, ref = key.partition("/")
         target = await self.frontend.resolve(tenant, ref)
@@ -89,15 +115,69 @@ class InferenceReplica:
             await asyncio.to_thread(self.engine.load_adapter, target.adapter_key, target.directory)
         return _Resident(self.engine, target)
 
-    async def generate(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Streams the events of one request: `{tenant, prompt_ids, sampling}`, adapter from the model id."""
+    def _check_token(self, request: Request) -> None:
+        if self._token is None:
+            return
+        header = request.headers.get("authorization", "")
+        given = header[7:].strip().encode() if header.lower().startswith("bearer ") else b""
+        if not hmac.compare_digest(given, self._token):
+            raise Unauthenticated(
+                "this Serve application needs `Authorization: Bearer <inference.serve_token>`; the request had "
+                + ("another token" if given else "none")
+            )
+
+    async def __call__(self, request: Request) -> Response:
+        """The HTTP ingress: `POST /generate` and `GET /ready` under the application's route prefix."""
+        scope = request.scope
+        path = scope["path"]
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        try:
+            self._check_token(request)
+            if path == wire.READY_PATH and request.method == "GET":
+                return JSONResponse(self._describe)
+            if path == wire.GENERATE_PATH and request.method == "POST":
+                return await self._generate(request)
+            raise NotFound("route", f"{request.method} {path}")
+        except TuneforgeError as exc:
+            return _error(exc)
+        except Exception as exc:
+            # ours, not the proxy's: the front does not retry it (a replica that died answers differently)
+            log.exception("serve_request_failed", path=path)
+            return _error(wire.ReplicaError("INTERNAL", f"the Serve replica failed the request: {type(exc).__name__}"))
+
+    async def _generate(self, request: Request) -> Response:
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidArgument.for_field("body", f"is not JSON: {exc}") from exc
+        tenant, prompt_ids, sampling = wire.parse_request(body)
         key = serve.get_multiplexed_model_id()
+        if key and key.partition("/")[0] != tenant:
+            raise InvalidArgument.for_field(wire.MODEL_ID_HEADER, f"names another tenant's adapter than {tenant!r}")
         target = (await self.adapter(key)).target if key else Target(self.frontend.base_name, None, None)
-        sampling = Sampling(
-            **{**payload.get("sampling", {}), "stop": tuple(payload.get("sampling", {}).get("stop", ()))}
-        )
-        async for event in self.frontend.stream(payload["tenant"], target, list(payload["prompt_ids"]), sampling):
-            yield {**asdict(event), "model": target.name}
+        events = self.frontend.stream(tenant, target, prompt_ids, sampling)
+        # the first event is awaited before the response starts, so every failure up to the first token
+        # reaches the front as an HTTP status it can act on (and a request it may safely retry)
+        first = await anext(events)
+        return StreamingResponse(self._lines(first, events, target.name), media_type=wire.NDJSON)
+
+    async def _lines(self, first: Event, events: AsyncIterator[Event], model: str) -> AsyncIterator[bytes]:
+        yield wire.event_line(first, model)
+        if first.finish_reason:
+            return
+        try:
+            async for event in events:
+                yield wire.event_line(event, model)
+                if event.finish_reason:
+                    return
+        except TuneforgeError as exc:
+            yield (json.dumps(wire.error_body(exc)) + "\n").encode()
+        except Exception as exc:
+            log.exception("serve_generation_failed", model=model)
+            failure = wire.ReplicaError("INTERNAL", f"generation failed in the Serve replica: {type(exc).__name__}")
+            yield (json.dumps(wire.error_body(failure)) + "\n").encode()
 
     def check_health(self) -> None:
         if not self.engine._thread.is_alive():
@@ -105,8 +185,14 @@ class InferenceReplica:
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:
-    """`serve run tuneforge.inference.serve_app:app_builder settings='{…}'`, or the RayService config."""
-    return InferenceReplica.bind(args.get("settings"))
+    """The application from its Serve args: `{"settings": {...}}`, the replicas' settings (the chart renders them).
 
-
-app = InferenceReplica.bind()
+    The settings are validated here, so a bad config fails `serve deploy` with the reason instead of
+    every replica; the replicas get them as init args, so a changed config rolls them in place.
+    """
+    settings = args.get("settings") or {}
+    if not isinstance(settings, dict):
+        raise ValueError(f"the Serve application's args.settings must be a mapping of settings, not {settings!r}")
+    validated: Settings = load_settings(None, **settings)
+    log.info("serve_app_built", base_model=validated.inference.base_model)
+    return InferenceReplica.bind(settings)

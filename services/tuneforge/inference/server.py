@@ -1,8 +1,14 @@
-"""InferenceService bootstrap: `tuneforge serve inference`. SERVING only once the base model is loaded."""
+"""InferenceService bootstrap: `tuneforge serve inference`.
+
+Embedded (the default): the engine runs in this process; SERVING once the base model is loaded.
+Cluster mode (`inference.serve_url`): generation runs on the Ray Serve application behind Serve's HTTP
+proxy (`remote.py`); SERVING while that application answers, NOT_SERVING while it does not.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -12,6 +18,7 @@ from tuneforge.common.settings import Settings
 from tuneforge.inference.base_model import load_base_model
 from tuneforge.inference.engine import Engine
 from tuneforge.inference.frontend import InferenceFrontend, Limits
+from tuneforge.inference.remote import ServeFrontend, connect
 from tuneforge.inference.servicer import InferenceServicer
 from tuneforge.platform import Platform, PlatformComponent
 from tuneforge.training.registry import AdapterRegistry
@@ -32,6 +39,7 @@ class InferenceComponent(PlatformComponent):
         super().__init__(platform)
         self.servicer = InferenceServicer()
         self.engine: Engine | None = None
+        self.remote: ServeFrontend | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.http = None
 
@@ -44,13 +52,10 @@ class InferenceComponent(PlatformComponent):
         loop = asyncio.get_running_loop()
         start = loop.time()
         registry = AdapterRegistry(self.platform.metadata, self.platform.artifacts)
-        if settings.serve_app:
-            from tuneforge.inference.remote import connect
-
-            frontend: InferenceFrontend = await connect(
-                self.platform.settings, self.platform.models, registry, self.platform.artifacts
-            )
-            log.info("inference_on_ray_serve", app=settings.serve_app, base_model=frontend.base_name)
+        if settings.serve_url:
+            self.remote = await connect(self.platform.settings, self.platform.models, registry, self.platform.artifacts)
+            frontend: InferenceFrontend = self.remote
+            log.info("inference_on_ray_serve", serve_url=settings.serve_url, base_model=frontend.base_name)
         else:
             base = await asyncio.to_thread(
                 load_base_model, self.platform.models, settings.base_model, settings.dtype, settings.device
@@ -86,6 +91,11 @@ class InferenceComponent(PlatformComponent):
         InferenceFrontend.local = frontend
         self._sweeper = asyncio.create_task(self._sweep(frontend), name="tuneforge-adapter-sweeper")
 
+    def health_updates(self) -> AsyncIterator[bool] | None:
+        if self.remote is None:
+            return None
+        return self.remote.health_updates(self.platform.settings.inference.serve_health_interval_s)
+
     async def _sweep(self, frontend: InferenceFrontend) -> None:
         while True:
             await asyncio.sleep(self.sweep_interval_s)
@@ -104,6 +114,8 @@ class InferenceComponent(PlatformComponent):
             await self.http.stop()
         if self.engine is not None:
             await asyncio.to_thread(self.engine.stop)
+        if self.remote is not None:
+            await self.remote.close()
 
 
 async def create_server(settings: Settings) -> tuple[TuneforgeServer, int]:

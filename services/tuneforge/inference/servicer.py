@@ -2,8 +2,9 @@
 
 The gRPC API is served by our own grpc.aio front (the same server, interceptors and auth as every
 other service) rather than Ray Serve's gRPC proxy: the proxy would need the API-key interceptor,
-error mapping and health of the platform re-built inside Serve, and in a cluster the front calls
-the replicas through the Serve handle anyway, so one front serves both modes.
+error mapping and health of the platform re-built inside Serve. In a cluster the front forwards the
+resolved request to the replicas through Serve's HTTP proxy (`remote.py`), so one front serves both
+modes.
 """
 
 from __future__ import annotations

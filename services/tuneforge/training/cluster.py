@@ -1,7 +1,9 @@
 """The Ray cluster jobs run on: Ray's Job Submission API, and the local head of the embedded default.
 
 With `training.ray_address` (or an http(s) `RAY_ADDRESS`) the service talks to that cluster's
-dashboard, e.g. the KubeRay head service. Without one it starts a Ray head of its own on this
+dashboard, e.g. the KubeRay head service; a cluster with Ray's token auth gets the token from
+`RAY_AUTH_TOKEN` (or the file `RAY_AUTH_TOKEN_PATH` names), Ray's own variables, as a bearer header.
+Without one it starts a Ray head of its own on this
 machine (`ray start --head --block` in its own process group), records it in `<home>/ray/head.json`
 and reuses it after its own restart, so jobs running on it are picked up again rather than lost.
 Every call here blocks (HTTP or process management): the service runs them in threads.
@@ -49,6 +51,21 @@ def _is_missing(exc: Exception) -> bool:
     return "404" in text or "does not exist" in text
 
 
+def ray_auth_headers() -> dict[str, str]:
+    """`Authorization: Bearer <token>` for a Ray cluster with token auth, from Ray's own variables; else none.
+
+    Sent explicitly, so the Job API gets the token whatever `RAY_AUTH_MODE` this process has.
+    """
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH", "")
+    if not token and path:
+        try:
+            token = Path(path).expanduser().read_text().strip()
+        except OSError as exc:
+            raise RuntimeError(f"RAY_AUTH_TOKEN_PATH names {path}, which cannot be read: {exc}") from exc
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 class RayJobs:
     """One Ray cluster's Job Submission API."""
 
@@ -56,7 +73,7 @@ class RayJobs:
         from ray.job_submission import JobSubmissionClient
 
         self.address = address
-        self.client = JobSubmissionClient(address)
+        self.client = JobSubmissionClient(address, headers=ray_auth_headers() or None)
 
     def submit(self, submission_id: str, entrypoint: str, env: dict[str, str]) -> None:
         """Submits `entrypoint` under `submission_id`; a submission Ray already has is left as it is."""
