@@ -205,8 +205,25 @@ def worker(config_path: Path) -> None:
         torch.cuda.set_per_process_memory_fraction(min(1.0, job["memory_cap_gib"] * 2**30 / total))
     init_process_group_from_env()
     steps: list[dict] = []
+    profiler = None
+    if job.get("profile"):
+        profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+
+    def report(metrics: dict, checkpoint: object) -> None:
+        steps.append(dict(metrics))
+        # steps are reported one behind the device: profile from the end of the warm-up for `profile` steps
+        if profiler is not None and len(steps) == job["warmup"]:
+            profiler.start()
+        elif profiler is not None and len(steps) == job["warmup"] + job["profile"]:
+            profiler.stop()
+            seconds = sum(s["step_seconds"] for s in steps[job["warmup"] :])
+            busy = sum(e.self_device_time_total for e in profiler.key_averages()) / 1e6
+            print(f"PROFILE {job['name']}: {job['profile']} steps, {seconds:.3f} s wall, {busy:.3f} s of kernels")
+            table = profiler.key_averages().table(sort_by="self_device_time_total", row_limit=int(job["profile_rows"]))
+            print(table, flush=True)
+
     started = time.perf_counter()
-    train_worker(job["train"], report=lambda metrics, checkpoint: steps.append(dict(metrics)))
+    train_worker(job["train"], report=report)
     timed = steps[job["warmup"] :]
     tokens = sum(s["tokens"] for s in timed)
     seconds = sum(s["step_seconds"] for s in timed)
@@ -245,8 +262,10 @@ def _run(command: list[str], timeout: float, env: dict | None = None) -> tuple[d
     except subprocess.TimeoutExpired as exc:
         return None, f"timed out after {timeout:.0f} s: {str(exc.stderr)[-1500:]}"
     result = _result_line(done.stdout)
-    tail = "" if result else (done.stdout[-1500:] + done.stderr[-3000:])
-    return result, tail
+    if result:
+        profile = done.stdout.find("PROFILE ")  # the worker's kernel table, when asked for
+        return result, done.stdout[profile : done.stdout.find("RESULT ", profile)] if profile >= 0 else ""
+    return None, done.stdout[-1500:] + done.stderr[-3000:]
 
 
 def _worker_run(job: dict, timeout: float) -> dict | None:
@@ -255,6 +274,8 @@ def _worker_run(job: dict, timeout: float) -> dict | None:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
     command += [str(Path(__file__).resolve()), "worker", "--job", str(path)]
     result, tail = _run(command, timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if job.get("profile") and result:
+        print(tail)
     label = job["name"] + (" resumed" if job["train"].get("resume_from") else "")
     print("RESULT" if result else "FAILED", f"tuneforge {label}", json.dumps(result) if result else tail, flush=True)
     return result
@@ -298,6 +319,7 @@ def run(args: argparse.Namespace) -> None:
         }
         warmup = min(args.warmup, train["max_steps"] - 1)
         job = {"name": name, "overrides": overrides, "memory_cap_gib": cap, "warmup": warmup, "train": train}
+        job |= {"profile": args.profile, "profile_rows": args.profile_rows}
         result = _worker_run(job, args.timeout)
         rows.append((f"tuneforge {name}", result))
         if name in RESUMED and result is not None:
@@ -337,6 +359,8 @@ def main() -> int:
     r.add_argument("--reference-steps", type=int, default=8)
     r.add_argument("--resume-steps", type=int, default=1, help="steps a resumed configuration runs on")
     r.add_argument("--timeout", type=float, default=400)
+    r.add_argument("--profile", type=int, default=0, help="profile this many steps after the warm-up (CUDA kernels)")
+    r.add_argument("--profile-rows", type=int, default=25, help="rows of the profile's kernel table")
     w = sub.add_parser("worker", help="(internal) one configuration under torchrun")
     w.add_argument("--job", required=True)
     args = parser.parse_args()

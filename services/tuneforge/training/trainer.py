@@ -112,6 +112,15 @@ def _all_reduce(values: list[float | torch.Tensor], device: torch.device) -> lis
     return _all_reduce_on_device(values, device).tolist()
 
 
+@dataclass(frozen=True)
+class _QueuedStep:
+    """A step whose work is queued on the device: its (loss, tokens, trained tokens) sums are read later."""
+
+    step: int
+    sums: torch.Tensor
+    learning_rate: float
+
+
 class TrainingOutOfMemory(RuntimeError):
     """The device ran out of memory at a step; the message says where and what to change."""
 
@@ -283,11 +292,13 @@ class PackedLossModule(torch.nn.Module):
 
 
 def _data_parallel(module: PackedLossModule) -> torch.nn.Module:
-    """`module` under DDP when a process group is up (bucketed all-reduce overlapped with backward).
+    """`module` under DDP when it trains on more than one rank (bucketed all-reduce overlapped with backward).
 
-    Frozen weights are left out of DDP's start-up broadcast: every rank loaded the same base.
+    A process group of one rank (Ray Train's single GPU worker, `torchrun --nproc_per_node 1`) has no
+    gradients to exchange, so the module is not wrapped — as `ray.train.torch.prepare_model` does. Frozen
+    weights are left out of DDP's start-up broadcast: every rank loaded the same base.
     """
-    if not (dist.is_available() and dist.is_initialized()):
+    if _rank_world()[1] == 1:
         return module
     from torch.nn.parallel import DistributedDataParallel
 
@@ -306,10 +317,16 @@ def deepspeed_config(config: TrainConfig, device: torch.device) -> dict[str, Any
     makes offload fast); otherwise it wraps the client AdamW the trainer passes.
     """
     zero: dict[str, Any] = {"stage": config.deepspeed_stage, "overlap_comm": device.type == "cuda"}
+    # Pinned host buffers copy faster, but with the parameters offloaded as well (the recipe for cards of
+    # 24 GiB, where host memory is what runs out) DeepSpeed pins every parameter shard separately and torch
+    # rounds each pinned block up to a power of two and caches it: ~27 GiB more for a 7B model's 14 GiB of
+    # weights. There the buffers stay pageable.
+    offload_params = config.offload_parameters and config.deepspeed_stage == 3
+    pin = device.type == "cuda" and not offload_params
     if config.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": device.type == "cuda"}
-    if config.offload_parameters and config.deepspeed_stage == 3:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": device.type == "cuda"}
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": pin}
+    if offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": pin}
     half_states = {}
     if config.optimizer_precision == "bf16" and device.type == "cuda":
         half_states = {"bf16_master_weights_and_grads": True, "bf16_optimizer_states": True}
@@ -500,8 +517,52 @@ def train_worker(config_values: dict[str, Any], report: Reporter | None = None) 
     stream = plan.stream(skip=step * gas)  # the data order up to the checkpoint, replayed without collating
     model.train()
     metrics: dict[str, Any] = {}
+    observed = time.perf_counter()  # when the last reported step was seen to end
+
+    def finish(done: _QueuedStep) -> None:
+        """Reads a queued step's sums (waits for that step only), reports it, evaluates and checkpoints."""
+        nonlocal metrics, observed
+        loss_all, tokens_all, trained_all = done.sums.tolist()
+        now = time.perf_counter()
+        elapsed, observed = now - observed, now
+        metrics = {
+            "step": done.step,
+            "total_steps": total_steps,
+            "loss": loss_all / trained_all,
+            "learning_rate": done.learning_rate,
+            "tokens_per_second": tokens_all / elapsed if elapsed > 0 else 0.0,
+            "tokens": tokens_all,
+            "step_seconds": elapsed,
+        }
+        if device.type == "cuda":
+            metrics["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        if evaluates(done.step):
+            value = _evaluate(model, validation_rows, config, pad_id, varlen, device)
+            if value is not None:
+                metrics["validation_loss"] = value
+        checkpoint = None
+        if checkpoints(done.step):
+            gathered = _full_state_dict(engine)  # every rank takes part in gathering ZeRO-3 shards
+            if rank == 0:
+                path = Path(config.output_dir) / f"checkpoint-{done.step:06d}"
+                checkpoint = save_checkpoint(model, optimizer, scheduler, done.step, path, metrics, config, gathered)
+        report(metrics, checkpoint)
+        if config.crash_after_step and done.step == config.crash_after_step:
+            marker = Path(config.output_dir) / f".crashed-after-{done.step}"
+            if rank == 0 and not marker.exists():
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+                os._exit(17)  # like a killed worker: no cleanup, no exception handling
+        observed = time.perf_counter()  # evaluation and checkpointing are not the next step's time
+
+    def evaluates(at: int) -> bool:
+        return bool(config.eval_every_steps and at % config.eval_every_steps == 0) or at == total_steps
+
+    def checkpoints(at: int) -> bool:
+        return bool(config.checkpoint_every_steps and at % config.checkpoint_every_steps == 0) or at == total_steps
+
+    queued: _QueuedStep | None = None
     while step < total_steps:
-        started = time.perf_counter()
         batches = [collate(next(stream), config.max_seq_len, pad_id, config.train_on_prompt) for _ in range(gas)]
         # the step's trained tokens on all ranks, kept on the device: no host sync before the backward pass
         trained_tokens = _all_reduce_on_device([sum(b.num_loss_tokens for b in batches)], device)[0].clamp(min=1.0)
@@ -531,37 +592,18 @@ def train_worker(config_values: dict[str, Any], report: Reporter | None = None) 
         except torch.OutOfMemoryError as exc:
             raise _out_of_memory(config, step + 1, rows, rank, device) from exc
         step += 1
-        loss_all, tokens_all = _all_reduce([loss_total, sum(b.num_tokens for b in batches)], device)
-        trained_all = float(trained_tokens)  # already summed over ranks
-        elapsed = time.perf_counter() - started
-        metrics = {
-            "step": step,
-            "total_steps": total_steps,
-            "loss": loss_all / trained_all,
-            "learning_rate": scheduler.get_last_lr()[0],
-            "tokens_per_second": tokens_all / elapsed if elapsed > 0 else 0.0,
-            "tokens": tokens_all,
-            "step_seconds": elapsed,
-        }
-        if device.type == "cuda":
-            metrics["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-        if (config.eval_every_steps and step % config.eval_every_steps == 0) or step == total_steps:
-            value = _evaluate(model, validation_rows, config, pad_id, varlen, device)
-            if value is not None:
-                metrics["validation_loss"] = value
-        checkpoint = None
-        if (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0) or step == total_steps:
-            gathered = _full_state_dict(engine)  # every rank takes part in gathering ZeRO-3 shards
-            if rank == 0:
-                path = Path(config.output_dir) / f"checkpoint-{step:06d}"
-                checkpoint = save_checkpoint(model, optimizer, scheduler, step, path, metrics, config, gathered)
-        report(metrics, checkpoint)
-        if config.crash_after_step and step == config.crash_after_step:
-            marker = Path(config.output_dir) / f".crashed-after-{step}"
-            if rank == 0 and not marker.exists():
-                marker.parent.mkdir(parents=True, exist_ok=True)
-                marker.touch()
-                os._exit(17)  # like a killed worker: no cleanup, no exception handling
+        sums = _all_reduce_on_device([loss_total, sum(b.num_tokens for b in batches)], device)
+        current = _QueuedStep(step, torch.cat([sums, trained_tokens.reshape(1)]), scheduler.get_last_lr()[0])
+        # The previous step is read only now, with this one already queued on the device: the GPU never
+        # waits for the host between steps. Steps that evaluate, checkpoint or end the run are read at once.
+        if queued is not None:
+            finish(queued)
+        queued = current
+        if evaluates(step) or checkpoints(step) or step == config.crash_after_step:
+            finish(queued)
+            queued = None
+    if queued is not None:
+        finish(queued)
     return metrics
 
 
