@@ -248,3 +248,28 @@ def test_running_out_of_gpu_memory_names_the_step_the_rows_and_what_to_change(
     assert message.startswith("out of GPU memory at step 3 on rank 0 (micro-batch of 2 row(s) x 256 tokens")
     assert "gradient_checkpointing" in message and "base_precision fp8" in message and "ZeRO-3" in message
     assert isinstance(raised.value.__cause__, torch.OutOfMemoryError)
+
+
+def test_each_reported_step_carries_its_own_batches_tokens_and_loss(dataset_dir: Path, tmp_path: Path) -> None:
+    """Steps are read back from the device one step late: each report must still describe its own step."""
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.training.packing import collate
+    from tuneforge.training.step import packed_loss
+    from tuneforge.training.trainer import EpochPlan, TrainConfig, load_samples
+
+    values = _config(dataset_dir, tmp_path, max_steps=6, checkpoint_every_steps=3)
+    seen: list[tuple[dict, Path | None]] = []
+    train_worker(values, report=lambda m, c: seen.append((dict(m), c)))
+    config = TrainConfig(**values)
+    batches = EpochPlan(load_samples(dataset_dir, "train"), config, 0, 1).batches(0)
+    expected = [sum(len(sample.input_ids) for row in batch for sample in row) for batch in batches[:6]]
+    assert len(set(expected)) > 1  # the batches differ, so a report shifted by a step would show it
+    assert [m["tokens"] for m, _ in seen] == expected
+    assert [m["step"] for m, c in seen if c is not None] == [3, 6]
+    assert all(c.name == f"checkpoint-{m['step']:06d}" for m, c in seen if c is not None)
+    # LoRA's B starts at zero: step 1's loss is the base model's loss on the first batch
+    model = AutoModelForCausalLM.from_pretrained(values["base_model_path"], dtype=torch.float32)
+    with torch.no_grad():
+        total, count = packed_loss(model, collate(batches[0], 256, 0, False), varlen=False)
+    torch.testing.assert_close(seen[0][0]["loss"], float(total) / count, rtol=1e-4, atol=1e-5)

@@ -10,8 +10,10 @@ the optimizer and scheduler state. Resuming from a checkpoint replays the same d
 continues at the saved step, so an interrupted run ends where an uninterrupted one does.
 
 Inside a process group (Ray Train sets up gloo on CPU and NCCL on GPU, even for one worker;
-torchrun likewise) gradients are synchronised by DDP — bucketed and overlapped with the backward
-pass — and every collective runs on the training device, since NCCL refuses CPU tensors. DeepSpeed
+torchrun likewise) gradients of two or more ranks are synchronised by DDP — bucketed and overlapped
+with the backward pass — and every collective runs on the training device, since NCCL refuses CPU
+tensors. Each step's loss and token counts are read back one step late, so the host never drains
+the device's queue between steps. DeepSpeed
 (ZeRO-2/3) takes DDP's place for full fine-tuning when the spec asks for it. On GPU the decoder
 layers are compiled (`torch_compile`, on by default there), the forward pass runs under bf16
 autocast, and AdamW is the fused CUDA kernel.
