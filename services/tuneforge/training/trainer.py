@@ -376,13 +376,15 @@ def save_checkpoint(
 ) -> Path:
     """Adapter (or model) weights as safetensors, optimizer/scheduler state, and the step, in `path`.
 
-    Under DeepSpeed the optimizer state is sharded across ranks and not saved here (the scheduler's
-    is): a DeepSpeed run resumed from this checkpoint restarts AdamW's moments from the saved weights
-    and continues the learning-rate schedule where it was.
+    The random generators' state is saved too, so a resumed run's dropout draws what the uninterrupted
+    run's did: without DeepSpeed a resumed run ends bit for bit where an uninterrupted one does (same
+    device and kernels). Under DeepSpeed the optimizer state is sharded across ranks and not saved here
+    (the scheduler's is): a DeepSpeed run resumed from this checkpoint restarts AdamW's moments from
+    the saved weights and continues the learning-rate schedule where it was.
     """
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True, state_dict=state_dict)
-    state = {"scheduler": scheduler.state_dict()}
+    state: dict[str, Any] = {"scheduler": scheduler.state_dict(), "rng": _rng_state()}
     if not config.deepspeed_stage:
         state["optimizer"] = optimizer.state_dict()
     torch.save(state, path / OPTIMIZER_STATE)
@@ -423,7 +425,25 @@ def _load_checkpoint(model: Any, optimizer: Any, scheduler: Any, path: Path) -> 
         if "optimizer" in saved:
             optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
+        if "rng" in saved:
+            _set_rng_state(saved["rng"])
     return int(state["step"])
+
+
+def _rng_state() -> dict[str, Any]:
+    """The random generators the training step draws from (dropout), so a resumed run draws what the
+    uninterrupted one did. Rank 0's: every rank seeds alike and draws the same amounts (fixed-size rows)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def _evaluate(
