@@ -13,9 +13,12 @@ Serve's production ingress, is plain HTTP (one aiohttp session, reused) and need
 
 Readiness follows the backend: every `serve_health_interval_s` the front asks the application's
 `/ready` route, and the server reports NOT_SERVING while it does not answer (or serves another base
-model than this front's). A request Serve could not take — connection refused or lost, a 502/503/504
-from the proxy, a stream cut before its first token — is retried with backoff for `serve_retry_s`,
-then answered UNAVAILABLE; once a token has reached the caller it is never retried.
+model than this front's) — unless real answers keep arriving meanwhile: replicas busy decoding may
+answer the check late, and a front whose readiness flaps under load drops out of its Service.
+
+A request Serve could not take — connection refused or lost, a 502/503/504 from the proxy, a stream
+cut before its first token — is retried with backoff for `serve_retry_s`, then answered
+UNAVAILABLE; once a token has reached the caller it is never retried.
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ class ServeClient:
         self.retry_s = retry_s
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._session: aiohttp.ClientSession | None = None
+        #: When (event-loop time) a replica's answer last arrived through the proxy.
+        self.last_answer = float("-inf")
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -152,6 +157,7 @@ class ServeClient:
                     item = json.loads(line)
                 except ValueError as exc:
                     raise _NotTaken(f"a cut answer line from the Serve proxy: {_text(line)}") from exc
+                self.last_answer = asyncio.get_running_loop().time()
                 failure = wire.error_from(item)
                 if failure is not None:
                     raise failure
@@ -194,11 +200,18 @@ class ServeFrontend(InferenceFrontend):
     async def sweep_deleted(self) -> int:
         return 0  # replicas drop adapters through Serve's multiplexing LRU
 
-    async def backend_ready(self, timeout_s: float) -> tuple[bool, str]:
-        """(ready, why not): the Serve application answers and serves this front's base model and template."""
+    async def backend_ready(self, timeout_s: float, answered_within_s: float = 0.0) -> tuple[bool, str]:
+        """(ready, why not): the Serve application answers and serves this front's base model and template.
+
+        A check that gets no answer does not count while real answers arrived in the last
+        `answered_within_s` seconds: replicas busy decoding may answer it late, and readiness must not
+        flap (and take the front out of its Service) under load.
+        """
         try:
             served = await self.client.ready(timeout_s)
         except TuneforgeError as exc:
+            if asyncio.get_running_loop().time() - self.client.last_answer < answered_within_s:
+                return True, ""
             return False, exc.message
         base, template = served.get("base_model"), str(served.get("template_hash"))
         if (base, template) != (self.base_name, self.template_hash):
@@ -211,8 +224,9 @@ class ServeFrontend(InferenceFrontend):
     async def health_updates(self, interval_s: float) -> AsyncIterator[bool]:
         """Whether the backend is ready: now, then at every change (checked every `interval_s`)."""
         last: bool | None = None
+        timeout_s = max(3.0, 1.5 * interval_s)
         while True:
-            ready, reason = await self.backend_ready(timeout_s=max(2.0, interval_s))
+            ready, reason = await self.backend_ready(timeout_s, answered_within_s=timeout_s + interval_s)
             if ready != last:
                 if ready:
                     log.info("serve_backend_ready", serve_url=self.client.url)

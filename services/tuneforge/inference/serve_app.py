@@ -191,6 +191,11 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
     every replica; the replicas get them as init args, so a changed config rolls them in place.
     """
     settings = args.get("settings") or {}
+    if isinstance(settings, str):  # `serve run … settings='{…}'` passes its args as strings
+        try:
+            settings = json.loads(settings)
+        except ValueError as exc:
+            raise ValueError(f"the Serve application's args.settings is not JSON: {exc}") from exc
     if not isinstance(settings, dict):
         raise ValueError(f"the Serve application's args.settings must be a mapping of settings, not {settings!r}")
     validated: Settings = load_settings(None, **settings)
