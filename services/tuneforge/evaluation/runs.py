@@ -20,6 +20,7 @@ replica's sweep (`EvaluationComponent`) takes the run over where the stored resu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -282,8 +283,12 @@ class EvalRuns:
         """Runs `info` while holding its lease; stops (the run stays RUNNING) if the lease is lost."""
         assert self.leases is not None
         name = RUN_LEASE + info.id
-        if not await asyncio.to_thread(self.leases.acquire, name):
-            return  # another replica runs it
+        try:
+            if not await asyncio.to_thread(self.leases.acquire, name):
+                return  # another replica runs it
+        except Exception as exc:  # the store is unreachable: the next sweep offers the run again
+            log.warning("eval_run_lease_unavailable", run_id=info.id, error=repr(exc))
+            return
         info = await asyncio.to_thread(self.get, info.tenant, info.id)  # it may have finished meanwhile
         if info.state in FINAL:
             await asyncio.to_thread(self.leases.release, name)
@@ -292,7 +297,14 @@ class EvalRuns:
         try:
             while not work.done():
                 await asyncio.wait({work}, timeout=self.leases.ttl_s / 3)
-                if not work.done() and not await asyncio.to_thread(self.leases.acquire, name):
+                if work.done():
+                    break
+                try:
+                    held = await asyncio.to_thread(self.leases.acquire, name)
+                except Exception as exc:  # nobody can take the lease while the store is down: keep going
+                    log.warning("eval_run_lease_renewal_failed", run_id=info.id, error=repr(exc))
+                    continue
+                if not held:
                     log.warning("eval_run_lease_lost", run_id=info.id, holder=self.leases.holder)
                     work.cancel()
                     await asyncio.gather(work, return_exceptions=True)
@@ -302,7 +314,8 @@ class EvalRuns:
             if not work.done():  # this task was cancelled: the service is stopping
                 work.cancel()
                 await asyncio.gather(work, return_exceptions=True)
-            await asyncio.shield(asyncio.to_thread(self.leases.release, name))
+            with contextlib.suppress(Exception):  # unreleased, it expires after ttl_s
+                await asyncio.shield(asyncio.to_thread(self.leases.release, name))
 
     def unfinished(self) -> list[RunInfo]:
         with self.metadata.session() as session:
