@@ -123,6 +123,73 @@ def test_keys_file_is_reloaded_when_rotated(tmp_path: Path) -> None:
         keys.resolve("old-key-0123456789")
 
 
+def _keys(path: Path, *entries: dict) -> None:
+    path.write_text(yaml.safe_dump({"keys": list(entries)}))
+
+
+def test_a_same_size_edit_with_the_old_mtime_put_back_still_revokes_the_key(tmp_path: Path) -> None:
+    import os
+
+    path = tmp_path / "keys.yaml"
+    _keys(path, {"sha256": hash_key("first-key-0123456789"), "tenant": "acme"})
+    stat = path.stat()
+    keys = ApiKeyFile(path)
+    keys.recheck_s = 0.0
+    assert keys.resolve("first-key-0123456789").tenant == "acme"
+    _keys(path, {"sha256": hash_key("other-key-0123456789"), "tenant": "acme"})
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    with pytest.raises(Unauthenticated, match="unknown API key"):
+        keys.resolve("first-key-0123456789")
+    assert keys.resolve("other-key-0123456789").tenant == "acme"
+
+
+@pytest.mark.parametrize("breakage", ["deleted", "unparsable", "invalid"])
+def test_a_broken_keys_file_refuses_every_key_until_it_is_fixed(tmp_path: Path, breakage: str) -> None:
+    path = tmp_path / "keys.yaml"
+    good = {"sha256": hash_key("good-key-0123456789"), "tenant": "acme"}
+    _keys(path, good)
+    keys = ApiKeyFile(path)
+    keys.recheck_s = 0.0
+    assert keys.resolve("good-key-0123456789").tenant == "acme"
+    if breakage == "deleted":
+        path.unlink()
+    elif breakage == "unparsable":
+        path.write_text("keys: [\n  - {sha256: ")
+    else:
+        _keys(path, {"tenant": "acme"})
+    with pytest.raises(Unauthenticated, match="keys file is broken"):
+        keys.resolve("good-key-0123456789")  # fails closed: the old keys are not kept
+    assert keys.refresh() is not None and str(path) in keys.refresh()
+    _keys(path, good)
+    assert keys.resolve("good-key-0123456789").tenant == "acme" and keys.refresh() is None
+
+
+def test_server_health_follows_the_keys_file(tmp_path: Path) -> None:
+    import time
+
+    path = tmp_path / "keys.yaml"
+    _keys(path, {"sha256": hash_key(ACME_KEY), "tenant": "acme"})
+    server = BackgroundServer(make_settings(tmp_path, path), [CurationComponent])
+    try:
+        client = TuneforgeClient(server.address)
+
+        def health_becomes(expected: str) -> str:
+            deadline = time.monotonic() + 30
+            while (status := client.health("")) != expected and time.monotonic() < deadline:
+                time.sleep(0.2)
+            return status
+
+        assert health_becomes("SERVING") == "SERVING"
+        path.write_text("not: [valid")
+        assert health_becomes("NOT_SERVING") == "NOT_SERVING"
+        _keys(path, {"sha256": hash_key(ACME_KEY), "tenant": "acme"})
+        assert health_becomes("SERVING") == "SERVING"
+        client.close()
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize(
     "entries, problem",
     [

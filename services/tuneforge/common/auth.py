@@ -16,15 +16,17 @@ A `service` key belongs to no tenant: each call names the tenant it acts for in 
 `x-tuneforge-tenant` metadata, and only the methods a service-to-service path needs accept it
 (evaluation pods generating through the inference service). Tenants never get such keys.
 
-The file is re-read when it changes, so rotated secrets take effect without a restart.
+The file is re-read when its content changes (a hash of it is compared at least once a second), so
+rotated or revoked keys take effect without a restart. A file that becomes unreadable or invalid
+fails closed: every key is refused, the log says why, and the server's health turns NOT_SERVING
+until the file is fixed. At start an invalid file is refused outright.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import threading
+import time
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,10 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from tuneforge.common.errors import PermissionDenied, Unauthenticated
+from tuneforge.common.logging import get_logger
 from tuneforge.common.names import RESOURCE_NAME
+
+log = get_logger(__name__)
 
 Role = Literal["member", "admin", "service"]
 
@@ -112,6 +117,10 @@ class KeyResolver:
     def resolve(self, key: str | None) -> Principal:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def refresh(self) -> str | None:
+        """Re-checks the key source; returns why no key can be accepted now, or None when keys work."""
+        return None
+
 
 class LocalResolver(KeyResolver):
     """Single-tenant embedded mode: every caller is `tenant` with the admin role, key or not."""
@@ -124,34 +133,72 @@ class LocalResolver(KeyResolver):
 
 
 class ApiKeyFile(KeyResolver):
-    """Keys from a YAML file, re-read when its modification time or size changes."""
+    """Keys from a YAML file, re-read whenever its content changes; a broken file refuses every key."""
+
+    #: Longest time between two reads of the file (its content is hashed: an edit that keeps the size and
+    #: puts the modification time back is still seen).
+    recheck_s = 1.0
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
+        self._content_digest: str | None = None
+        self._checked = 0.0
+        self._stamp: tuple[int, int, int] | None = None
         self._by_digest: dict[str, Principal] = {}
-        self._reload_if_changed()
+        #: Why no key is accepted now (file missing or invalid), or None.
+        self.problem: str | None = None
+        self._load()
+        if self.problem is not None:
+            raise ValueError(self.problem)  # at start: refuse to serve with a broken file
 
-    def _reload_if_changed(self) -> None:
-        try:
-            st = os.stat(self.path)
-        except OSError as exc:
-            raise ValueError(f"API keys file {self.path} cannot be read: {exc.strerror}") from exc
-        stamp = (st.st_mtime_ns, st.st_size)
-        if stamp == self._stamp:
-            return
+    def refresh(self) -> str | None:
         with self._lock:
-            if stamp == self._stamp:
-                return
-            self._by_digest = self._parse()
-            self._stamp = stamp
+            self._load()
+            return self.problem
 
-    def _parse(self) -> dict[str, Principal]:
+    def _load(self) -> None:
+        """Reads and hashes the file; re-parses it only when its content changed. Called under the lock."""
+        self._checked = time.monotonic()
+        self._stamp = self._stat()
         try:
-            raw = yaml.safe_load(self.path.read_text()) or {}
+            content = self.path.read_bytes()
+        except OSError as exc:
+            self._fail(None, f"API keys file {self.path} cannot be read: {exc.strerror}")
+            return
+        digest = hashlib.sha256(content).hexdigest()
+        if digest == self._content_digest:
+            return
+        try:
+            table = self._parse(content)
+        except ValueError as exc:
+            self._fail(digest, str(exc))
+            return
+        self._by_digest, self._content_digest = table, digest
+        if self.problem is not None:
+            log.warning("api_keys_file_fixed", keys_file=str(self.path), keys=len(table))
+        else:
+            log.info("api_keys_file_loaded", keys_file=str(self.path), keys=len(table))
+        self.problem = None
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _fail(self, digest: str | None, problem: str) -> None:
+        """Fails closed: no key is accepted until the file is readable and valid again."""
+        if problem != self.problem:
+            log.error("api_keys_file_broken", problem=problem, detail="every API key is refused until it is fixed")
+        self._by_digest, self._content_digest, self.problem = {}, digest, problem
+
+    def _parse(self, content: bytes) -> dict[str, Principal]:
+        try:
+            raw = yaml.safe_load(content) or {}
             parsed = _KeysFile.model_validate(raw)
-        except (yaml.YAMLError, ValidationError) as exc:
+        except (yaml.YAMLError, ValidationError, UnicodeDecodeError) as exc:
             raise ValueError(f"API keys file {self.path} is invalid: {exc}") from exc
         table: dict[str, Principal] = {}
         for index, entry in enumerate(parsed.keys):
@@ -164,9 +211,10 @@ class ApiKeyFile(KeyResolver):
     def resolve(self, key: str | None) -> Principal:
         if not key:
             raise Unauthenticated("missing API key: send metadata 'authorization: Bearer <key>'")
-        # A broken rewrite of the file keeps the last good keys in force rather than locking everyone out.
-        with contextlib.suppress(ValueError):
-            self._reload_if_changed()
+        if self._stat() != self._stamp or time.monotonic() - self._checked >= self.recheck_s:
+            self.refresh()  # at once when the file visibly changed, else by content at least once a recheck_s
+        if self.problem is not None:
+            raise Unauthenticated("API keys cannot be checked now: the server's keys file is broken (see its log)")
         principal = self._by_digest.get(hash_key(key))
         if principal is None:
             raise Unauthenticated("unknown API key")

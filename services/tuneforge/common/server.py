@@ -30,6 +30,9 @@ from tuneforge.common.settings import Settings
 
 log = get_logger("tuneforge.server")
 
+#: Seconds between checks of the API keys (a broken keys file turns the server's health NOT_SERVING).
+KEYS_RECHECK_S = 1.0
+
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
@@ -94,6 +97,8 @@ class TuneforgeServer:
         self._stopped = asyncio.Event()
         self._serving: dict[int, bool] = {}
         self._watchers: list[asyncio.Task[None]] = []
+        self.resolver = resolver
+        self._keys_problem: str | None = None
 
     async def start(self) -> None:
         """Starts accepting calls, then starts each component and marks it SERVING when ready."""
@@ -103,8 +108,18 @@ class TuneforgeServer:
         if self.settings.metrics_port is not None:
             start_http_server(self.settings.metrics_port, addr=_bind_host(self.settings.host))
         log.info("server_listening", host=self.settings.host, port=self.port)
+        self._watchers.append(asyncio.create_task(self._watch_keys(), name="tuneforge-keys"))
         # Components get ready concurrently: quick ones serve while a model is still loading.
         await asyncio.gather(*(self._start_component(component) for component in self.components))
+
+    async def _watch_keys(self) -> None:
+        """Re-checks the API keys every second: a broken keys file makes the whole server NOT_SERVING."""
+        while True:
+            problem = await asyncio.to_thread(self.resolver.refresh)
+            if problem != self._keys_problem:
+                self._keys_problem = problem
+                await self._publish_overall()
+            await asyncio.sleep(KEYS_RECHECK_S)
 
     async def _start_component(self, component: Component) -> None:
         try:
@@ -129,10 +144,16 @@ class TuneforgeServer:
         for name in component.service_names:
             await self.health.set(name, status)
         self._serving[id(component)] = serving
-        everything = len(self._serving) == len(self.components) and all(self._serving.values())
-        overall = health_pb2.HealthCheckResponse.SERVING if everything else health_pb2.HealthCheckResponse.NOT_SERVING
-        await self.health.set("", overall)
+        await self._publish_overall()
         log.info("serving" if serving else "not_serving", services=list(component.service_names))
+
+    async def _publish_overall(self) -> None:
+        """The server as a whole (service ""): SERVING while every component is and API keys can be checked."""
+        everything = len(self._serving) == len(self.components) and all(self._serving.values())
+        ready = everything and self._keys_problem is None
+        await self.health.set(
+            "", health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
 
     def _all_names(self) -> list[str]:
         return ["", *(name for component in self.components for name in component.service_names)]
