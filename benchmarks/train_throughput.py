@@ -219,7 +219,9 @@ def worker(config_path: Path) -> None:
             seconds = sum(s["step_seconds"] for s in steps[job["warmup"] :])
             busy = sum(e.self_device_time_total for e in profiler.key_averages()) / 1e6
             print(f"PROFILE {job['name']}: {job['profile']} steps, {seconds:.3f} s wall, {busy:.3f} s of kernels")
-            table = profiler.key_averages().table(sort_by="self_device_time_total", row_limit=int(job["profile_rows"]))
+            table = profiler.key_averages().table(
+                sort_by="self_device_time_total", row_limit=int(job["profile_rows"]), max_name_column_width=110
+            )
             print(table, flush=True)
 
     started = time.perf_counter()
@@ -245,6 +247,7 @@ def worker(config_path: Path) -> None:
         "first_step_s": round(steps[0]["step_seconds"], 1),
         "wall_s": round(time.perf_counter() - started, 1),
         "losses": [round(s["loss"], 4) for s in steps],
+        "step_seconds": [round(s["step_seconds"], 3) for s in steps],
         "gpu": torch.cuda.get_device_name(),
         "torch": torch.__version__,
     }
