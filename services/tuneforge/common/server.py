@@ -135,8 +135,13 @@ class TuneforgeServer:
         self._watchers.append(asyncio.create_task(self._follow(component, updates), name="tuneforge-health"))
 
     async def _follow(self, component: Component, updates: AsyncIterator[bool]) -> None:
-        async for serving in updates:
-            await self._set_serving(component, serving)
+        try:
+            async for serving in updates:
+                await self._set_serving(component, serving)
+        except Exception:
+            # a health that can no longer follow its backend must not stay SERVING by default
+            log.exception("health_updates_failed", services=list(component.service_names))
+            await self._set_serving(component, False)
 
     async def _set_serving(self, component: Component, serving: bool) -> None:
         """Reports the component's services, and the server's overall status (SERVING once all are)."""

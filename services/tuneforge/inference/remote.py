@@ -100,7 +100,10 @@ class ServeClient:
                 body = await response.read()
                 if response.status != 200:
                     raise Unavailable(f"GET {self.url}{wire.READY_PATH} answered {response.status}: {_text(body)}")
-                return json.loads(body)
+                served = json.loads(body)
+                if not isinstance(served, dict):
+                    raise ValueError(f"not an object: {_text(body)}")
+                return served
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise Unavailable(f"GET {self.url}{wire.READY_PATH} failed: {_reason(exc)}") from exc
 
