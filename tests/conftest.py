@@ -63,16 +63,21 @@ def make_settings(home: Path, keys_file: Path, **overrides: object) -> Settings:
 
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory):  # -> Iterator[LocalRayHead]
-    """One Ray head for the whole session: training jobs (Job Submission API) and this process's Ray work."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    """One Ray head for the whole session: training jobs (Job Submission API) and this process's Ray work.
+
+    It is the head the service starts (loopback only, Ray token auth); this process and the servers
+    it starts reach it with its token, as Ray's own variables name it.
+    """
     from tuneforge.training.cluster import LocalRayHead
 
     head = LocalRayHead(tmp_path_factory.mktemp("ray-head"), num_cpus=2)
     address = head.ensure()
     # every server the tests start in this process submits here instead of starting a head of its own
     os.environ["RAY_ADDRESS"] = address
+    os.environ.update(head.job_env())
     yield head
-    os.environ.pop("RAY_ADDRESS", None)
+    for name in ("RAY_ADDRESS", *head.job_env()):
+        os.environ.pop(name, None)
     head.stop()
 
 

@@ -1,10 +1,18 @@
-"""The job runner's own rules, against a stand-in for Ray's Job Submission API; the local head's reuse."""
+"""The job runner's own rules, against a stand-in for Ray's Job Submission API; the local head's reuse and lock-down."""
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import shlex
+import stat
+import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+import psutil
 from conftest import MODEL_CACHE
 
 from tuneforge.common.settings import load_settings
@@ -12,7 +20,7 @@ from tuneforge.models import ModelResolver
 from tuneforge.store.artifacts import ArtifactStore
 from tuneforge.store.leases import Leases
 from tuneforge.store.metadata import MetadataStore
-from tuneforge.training.cluster import LocalRayHead, SubmissionStatus
+from tuneforge.training.cluster import LocalRayHead, RayJobs, SubmissionStatus
 from tuneforge.training.job_store import FAILED, QUEUED, RUNNING, JobStore
 from tuneforge.training.jobs import JobSpecInput
 from tuneforge.training.registry import AdapterRegistry
@@ -151,6 +159,55 @@ def test_the_local_head_is_found_again_and_stopped(tmp_path: Path) -> None:
     finally:
         head.stop()
     assert LocalRayHead(tmp_path / "ray").running_address() is None
+
+
+def _loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def test_the_local_head_listens_on_loopback_only_and_wants_its_token(ray_cluster: LocalRayHead) -> None:
+    """The session's head is the one the service starts: no port off loopback, no Job API call without the token."""
+    head = ray_cluster
+    root = psutil.Process(json.loads(head.state_file.read_text())["pid"])
+    listening: list[tuple[str, str, int]] = []
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            sockets = process.net_connections(kind="inet")
+        except psutil.NoSuchProcess:
+            continue
+        listening += [(process.name(), c.laddr.ip, c.laddr.port) for c in sockets if c.status == psutil.CONN_LISTEN]
+    names = {name for name, _, _ in listening}
+    assert {"gcs_server", "raylet"} <= names and len(listening) >= 6, listening  # GCS, raylet, dashboard, agents
+    assert [entry for entry in listening if not _loopback(entry[1])] == [], "the head listens off loopback"
+
+    # the token: 0600 in a 0700 directory; Ray's own temp dir (0777 by Ray) sits in a 0700 directory of ours
+    assert stat.S_IMODE(head.token_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(head.directory.stat().st_mode) == 0o700
+    assert stat.S_IMODE(head.private_dir.stat().st_mode) == 0o700 and head.temp_dir.parent == head.private_dir
+
+    address = head.running_address()
+    assert address is not None
+    for headers in ({}, {"Authorization": "Bearer " + "0" * 64}):
+        request = urllib.request.Request(f"{address}/api/jobs/", headers=headers)
+        try:
+            urllib.request.urlopen(request, timeout=10)
+            raise AssertionError(f"the Job API answered without the token (headers {headers})")
+        except urllib.error.HTTPError as exc:
+            assert exc.code in (401, 403), exc
+
+    # with the token a job runs, and its driver reaches the head (the token reaches the job's processes)
+    jobs = RayJobs(address, token_path=head.token_path)
+    program = "import ray; ray.init(); print('tasks', sum(ray.get([ray.remote(lambda: 1).remote() for _ in range(2)])))"
+    submission = f"lockdown-{time.time_ns()}"
+    jobs.submit(submission, shlex.join([sys.executable, "-c", program]), head.job_env())
+    deadline = time.monotonic() + 120
+    while not (status := jobs.status(submission)) or not status.terminal:
+        assert time.monotonic() < deadline, f"the probe job did not finish: {status}"
+        time.sleep(0.5)
+    assert status.status == "SUCCEEDED", (status, jobs.logs(submission)[-2000:])
+    assert "tasks 2" in jobs.logs(submission)
 
 
 class AgentlessRay(FakeRay):

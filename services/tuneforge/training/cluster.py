@@ -6,6 +6,8 @@ dashboard, e.g. the KubeRay head service; a cluster with Ray's token auth gets t
 Without one it starts a Ray head of its own on this
 machine (`ray start --head --block` in its own process group), records it in `<home>/ray/head.json`
 and reuses it after its own restart, so jobs running on it are picked up again rather than lost.
+That head listens on loopback only and runs with Ray's token auth: a random token in
+`<home>/ray/auth_token` (0600) that the head, the Job API client and the jobs' processes read.
 Every call here blocks (HTTP or process management): the service runs them in threads.
 """
 
@@ -16,6 +18,7 @@ import hashlib
 import json
 import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -51,13 +54,14 @@ def _is_missing(exc: Exception) -> bool:
     return "404" in text or "does not exist" in text
 
 
-def ray_auth_headers() -> dict[str, str]:
-    """`Authorization: Bearer <token>` for a Ray cluster with token auth, from Ray's own variables; else none.
+def ray_auth_headers(token_path: Path | None = None) -> dict[str, str]:
+    """`Authorization: Bearer <token>` for a Ray cluster with token auth; else none.
 
-    Sent explicitly, so the Job API gets the token whatever `RAY_AUTH_MODE` this process has.
+    The token comes from `token_path` when given (the local head's own token), else from Ray's own
+    variables. Sent explicitly, so the Job API gets the token whatever `RAY_AUTH_MODE` this process has.
     """
-    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH", "")
+    token = "" if token_path is not None else os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    path = str(token_path) if token_path is not None else os.environ.get("RAY_AUTH_TOKEN_PATH", "")
     if not token and path:
         try:
             token = Path(path).expanduser().read_text().strip()
@@ -69,11 +73,12 @@ def ray_auth_headers() -> dict[str, str]:
 class RayJobs:
     """One Ray cluster's Job Submission API."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, token_path: Path | None = None) -> None:
+        """`token_path`: the cluster's token file (the local head's); without it Ray's own variables."""
         from ray.job_submission import JobSubmissionClient
 
         self.address = address
-        self.client = JobSubmissionClient(address, headers=ray_auth_headers() or None)
+        self.client = JobSubmissionClient(address, headers=ray_auth_headers(token_path) or None)
 
     def submit(self, submission_id: str, entrypoint: str, env: dict[str, str]) -> None:
         """Submits `entrypoint` under `submission_id`; a submission Ray already has is left as it is."""
@@ -141,7 +146,7 @@ def _free_port() -> int:
             continue
         with socket.socket() as sock:
             try:
-                sock.bind(("0.0.0.0", port))  # noqa: S104 - a probe: the agent binds every interface
+                sock.bind(("0.0.0.0", port))  # noqa: S104 - a probe, closed at once: free on every interface
             except OSError:
                 continue
         _taken.add(port)
@@ -151,12 +156,36 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _answers(url: str) -> bool:
+def _answers(url: str, headers: dict[str, str]) -> bool:
+    request = urllib.request.Request(f"{url}/api/version", headers=headers)  # noqa: S310 - our own http URL
     try:
-        with urllib.request.urlopen(f"{url}/api/version", timeout=2) as response:  # noqa: S310 - our own http URL
+        with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310 - our own http URL
             return response.status == 200
     except OSError:
         return False
+
+
+def _private_directory(path: Path) -> Path:
+    """`path` as a directory only this user can enter (0700), refused when someone else owns it."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.lstat()
+    if path.is_symlink() or info.st_uid != os.getuid():
+        raise RuntimeError(f"{path} is not a directory of this user (uid {os.getuid()}); remove it or pick another")
+    os.chmod(path, 0o700)
+    return path
+
+
+def ensure_token(path: Path) -> Path:
+    """A random 256-bit Ray auth token in `path` (created 0600 if missing, an existing one kept and made 0600)."""
+    _private_directory(path.parent)
+    if not path.exists():
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_hex(32))
+        temp.replace(path)
+    os.chmod(path, 0o600)
+    return path
 
 
 def _alive(pid: int) -> bool:
@@ -176,8 +205,21 @@ class LocalRayHead:
         self.directory = Path(directory)
         self.num_cpus = num_cpus
         self.state_file = self.directory / "head.json"
+        #: Ray's token for this head; the head, the Job API client and the jobs read it.
+        self.token_path = self.directory / "auth_token"
         digest = hashlib.sha256(str(self.directory.resolve()).encode()).hexdigest()[:10]
-        self.temp_dir = Path(tempfile.gettempdir()) / f"tuneforge-ray-{digest}"
+        # Ray makes its temp dir 0777 (every user may write sockets and logs there): it lives inside a
+        # 0700 directory of ours, so nobody else reaches it (short paths: Ray's socket names)
+        self.private_dir = Path(tempfile.gettempdir()) / f"tuneforge-ray-{digest}"
+        self.temp_dir = self.private_dir / "ray"
+
+    def auth_headers(self) -> dict[str, str]:
+        """The bearer header this head's Job API wants (none before it has a token)."""
+        return ray_auth_headers(self.token_path) if self.token_path.exists() else {}
+
+    def job_env(self) -> dict[str, str]:
+        """What a job's processes need to talk to this head (the token file, not the token)."""
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path.resolve())}
 
     def _state(self) -> dict[str, object] | None:
         try:
@@ -188,7 +230,7 @@ class LocalRayHead:
     def running_address(self) -> str | None:
         """The dashboard URL of the head this directory records, if it still answers."""
         state = self._state()
-        if state and _alive(int(state["pid"])) and _answers(str(state["dashboard_url"])):
+        if state and _alive(int(state["pid"])) and _answers(str(state["dashboard_url"]), self.auth_headers()):
             return str(state["dashboard_url"])
         return None
 
@@ -202,7 +244,9 @@ class LocalRayHead:
         if address is not None:
             log.info("local_ray_reused", dashboard=address)
             return address
-        self.directory.mkdir(parents=True, exist_ok=True)
+        _private_directory(self.directory)
+        ensure_token(self.token_path)
+        _private_directory(self.private_dir)
         dashboard_port = _free_port()
         url = f"http://127.0.0.1:{dashboard_port}"
         ray = Path(sys.executable).with_name("ray")
@@ -213,12 +257,12 @@ class LocalRayHead:
             "--block",
             "--disable-usage-stats",
             f"--num-cpus={self.num_cpus}",
-            "--node-ip-address=127.0.0.1",
+            "--node-ip-address=127.0.0.1",  # with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 below: kept on loopback
             f"--port={_free_port()}",
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard_port}",
-            f"--ray-client-server-port={_free_port()}",
+            f"--ray-client-server-port={_free_port()}",  # cannot be turned off here; on loopback like the rest
             f"--dashboard-agent-listen-port={_free_port()}",
             f"--dashboard-agent-grpc-port={_free_port()}",
             f"--runtime-env-agent-port={_free_port()}",
@@ -227,8 +271,13 @@ class LocalRayHead:
             # which another `ray start` on this machine would otherwise overwrite (short: socket paths)
             f"--temp-dir={self.temp_dir}",
         ]
-        env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
-        env.pop("RAY_ADDRESS", None)
+        env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+        env.update(self.job_env())
+        # Ray turns a loopback --node-ip-address into the machine's external address and binds its
+        # GCS, raylet, agents and Ray Client server there (or on every interface); with clusters
+        # "disabled" (Ray's single-machine mode, its default on macOS) the node's address stays
+        # 127.0.0.1 and every one of them listens on loopback only
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         with (self.directory / "head.log").open("ab") as output:
             # its own session: the head outlives a crash of the service, whose restart finds it again
             process = subprocess.Popen(
@@ -236,7 +285,7 @@ class LocalRayHead:
             )
         deadline = time.monotonic() + timeout_s
         # ready once the dashboard answers and `ray start` has recorded the GCS address (written last)
-        while not (_answers(url) and (self.temp_dir / "ray_current_cluster").exists()):
+        while not (_answers(url, self.auth_headers()) and (self.temp_dir / "ray_current_cluster").exists()):
             if process.poll() is not None:
                 raise RuntimeError(
                     f"the local Ray head exited with status {process.returncode}; see {self.directory / 'head.log'}"

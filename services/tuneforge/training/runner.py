@@ -173,7 +173,7 @@ class JobRunner:
         if address is None:
             self.head = LocalRayHead(self.settings.home / "ray", self.settings.training.local_ray_cpus)
             address = self.head.ensure()
-        self.ray = RayJobs(address)
+        self.ray = RayJobs(address, token_path=self.head.token_path if self.head is not None else None)
         return address
 
     def _entrypoint(self, config_path: Path) -> str:
@@ -301,6 +301,8 @@ class JobRunner:
         temp.replace(path)
         submission = f"{job.id}-{job.attempt + 1}"
         env = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+        if self.head is not None:
+            env.update(self.head.job_env())  # the driver's ray.init() needs the local head's token
         self.ray.submit(submission, self._entrypoint(path), env)
         message = reason or f"submitted to Ray as {submission}"
         if self.jobs.mark_submitted(job.id, submission, message) is None:
