@@ -22,7 +22,12 @@ class Platform:
         assert settings.database_url is not None and settings.artifact_root is not None
         self.metadata = MetadataStore(settings.database_url)
         self.artifacts = ArtifactStore(settings.artifact_root)
-        self.models = ModelResolver(settings.models.cache_dir, settings.models.trust_remote_code)
+        self.models = ModelResolver(
+            settings.models.cache_dir,
+            settings.models.trust_remote_code,
+            hub_timeout_s=settings.models.hub_timeout_s,
+            hub_concurrency=settings.models.hub_concurrency,
+        )
         self._opened = False
         self._lock = asyncio.Lock()
 

@@ -56,17 +56,74 @@ RPC_SECONDS = Histogram(
 Around = Callable[[grpc.aio.ServicerContext], AbstractAsyncContextManager[None]]
 
 
+class UndecodableRequest:
+    """What the request deserializer hands on for bytes that are not the method's request message.
+
+    grpc.aio would answer a deserializer's exception with UNKNOWN naming the Python exception
+    class; instead the innermost wrapper turns this into INVALID_ARGUMENT inside the interceptors
+    (after authentication, so an anonymous caller still gets UNAUTHENTICATED).
+    """
+
+    def __init__(self, message_type: str) -> None:
+        self.message_type = message_type
+
+    def refusal(self) -> errors.InvalidArgument:
+        return errors.InvalidArgument.for_field(
+            "request", f"is not a {self.message_type} message: its protobuf bytes do not decode"
+        )
+
+
+def _safe_deserializer(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """`deserialize` that returns an UndecodableRequest instead of raising."""
+    if deserialize is None or getattr(deserialize, "_tuneforge_safe", False):
+        return deserialize
+    message_class = getattr(deserialize, "__self__", None)
+    descriptor = getattr(message_class, "DESCRIPTOR", None)
+    message_type = descriptor.full_name if descriptor is not None else "request"
+
+    def safe(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception:  # DecodeError, and whatever else a parser raises on bytes
+            return UndecodableRequest(message_type)
+
+    safe._tuneforge_safe = True  # type: ignore[attr-defined]
+    return safe
+
+
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, UndecodableRequest):
+            raise request.refusal()
+        yield request
+
+
+def _checked(request: Any, innermost: bool) -> Any:
+    """The request for the servicer: an undecodable one refused, a request stream checked as it is read."""
+    if not innermost:
+        return request
+    if isinstance(request, UndecodableRequest):
+        raise request.refusal()
+    if hasattr(request, "__aiter__"):
+        return _checked_stream(request)
+    return request
+
+
 def _wrap(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandler:
-    """The same handler with every call of its behaviour run inside `around(context)`."""
+    """The same handler with every call of its behaviour run inside `around(context)`.
+
+    Requests that do not decode reach the wrappers as UndecodableRequest; the wrapper around the
+    servicer itself refuses them, inside every interceptor's context.
+    """
 
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
         async with around(context):
-            result = behaviour(request, context)
+            result = behaviour(_checked(request, innermost), context)
             return await result if inspect.isawaitable(result) else result
 
     async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         async with around(context):
-            result = behaviour(request, context)
+            result = behaviour(_checked(request, innermost), context)
             if inspect.isawaitable(result):
                 result = await result
             if hasattr(result, "__aiter__"):
@@ -76,19 +133,23 @@ def _wrap(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandl
                 for item in result:
                     yield item
 
+    unary._tuneforge_wrapped = streaming._tuneforge_wrapped = True  # type: ignore[attr-defined]
+    deserialize = _safe_deserializer(handler.request_deserializer)
+    serialize = handler.response_serializer
     if handler.unary_unary:
         behaviour = handler.unary_unary
-        return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
-    if handler.unary_stream:
+        wrapped = grpc.unary_unary_rpc_method_handler(unary, deserialize, serialize)
+    elif handler.unary_stream:
         behaviour = handler.unary_stream
-        return grpc.unary_stream_rpc_method_handler(
-            streaming, handler.request_deserializer, handler.response_serializer
-        )
-    if handler.stream_unary:
+        wrapped = grpc.unary_stream_rpc_method_handler(streaming, deserialize, serialize)
+    elif handler.stream_unary:
         behaviour = handler.stream_unary
-        return grpc.stream_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
-    behaviour = handler.stream_stream
-    return grpc.stream_stream_rpc_method_handler(streaming, handler.request_deserializer, handler.response_serializer)
+        wrapped = grpc.stream_unary_rpc_method_handler(unary, deserialize, serialize)
+    else:
+        behaviour = handler.stream_stream
+        wrapped = grpc.stream_stream_rpc_method_handler(streaming, deserialize, serialize)
+    innermost = not getattr(behaviour, "_tuneforge_wrapped", False)
+    return wrapped
 
 
 class _AroundInterceptor(grpc.aio.ServerInterceptor):

@@ -34,6 +34,10 @@ log = get_logger("tuneforge.server")
 KEYS_RECHECK_S = 1.0
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: Threads for the servicers' blocking work (`asyncio.to_thread`: store reads, file I/O). Work that
+#: may hang on a dependency (hub model loads) runs on a bounded pool of its own and holds at most a
+#: few of these while it waits, so cheap calls always find a thread.
+BLOCKING_THREADS = 32
 
 
 class Component(Protocol):
@@ -102,6 +106,9 @@ class TuneforgeServer:
 
     async def start(self) -> None:
         """Starts accepting calls, then starts each component and marks it SERVING when ready."""
+        asyncio.get_running_loop().set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(BLOCKING_THREADS, thread_name_prefix="tuneforge-blocking")
+        )
         for name in self._all_names():
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.grpc.start()

