@@ -406,3 +406,46 @@ def test_hanging_hub_lookups_do_not_stall_other_calls(
         assert code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION), (code, message)
         assert f"unreachable-org/model-{index}" in message, message
     assert sum(code is grpc.StatusCode.UNAVAILABLE for code, _ in outcomes) >= 8 - slots
+
+
+# -- file modes ------------------------------------------------------------------------------------
+
+
+def test_artifacts_the_database_and_staging_are_owner_only(
+    platform_server: BackgroundServer, acme: TuneforgeClient, server_settings: Any, tmp_path: Path
+) -> None:
+    """After an upload, a curation build and an adapter registration, nothing under the server's home
+    (artifacts, build staging, metadata.db) is readable or enterable by group or others."""
+    stored = acme.upload_file(
+        b"".join(
+            json.dumps({"instruction": f"Say {word}.", "output": word}).encode() + b"\n"
+            for word in ("one", "two", "three", "four")
+        ),
+        filename="modes.jsonl",
+    )
+    version = acme.wait_for_dataset_version(
+        acme.create_dataset_version("modes", [stored.id], "tiny-qwen2").id, timeout=300
+    )
+    assert version.state == curation_pb2.DATASET_VERSION_STATE_READY, version.failure_reason
+    source = tmp_path / "adapter"
+    source.mkdir(mode=0o755)
+    (source / "adapter_config.json").write_text(json.dumps({"r": 4, "target_modules": ["q_proj"]}))
+    (source / "adapter_model.safetensors").write_bytes(b"\0" * 64)
+    for path in (source, *source.iterdir()):
+        path.chmod(0o755 if path.is_dir() else 0o644)  # made by someone else's umask
+    component = next(c for c in platform_server.server.components if hasattr(c, "registry"))
+    registered = component.registry.register("acme", "file-modes", source, {"base_model": "tiny-qwen2"})
+
+    home = server_settings.home
+    artifacts = server_settings.artifact_root
+    assert (artifacts / "tenants" / "acme" / "datasets" / version.id).is_dir()
+    assert (artifacts / "tenants" / "acme" / "adapters" / "file-modes" / str(registered.version)).is_dir()
+    assert (home / "metadata.db").is_file() and (artifacts / ".tmp").is_dir()
+    open_to_others = [
+        f"{path.relative_to(home)} {oct(path.stat().st_mode & 0o777)}"
+        for path in [home, *home.rglob("*")]
+        if not path.is_symlink() and path.stat().st_mode & 0o077
+    ]
+    assert open_to_others == [], open_to_others
+    files = [path for path in artifacts.rglob("*") if path.is_file()]
+    assert files and {path.stat().st_mode & 0o777 for path in files} == {0o600}

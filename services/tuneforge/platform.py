@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from tuneforge.common.logging import get_logger
 from tuneforge.common.settings import Settings
 from tuneforge.models import ModelResolver
-from tuneforge.store.artifacts import ArtifactStore
+from tuneforge.store.artifacts import ArtifactStore, use_private_umask
 from tuneforge.store.metadata import MetadataStore
 
 log = get_logger(__name__)
@@ -20,6 +20,7 @@ class Platform:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         assert settings.database_url is not None and settings.artifact_root is not None
+        use_private_umask()  # before any store file, worker or Ray head exists: all of them owner-only
         self.metadata = MetadataStore(settings.database_url)
         self.artifacts = ArtifactStore(settings.artifact_root)
         self.models = ModelResolver(

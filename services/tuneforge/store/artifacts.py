@@ -4,6 +4,11 @@ Layout: `<root>/tenants/<tenant>/<key>`, where `key` is a relative path of valid
 Writes go to `<root>/.tmp/` first and are renamed into place only once complete and fsynced, so a
 reader never sees a partial artifact: an interrupted write (error, cancelled upload, killed process)
 leaves at most a temp file, which `ArtifactStore.sweep_temp()` removes later.
+
+Every artifact is the service user's alone: files 0600, directories 0700. A process that opens the
+stores sets the umask once (`use_private_umask`), so its own writes, its curation workers and the
+Ray head it starts (and so its training jobs) all create owner-only files; what is published into
+the store is made owner-only as well, whatever created it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,35 @@ from tuneforge.common.names import check_relative_path, check_resource_name
 
 TEMP_DIR = ".tmp"
 READ_CHUNK = 1 << 20
+#: Permission bits no artifact has: group and others get nothing (files 0600, directories 0700).
+PRIVATE_UMASK = 0o077
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIR_MODE = 0o700
+
+
+def use_private_umask() -> None:
+    """Sets this process's umask to PRIVATE_UMASK; children (workers, a local Ray head) inherit it."""
+    os.umask(PRIVATE_UMASK)
+
+
+def make_private(path: Path) -> None:
+    """`path` and, for a directory, everything under it: files 0600 (0700 if executable), directories 0700."""
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for item in paths:
+        if item.is_symlink():
+            continue
+        if item.is_dir():
+            os.chmod(item, PRIVATE_DIR_MODE)
+        else:
+            executable = item.stat().st_mode & 0o100
+            os.chmod(item, PRIVATE_DIR_MODE if executable else PRIVATE_FILE_MODE)
+
+
+def private_dir(path: Path) -> Path:
+    """`path` created if missing (with its parents) and made 0700."""
+    path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    os.chmod(path, PRIVATE_DIR_MODE)
+    return path
 
 
 @dataclass(frozen=True)
@@ -67,7 +101,8 @@ class ArtifactWriter:
                 f"received {digest.size_bytes} bytes with sha256 {digest.sha256}, "
                 f"but {self.expected_sha256} was expected; nothing was stored, upload again"
             )
-        self.final_path.parent.mkdir(parents=True, exist_ok=True)
+        self.final_path.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+        os.chmod(self.temp_path, PRIVATE_FILE_MODE)  # mkstemp's mode already; said here, where it counts
         os.replace(self.temp_path, self.final_path)
         _fsync_dir(self.final_path.parent)
         self._done = True
@@ -101,9 +136,8 @@ class ArtifactStore:
     """The whole store; hand each request a `TenantArtifacts` from `for_tenant()`."""
 
     def __init__(self, root: Path) -> None:
-        self.root = Path(root).expanduser().resolve()
-        self.temp_dir = self.root / TEMP_DIR
-        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        self.root = private_dir(Path(root).expanduser().resolve())
+        self.temp_dir = private_dir(self.root / TEMP_DIR)
 
     def for_tenant(self, tenant: str) -> TenantArtifacts:
         """The part of the store that belongs to `tenant`; nothing outside it is reachable through it."""
@@ -191,9 +225,10 @@ class TenantArtifacts:
     def publish_dir(self, key: str, directory: Path) -> None:
         """Moves a finished directory (from `make_temp_dir`) to `key` in one rename; replaces what was there."""
         target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
         if target.exists():
             self.delete_tree(key)
+        make_private(directory)
         for child in directory.rglob("*"):
             if child.is_file():
                 with child.open("rb") as handle:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tuneforge.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from tuneforge.store.artifacts import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -43,7 +45,11 @@ def create_db_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            database = Path(parsed.database).expanduser()
+            database.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+            # owner-only before SQLite first opens it; its -wal and -shm files take the same mode
+            os.close(os.open(database, os.O_CREAT | os.O_WRONLY, PRIVATE_FILE_MODE))
+            os.chmod(database, PRIVATE_FILE_MODE)
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
