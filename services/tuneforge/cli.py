@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import secrets
 import sys
@@ -228,13 +229,7 @@ def cmd_adapters(args: argparse.Namespace) -> int:
                 if not token:
                     break
         elif command == "show":
-            name, _, selector = args.ref.partition(":")
-            request = training_pb2.GetAdapterVersionRequest(adapter=name)
-            if selector.isdigit():
-                request.version = int(selector)
-            else:
-                request.alias = selector or "latest"
-            print(client.call(client.adapters.GetAdapterVersion, request).adapter_version)
+            print(client.call(client.adapters.GetAdapterVersion, adapter_version_request(args.ref)).adapter_version)
         elif command == "alias":
             adapter = client.call(
                 client.adapters.SetAdapterAlias,
@@ -252,6 +247,19 @@ def cmd_adapters(args: argparse.Namespace) -> int:
             )
             print(f"deleted {args.ref}")
     return 0
+
+
+def adapter_version_request(ref: str):  # -> training_pb2.GetAdapterVersionRequest
+    """The GetAdapterVersion request for `name`, `name:<version>` or `name:<alias>`."""
+    from tuneforge.v1 import training_pb2
+
+    name, _, selector = ref.partition(":")
+    request = training_pb2.GetAdapterVersionRequest(adapter=name)
+    if selector.isascii() and selector.isdigit():
+        request.version = int(selector)
+    else:
+        request.alias = selector or "latest"
+    return request
 
 
 def _job_line(job) -> str:
@@ -414,21 +422,31 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
-def stream_answer(client, model: str, messages: list[tuple[str, str]], sampling, out=None) -> tuple[str, object]:
-    """Streams one answer to `out` as it is decoded; returns (text, last message)."""
+def stream_answer(
+    client, model: str, messages: list[tuple[str, str]], sampling, out=None, shown: list[str] | None = None
+) -> tuple[str, object]:
+    """Streams one answer to `out` as it is decoded; returns (text, last message).
+
+    `shown` collects the pieces as they are written, so a caller interrupted mid-answer (Ctrl-C
+    cancels the call) knows what the user saw.
+    """
     from tuneforge.v1 import common_pb2, inference_pb2
 
     out = out or sys.stdout
     request = inference_pb2.GenerateStreamRequest(
         model=model, messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in messages], sampling=sampling
     )
-    parts: list[str] = []
+    parts: list[str] = [] if shown is None else shown
     last = None
-    for last in client.stream(client.inference.GenerateStream, request):
-        parts.append(last.delta)
-        out.write(last.delta)
+    try:
+        with contextlib.closing(client.stream(client.inference.GenerateStream, request)) as stream:
+            for last in stream:
+                out.write(last.delta)
+                out.flush()
+                parts.append(last.delta)
+    finally:
+        out.write("\n")
         out.flush()
-    out.write("\n")
     return "".join(parts), last
 
 
@@ -473,21 +491,55 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    """An interactive conversation with an adapter (or the base model), streamed to the terminal."""
+    """An interactive conversation with an adapter (or the base model), streamed to the terminal.
+
+    The adapter is checked first (unknown: exit status 2). Ctrl-C during an answer stops that answer
+    (what was shown stays in the conversation); at the prompt it drops the line. A server error
+    is shown and the conversation goes on without that turn. An empty line or Ctrl-D ends it.
+    """
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401 - line editing and history for input()
+    from tuneforge.client import TuneforgeError
+
     history: list[tuple[str, str]] = [("system", args.system)] if args.system else []
     model = args.adapter or ""
     with _client(args) as client:
-        print(f"chatting with {model or 'the base model'}; an empty line or Ctrl-D ends", file=sys.stderr)
+        if model:
+            try:
+                version = client.call(client.adapters.GetAdapterVersion, adapter_version_request(model))
+            except TuneforgeError as exc:
+                if exc.code not in ("NOT_FOUND", "INVALID_ARGUMENT"):
+                    raise
+                print(
+                    f"tuneforge: cannot chat with adapter {model!r}: {exc.message}. "
+                    "`tuneforge adapters list` shows the adapters of your key's tenant.",
+                    file=sys.stderr,
+                )
+                return 2
+            described = f"{model} ({version.adapter_version.adapter}:{version.adapter_version.version})"
+        else:
+            described = "the base model"
+        print(f"chatting with {described}; Ctrl-C stops an answer, an empty line or Ctrl-D ends", file=sys.stderr)
         while True:
             try:
                 line = input("> ")
             except EOFError:
                 break
+            except KeyboardInterrupt:
+                print(file=sys.stderr)
+                continue
             if not line.strip():
                 break
-            history.append(("user", line))
-            text, _ = stream_answer(client, model, history, _sampling(args))
-            history.append(("assistant", text))
+            shown: list[str] = []
+            try:
+                text, _ = stream_answer(client, model, [*history, ("user", line)], _sampling(args), shown=shown)
+            except KeyboardInterrupt:
+                text = "".join(shown)
+                print("[answer stopped]", file=sys.stderr)
+            except TuneforgeError as exc:
+                print(f"error: {exc} (the conversation goes on without this turn)", file=sys.stderr)
+                continue
+            history += [("user", line), ("assistant", text)]
     return 0
 
 

@@ -92,11 +92,18 @@ class TuneforgeClient:
             raise TuneforgeError.from_rpc_error(error) from None
 
     def stream(self, method: Callable[..., Any], request: Any, timeout: float | None = None) -> Iterator[Any]:
-        """Iterates a server-streaming call with the API key; errors become TuneforgeError."""
+        """Iterates a server-streaming call with the API key; errors become TuneforgeError.
+
+        A reader that stops early (`break`, Ctrl-C, closing the iterator) cancels the call, so the
+        server stops producing what nobody reads.
+        """
+        call = method(request, metadata=self._metadata, timeout=timeout)
         try:
-            yield from method(request, metadata=self._metadata, timeout=timeout)
+            yield from call
         except grpc.RpcError as error:
             raise TuneforgeError.from_rpc_error(error) from None
+        finally:
+            call.cancel()  # a no-op once the call has ended
 
     def health(self, service: str = "") -> str:
         """`SERVING`, `NOT_SERVING`, … for `service` ('' = the whole server)."""
