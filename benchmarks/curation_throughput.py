@@ -1,14 +1,17 @@
 """End-to-end curation throughput (records/s) and peak memory on a generated dataset.
 
 Generates N records (default 200,000) with realistic lengths — alpaca, ShareGPT and OpenAI-chat
-mixed, English and Chinese, multi-turn, some PII, ~2% exact and ~2% near duplicates, ~1% broken
-lines — then runs the real pipeline with the real Qwen2.5 tokenizer (embedded `tiny-qwen2`) and
+interleaved in ONE file as concatenated exports are (`--split-files`: one file per format), English
+and Chinese, multi-turn, some PII, ~2% exact and ~2% near duplicates, ~1% broken lines (cut JSON,
+NaN, lone surrogates, 5,000-digit integers, a list as alpaca output) — then runs the real pipeline
+with the real Qwen2.5 tokenizer (embedded `tiny-qwen2`), checks that the version is READY with
+every valid record kept (invalid = the broken lines generated; kept + duplicates = the rest), and
 prints time by stage (parse+validate, clean+pii, tokenize+mask, dedup, split+write) and peak RSS.
 The baseline printed beside it, measured in the same run on the same file, is the floor any
 pipeline pays: reading every line and `json.loads` on it, plus one batched tokenizer call over the
 raw text of every record.
 
-    .venv/bin/python benchmarks/curation_throughput.py [--records 200000]
+    .venv/bin/python benchmarks/curation_throughput.py [--records 200000] [--split-files] [--processes N]
 """
 
 from __future__ import annotations
@@ -51,12 +54,23 @@ def _text(rng: random.Random, low: int, high: int) -> str:
     return " ".join(parts)
 
 
-def generate(directory: Path, records: int, seed: int = 0) -> list[Path]:
-    """Three JSONL files, one per format (formats are detected per file), `records` lines in all."""
+BROKEN = (
+    '{"instruction": "broken',
+    '{"instruction": "Score it.", "output": "ok", "score": NaN}',
+    '{"instruction": "\\ud83d alone", "output": "ok"}',
+    '{"instruction": "Count.", "output": "ok", "n": ' + "9" * 5000 + "}",
+    '{"instruction": "List them.", "output": ["a", "b"]}',
+)
+
+
+def generate(directory: Path, records: int, seed: int = 0, split_files: bool = False) -> tuple[list[Path], int]:
+    """`records` lines, the three formats interleaved in one file (or one file each); returns the broken count."""
     rng = random.Random(seed)
-    paths = [directory / f"bench_{kind}.jsonl" for kind in ("alpaca", "sharegpt", "openai")]
+    names = ("alpaca", "sharegpt", "openai") if split_files else ("mixed",)
+    paths = [directory / f"bench_{name}.jsonl" for name in names]
     handles = [path.open("w", encoding="utf-8") for path in paths]
     previous: list[list[str]] = [[], [], []]
+    broken = 0
     for index in range(records):
         kind = index % 3
         roll = rng.random()
@@ -65,7 +79,8 @@ def generate(directory: Path, records: int, seed: int = 0) -> list[Path]:
         elif previous[kind] and roll < 0.04:
             line = rng.choice(previous[kind]).replace(".", " .", 1)  # near duplicate
         elif roll < 0.05:
-            line = '{"instruction": "broken'  # invalid JSON
+            line = BROKEN[index % len(BROKEN)]
+            broken += 1
         else:
             if kind == 0:
                 record = {"instruction": _text(rng, 1, 3), "input": _text(rng, 0, 2), "output": _text(rng, 2, 8)}
@@ -84,10 +99,10 @@ def generate(directory: Path, records: int, seed: int = 0) -> list[Path]:
             line = json.dumps(record, ensure_ascii=False)
             if len(previous[kind]) < 2000:
                 previous[kind].append(line)
-        handles[kind].write(line + "\n")
+        handles[kind if split_files else 0].write(line + "\n")
     for handle in handles:
         handle.close()
-    return paths
+    return paths, broken
 
 
 def baseline(paths: list[Path], tokenizer, batch: int = 2000) -> float:
@@ -98,9 +113,10 @@ def baseline(paths: list[Path], tokenizer, batch: int = 2000) -> float:
         with path.open("rb") as handle:
             for line in handle:
                 try:
-                    texts.append(json.dumps(json.loads(line), ensure_ascii=False))
+                    json.loads(line)
                 except ValueError:
                     continue
+                texts.append(line.decode("utf-8", "replace"))  # the raw line: escapes stay text
                 if len(texts) >= batch:
                     tokenizer(texts, add_special_tokens=False)
                     texts = []
@@ -114,11 +130,12 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--model-cache", default="~/.cache/tuneforge/models")
     parser.add_argument("--processes", type=int, default=0, help="worker processes (0 = one per core, as builds run)")
+    parser.add_argument("--split-files", action="store_true", help="one file per format instead of one mixed file")
     args = parser.parse_args()
     resolver = ModelResolver(Path(args.model_cache).expanduser())
     tokenizer = resolver.load_tokenizer(resolver.resolve("tiny-qwen2"))
     with tempfile.TemporaryDirectory() as tmp:
-        paths = generate(Path(tmp), args.records)
+        paths, broken = generate(Path(tmp), args.records, split_files=args.split_files)
         size = sum(p.stat().st_size for p in paths)
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         floor = baseline(paths, tokenizer)
@@ -135,8 +152,9 @@ def main() -> int:
         elapsed = time.perf_counter() - start
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     counts = result.counts
+    layout = "one file per format" if args.split_files else "one file mixing the three formats"
     print(
-        f"curation of {args.records:,} records ({size / 1e6:.0f} MB JSONL, Qwen2.5 tokenizer), "
+        f"curation of {args.records:,} records ({size / 1e6:.0f} MB JSONL, {layout}, Qwen2.5 tokenizer), "
         f"{processes} process(es) on {os.cpu_count()} cores"
     )
     print(f"  pipeline: {elapsed:7.1f} s  {args.records / elapsed:8,.0f} records/s  (target >= 5,000)")
@@ -151,7 +169,17 @@ def main() -> int:
         f"exact dup {counts['exact_duplicates']:,}, near dup {counts['near_duplicates']:,}, "
         f"too long {counts['too_long']:,}; train tokens {counts['train_tokens']:,}"
     )
-    return 0
+    kept = counts["train_records"] + counts["validation_records"]
+    removed = counts["exact_duplicates"] + counts["near_duplicates"] + counts["too_long"]
+    every_valid_kept = result.ok and counts["invalid"] == broken and kept + removed == args.records - broken
+    print(f"  records by format: {counts['records_by_format']}")
+    state = "READY" if result.ok else f"FAILED: {result.failure_reason}"
+    print(
+        f"  {state}; invalid {counts['invalid']:,} = broken lines generated {broken:,}; "
+        f"kept + removed as duplicates/too long = {kept + removed:,} of "
+        f"{args.records - broken:,} valid: {'every valid record kept' if every_valid_kept else 'RECORDS LOST'}"
+    )
+    return 0 if every_valid_kept else 1
 
 
 if __name__ == "__main__":

@@ -248,3 +248,77 @@ def test_a_leakage_suite_s_prompts_are_kept_out_of_the_training_data(
             client.create_dataset_version("leaky", [own_file], "tiny-qwen2", leakage_suite_id=suite_id)
         assert refused.value.code == "INVALID_ARGUMENT"
         assert [f for f, _ in refused.value.violations] == ["settings.leakage_suite_id"]
+
+
+def test_identical_bytes_under_two_dataset_names_are_two_versions(acme: TuneforgeClient) -> None:
+    content = b'{"instruction": "Say hi.", "output": "Hi."}\n{"instruction": "Say bye.", "output": "Bye."}\n'
+    stored = acme.upload_file(content, filename="same.jsonl")
+    admin = acme.create_dataset_version("admin", [stored.id], "tiny-qwen2", validation_fraction=0.0)
+    support = acme.create_dataset_version("support_bot", [stored.id], "tiny-qwen2", validation_fraction=0.0)
+    assert admin.id != support.id and (admin.dataset, support.dataset) == ("admin", "support_bot")
+    for version in (admin, support):
+        done = acme.wait_for_dataset_version(version.id, timeout=300)
+        assert done.state == curation_pb2.DATASET_VERSION_STATE_READY, done.failure_reason
+    for name, version in (("admin", admin), ("support_bot", support)):
+        listed = acme.call(acme.datasets.ListDatasetVersions, curation_pb2.ListDatasetVersionsRequest(dataset=name))
+        assert [v.id for v in listed.dataset_versions] == [version.id]
+
+
+def test_the_invalid_share_limit_is_set_per_request_and_a_mixed_file_keeps_every_format(
+    acme: TuneforgeClient,
+) -> None:
+    lines = [
+        {"instruction": "Translate 'cat' to French.", "output": "chat"},
+        {"conversations": [{"from": "human", "value": "Capital of Peru?"}, {"from": "gpt", "value": "Lima."}]},
+        {"messages": [{"role": "user", "content": "2 + 40?"}, {"role": "assistant", "content": "42"}]},
+    ]
+    broken = [b'{"instruction": "x", "output": "y", "score": NaN}', b'{"a": ' + b"1" * 5000 + b"}", b"{", b"[]"]
+    content = b"\n".join([*(json.dumps(line).encode() for line in lines), *broken]) + b"\n"
+    stored = acme.upload_file(content, filename="mixed.jsonl")
+    refused = acme.wait_for_dataset_version(
+        acme.create_dataset_version("mixed", [stored.id], "tiny-qwen2", validation_fraction=0.0).id, timeout=300
+    )
+    assert refused.state == curation_pb2.DATASET_VERSION_STATE_FAILED
+    assert "4 of 7 records are invalid" in refused.failure_reason and refused.settings.max_invalid_fraction == 0.5
+    kept = acme.wait_for_dataset_version(
+        acme.create_dataset_version(
+            "mixed", [stored.id], "tiny-qwen2", validation_fraction=0.0, max_invalid_fraction=0.6
+        ).id,
+        timeout=300,
+    )
+    assert kept.state == curation_pb2.DATASET_VERSION_STATE_READY, kept.failure_reason
+    assert kept.settings.max_invalid_fraction == pytest.approx(0.6)
+    assert (kept.counts.train_records, kept.counts.invalid) == (3, 4)
+    assert dict(kept.counts.records_by_format) == {"alpaca": 1, "sharegpt": 1, "openai_chat": 1}
+    issues = acme.call(
+        acme.datasets.ListDatasetIssues, curation_pb2.ListDatasetIssuesRequest(dataset_version_id=kept.id)
+    ).issues
+    assert [(i.line, i.code) for i in issues] == [
+        (4, "non_finite_number"),
+        (5, "number_too_long"),
+        (6, "invalid_json"),
+        (7, "wrong_type"),
+    ]
+    with pytest.raises(TuneforgeError) as info:
+        acme.create_dataset_version("mixed", [stored.id], "tiny-qwen2", max_invalid_fraction=1.5)
+    assert [f for f, _ in info.value.violations] == ["settings.max_invalid_fraction"]
+
+
+def test_a_file_uploaded_with_a_format_is_read_as_that_format(acme: TuneforgeClient) -> None:
+    record = {"messages": [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"}]}
+    content = json.dumps(record).encode() + b"\n"
+    as_alpaca = acme.upload_file(content, filename="chat.jsonl", data_format=curation_pb2.DATA_FORMAT_ALPACA)
+    detected = acme.upload_file(content, filename="chat.jsonl")
+    failed = acme.wait_for_dataset_version(
+        acme.create_dataset_version("per-file", [as_alpaca.id], "tiny-qwen2", max_invalid_fraction=0.9).id
+    )
+    issues = acme.call(
+        acme.datasets.ListDatasetIssues, curation_pb2.ListDatasetIssuesRequest(dataset_version_id=failed.id)
+    ).issues
+    assert [(i.line, i.code, i.field) for i in issues] == [(1, "missing_field", "instruction")]
+    ready = acme.wait_for_dataset_version(
+        acme.create_dataset_version("per-file", [detected.id], "tiny-qwen2", validation_fraction=0.0).id
+    )
+    assert ready.state == curation_pb2.DATASET_VERSION_STATE_READY and dict(ready.counts.records_by_format) == {
+        "openai_chat": 1
+    }

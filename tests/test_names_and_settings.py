@@ -20,16 +20,37 @@ from tuneforge.common.names import (
 )
 from tuneforge.common.settings import load_settings
 
+NAME_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789-_"
 
-@given(st.text(max_size=80))
-def test_resource_names_accepted_are_dns_labels(value: str) -> None:
+
+@given(st.text(max_size=80) | st.text(NAME_CHARACTERS + "A.", max_size=70))
+def test_resource_names_accepted_are_lower_case_words_with_dashes_and_underscores(value: str) -> None:
     try:
         check_resource_name(value, "name")
     except InvalidArgument as exc:
         assert exc.violations[0].field == "name"
+        assert "'-' or '_'" in exc.violations[0].description
         return
-    assert 1 <= len(value) <= 63 and value == value.lower() and value[0] != "-" and value[-1] != "-"
-    assert set(value) <= set("abcdefghijklmnopqrstuvwxyz0123456789-")
+    assert 1 <= len(value) <= 63 and value == value.lower()
+    assert value[0] not in "-_" and value[-1] not in "-_"
+    assert set(value) <= set(NAME_CHARACTERS)
+
+
+@given(st.text(NAME_CHARACTERS, min_size=1, max_size=61))
+def test_every_well_formed_name_is_accepted(middle: str) -> None:
+    value = f"a{middle}"[:62] + "z"
+    assert check_resource_name(value, "name") == value
+
+
+@pytest.mark.parametrize("value", ["zh2fr_lora", "support_bot-v2", "a_b", "x"])
+def test_names_with_underscores_are_accepted(value: str) -> None:
+    assert check_resource_name(value, "adapter_name") == value
+
+
+@pytest.mark.parametrize("value", ["_lora", "lora_", "-x", "Zh2fr", "a b", "a.b", "a" * 64, ""])
+def test_bad_names_are_refused(value: str) -> None:
+    with pytest.raises(InvalidArgument):
+        check_resource_name(value, "adapter_name")
 
 
 @given(st.text(max_size=300))
@@ -76,6 +97,17 @@ def test_defaults_work_with_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert settings.database_url == f"sqlite:///{tmp_path / 'metadata.db'}"
     assert settings.artifact_root == tmp_path / "artifacts"
     assert settings.inference.base_model == "smollm2-135m-instruct"
+    assert settings.curation.max_invalid_fraction == 0.5  # a build fails when over half its records are invalid
+
+
+def test_the_invalid_share_limit_is_a_validated_curation_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUNEFORGE_CURATION__MAX_INVALID_FRACTION", "0.9")
+    assert load_settings(None, home=tmp_path, auth={"mode": "local"}).curation.max_invalid_fraction == 0.9
+    monkeypatch.delenv("TUNEFORGE_CURATION__MAX_INVALID_FRACTION")
+    with pytest.raises(ValueError, match="max_invalid_fraction"):
+        load_settings(None, home=tmp_path, auth={"mode": "local"}, curation={"max_invalid_fraction": 1.5})
 
 
 def test_precedence_arguments_over_env_over_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

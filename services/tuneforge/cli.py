@@ -146,6 +146,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
                 "scrub_pii": not args.keep_pii,
                 "seed": args.seed,
             }
+            if args.max_invalid is not None:  # unset: the service's curation.max_invalid_fraction
+                settings["max_invalid_fraction"] = args.max_invalid
             version = client.create_dataset_version(
                 args.dataset, file_ids, args.base_model, data_format=_format_value(args.format), **settings
             )
@@ -737,7 +739,7 @@ def build_parser() -> argparse.ArgumentParser:
     datasets = p.add_subparsers(dest="datasets_command", required=True)
     up = datasets.add_parser("upload", help="upload files and build a dataset version from them")
     up.add_argument("paths", nargs="+", help="JSONL files (alpaca, ShareGPT or OpenAI chat)")
-    up.add_argument("--dataset", required=True, help="dataset name (lower-case letters, digits, '-')")
+    up.add_argument("--dataset", required=True, help="dataset name (lower-case letters, digits, '-', '_')")
     up.add_argument("--base-model", dest="base_model", required=True, help="model whose chat template renders it")
     up.add_argument("--format", choices=["alpaca", "sharegpt", "openai_chat"], help="override format detection")
     up.add_argument("--max-seq-len", dest="max_seq_len", type=int, default=4096)
@@ -746,6 +748,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--near-duplicate-threshold", dest="near_duplicate_threshold", type=float, default=0.85)
     up.add_argument("--keep-pii", dest="keep_pii", action="store_true", help="do not scrub PII")
     up.add_argument("--seed", type=int, default=0)
+    up.add_argument(
+        "--max-invalid",
+        dest="max_invalid",
+        type=float,
+        help="share of invalid records (0-1) above which the version fails; 1 keeps the valid records of any "
+        "file (default: the service's, 0.5)",
+    )
     up.add_argument("--no-wait", dest="no_wait", action="store_true", help="return once the build is queued")
     ls = datasets.add_parser("list")
     ls.add_argument("--dataset")

@@ -11,8 +11,9 @@ import secrets
 
 from tuneforge.common.errors import InvalidArgument
 
-#: Tenants, datasets, adapters, aliases: DNS-label style so they fit Kubernetes and URLs alike.
-RESOURCE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+#: Tenants, datasets, adapters, aliases: lower-case, URL- and path-safe, at most 63 characters. `_`
+#: is allowed (`zh2fr_lora`) since no name becomes a Kubernetes object name or a DNS label.
+RESOURCE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?")
 #: A single path segment of a stored artifact or an uploaded file's name.
 PATH_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,254}")
 #: Server-assigned ids: `<prefix>-<hex>`.
@@ -32,11 +33,11 @@ def _describe(value: str) -> str:
 
 
 def check_resource_name(value: str, field: str) -> str:
-    """Lower-case letters, digits and `-`, 1-63 characters, starting and ending with a letter or digit."""
+    """Lower-case letters, digits, `-` and `_`, 1-63 characters, starting and ending with a letter or digit."""
     if not RESOURCE_NAME.fullmatch(value or ""):
         raise InvalidArgument.for_field(
             field,
-            f"{_describe(value)} is not a valid name: use 1-63 lower-case letters, digits or '-', "
+            f"{_describe(value)} is not a valid name: use 1-63 lower-case letters, digits, '-' or '_', "
             "starting and ending with a letter or digit",
         )
     return value

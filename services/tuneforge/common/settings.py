@@ -121,6 +121,9 @@ class CurationSettings(BaseModel):
     workers: int = Field(default=1, ge=1, le=64)
     #: Server-side directories `source_uri` may read from; empty means uploads only.
     import_roots: list[Path] = Field(default_factory=list)
+    #: Share of invalid records above which a version fails, when a request does not set its own
+    #: (`settings.max_invalid_fraction`); 1 keeps the valid records of any file.
+    max_invalid_fraction: float = Field(default=0.5, ge=0, le=1)
 
 
 class TrainingSettings(BaseModel):

@@ -16,7 +16,6 @@ Then the manifest and the report (JSON, Markdown, an SVG token-length histogram)
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
@@ -47,7 +46,7 @@ from tuneforge.curation.dedup import (
 from tuneforge.curation.pii import scrub_content
 from tuneforge.curation.report import write_report
 
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2
 SHARD_ROWS = 100_000
 TOO_LONG = "too_long"
 TRUNCATED = "truncated"
@@ -97,13 +96,18 @@ class InputFile:
     data_format: str = "auto"
 
 
-def version_id(inputs: list[InputFile], options: CurationOptions, template_hash: str, leakage_suite: str = "") -> str:
+def version_id(
+    inputs: list[InputFile], options: CurationOptions, template_hash: str, leakage_suite: str = "", dataset: str = ""
+) -> str:
     """Content address: the same input bytes with the same settings and tokenizer give the same id.
 
-    `leakage_suite` is the SHA-256 of the evaluation suite whose prompts were removed, if any.
+    `leakage_suite` is the SHA-256 of the evaluation suite whose prompts were removed, if any. The
+    dataset name is part of the address: identical bytes uploaded under two names are two versions,
+    each listed under its own name.
     """
     payload = {
         "pipeline": PIPELINE_VERSION,
+        "dataset": dataset,
         "inputs": [[f.sha256, f.data_format] for f in inputs],
         "options": options.canonical(),
         "template": template_hash,
@@ -117,7 +121,8 @@ def version_id(inputs: list[InputFile], options: CurationOptions, template_hash:
 class RecordProcessor:
     """Batch function: `{source, line, raw, format}` columns → one output row per input line.
 
-    Output columns: `ok`, `origin`, `messages` (JSON), `input_ids`, `loss_mask`, `num_tokens`,
+    Output columns: `ok`, `format` (the one the record was read as; None where it could not be
+    told), `origin`, `messages` (JSON), `input_ids`, `loss_mask`, `num_tokens`,
     `num_loss_tokens`, `content_hash`, `signature` (uint32 MinHash as bytes), `prompt_signature`,
     `issues` (JSON list), `pii` (JSON counts). Construct with a tokenizer or a directory to load one
     from (Ray Data workers load their own).
@@ -132,6 +137,58 @@ class RecordProcessor:
         self.options = options
         self.prompt_signatures = prompt_signatures
         self.seconds: Counter[str] = Counter()
+
+    def _clean(
+        self,
+        messages: list[dict[str, str]],
+        issues: list[formats.Issue],
+        pii: list[str],
+        index: int,
+        where: tuple[str, int],
+    ) -> list[dict[str, str]] | None:
+        """Cleaned (and PII-scrubbed) messages, or None after recording why the record is dropped."""
+        counts: Counter[str] = Counter()
+        result = []
+        for position, message in enumerate(messages):
+            content = message["content"]
+            if "\x00" in content:
+                issues.append(
+                    formats.Issue(
+                        formats.NUL_REMOVED,
+                        f"NUL characters (\\u0000) were removed from message {position}",
+                        *where,
+                        f"messages[{position}]",
+                        False,
+                    )
+                )
+            text = clean_text(content)
+            if self.options.scrub_pii:
+                text = scrub_content(text, counts)
+            result.append({"role": message["role"], "content": text})
+        if counts:
+            pii[index] = json.dumps(dict(counts))
+        empty = next((k for k, m in enumerate(result) if not m["content"]), None)
+        if empty is not None:
+            issues.append(
+                formats.Issue(
+                    formats.EMPTY_CONTENT, f"message {empty} is empty after cleaning", *where, f"messages[{empty}]"
+                )
+            )
+            return None
+        return result
+
+    def _render(self, conversations: list[list[dict[str, str]]]) -> list[Any]:
+        """Rendered conversations; where the batch fails, each is rendered alone and failures come back as errors."""
+        try:
+            return list(self.renderer.render_batch(conversations))
+        except Exception:
+            rendered: list[Any] = []
+            for conversation in conversations:
+                try:
+                    rendered.append(self.renderer.render_batch([conversation])[0])
+                except Exception as exc:
+                    rendered.append(exc)
+            return rendered
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         sources, lines, raws, data_formats = batch["source"], batch["line"], batch["raw"], batch["format"]
@@ -148,6 +205,7 @@ class RecordProcessor:
                 "content_hash",
                 "signature",
                 "prompt_signature",
+                "format",
             )
         }
         out["ok"] = [False] * count
@@ -169,9 +227,14 @@ class RecordProcessor:
                 continue
             try:
                 value, warnings = formats.decode_line(bytes(raw), line, source)
-                messages, notes = formats.to_messages(value, str(data_formats[i]))
+                data_format = formats.record_format(value, str(data_formats[i]))
+                out["format"][i] = data_format
+                messages, notes = formats.to_messages(value, data_format)
             except formats.RecordError as exc:
                 issues[i].append(formats.Issue(exc.code, exc.message, source, line, exc.field))
+                continue
+            except Exception as exc:  # a bug must cost one line, never the build
+                issues[i].append(_internal_issue(exc, source, line))
                 continue
             issues[i] += warnings
             issues[i] += [formats.Issue(code, text, source, line, fld, False) for code, text, fld in notes]
@@ -182,39 +245,28 @@ class RecordProcessor:
         started = now
         cleaned: list[tuple[int, list[dict[str, str]]]] = []
         for i, messages in parsed:
-            counts: Counter[str] = Counter()
-            result = []
-            for message in messages:
-                text = clean_text(message["content"])
-                if self.options.scrub_pii:
-                    text = scrub_content(text, counts)
-                result.append({"role": message["role"], "content": text})
-            if counts:
-                out["pii"][i] = json.dumps(dict(counts))
-            empty = next((k for k, m in enumerate(result) if not m["content"]), None)
-            if empty is not None:
-                issues[i].append(
-                    formats.Issue(
-                        formats.EMPTY_CONTENT,
-                        f"message {empty} is empty after cleaning",
-                        str(sources[i]),
-                        int(lines[i]),
-                        f"messages[{empty}]",
-                    )
-                )
+            where = (str(sources[i]), int(lines[i]))
+            try:
+                result = self._clean(messages, issues[i], out["pii"], i, where)
+            except Exception as exc:
+                issues[i].append(_internal_issue(exc, *where))
                 continue
-            cleaned.append((i, result))
+            if result is not None:
+                cleaned.append((i, result))
         now = time.perf_counter()
         self.seconds["clean+pii"] += now - started
 
         started = now
-        rendered = self.renderer.render_batch([messages for _, messages in cleaned])
+        rendered = self._render([messages for _, messages in cleaned])
         kept: list[tuple[int, list[dict[str, str]]]] = []
         limit = self.options.max_seq_len
         for (i, messages), conversation in zip(cleaned, rendered, strict=True):
+            where = (str(sources[i]), int(lines[i]))
+            if isinstance(conversation, Exception):
+                issues[i].append(_internal_issue(conversation, *where))
+                continue
             ids, mask = conversation.input_ids, conversation.loss_mask
             if len(ids) > limit:
-                where = (str(sources[i]), int(lines[i]))
                 if self.options.length_policy == "truncate" and any(mask[:limit]):
                     ids, mask = ids[:limit], mask[:limit]
                     issues[i].append(
@@ -252,17 +304,33 @@ class RecordProcessor:
         return out
 
 
+def _internal_issue(exc: Exception, source: str, line: int) -> formats.Issue:
+    return formats.Issue(
+        formats.INTERNAL_ERROR,
+        f"this record could not be processed ({type(exc).__name__}: {str(exc)[:200]}); it was skipped, "
+        "please report it",
+        source,
+        line,
+    )
+
+
 def iter_line_batches(
     inputs: list[InputFile],
     options: CurationOptions,
     issues: list[formats.Issue],
     progress: Callable[[int], None] | None = None,
 ) -> Iterator[dict[str, list[Any]]]:
-    """Batches of `{source, line, raw, format}` over every input; file-level problems go to `issues`."""
+    """Batches of `{source, line, raw, format}` over every input; file-level problems go to `issues`.
+
+    `format` is the input's override or `auto` (each record is then read as the format its keys say).
+    """
     for item in inputs:
-        data_format = item.data_format
-        with item.path.open("rb") as stream:
-            head = stream.read(64 * 1024)
+        with item.path.open("rb") as raw_stream:
+            head = raw_stream.read(64 * 1024)
+            shape = formats.diagnose_file(head)
+            if shape.code:
+                issues.append(formats.Issue(shape.code, shape.message, item.name, 0))
+                continue
             if not head.strip(b"\xef\xbb\xbf \t\r\n"):
                 issues.append(formats.Issue(formats.EMPTY_FILE, "the file has no records", item.name))
                 continue
@@ -276,28 +344,20 @@ def iter_line_batches(
                     )
                 )
                 continue
-            stream.seek(0)
-            if data_format == "auto":
-                sample = []
-                for number, raw in formats.iter_lines(stream, options.max_line_bytes):
-                    if raw is not None and raw.strip():
-                        with contextlib.suppress(formats.RecordError):
-                            sample.append(formats.decode_line(raw, number, item.name)[0])
-                    if number >= formats.DETECT_SAMPLE:
-                        break
-                detected = formats.detect_format(sample)
-                if detected is None:
-                    issues.append(
-                        formats.Issue(
-                            formats.UNKNOWN_FORMAT,
-                            "no record looks like alpaca (instruction/output), ShareGPT (conversations) or "
-                            "OpenAI chat (messages); set the format explicitly if it is one of them",
-                            item.name,
-                        )
+            if shape.cr_only or shape.crlf:
+                ending = "CR only (classic Mac OS)" if shape.cr_only else "CRLF (Windows)"
+                issues.append(
+                    formats.Issue(
+                        formats.LINE_ENDINGS_CONVERTED,
+                        f"lines end in {ending}; they were read as LF line endings",
+                        item.name,
+                        0,
+                        "",
+                        False,
                     )
-                    continue
-                data_format = detected
-                stream.seek(0)
+                )
+            raw_stream.seek(0)
+            stream = formats.line_stream(raw_stream, shape)
             batch: dict[str, list[Any]] = {"source": [], "line": [], "raw": [], "format": []}
             position = 0
             for number, raw in formats.iter_lines(stream, options.max_line_bytes):
@@ -306,17 +366,17 @@ def iter_line_batches(
                 batch["source"].append(item.name)
                 batch["line"].append(number)
                 batch["raw"].append(raw)
-                batch["format"].append(data_format)
+                batch["format"].append(item.data_format)
                 if len(batch["line"]) >= options.batch_size:
                     if progress is not None:
-                        progress(stream.tell() - position)
-                        position = stream.tell()
+                        progress(raw_stream.tell() - position)
+                        position = raw_stream.tell()
                     yield batch
                     batch = {"source": [], "line": [], "raw": [], "format": []}
             if batch["line"]:
                 yield batch
             if progress is not None:
-                progress(stream.tell() - position)
+                progress(raw_stream.tell() - position)
 
 
 @dataclass
@@ -333,6 +393,7 @@ class StagingArea:
     invalid: int = 0
     truncated: int = 0
     too_long: int = 0
+    by_format: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -357,6 +418,7 @@ class StagingArea:
     def add(self, batch: dict[str, Any]) -> None:
         oks = list(batch["ok"])
         self.records_in += len(oks)
+        self.by_format.update(name for name in batch["format"] if name)
         for ok, issue_json, pii_json in zip(oks, batch["issues"], batch["pii"], strict=True):
             record_issues = json.loads(issue_json)
             for issue in record_issues:
@@ -434,10 +496,12 @@ def curate(
     file_issues: list[formats.Issue] = []
     line_batches = iter_line_batches(inputs, options, file_issues, progress)
     mapped = batches(line_batches, processor) if batches else (processor(b) for b in line_batches)
-    for out in mapped:
-        staging.add(out)
-    staging.add_issues(file_issues)
-    staging.close()
+    try:
+        for out in mapped:
+            staging.add(out)
+        staging.add_issues(file_issues)
+    finally:  # also when a build stops unexpectedly: its issues so far stay readable for the report
+        staging.close()
     seconds: Counter[str] = Counter(processor.seconds)
 
     started = time.perf_counter()
@@ -518,6 +582,7 @@ def curate(
         "train_tokens": split_tokens["train"],
         "validation_tokens": split_tokens["validation"],
         "pii_replacements": dict(staging.pii),
+        "records_by_format": dict(sorted(staging.by_format.items())),
     }
     failure = ""
     if staging.records_in == 0 and file_issues:
@@ -525,7 +590,8 @@ def curate(
     elif staging.records_in and counts["invalid"] / staging.records_in > options.max_invalid_fraction:
         failure = (
             f"{counts['invalid']} of {staging.records_in} records are invalid (over "
-            f"{options.max_invalid_fraction:.0%}); fix the file using the report's line-numbered issues"
+            f"{options.max_invalid_fraction:.0%}); fix the file using the report's line-numbered issues, or keep "
+            "the valid records by raising the invalid-share limit (settings.max_invalid_fraction, --max-invalid)"
         )
     elif split_counts["train"] == 0:
         failure = "no valid training records remain after validation, length filter and deduplication"

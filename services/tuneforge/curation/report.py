@@ -88,6 +88,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"| **validation** | **{counts['validation_records']}** ({counts['validation_tokens']} tokens) |",
         "",
     ]
+    if counts.get("records_by_format"):
+        lines += ["## Records by format", "", "| format | records read as it |", "| --- | --- |"]
+        lines += [f"| {name} | {n} |" for name, n in counts["records_by_format"].items()]
+        lines.append("")
     if counts["pii_replacements"]:
         lines += ["## PII replaced", "", "| type | replacements |", "| --- | --- |"]
         lines += [f"| {kind} | {n} |" for kind, n in sorted(counts["pii_replacements"].items())]
@@ -120,3 +124,55 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [f"| {stage} | {sec} |" for stage, sec in report["stage_seconds"].items()]
     lines.append("")
     return "\n".join(lines)
+
+
+COUNT_NAMES = (
+    "records_in",
+    "invalid",
+    "exact_duplicates",
+    "near_duplicates",
+    "too_long",
+    "truncated",
+    "leaked",
+    "train_records",
+    "validation_records",
+    "train_tokens",
+    "validation_tokens",
+)
+
+
+def write_failed_build_report(
+    out_dir: Path, failure_reason: str, issues_path: Path | None, metadata: dict[str, Any]
+) -> dict[str, Any]:
+    """The report of a build that stopped unexpectedly: its reason, and the issues found up to then.
+
+    `issues_path` is the build's partial issues file (absent when it failed before reading a line).
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    issue_counts: dict[str, int] = {}
+    issue_examples: dict[str, list[dict[str, Any]]] = {}
+    with (out_dir / "issues.jsonl").open("w", encoding="utf-8") as target:
+        if issues_path is not None and issues_path.is_file():
+            for line in issues_path.read_text(encoding="utf-8").splitlines():
+                try:
+                    issue = json.loads(line)
+                except ValueError:  # the last line may be cut where the build stopped
+                    continue
+                issue_counts[issue["code"]] = issue_counts.get(issue["code"], 0) + 1
+                examples = issue_examples.setdefault(issue["code"], [])
+                if len(examples) < 3:
+                    examples.append(issue)
+                target.write(json.dumps(issue, ensure_ascii=False) + "\n")
+    return write_report(
+        out_dir,
+        counts={**dict.fromkeys(COUNT_NAMES, 0), "pii_replacements": {}, "records_by_format": {}},
+        issue_counts=issue_counts,
+        issue_examples=issue_examples,
+        clusters=[],
+        token_lengths=np.zeros(0, np.int32),
+        max_seq_len=1,
+        seconds={},
+        total_seconds=0.0,
+        metadata=metadata,
+        failure_reason=failure_reason,
+    )

@@ -28,6 +28,7 @@ class CurationComponent(PlatformComponent):
     def __init__(self, platform: Platform) -> None:
         super().__init__(platform)
         settings = platform.settings
+        self.max_invalid_fraction = settings.curation.max_invalid_fraction
         self.files = FileCatalog(platform.metadata, platform.artifacts, settings.max_upload_bytes)
         self.runner = BuildRunner(
             WorkerConfig(
@@ -48,7 +49,9 @@ class CurationComponent(PlatformComponent):
         )
 
     def register(self, server: grpc.aio.Server) -> None:
-        curation_pb2_grpc.add_DatasetServiceServicer_to_server(DatasetServicer(self.files, self.versions), server)
+        curation_pb2_grpc.add_DatasetServiceServicer_to_server(
+            DatasetServicer(self.files, self.versions, self.max_invalid_fraction), server
+        )
 
     async def start(self) -> None:
         await super().start()

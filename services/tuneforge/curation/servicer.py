@@ -50,6 +50,7 @@ _COUNT_FIELDS = (
     "train_records",
     "validation_records",
     "train_tokens",
+    "truncated",
 )
 
 
@@ -71,11 +72,13 @@ def version_message(info: VersionInfo) -> curation_pb2.DatasetVersion:
             scrub_pii=options["scrub_pii"],
             seed=options["seed"],
             leakage_suite_id=options.get("leakage_suite_id", ""),
+            max_invalid_fraction=options.get("max_invalid_fraction", 0.5),
         ),
         file_ids=[i["file_id"] for i in info.inputs],
         counts=curation_pb2.DatasetCounts(
             **{name: int(counts.get(name, 0)) for name in _COUNT_FIELDS},
             pii_replacements=counts.get("pii_replacements", {}),
+            records_by_format=counts.get("records_by_format", {}),
         ),
         template_hash=info.template_hash,
         failure_reason=info.failure_reason,
@@ -87,7 +90,8 @@ def version_message(info: VersionInfo) -> curation_pb2.DatasetVersion:
     )
 
 
-def version_spec(request: curation_pb2.CreateDatasetVersionRequest) -> VersionSpec:
+def version_spec(request: curation_pb2.CreateDatasetVersionRequest, max_invalid_fraction: float = 0.5) -> VersionSpec:
+    """The domain's request; `max_invalid_fraction` is the service's default for requests that leave it unset."""
     settings = request.settings
     if settings.length_policy not in _LENGTH_POLICIES:
         raise InvalidArgument.for_field("settings.length_policy", f"unknown policy {settings.length_policy}")
@@ -106,6 +110,9 @@ def version_spec(request: curation_pb2.CreateDatasetVersionRequest) -> VersionSp
             else 0.85,
             scrub_pii=settings.scrub_pii if settings.HasField("scrub_pii") else True,
             seed=settings.seed,
+            max_invalid_fraction=settings.max_invalid_fraction
+            if settings.HasField("max_invalid_fraction")
+            else max_invalid_fraction,
         ),
         leakage_suite_id=settings.leakage_suite_id,
     )
@@ -120,9 +127,10 @@ def _format_name(value: int, field: str) -> str:
 class DatasetServicer(curation_pb2_grpc.DatasetServiceServicer):
     """Serves uploads, file listings and dataset versions."""
 
-    def __init__(self, files: FileCatalog, versions: DatasetVersions) -> None:
+    def __init__(self, files: FileCatalog, versions: DatasetVersions, max_invalid_fraction: float = 0.5) -> None:
         self.files = files
         self.versions = versions
+        self.max_invalid_fraction = max_invalid_fraction
 
     async def UploadFile(
         self, request_iterator: AsyncIterator[curation_pb2.UploadFileRequest], context: grpc.aio.ServicerContext
@@ -180,7 +188,7 @@ class DatasetServicer(curation_pb2_grpc.DatasetServiceServicer):
     async def CreateDatasetVersion(
         self, request: curation_pb2.CreateDatasetVersionRequest, context: grpc.aio.ServicerContext
     ) -> curation_pb2.CreateDatasetVersionResponse:
-        spec = version_spec(request)
+        spec = version_spec(request, self.max_invalid_fraction)
         info = await asyncio.to_thread(self.versions.create, current_principal().tenant, spec, request.idempotency_key)
         return curation_pb2.CreateDatasetVersionResponse(dataset_version=version_message(info))
 

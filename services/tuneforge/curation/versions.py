@@ -140,6 +140,11 @@ def validate_spec(spec: VersionSpec, idempotency_key: str) -> None:
         "settings.near_duplicate_threshold",
         "must be in (0, 1]; 1 disables near-duplicate removal",
     )
+    check(
+        0 <= options.max_invalid_fraction <= 1,
+        "settings.max_invalid_fraction",
+        "must be in [0, 1]: the share of invalid records above which the version fails (1 never fails)",
+    )
     if problems:
         raise InvalidArgument(
             "invalid dataset version request: " + "; ".join(f"{p.field}: {p.description}" for p in problems), problems
@@ -192,7 +197,9 @@ class DatasetVersions:
         inputs = []
         for index, file_id in enumerate(spec.file_ids):
             stored, path = self.files.local_path(tenant, file_id, f"file_ids[{index}]")
-            inputs.append(InputFile(stored.filename, path, stored.sha256 or "", spec.data_format))
+            # the request's format overrides every file's; else a file keeps the format it was uploaded as
+            data_format = stored.data_format if spec.data_format == "auto" else spec.data_format
+            inputs.append(InputFile(stored.filename, path, stored.sha256 or "", data_format))
         if spec.source_uri:
             path = self._source_path(spec.source_uri)
             digest = hashlib.sha256()
@@ -215,7 +222,7 @@ class DatasetVersions:
                 return _info(earlier)
         inputs = self._inputs(tenant, spec)
         hashed_template = self.template_hash(spec.base_model)
-        new_id = version_id(inputs, spec.options, hashed_template, leakage.get("sha256", ""))
+        new_id = version_id(inputs, spec.options, hashed_template, leakage.get("sha256", ""), spec.dataset)
         now = utcnow()
         with self.metadata.session() as session:
             row = session.get(DatasetVersionRow, (tenant, new_id))
@@ -230,7 +237,13 @@ class DatasetVersions:
                 data_format=spec.data_format,
                 inputs_json=json.dumps(
                     [
-                        {"file_id": fid, "name": f.name, "sha256": f.sha256, "path": str(f.path)}
+                        {
+                            "file_id": fid,
+                            "name": f.name,
+                            "sha256": f.sha256,
+                            "path": str(f.path),
+                            "format": f.data_format,
+                        }
                         for fid, f in zip([*spec.file_ids, spec.source_uri][: len(inputs)], inputs, strict=True)
                     ]
                 ),

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.common.logging import get_logger
+from tuneforge.common.names import new_id
 from tuneforge.curation.pipeline import CurationOptions, InputFile, curate
+from tuneforge.curation.report import write_failed_build_report
 from tuneforge.models import ModelResolver, template_hash
 from tuneforge.store.artifacts import ArtifactStore
 from tuneforge.store.metadata import MetadataStore
@@ -82,7 +84,7 @@ def _build(
         tokenizer = models.load_tokenizer(resolved)
         if template_hash(tokenizer) != expected_template:
             raise RuntimeError(f"the tokenizer of {base_model} changed since the version was requested")
-        inputs = [InputFile(i["name"], Path(i["path"]), i["sha256"], data_format) for i in inputs_spec]
+        inputs = [InputFile(i["name"], Path(i["path"]), i["sha256"], i.get("format", data_format)) for i in inputs_spec]
         missing = [i.name for i in inputs if not i.path.is_file()]
         if missing:
             raise RuntimeError(f"input files are gone: {', '.join(missing)}")
@@ -149,8 +151,21 @@ def _build(
         )
         return state
     except Exception as exc:
-        log.exception("dataset_version_failed", tenant=tenant, version=version_id)
-        _update(metadata, tenant, version_id, state="failed", failure_reason=f"the build failed: {exc}")
+        reference = new_id("err")  # what an operator greps the server log for
+        log.exception("dataset_version_failed", tenant=tenant, version=version_id, reference=reference)
+        reason = f"the build failed (reference {reference}): {str(exc)[:300] or type(exc).__name__}"
+        try:  # the report and the issues found so far stay readable through the API
+            failed = work / "failed"
+            write_failed_build_report(
+                failed,
+                reason,
+                work / "staging" / "issues.jsonl",
+                {"version_id": version_id, "dataset": dataset, "base_model": base_model, "reference": reference},
+            )
+            artifacts.for_tenant(tenant).publish_dir(f"datasets/{version_id}", failed)
+        except Exception:
+            log.exception("dataset_failure_report_not_written", tenant=tenant, version=version_id)
+        _update(metadata, tenant, version_id, state="failed", failure_reason=reason)
         return "failed"
     finally:
         shutil.rmtree(work, ignore_errors=True)

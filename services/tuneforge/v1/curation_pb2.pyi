@@ -132,7 +132,7 @@ class DeleteFileResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class CurationSettings(_message.Message):
-    __slots__ = ("base_model", "max_seq_len", "length_policy", "validation_fraction", "near_duplicate_threshold", "scrub_pii", "seed", "leakage_suite_id")
+    __slots__ = ("base_model", "max_seq_len", "length_policy", "validation_fraction", "near_duplicate_threshold", "scrub_pii", "seed", "leakage_suite_id", "max_invalid_fraction")
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     MAX_SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
     LENGTH_POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +141,7 @@ class CurationSettings(_message.Message):
     SCRUB_PII_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     LEAKAGE_SUITE_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_INVALID_FRACTION_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     max_seq_len: int
     length_policy: LengthPolicy
@@ -149,7 +150,8 @@ class CurationSettings(_message.Message):
     scrub_pii: bool
     seed: int
     leakage_suite_id: str
-    def __init__(self, base_model: _Optional[str] = ..., max_seq_len: _Optional[int] = ..., length_policy: _Optional[_Union[LengthPolicy, str]] = ..., validation_fraction: _Optional[float] = ..., near_duplicate_threshold: _Optional[float] = ..., scrub_pii: _Optional[bool] = ..., seed: _Optional[int] = ..., leakage_suite_id: _Optional[str] = ...) -> None: ...
+    max_invalid_fraction: float
+    def __init__(self, base_model: _Optional[str] = ..., max_seq_len: _Optional[int] = ..., length_policy: _Optional[_Union[LengthPolicy, str]] = ..., validation_fraction: _Optional[float] = ..., near_duplicate_threshold: _Optional[float] = ..., scrub_pii: _Optional[bool] = ..., seed: _Optional[int] = ..., leakage_suite_id: _Optional[str] = ..., max_invalid_fraction: _Optional[float] = ...) -> None: ...
 
 class CreateDatasetVersionRequest(_message.Message):
     __slots__ = ("idempotency_key", "dataset", "file_ids", "source_uri", "format", "settings")
@@ -174,8 +176,15 @@ class CreateDatasetVersionResponse(_message.Message):
     def __init__(self, dataset_version: _Optional[_Union[DatasetVersion, _Mapping]] = ...) -> None: ...
 
 class DatasetCounts(_message.Message):
-    __slots__ = ("records_in", "invalid", "exact_duplicates", "near_duplicates", "too_long", "leaked", "train_records", "validation_records", "train_tokens", "pii_replacements")
+    __slots__ = ("records_in", "invalid", "exact_duplicates", "near_duplicates", "too_long", "leaked", "train_records", "validation_records", "train_tokens", "pii_replacements", "records_by_format", "truncated")
     class PiiReplacementsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class RecordsByFormatEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +201,8 @@ class DatasetCounts(_message.Message):
     VALIDATION_RECORDS_FIELD_NUMBER: _ClassVar[int]
     TRAIN_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PII_REPLACEMENTS_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_BY_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     records_in: int
     invalid: int
     exact_duplicates: int
@@ -202,7 +213,9 @@ class DatasetCounts(_message.Message):
     validation_records: int
     train_tokens: int
     pii_replacements: _containers.ScalarMap[str, int]
-    def __init__(self, records_in: _Optional[int] = ..., invalid: _Optional[int] = ..., exact_duplicates: _Optional[int] = ..., near_duplicates: _Optional[int] = ..., too_long: _Optional[int] = ..., leaked: _Optional[int] = ..., train_records: _Optional[int] = ..., validation_records: _Optional[int] = ..., train_tokens: _Optional[int] = ..., pii_replacements: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    records_by_format: _containers.ScalarMap[str, int]
+    truncated: int
+    def __init__(self, records_in: _Optional[int] = ..., invalid: _Optional[int] = ..., exact_duplicates: _Optional[int] = ..., near_duplicates: _Optional[int] = ..., too_long: _Optional[int] = ..., leaked: _Optional[int] = ..., train_records: _Optional[int] = ..., validation_records: _Optional[int] = ..., train_tokens: _Optional[int] = ..., pii_replacements: _Optional[_Mapping[str, int]] = ..., records_by_format: _Optional[_Mapping[str, int]] = ..., truncated: _Optional[int] = ...) -> None: ...
 
 class DatasetVersion(_message.Message):
     __slots__ = ("id", "dataset", "state", "settings", "file_ids", "counts", "template_hash", "failure_reason", "times", "base_model", "bytes_processed", "bytes_total", "format")
