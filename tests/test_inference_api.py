@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -270,12 +271,15 @@ def test_a_mismatched_or_corrupted_adapter_is_refused_and_the_replica_serves_on(
 
 
 def test_oversize_and_malformed_requests_are_refused(acme: TuneforgeClient, adapters) -> None:
+    # limits that the request itself breaks are INVALID_ARGUMENT naming the field, never a retryable rate limit
     with pytest.raises(TuneforgeError) as too_many:
         _generate(acme, "", max_tokens=100_000)
-    assert too_many.value.code == "RESOURCE_EXHAUSTED" and "max_tokens" in too_many.value.message
+    assert too_many.value.code == "INVALID_ARGUMENT"
+    assert [field for field, _ in too_many.value.violations] == ["sampling.max_tokens"]
     with pytest.raises(TuneforgeError) as long_prompt:
         _generate(acme, "", [("user", "word " * 20_000)])
-    assert long_prompt.value.code == "RESOURCE_EXHAUSTED" and "prompt" in long_prompt.value.message
+    assert long_prompt.value.code == "INVALID_ARGUMENT" and "prompt has" in long_prompt.value.message
+    assert [field for field, _ in long_prompt.value.violations] == ["messages"]
     with pytest.raises(TuneforgeError) as role:
         _generate(acme, "", [("wizard", "hi")])
     assert role.value.violations == [("messages[0].role", "must be one of system, user, assistant")]
@@ -358,12 +362,89 @@ def test_http_errors_come_back_in_openai_s_shape(openai_url: str, adapters) -> N
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=openai_url, api_key="tf_wrong_key_0000000000", max_retries=0).models.list()
     mine = openai.OpenAI(base_url=openai_url, api_key=ACME_KEY, max_retries=0)
-    with pytest.raises(openai.RateLimitError) as limit:
+    # over a limit as sent: a 400 naming the parameter, which the client does not retry (a 429 it would)
+    with pytest.raises(openai.BadRequestError) as limit:
         mine.chat.completions.create(model="alpha", messages=messages, max_tokens=100_000)
-    assert "max_tokens" in str(limit.value)
+    assert limit.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.BadRequestError) as long_prompt:
+        mine.chat.completions.create(model="alpha", messages=[{"role": "user", "content": "word " * 20_000}])
+    assert long_prompt.value.body["param"] == "messages" and "prompt has" in long_prompt.value.body["message"]
     with pytest.raises(openai.BadRequestError) as bad:
         mine.chat.completions.create(model="alpha", messages=[{"role": "wizard", "content": "hi"}])
     assert "messages[0].role" in str(bad.value)
+
+
+def _raw(url: str, body: bytes | None, method: str = "POST") -> tuple[int, dict, dict[str, str]]:
+    """(status, JSON body, headers) of one request with acme's key, whatever the status."""
+    import urllib.error
+    import urllib.request
+
+    headers = {"Authorization": f"Bearer {ACME_KEY}", "Content-Type": "application/json"}
+    request = urllib.request.Request(url, body, headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read()), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read()), dict(error.headers)
+
+
+@pytest.mark.parametrize(
+    "change, param",
+    [
+        ({"max_tokens": "x"}, "max_tokens"),
+        ({"max_tokens": 1.5}, "max_tokens"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"temperature": True}, "temperature"),
+        ({"top_p": [1]}, "top_p"),
+        ({"stop": 5}, "stop"),
+        ({"stop": ["ok", 5]}, "stop"),
+        ({"seed": "7"}, "seed"),
+        ({"seed": -1}, "seed"),
+        ({"n": 2}, "n"),
+        ({"temperature": 1e400}, "temperature"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+            "messages[0].content[0]",
+        ),
+        ({"messages": [{"role": "user"}]}, "messages[0].content"),
+        ({"messages": ["hi"]}, "messages[0]"),
+    ],
+)
+def test_malformed_openai_fields_answer_400_naming_the_field(openai_url: str, change: dict, param: str) -> None:
+    body = {"model": "tiny-qwen2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, **change}
+    status, answer, _ = _raw(f"{openai_url}/chat/completions", json.dumps(body).encode())
+    assert status == 400, answer
+    assert answer["error"]["type"] == "invalid_request_error" and answer["error"]["param"] == param, answer
+
+
+def test_openai_inputs_people_send_are_understood(openai_url: str) -> None:
+    plain = {"model": "tiny-qwen2", "max_tokens": 4, "temperature": 0}
+    as_text = {**plain, "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]}
+    as_parts = {
+        **plain,
+        "messages": [
+            {"role": "developer", "content": [{"type": "text", "text": "Be "}, {"type": "text", "text": "brief."}]},
+            {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+        ],
+    }
+    answers = [_raw(f"{openai_url}/chat/completions", json.dumps(b).encode()) for b in (as_text, as_parts)]
+    assert [status for status, _, _ in answers] == [200, 200], answers
+    # text parts and the developer role render exactly like a plain string and the system role
+    assert answers[0][1]["choices"][0]["message"] == answers[1][1]["choices"][0]["message"]
+    assert answers[0][1]["usage"] == answers[1][1]["usage"]
+
+
+def test_http_refusals_of_its_own_come_in_openai_s_shape(openai_url: str) -> None:
+    status, answer, _ = _raw(f"{openai_url}/completions", b"{}")
+    assert (
+        status == 404
+        and answer["error"]["type"] == "not_found_error"
+        and "/v1/chat/completions" in answer["error"]["message"]
+    )
+    status, answer, _ = _raw(f"{openai_url}/chat/completions", b"x" * (5 * 2**20))
+    assert status == 413 and answer["error"]["type"] == "invalid_request_error" and "MiB" in answer["error"]["message"]
+    status, answer, _ = _raw(f"{openai_url}/chat/completions", None, method="GET")
+    assert status == 405 and "error" in answer
 
 
 def _post(url: str, body: dict, headers: dict[str, str]) -> tuple[int, list[dict]]:
@@ -383,8 +464,12 @@ def test_the_serve_app_serves_the_front_through_serve_s_http_proxy(
     local_ray, server_settings, adapters: dict[str, Path], resolver: ModelResolver, tokenizer
 ) -> None:
     """The Serve deployment behind Serve's own HTTP proxy: adapters routed by the multiplexed-model header,
-    the serve token required, and the platform's front (no model, no Ray) generating through it."""
+    the serve token required, and the platform's front (no model, no Ray) generating through it — from a
+    request it took before Serve even started (retried until the app answered) on."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import openai
+    from conftest import make_settings
     from ray import serve
 
     from tuneforge.inference.serve_app import InferenceReplica
@@ -401,11 +486,36 @@ def test_the_serve_app_serves_the_front_through_serve_s_http_proxy(
         "inference": {"base_model": "tiny-qwen2", "max_adapters": 2, "serve_token": token},
     }
     port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = InferenceReplica.options(ray_actor_options={"num_cpus": 0}).bind(settings)
-    serve.run(app, name="tuneforge-inference-test", route_prefix="/tuneforge-inference-test")
     url = f"http://127.0.0.1:{port}/tuneforge-inference-test"
+
+    def front_for(serve_token: str, retry_s: float) -> BackgroundServer:
+        inference = {"base_model": "tiny-qwen2", "serve_url": url, "serve_token": serve_token, "http_port": 0}
+        return BackgroundServer(
+            make_settings(
+                server_settings.home / f"front-{retry_s}",
+                server_settings.auth.keys_file,
+                database_url=server_settings.database_url,
+                artifact_root=str(server_settings.artifact_root),
+                inference={**inference, "serve_retry_s": retry_s, "serve_health_interval_s": 0.5},
+            ),
+            [InferenceComponent],
+        )
+
+    front = front_for(token, retry_s=180)
+    client = TuneforgeClient(front.address, api_key=ACME_KEY)
+    pool = ThreadPoolExecutor(1)
     try:
+        assert client.health("tuneforge.v1.InferenceService") == "NOT_SERVING" and client.health() == "NOT_SERVING"
+        early = pool.submit(_generate, client, "alpha")  # Serve is not there yet: the front keeps retrying
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        app = InferenceReplica.options(ray_actor_options={"num_cpus": 0}).bind(settings)
+        serve.run(app, name="tuneforge-inference-test", route_prefix="/tuneforge-inference-test")
+        assert early.result(180).text == _expected(resolver, tokenizer, adapters["alpha"], MESSAGES)
+        deadline = time.monotonic() + 30
+        while client.health("tuneforge.v1.InferenceService") != "SERVING":  # back by itself
+            assert time.monotonic() < deadline, "the front did not report SERVING once Serve answered"
+            time.sleep(0.2)
+
         body = {"tenant": "acme", "prompt_ids": _prompt(tokenizer, MESSAGES), "sampling": {"max_tokens": TOKENS}}
         auth = {"Authorization": f"Bearer {token}"}
 
@@ -427,40 +537,39 @@ def test_the_serve_app_serves_the_front_through_serve_s_http_proxy(
         status, (missing,) = _post(f"{url}/generate", {**body, "tenant": "globex"}, headers)
         assert status == 404 and missing["error"]["status"] == "NOT_FOUND" and "alpha" in missing["error"]["message"]
 
-        # cluster mode: the platform's gRPC and OpenAI front, with no model of its own, generates through Serve
-        from conftest import make_settings
-
-        front_settings = make_settings(
-            server_settings.home / "front",
-            server_settings.auth.keys_file,
-            database_url=server_settings.database_url,
-            artifact_root=str(server_settings.artifact_root),
-            inference={"base_model": "tiny-qwen2", "serve_url": url, "serve_token": token, "http_port": 0},
+        # the platform's gRPC and OpenAI front, with no model of its own, generates through Serve
+        for model, path in (("alpha", adapters["alpha"]), ("", None), ("bot:1", adapters["bot1"])):
+            answer = _generate(client, model)
+            assert answer.text == _expected(resolver, tokenizer, path, MESSAGES), model
+        assert answer.resolved_model == "bot:1"
+        chunks = list(client.stream(client.inference.GenerateStream, _request("alpha")))
+        assert "".join(c.delta for c in chunks) == _expected(resolver, tokenizer, adapters["alpha"], MESSAGES)
+        with TuneforgeClient(front.address, api_key=GLOBEX_KEY) as other, pytest.raises(TuneforgeError) as denied:
+            _generate(other, "alpha")
+        assert denied.value.code == "NOT_FOUND"
+        http_port = front.server.components[0].http.port
+        chat = openai.OpenAI(base_url=f"http://127.0.0.1:{http_port}/v1", api_key=ACME_KEY, max_retries=0)
+        messages = [{"role": r, "content": c} for r, c in MESSAGES]
+        stream = chat.chat.completions.create(
+            model="beta", messages=messages, max_tokens=TOKENS, temperature=0, stream=True
         )
-        front = BackgroundServer(front_settings, [InferenceComponent])
+        text = "".join(c.choices[0].delta.content or "" for c in stream)
+        assert text == _expected(resolver, tokenizer, adapters["beta"], MESSAGES)
+
+        # a front with another serve token than the replicas': not ready, and UNAVAILABLE saying why
+        stranger = front_for("not-the-replicas-token", retry_s=1)
         try:
-            with TuneforgeClient(front.address, api_key=ACME_KEY) as client:
-                assert client.health("tuneforge.v1.InferenceService") == "SERVING" and client.health() == "SERVING"
-                for model, path in (("alpha", adapters["alpha"]), ("", None), ("bot:1", adapters["bot1"])):
-                    answer = _generate(client, model)
-                    assert answer.text == _expected(resolver, tokenizer, path, MESSAGES), model
-                assert answer.resolved_model == "bot:1"
-                chunks = list(client.stream(client.inference.GenerateStream, _request("alpha")))
-                assert "".join(c.delta for c in chunks) == _expected(resolver, tokenizer, adapters["alpha"], MESSAGES)
-            with TuneforgeClient(front.address, api_key=GLOBEX_KEY) as other, pytest.raises(TuneforgeError) as denied:
-                _generate(other, "alpha")
-            assert denied.value.code == "NOT_FOUND"
-            http_port = front.server.components[0].http.port
-            chat = openai.OpenAI(base_url=f"http://127.0.0.1:{http_port}/v1", api_key=ACME_KEY, max_retries=0)
-            messages = [{"role": r, "content": c} for r, c in MESSAGES]
-            stream = chat.chat.completions.create(
-                model="beta", messages=messages, max_tokens=TOKENS, temperature=0, stream=True
-            )
-            text = "".join(c.choices[0].delta.content or "" for c in stream)
-            assert text == _expected(resolver, tokenizer, adapters["beta"], MESSAGES)
+            with TuneforgeClient(stranger.address, api_key=ACME_KEY) as refused_front:
+                assert refused_front.health("tuneforge.v1.InferenceService") == "NOT_SERVING"
+                with pytest.raises(TuneforgeError) as unauthorized:
+                    _generate(refused_front, "alpha")
+            assert unauthorized.value.code == "UNAVAILABLE" and "serve token" in unauthorized.value.message
         finally:
-            front.stop()
+            stranger.stop()
     finally:
+        pool.shutdown(wait=False)
+        client.close()
+        front.stop()
         serve.delete("tuneforge-inference-test")
 
 
@@ -530,3 +639,17 @@ def test_chat_cli_keeps_the_conversation(platform_server: BackgroundServer, adap
     assert result.returncode == 0, result.stderr
     assert "chatting with beta" in result.stderr
     assert result.stdout.count("> ") == 3  # two answered turns, then the empty line ends it
+
+
+def test_a_real_rate_limit_is_a_429_with_retry_after(platform_server: BackgroundServer, openai_url: str) -> None:
+    component = next(c for c in platform_server.server.components if hasattr(c, "engine"))
+    frontend = component.servicer.frontend
+    limit = frontend.limits.max_concurrent_per_tenant
+    frontend._in_flight["acme"] = limit  # as if acme had that many requests in flight
+    try:
+        body = {"model": "tiny-qwen2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        status, answer, headers = _raw(f"{openai_url}/chat/completions", json.dumps(body).encode())
+    finally:
+        frontend._in_flight.pop("acme", None)
+    assert status == 429 and answer["error"]["type"] == "rate_limit_error", answer
+    assert int(headers["Retry-After"]) >= 1

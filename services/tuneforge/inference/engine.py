@@ -16,6 +16,7 @@ new requests already use a newer one.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import queue
 import threading
@@ -102,6 +103,8 @@ class _Row:
                 request.sampling.seed if request.sampling.seed is not None else torch.seed() % 2**63
             )
         self.first_token_at: float | None = None
+        #: Why this row failed (its sampling or text raised); it ends with an error, the batch goes on.
+        self.error: str | None = None
 
 
 class Engine:
@@ -331,7 +334,7 @@ class Engine:
                 tokens = self._choose(logits, [rows[i] for i in active])
                 keep: list[int] = []
                 for position, (index, token) in enumerate(zip(active, tokens.tolist(), strict=True)):
-                    if self._advance(rows[index], token):  # one device→host copy per step, not per row
+                    if self._advance_or_fail(rows[index], token):  # one device→host copy per step, not per row
                         keep.append(position)
                 if not keep:
                     break
@@ -354,15 +357,40 @@ class Engine:
         for i, row in enumerate(rows):
             if row.generator is None:
                 continue
-            sampling = row.request.sampling
-            probs = torch.softmax(logits[i].float() / sampling.temperature, dim=-1)
-            if sampling.top_p < 1.0:
-                ordered, order = probs.sort(descending=True)
-                cut = ordered.cumsum(0) - ordered > sampling.top_p
-                ordered[cut] = 0.0
-                probs = torch.zeros_like(probs).scatter_(0, order, ordered)
-            chosen[i] = torch.multinomial(probs, 1, generator=row.generator)[0]
+            try:
+                chosen[i] = self._sample(logits[i], row)
+            except Exception as exc:  # this row's request fails alone; the others in the batch decode on
+                row.error = f"sampling failed: {exc}"
         return chosen
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, row: _Row) -> torch.Tensor:
+        sampling = row.request.sampling
+        # in float64 (a temperature of 1e-300 is 0 in float32), the largest logit subtracted before dividing:
+        # a tiny temperature then gives -inf for the rest (greedy in the limit) instead of inf - inf = NaN
+        wide = logits.double()
+        probs = torch.softmax((wide - wide.max()) / sampling.temperature, dim=-1)
+        if sampling.top_p < 1.0:
+            ordered, order = probs.sort(descending=True)
+            cut = ordered.cumsum(0) - ordered > sampling.top_p
+            ordered[cut] = 0.0
+            probs = torch.zeros_like(probs).scatter_(0, order, ordered)
+        return torch.multinomial(probs, 1, generator=row.generator)[0]
+
+    def _advance_or_fail(self, row: _Row, token: int) -> bool:
+        """`_advance`, but a row whose sampling or text handling failed ends with an error on its own."""
+        request = row.request
+        if row.error is None:
+            try:
+                return self._advance(row, token)
+            except Exception as exc:
+                row.error = f"generation failed: {exc}"
+        log.error("row_failed", error=row.error, prompt_tokens=len(request.prompt_ids))
+        if not request.finished:
+            request.finished = True
+            with contextlib.suppress(Exception):  # a caller that is gone cannot be told
+                request.emit(Event(finish_reason="error", error=row.error, prompt_tokens=len(request.prompt_ids)))
+        return False
 
     def _advance(self, row: _Row, token: int) -> bool:
         """Adds a token to a row and emits its text; False once the row is finished."""
@@ -407,6 +435,8 @@ class Engine:
 
     def _finish(self, request: Request, reason: str, text: str) -> None:
         request.finished = True
+        # a reply cut inside a multi-byte character (max_tokens, a stop) ends before it, not with U+FFFD
+        text = text.rstrip("\ufffd")
         delta = text[request.sent :] if len(text) > request.sent else ""
         request.sent = max(request.sent, len(text))
         request.emit(

@@ -172,9 +172,11 @@ class InferenceFrontend:
             )
         rendered = self.renderer.render([{"role": r, "content": c} for r, c in messages], add_generation_prompt=True)
         if len(rendered.input_ids) > self.limits.max_prompt_tokens:
-            raise ResourceExhausted(
+            # a request that can never succeed as sent: INVALID_ARGUMENT (HTTP 400), not a rate limit to retry
+            raise InvalidArgument.for_field(
+                field,
                 f"the prompt has {len(rendered.input_ids)} tokens; this service accepts at most "
-                f"{self.limits.max_prompt_tokens}"
+                f"{self.limits.max_prompt_tokens}",
             )
         return rendered.input_ids
 
@@ -188,6 +190,7 @@ class InferenceFrontend:
         seed: int | None = None,
         prefix: str = "sampling.",
     ) -> Sampling:
+        # `not a <= x <= b` also refuses NaN; a tiny positive temperature is valid (greedy in the limit)
         if not 0 <= temperature <= 5:
             raise InvalidArgument.for_field(f"{prefix}temperature", "must be between 0 and 5")
         if not 0 <= top_p <= 1:
@@ -195,9 +198,11 @@ class InferenceFrontend:
         if max_tokens < 0:
             raise InvalidArgument.for_field(f"{prefix}max_tokens", "must not be negative")
         if max_tokens > self.limits.max_new_tokens:
-            raise ResourceExhausted(
-                f"max_tokens {max_tokens} is above this service's limit of {self.limits.max_new_tokens}"
+            raise InvalidArgument.for_field(
+                f"{prefix}max_tokens", f"{max_tokens} is above this service's limit of {self.limits.max_new_tokens}"
             )
+        if seed is not None and not 0 <= seed < 2**63:
+            raise InvalidArgument.for_field(f"{prefix}seed", "must be between 0 and 2**63 - 1")
         if len(stop) > 8 or any(not s or len(s) > 64 for s in stop):
             raise InvalidArgument.for_field(f"{prefix}stop", "at most 8 non-empty strings of up to 64 characters")
         return Sampling(

@@ -5,7 +5,9 @@ The API key is the OpenAI client's own `Authorization: Bearer …` header, check
 keys file as gRPC; `model` names `adapter`, `adapter:<version|alias>` or the base model, in the
 caller's tenant only (404 otherwise). Errors come back in OpenAI's shape
 (`{"error": {"message", "type", "param", "code"}}`) with the matching HTTP status: 400, 401, 404,
-429 (limits), 503 — so the official `openai` Python client works against it unchanged.
+429 (the tenant's requests in flight, with `Retry-After`), 503 — so the official `openai` Python client
+works against it unchanged: a request that can never succeed as sent (a prompt or `max_tokens` over
+the limits, a field of the wrong type) is a 400 naming the field, never a 429 the client would retry.
 """
 
 from __future__ import annotations
@@ -59,7 +61,49 @@ def _from_domain(exc: TuneforgeError) -> web.Response:
     status, kind = STATUS.get(exc.status, (500, "server_error"))
     param = exc.violations[0].field if isinstance(exc, InvalidArgument) and exc.violations else None
     message = exc.message if status != 500 else "internal error"
-    return _error(status, kind, message, param, exc.status.lower())
+    response = _error(status, kind, message, param, exc.status.lower())
+    if status == 429:  # a real rate limit (the tenant's requests in flight): say when to come back
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
+
+
+#: What the HTTP layer's own refusals (unknown route, method, oversize body) are, in OpenAI's shape.
+HTTP_KINDS = {404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error"}
+#: Seconds a client told 429 waits before retrying.
+RETRY_AFTER_S = 1
+#: OpenAI roles and what the chat template knows them as (`developer` is OpenAI's newer name for system).
+ROLE_NAMES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+def _optional(body: dict[str, Any], name: str, kind: type, what: str) -> Any:
+    """`body[name]` when present and not null, checked to be `kind` (bools are not numbers here)."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise InvalidArgument.for_field(name, f"must be {what}, got {type(value).__name__}")
+    return value
+
+
+def _message_text(message: Any, index: int) -> tuple[str, str]:
+    """(role, text) of one message; content is a string or a list of text parts."""
+    if not isinstance(message, dict):
+        raise InvalidArgument.for_field(f"messages[{index}]", "must be an object with role and content")
+    role = message.get("role")
+    if not isinstance(role, str):
+        raise InvalidArgument.for_field(f"messages[{index}].role", "must be a string")
+    content = message.get("content")
+    if isinstance(content, list):
+        texts = []
+        for part_index, part in enumerate(content):
+            field = f"messages[{index}].content[{part_index}]"
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise InvalidArgument.for_field(field, "only text parts ({type: text, text: ...}) are supported")
+            texts.append(part["text"])
+        content = "".join(texts)
+    if not isinstance(content, str):
+        raise InvalidArgument.for_field(f"messages[{index}].content", "must be a string or a list of text parts")
+    return ROLE_NAMES.get(role, role), content
 
 
 class OpenAIServer:
@@ -95,8 +139,17 @@ class OpenAIServer:
             return await handler(request)
         except TuneforgeError as exc:
             return _from_domain(exc)
-        except web.HTTPException:
-            raise
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            message = exc.reason
+            if exc.status == 413:
+                message = f"the request body is over {MAX_BODY_BYTES // 2**20} MiB"
+            elif exc.status == 404:
+                message = (
+                    f"no route {request.method} {request.path}: this server offers /v1/chat/completions and /v1/models"
+                )
+            return _error(exc.status, HTTP_KINDS.get(exc.status, "invalid_request_error"), message)
         except Exception as exc:
             log.error("openai_http_error", path=request.path, error=repr(exc))
             return _error(500, "server_error", "internal error")
@@ -127,23 +180,27 @@ class OpenAIServer:
         messages = body.get("messages")
         if not isinstance(messages, list):
             raise InvalidArgument.for_field("messages", "must be a list of {role, content}")
-        pairs = []
-        for index, message in enumerate(messages):
-            if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-                raise InvalidArgument.for_field(f"messages[{index}].content", "must be a string")
-            pairs.append((str(message.get("role", "")), message["content"]))
-        if body.get("n", 1) != 1:
+        pairs = [_message_text(message, index) for index, message in enumerate(messages)]
+        if _optional(body, "n", int, "an integer") not in (None, 1):
             raise InvalidArgument.for_field("n", "only 1 is supported")
-        stop = body.get("stop") or []
+        stop = body.get("stop")
         if isinstance(stop, str):
             stop = [stop]
+        if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+            raise InvalidArgument.for_field("stop", "must be a string or a list of strings")
+        temperature = _optional(body, "temperature", (int, float), "a number")
+        top_p = _optional(body, "top_p", (int, float), "a number")
+        max_tokens = _optional(body, "max_completion_tokens", int, "an integer")
+        if max_tokens is None:
+            max_tokens = _optional(body, "max_tokens", int, "an integer")
+        seed = _optional(body, "seed", int, "an integer")
         prompt = self.frontend.prompt_ids(pairs)
         sampling = self.frontend.sampling(
-            temperature=float(body["temperature"]) if body.get("temperature") is not None else 1.0,
-            top_p=float(body.get("top_p") or 0.0),
-            max_tokens=int(body.get("max_completion_tokens") or body.get("max_tokens") or 0),
-            stop=[str(s) for s in stop],
-            seed=int(body["seed"]) if body.get("seed") is not None else None,
+            temperature=1.0 if temperature is None else float(temperature),
+            top_p=float(top_p or 0.0),
+            max_tokens=max_tokens or 0,
+            stop=stop or [],
+            seed=seed,
             prefix="",
         )
         model = body.get("model") or ""
