@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tuneforge.client import TuneforgeClient, TuneforgeError
-from tuneforge.v1 import evaluation_pb2
+from tuneforge.v1 import evaluation_pb2, inference_pb2
 
 ITEM = {
     "id": "d1",
@@ -164,3 +164,26 @@ def test_a_run_compares_base_and_adapter_through_the_inference_service(
     ).run
     failed = _wait_run(acme, missing.id)[-1]
     assert failed.state == evaluation_pb2.EVAL_RUN_STATE_FAILED and "no-such-adapter" in failed.failure_reason
+
+
+@pytest.mark.parametrize(
+    "models, sampling, field",
+    [
+        (["base", "Not A Name"], {}, "models[1]"),
+        (["base", "bot:99999999999999999999999"], {}, "models[1]"),
+        (["base"], {"temperature": float("nan")}, "sampling.temperature"),
+        (["base"], {"temperature": 9.0}, "sampling.temperature"),
+        (["base"], {"top_p": 1.5}, "sampling.top_p"),
+        (["base"], {"max_tokens": 10**6}, "sampling.max_tokens"),
+        (["base"], {"stop": [""]}, "sampling.stop"),
+    ],
+)
+def test_invalid_runs_are_refused_at_create_time(
+    acme: TuneforgeClient, models: list, sampling: dict, field: str
+) -> None:
+    request = evaluation_pb2.CreateEvalRunRequest(
+        suite_id="builtin/core-zh-en", models=models, sampling=inference_pb2.SamplingParams(**sampling)
+    )
+    with pytest.raises(TuneforgeError) as refused:
+        acme.call(acme.evaluation.CreateEvalRun, request)
+    assert refused.value.code == "INVALID_ARGUMENT" and refused.value.violations[0][0] == field

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -215,3 +216,14 @@ def test_unexpected_errors_are_internal_without_leaking_details(
         list(acme.list_files())
     assert info.value.code == "INTERNAL"
     assert "secret" not in info.value.message and "reference" in info.value.message
+
+
+def test_a_chunk_over_the_contract_s_4_mib_is_invalid(acme: TuneforgeClient) -> None:
+    def messages() -> Iterator[curation_pb2.UploadFileRequest]:
+        yield curation_pb2.UploadFileRequest(header=curation_pb2.UploadFileHeader(filename="big-chunk.jsonl"))
+        yield curation_pb2.UploadFileRequest(chunk=b"x" * (4 * 2**20 + 1))
+
+    with pytest.raises(TuneforgeError) as info:
+        acme.call(acme.datasets.UploadFile, messages())
+    assert info.value.code == "INVALID_ARGUMENT" and info.value.violations[0][0] == "message[2].chunk"
+    assert "big-chunk.jsonl" not in [f.filename for f in acme.list_files()]

@@ -20,6 +20,9 @@ _FORMAT_TO_PROTO = {name: index for index, name in enumerate(DATA_FORMATS)}
 _STATE_TO_PROTO = {"uploading": curation_pb2.FILE_STATE_UPLOADING, "ready": curation_pb2.FILE_STATE_READY}
 
 
+#: Largest chunk one UploadFile message may carry (UploadFileRequest.chunk says so).
+MAX_UPLOAD_CHUNK_BYTES = 4 * 2**20
+
 def file_message(stored: StoredFile) -> curation_pb2.File:
     digest = None
     if stored.sha256 is not None:
@@ -157,6 +160,11 @@ class DatasetServicer(curation_pb2_grpc.DatasetServiceServicer):
                 if message.WhichOneof("payload") != "chunk":
                     raise InvalidArgument.for_field(
                         f"message[{index}]", "only the first message may carry a header; later ones carry chunks"
+                    )
+                if len(message.chunk) > MAX_UPLOAD_CHUNK_BYTES:
+                    raise InvalidArgument.for_field(
+                        f"message[{index}].chunk",
+                        f"is {len(message.chunk)} bytes; the contract allows at most {MAX_UPLOAD_CHUNK_BYTES} (4 MiB)",
                     )
                 await asyncio.to_thread(outcome.write, message.chunk)
             stored = await asyncio.to_thread(outcome.finish)

@@ -49,6 +49,7 @@ from tuneforge.store.metadata import (
     page_size_of,
 )
 from tuneforge.store.tables import EvalHumanScoreRow, EvalResultRow, EvalRunRow, utcnow
+from tuneforge.training.registry import parse_ref
 
 log = get_logger(__name__)
 
@@ -60,6 +61,26 @@ MAX_RATINGS_BYTES = 16 * 1024 * 1024
 JUDGE_SAMPLING = {"temperature": 0.0, "top_p": 0.0, "max_tokens": 8, "stop": [], "seed": 0}
 #: Prefix of a run's lease: the replica holding it generates and scores the run's answers.
 RUN_LEASE = "eval-run:"
+
+
+#: Longest answer an evaluation run may ask for per item.
+MAX_EVAL_TOKENS = 32_768
+
+
+def check_sampling(sampling: dict[str, Any]) -> None:
+    """Refuses a run's sampling at creation (field violations) instead of failing the run later."""
+    temperature, top_p = sampling.get("temperature", 0.0), sampling.get("top_p", 0.0)
+    if not 0 <= temperature <= 5:  # also refuses NaN
+        raise InvalidArgument.for_field("sampling.temperature", "must be between 0 and 5")
+    if not 0 <= top_p <= 1:
+        raise InvalidArgument.for_field("sampling.top_p", "must be in (0, 1], or 0 for the default")
+    if not 0 <= sampling.get("max_tokens", 0) <= MAX_EVAL_TOKENS:
+        raise InvalidArgument.for_field("sampling.max_tokens", f"must be between 0 (default) and {MAX_EVAL_TOKENS}")
+    stop = sampling.get("stop", [])
+    if len(stop) > 8 or any(not s or len(s) > 64 for s in stop):
+        raise InvalidArgument.for_field("sampling.stop", "at most 8 non-empty strings of up to 64 characters")
+    if not 0 <= sampling.get("seed", 0) < 2**63:
+        raise InvalidArgument.for_field("sampling.seed", "must be between 0 and 2**63 - 1")
 
 
 @dataclass(frozen=True)
@@ -131,9 +152,13 @@ class EvalRuns:
             raise InvalidArgument.for_field("models", "name at least one model: `base` and/or adapters")
         if len(set(models)) != len(models):
             raise InvalidArgument.for_field("models", "names a model twice")
+        for index, model in enumerate(models):
+            if model != "base":
+                parse_ref(model, f"models[{index}]")  # `base`, `adapter`, `adapter:7` or `adapter:alias`
+        if judge_model and judge_model != "base":
+            parse_ref(judge_model, "judge_model")
+        check_sampling(sampling)
         _, suite = self.suites.get(tenant, suite_id)  # NOT_FOUND for a suite the caller cannot see
-        if len(judge_model) > 200:
-            raise InvalidArgument.for_field("judge_model", "at most 200 characters")
         request = json.dumps(
             {"suite": suite_id, "models": models, "sampling": sampling, "judge": judge_model}, sort_keys=True
         )
