@@ -470,3 +470,36 @@ def test_artifacts_the_database_and_staging_are_owner_only(
     assert open_to_others == [], open_to_others
     files = [path for path in artifacts.rglob("*") if path.is_file()]
     assert files and {path.stat().st_mode & 0o777 for path in files} == {0o600}
+
+
+def test_hub_loads_are_bounded_in_number_and_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import transformers
+
+    from tuneforge.common.errors import Unavailable
+    from tuneforge.models import ModelResolver
+
+    release, entered = threading.Event(), threading.Event()
+
+    def hanging(source: str, *args: Any, **kwargs: Any) -> str:
+        entered.set()
+        release.wait(60)
+        return f"tokenizer of {source}"
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", hanging)
+    resolver = ModelResolver(tmp_path, hub_timeout_s=0.5, hub_concurrency=1)
+    with pytest.raises(Unavailable, match=r"'org/slow'.*did not load from the hub within 0.5 s"):
+        resolver.load_tokenizer(resolver.resolve("org/slow"))
+    assert entered.is_set()
+    # the timed-out load still hangs in its thread and holds the only slot: the next one is refused at once
+    with pytest.raises(Unavailable, match=r"'org/other'.*1 hub load\(s\) already in flight"):
+        resolver.load_tokenizer(resolver.resolve("org/other"))
+    release.set()
+    pause = threading.Event()  # never set: a short wait between tries
+    for _ in range(100):  # the slot comes back when the hanging load returns
+        try:
+            assert resolver.load_tokenizer(resolver.resolve("org/other")) == "tokenizer of org/other"
+            break
+        except Unavailable:
+            pause.wait(0.05)
+    else:
+        raise AssertionError("the hub slot never came back")
