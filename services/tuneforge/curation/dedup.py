@@ -19,7 +19,7 @@ import numpy as np
 #: Signature slots. At the default threshold 0.85, of 60,000 generated pairs of known 5-gram Jaccard
 #: (benchmarks/dedup_calibration.py, RESULTS.md), 64 slots removed 0.33% of the pairs below 0.75 and
 #: missed 0.9% of those at 0.90 or more; 128 removed 0.02%; 256 removed none (of 13,498) and missed 0.12%.
-#: Signing costs ~1.8x the 64-slot time, not 4x: hashing the k-grams dominates.
+#: Signing costs 1.3-1.9x the 64-slot time, not 4x: hashing the k-grams dominates.
 NUM_PERM = 256
 SHINGLE_CHARS = 5
 _WS = re.compile(r"\s+")
