@@ -16,9 +16,11 @@ Readiness follows the backend: every `serve_health_interval_s` the front asks th
 model than this front's) — unless real answers keep arriving meanwhile: replicas busy decoding may
 answer the check late, and a front whose readiness flaps under load drops out of its Service.
 
-A request Serve could not take — connection refused or lost, a 502/503/504 from the proxy, a stream
-cut before its first token — is retried with backoff for `serve_retry_s`, then answered
-UNAVAILABLE; once a token has reached the caller it is never retried.
+A request Serve could not take — connection refused or lost, a 404 (route not there yet) or 5xx from
+the proxy, a stream cut before its first token — is retried with backoff for `serve_retry_s`, then
+answered UNAVAILABLE; once a token has reached the caller it is never retried. A replica's own
+answers (NOT_FOUND, limits) are final; one refusing the serve token is UNAVAILABLE, with what the
+operator must fix.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ from tuneforge.training.registry import AdapterRegistry
 
 log = get_logger(__name__)
 
-#: Proxy answers that mean "Serve could not take the request now" (no replica, draining, overloaded).
-RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
+#: Proxy answers (not a replica's) that mean "Serve could not take the request now": the route is not
+#: there yet (the app is deploying, a new cluster took over), a replica died, draining, overloaded.
+RETRYABLE_STATUS = frozenset({404, 500, 502, 503, 504})
 #: Seconds to open a connection to the proxy before the attempt counts as failed.
 CONNECT_TIMEOUT_S = 5.0
 MAX_BACKOFF_S = 2.0
@@ -145,6 +148,11 @@ class ServeClient:
                     error = wire.error_from(json.loads(text))
                 except ValueError:
                     error = None
+                if error is not None and error.status == "UNAUTHENTICATED":
+                    raise Unavailable(
+                        "the Serve replicas refused this front's serve token: give the front and the Ray pods the "
+                        f"same inference.serve_token (TUNEFORGE_INFERENCE__SERVE_TOKEN) ({error.message})"
+                    )
                 if error is not None:
                     raise error  # the replica's own answer (NOT_FOUND, limits…): final, never retried
                 if response.status in RETRYABLE_STATUS:

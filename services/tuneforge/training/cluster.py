@@ -218,8 +218,16 @@ class LocalRayHead:
         return ray_auth_headers(self.token_path) if self.token_path.exists() else {}
 
     def job_env(self) -> dict[str, str]:
-        """What a job's processes need to talk to this head (the token file, not the token)."""
-        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path.resolve())}
+        """What a job's processes (and drivers on this machine) need to talk to this head.
+
+        The token file, not the token; and Ray's single-machine mode, without which a driver takes the
+        machine's external address for its own node and waits forever for a raylet there (see `ensure`).
+        """
+        return {
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(self.token_path.resolve()),
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        }
 
     def _state(self) -> dict[str, object] | None:
         try:
@@ -241,6 +249,12 @@ class LocalRayHead:
     def ensure(self, timeout_s: float = 180.0) -> str:
         """The running head's dashboard URL, starting one when there is none."""
         address = self.running_address()
+        if address is not None and _answers(address, {}):
+            # a head from before token auth (or started by hand without it): anyone on the machine could
+            # submit jobs to it; its jobs are resubmitted from their checkpoints on the new head
+            log.warning("local_ray_without_token_auth_restarting", dashboard=address)
+            self.stop()
+            address = None
         if address is not None:
             log.info("local_ray_reused", dashboard=address)
             return address
@@ -276,8 +290,8 @@ class LocalRayHead:
         # Ray turns a loopback --node-ip-address into the machine's external address and binds its
         # GCS, raylet, agents and Ray Client server there (or on every interface); with clusters
         # "disabled" (Ray's single-machine mode, its default on macOS) the node's address stays
-        # 127.0.0.1 and every one of them listens on loopback only
-        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        # 127.0.0.1 and every one of them listens on loopback only (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0,
+        # in `job_env`)
         with (self.directory / "head.log").open("ab") as output:
             # its own session: the head outlives a crash of the service, whose restart finds it again
             process = subprocess.Popen(
