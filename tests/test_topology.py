@@ -14,7 +14,10 @@ needs (`LOOPBACK_KEYS`): listen addresses and ports, service addresses (`serve_u
 the front for evaluation), paths (state directory, model cache, keys file, the training entry point
 and interpreter), and for Serve `http_options` on a free loopback port with `proxy_location:
 HeadOnly` — both nodes share 127.0.0.1, where a proxy per node would fight over one port. One Ray
-cluster plays both of the chart's (the training RayCluster and the inference RayService).
+cluster plays both of the chart's (the training RayCluster and the inference RayService). Ray
+advertises both nodes on the machine's own address (it replaces a loopback node address except in
+its single-machine mode, which refuses a second node); every client here uses loopback, and Ray's
+token auth covers the ports Ray opens.
 
 Through it: gRPC Generate and GenerateStream, the `openai` client streaming, a LoRA job submitted
 to the head's Job API with token auth, its adapter served, an evaluation run; then `serve deploy`
