@@ -213,24 +213,36 @@ def near_duplicates(signatures: np.ndarray, threshold: float, candidates: np.nda
         return Clusters(np.zeros(0, dtype=np.int64), {})
     bands, rows = lsh_params(threshold, signatures.shape[1])
     keys = band_keys(signatures[rows_all], bands, rows)
-    parent: dict[int, int] = {}
-    touched: set[int] = set()
+    # every band's candidate pairs (each group's earliest record with each other member), vectorized:
+    # heavily duplicated data has a group per pair in every band, too many for a Python loop over groups
+    pairs = []
     for band in range(bands):
         order = np.argsort(keys[:, band], kind="stable")
         column = keys[order, band]
         starts = np.flatnonzero(np.concatenate(([True], column[1:] != column[:-1])))
-        bounds = np.append(starts, column.size)
-        for first, last in itertools.pairwise(bounds):
-            if last - first < 2:
-                continue
-            members = np.sort(rows_all[order[first:last]])
-            anchor = int(members[0])
-            similar = (signatures[members[1:]] == signatures[anchor]).mean(axis=1) >= threshold
-            for other in members[1:][similar].tolist():
-                root_a, root_b = _find(parent, anchor), _find(parent, other)
-                if root_a != root_b:
-                    parent[max(root_a, root_b)] = min(root_a, root_b)
-                touched.update((anchor, other))
+        sizes = np.diff(np.append(starts, column.size))
+        if not (sizes > 1).any():
+            continue
+        members = rows_all[order]
+        anchors = np.repeat(np.minimum.reduceat(members, starts), sizes)
+        shared = np.repeat(sizes > 1, sizes) & (members != anchors)
+        pairs.append(np.stack((anchors[shared], members[shared]), axis=1))
+    if not pairs:
+        return Clusters(np.zeros(0, dtype=np.int64), {})
+    candidates_found = np.unique(np.concatenate(pairs).astype(np.int64), axis=0)
+    similar = np.zeros(len(candidates_found), dtype=bool)
+    for first in range(0, len(candidates_found), 16384):  # bounded memory: two (chunk, slots) gathers at a time
+        chunk = candidates_found[first : first + 16384]
+        similar[first : first + len(chunk)] = (signatures[chunk[:, 0]] == signatures[chunk[:, 1]]).mean(
+            axis=1
+        ) >= threshold
+    parent: dict[int, int] = {}
+    touched: set[int] = set()
+    for anchor, other in candidates_found[similar].tolist():
+        root_a, root_b = _find(parent, anchor), _find(parent, other)
+        if root_a != root_b:
+            parent[max(root_a, root_b)] = min(root_a, root_b)
+        touched.update((anchor, other))
     return _groups_from_union(parent, sorted(touched))
 
 
