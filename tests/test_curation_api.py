@@ -322,3 +322,20 @@ def test_a_file_uploaded_with_a_format_is_read_as_that_format(acme: TuneforgeCli
     assert ready.state == curation_pb2.DATASET_VERSION_STATE_READY and dict(ready.counts.records_by_format) == {
         "openai_chat": 1
     }
+
+
+def test_the_cli_keeps_the_valid_records_of_a_mostly_invalid_file_with_max_invalid(
+    platform_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conftest import ACME_KEY
+
+    from tuneforge.cli import main
+
+    path = tmp_path / "mostly_broken.jsonl"
+    path.write_bytes(b'{"instruction": "Name a fruit.", "output": "Pear."}\n{"instruction": "cut\n[]\n')
+    common = ["datasets", "--address", platform_server.address, "--api-key", ACME_KEY, "upload", str(path)]
+    options = ["--dataset", "cli_mixed", "--base-model", "tiny-qwen2", "--validation-fraction", "0"]
+    assert main([*common, *options]) == 1
+    assert "2 of 3 records are invalid" in capsys.readouterr().err
+    assert main([*common, *options, "--max-invalid", "0.7"]) == 0
+    assert "FAILED" not in capsys.readouterr().err
