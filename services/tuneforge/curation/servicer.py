@@ -23,6 +23,7 @@ _STATE_TO_PROTO = {"uploading": curation_pb2.FILE_STATE_UPLOADING, "ready": cura
 #: Largest chunk one UploadFile message may carry (UploadFileRequest.chunk says so).
 MAX_UPLOAD_CHUNK_BYTES = 4 * 2**20
 
+
 def file_message(stored: StoredFile) -> curation_pb2.File:
     digest = None
     if stored.sha256 is not None:
