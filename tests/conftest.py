@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,20 @@ GLOBEX_KEY = "tf_globex_key_0123456789abcdef"
 SERVICE_KEY = "tf_service_key_0123456789abcdef"  # the evaluation pods' key for the inference service
 MODEL_CACHE = Path(os.environ.get("TUNEFORGE_TEST_MODEL_CACHE", "~/.cache/tuneforge/models")).expanduser()
 POSTGRES_URL = os.environ.get("TUNEFORGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+#: Where the session's Ray head keeps its state and token. Ray reads its auth mode and whether it
+#: runs as a single machine once per process (at import), so what this process needs to reach the
+#: head is set here, before any test module imports ray; the head writes the token when it starts.
+RAY_HEAD_DIR = Path(tempfile.mkdtemp(prefix="tuneforge-test-ray-")).resolve() / "ray"
+
+
+def _reach_session_head() -> None:
+    from tuneforge.training.cluster import LocalRayHead  # stdlib only: fine on the GPU tier too
+
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.environ.update(LocalRayHead(RAY_HEAD_DIR).job_env())
+
+
+_reach_session_head()
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +78,7 @@ def make_settings(home: Path, keys_file: Path, **overrides: object) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory):  # -> Iterator[LocalRayHead]
+def ray_cluster():  # -> Iterator[LocalRayHead]
     """One Ray head for the whole session: training jobs (Job Submission API) and this process's Ray work.
 
     It is the head the service starts (loopback only, Ray token auth); this process and the servers
@@ -70,15 +86,15 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):  # -> Iterator[LocalR
     """
     from tuneforge.training.cluster import LocalRayHead
 
-    head = LocalRayHead(tmp_path_factory.mktemp("ray-head"), num_cpus=2)
+    head = LocalRayHead(RAY_HEAD_DIR, num_cpus=2)
     address = head.ensure()
+    assert all(os.environ.get(name) == value for name, value in head.job_env().items())
     # every server the tests start in this process submits here instead of starting a head of its own
     os.environ["RAY_ADDRESS"] = address
-    os.environ.update(head.job_env())
     yield head
-    for name in ("RAY_ADDRESS", *head.job_env()):
-        os.environ.pop(name, None)
+    os.environ.pop("RAY_ADDRESS", None)
     head.stop()
+    shutil.rmtree(RAY_HEAD_DIR.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

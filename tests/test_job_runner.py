@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
 import ipaddress
 import json
 import shlex
 import stat
+import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -149,9 +152,34 @@ def test_a_tenant_s_jobs_beyond_its_running_limit_wait_in_queued(tmp_path: Path)
     metadata.close()
 
 
+class _OpenDashboard(http.server.BaseHTTPRequestHandler):
+    """A dashboard without token auth, as a head from before token auth answers."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b'{"version": "old"}')
+
+    def log_message(self, *_: object) -> None:
+        return None
+
+
 def test_the_local_head_is_found_again_and_stopped(tmp_path: Path) -> None:
+    # a head recorded from before token auth (its dashboard answers anyone) is stopped, not reused
+    old_head = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    dashboard = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OpenDashboard)
+    threading.Thread(target=dashboard.serve_forever, daemon=True).start()
+    (tmp_path / "ray").mkdir()
+    old_url = f"http://127.0.0.1:{dashboard.server_address[1]}"
+    (tmp_path / "ray" / "head.json").write_text(json.dumps({"pid": old_head.pid, "dashboard_url": old_url}))
     head = LocalRayHead(tmp_path / "ray", num_cpus=1)
-    address = head.ensure()
+    try:
+        address = head.ensure()
+    finally:
+        dashboard.shutdown()
+    assert address != old_url
+    old_head.wait(30)  # stopped (and reaped by the stop, or here)
+    assert not psutil.pid_exists(old_head.pid)
     try:
         again = LocalRayHead(tmp_path / "ray", num_cpus=1)  # a restarted service
         assert again.running_address() == address and again.ensure() == address
@@ -228,6 +256,9 @@ class FakeHead:
 
     def stop(self) -> None:
         self.stopped += 1
+
+    def job_env(self) -> dict[str, str]:
+        return {}
 
 
 def test_a_managed_head_without_a_job_agent_is_restarted(tmp_path: Path, monkeypatch) -> None:
