@@ -69,7 +69,7 @@ def make_settings(home: Path, keys_file: Path, **overrides: object) -> Settings:
         "home": home,
         "port": 0,
         "auth": {"mode": "api_keys", "keys_file": str(keys_file)},
-        "models": {"cache_dir": str(MODEL_CACHE)},
+        "models": {"cache_dir": str(MODEL_CACHE), "hub_timeout_s": 3},  # no hub here: fail fast
         "inference": {"base_model": "tiny-qwen2", "max_adapters": 3, "http_port": 0},
         "log_format": "console",
     }

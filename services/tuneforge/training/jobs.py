@@ -73,10 +73,10 @@ class JobSpecInput:
 def linear_module_names(resolver: ModelResolver, base_model: str) -> set[str]:
     """Short names of the model's Linear layers (what LoRA can target), from its config on the meta device."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     resolved = resolver.resolve(base_model, field="spec.base_model")
-    config = AutoConfig.from_pretrained(resolved.source, trust_remote_code=resolved.trust_remote_code)
+    config = resolver.load_config(resolved)  # bounded in time and number for a hub model
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=resolved.trust_remote_code)
     return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
