@@ -23,7 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneforge.common.errors import DataLoss, InvalidArgument, NotFound, ResourceExhausted
+from tuneforge.common.logging import get_logger
 from tuneforge.common.names import check_relative_path, check_resource_name
+
+log = get_logger(__name__)
 
 TEMP_DIR = ".tmp"
 READ_CHUNK = 1 << 20
@@ -52,9 +55,16 @@ def make_private(path: Path) -> None:
 
 
 def private_dir(path: Path) -> Path:
-    """`path` created if missing (with its parents) and made 0700."""
+    """`path` created if missing (with its parents) and made 0700.
+
+    A directory this user does not own (a volume's mount point, say) keeps its mode, with a
+    warning: what is created inside it is owner-only all the same.
+    """
     path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
-    os.chmod(path, PRIVATE_DIR_MODE)
+    try:
+        os.chmod(path, PRIVATE_DIR_MODE)
+    except PermissionError:
+        log.warning("artifact_dir_mode_kept", path=str(path), mode=oct(path.stat().st_mode & 0o777))
     return path
 
 
