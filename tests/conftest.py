@@ -33,8 +33,10 @@ RAY_HEAD_DIR = Path(tempfile.mkdtemp(prefix="tuneforge-test-ray-")).resolve() / 
 
 
 def _reach_session_head() -> None:
-    from tuneforge.training.cluster import LocalRayHead  # stdlib only: fine on the GPU tier too
-
+    try:
+        from tuneforge.training.cluster import LocalRayHead
+    except ImportError:  # the GPU tier's machines carry only the training stack (no structlog, no Ray head)
+        return
     os.environ.pop("RAY_AUTH_TOKEN", None)
     os.environ.update(LocalRayHead(RAY_HEAD_DIR).job_env())
 
