@@ -505,3 +505,64 @@ def test_hub_loads_are_bounded_in_number_and_time(tmp_path: Path, monkeypatch: p
             pause.wait(0.05)
     else:
         raise AssertionError("the hub slot never came back")
+
+
+# -- the OpenAI-compatible HTTP API ----------------------------------------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.sampled_from(SPECIAL_STRINGS),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+CHAT_FIELDS = ["model", "messages", "max_tokens", "temperature", "top_p", "stop", "stream", "seed", "n"]
+
+
+@pytest.fixture(scope="module")
+def chat_completions_url(platform_server: BackgroundServer) -> str:
+    component = next(c for c in platform_server.server.components if hasattr(c, "engine"))
+    return f"http://127.0.0.1:{component.http.port}/v1/chat/completions"
+
+
+def test_fuzzed_chat_completions_never_answer_500(chat_completions_url: str) -> None:
+    import urllib.error
+    import urllib.request
+
+    valid_message = st.fixed_dictionaries(
+        {
+            "role": st.sampled_from(["user", "system"]),
+            "content": st.sampled_from(SPECIAL_STRINGS) | st.text(max_size=20),
+        }
+    )
+    odd_message = st.dictionaries(st.sampled_from(["role", "content", "name"]), JSON_VALUES, max_size=3)
+    # mostly a well-formed conversation, so that the other fields are what gets checked
+    messages = st.lists(valid_message, min_size=1, max_size=2) | st.lists(valid_message | odd_message, max_size=3)
+    body = st.fixed_dictionaries(
+        {"messages": messages},
+        optional={
+            "model": st.just("") | JSON_VALUES,
+            **{name: JSON_VALUES | st.integers(-(2**70), 2**70) for name in CHAT_FIELDS[2:]},
+        },
+    )
+
+    @settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(payload=body)
+    def check(payload: dict[str, Any]) -> None:
+        if "max_tokens" not in payload or (isinstance(payload["max_tokens"], int) and payload["max_tokens"] > 16):
+            payload["max_tokens"] = FUZZ_MAX_TOKENS  # without it a well-formed request decodes the default length
+        data = json.dumps(payload).encode()
+        request = urllib.request.Request(
+            chat_completions_url,
+            data,
+            {"Authorization": f"Bearer {ACME_KEY}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                status = response.status
+                response.read()
+        except urllib.error.HTTPError as error:
+            status = error.code
+            error.read()
+        assert status < 500, f"HTTP {status} for {data[:600]!r}"
+
+    check()
