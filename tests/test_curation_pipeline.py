@@ -436,7 +436,7 @@ BROKEN_LINES = [
     b'{"instruction": "\\ud800", "output": "y"}',
     b'{"instruction": "x", "output": "y", "conversations": []}',
     b'{"n": ' + b"1" * 4400 + b"}",
-    b"\xff\xfe not utf-8",
+    b"\xc3\x28 not utf-8",  # invalid UTF-8 that is no byte-order mark (FF FE first in a file says UTF-16)
 ]
 
 
