@@ -86,7 +86,7 @@ class InferenceSettings(BaseModel):
     #: Cluster mode: base URL of the Ray Serve application (`serve_app.py`) on Serve's own HTTP proxy,
     #: its route prefix included, e.g. `http://tuneforge-inference-serve-svc.NS.svc:8000/tuneforge-inference`.
     #: The front then loads no model and sends each request there. Unset: the engine runs in this
-    #: process (the embedded default). Never a Ray Client (`ray://`) address.
+    #: process (the embedded default). Never a Ray Client address (Ray refuses streaming handles over it).
     serve_url: str | None = None
     #: Shared secret between the front and the Serve replicas (env `TUNEFORGE_INFERENCE__SERVE_TOKEN`, from
     #: a Secret): the front sends it as `Authorization: Bearer …`; replicas that have one refuse requests

@@ -7,7 +7,7 @@ own HTTP proxy with the resolved version key in the `serve_multiplexed_model_id`
 routes it to a replica that already holds that adapter (`wire.py` has the format). The replica
 checks the adapter's files when it loads it.
 
-The front never imports Ray. Ray Client (`ray://`) cannot carry streaming DeploymentHandles, drops
+The front never imports Ray. Ray Client cannot carry streaming DeploymentHandles, drops
 its session after 30 s without a connection and is not meant for production traffic; the proxy is
 Serve's production ingress, is plain HTTP (one aiohttp session, reused) and needs no Ray token.
 
