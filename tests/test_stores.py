@@ -97,6 +97,39 @@ def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_second_store_in_one_process_keeps_the_database_whole_beside_another_process(tmp_path: Path) -> None:
+    """The server and a second store on its SQLite file in one process (a registry, an evaluation pod),
+    and a curation worker process that writes and exits: the worker must not take the file for its
+    own (checkpoint and delete the WAL) while this process's connections are open. Opening the
+    second store once closed a descriptor of the file, which dropped every lock this process held."""
+    url = f"sqlite:///{tmp_path / 'meta.db'}"
+    server = MetadataStore(url)
+    server.migrate()
+    held = server.engine.connect()
+    held.exec_driver_sql("CREATE TABLE marks (n INTEGER)")
+    held.exec_driver_sql("INSERT INTO marks VALUES (1)")
+    held.commit()
+    second = MetadataStore(url)
+    worker = textwrap.dedent(
+        f"""
+        from tuneforge.store.metadata import MetadataStore
+        store = MetadataStore({url!r})
+        with store.engine.begin() as connection:
+            connection.exec_driver_sql("INSERT INTO marks VALUES (2)")
+        store.close()
+        """
+    )
+    subprocess.run([sys.executable, "-c", worker], check=True, timeout=60)
+    assert (tmp_path / "meta.db-wal").exists()  # this process's readers still hold the WAL open
+    held.exec_driver_sql("INSERT INTO marks VALUES (3)")
+    held.commit()
+    assert sorted(n for (n,) in held.exec_driver_sql("SELECT n FROM marks")) == [1, 2, 3]
+    assert held.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+    held.close()
+    second.close()
+    server.close()
+
+
 def test_unreachable_database_is_unavailable_with_the_password_hidden() -> None:
     from tuneforge.common.errors import Unavailable
 

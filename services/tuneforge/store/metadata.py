@@ -40,6 +40,21 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _create_private(database: Path) -> None:
+    """Creates the SQLite file owner-only before SQLite first opens it (its -wal and -shm take its mode).
+
+    An existing file is never opened here: closing any descriptor of a file drops every POSIX lock
+    this process holds on it, SQLite's included, and another process's last connection would then
+    checkpoint and delete the WAL under this process's open connections (a corrupt database).
+    """
+    try:
+        os.close(os.open(database, os.O_CREAT | os.O_EXCL | os.O_WRONLY, PRIVATE_FILE_MODE))
+    except FileExistsError:
+        pass
+    if database.stat().st_mode & 0o777 != PRIVATE_FILE_MODE:
+        os.chmod(database, PRIVATE_FILE_MODE)
+
+
 def create_db_engine(url: str) -> Engine:
     """An engine for `url`; SQLite files get WAL and a busy timeout, their directory is created."""
     parsed = make_url(url)
@@ -47,9 +62,7 @@ def create_db_engine(url: str) -> Engine:
         if parsed.database and parsed.database != ":memory:":
             database = Path(parsed.database).expanduser()
             database.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
-            # owner-only before SQLite first opens it; its -wal and -shm files take the same mode
-            os.close(os.open(database, os.O_CREAT | os.O_WRONLY, PRIVATE_FILE_MODE))
-            os.chmod(database, PRIVATE_FILE_MODE)
+            _create_private(database)
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
