@@ -11,7 +11,7 @@ import base64
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,10 +47,8 @@ def _create_private(database: Path) -> None:
     this process holds on it, SQLite's included, and another process's last connection would then
     checkpoint and delete the WAL under this process's open connections (a corrupt database).
     """
-    try:
+    with suppress(FileExistsError):
         os.close(os.open(database, os.O_CREAT | os.O_EXCL | os.O_WRONLY, PRIVATE_FILE_MODE))
-    except FileExistsError:
-        pass
     if database.stat().st_mode & 0o777 != PRIVATE_FILE_MODE:
         os.chmod(database, PRIVATE_FILE_MODE)
 
