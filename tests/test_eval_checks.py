@@ -112,6 +112,26 @@ def test_language_and_script_detection() -> None:
     assert not verdict("language", "Le chat dort.", expected="en")
 
 
+@pytest.mark.parametrize(
+    ("sentence", "language"),
+    [
+        ("Mi piace molto viaggiare con la mia famiglia durante l'estate.", "it"),
+        ("Eu gosto muito de viajar com a minha família durante o verão.", "pt"),
+        ("Bardzo lubię podróżować z rodziną w czasie wakacji.", "pl"),
+    ],
+)
+def test_italian_portuguese_and_polish_are_not_english(sentence: str, language: str) -> None:
+    assert detect_language(sentence)[0] == language
+    assert not verdict("language", sentence, expected="en")
+
+
+def test_the_supported_latin_languages_still_pass() -> None:
+    assert verdict("language", "I would like to travel with my family this summer.", expected="en")
+    assert verdict("language", "Je voudrais voyager avec ma famille cet été.", expected="fr")
+    assert verdict("language", "Me gustaría viajar con mi familia este verano.", expected="es")
+    assert verdict("language", "Ich möchte diesen Sommer mit meiner Familie reisen.", expected="de")
+
+
 def test_chrf_against_a_reference() -> None:
     reference = "Le chat est sur la table."
     assert chrf(reference, reference) == pytest.approx(100.0)

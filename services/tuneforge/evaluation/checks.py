@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -222,16 +223,35 @@ _SCRIPTS = {
     "ru": re.compile(r"[\u0400-\u04ff]"),
     "latin": re.compile(r"[A-Za-zÀ-ÿ]"),
 }
-_STOPWORDS = {
-    "en": {"the", "and", "is", "of", "to", "in", "it", "you", "that", "for", "with", "are", "this", "be"},
-    "fr": {"le", "la", "les", "et", "est", "de", "des", "un", "une", "je", "vous", "pour", "dans", "que", "pas"},
-    "es": {"el", "la", "los", "las", "y", "es", "de", "un", "una", "que", "por", "para", "con", "no", "en"},
-    "de": {"der", "die", "das", "und", "ist", "nicht", "ein", "eine", "ich", "sie", "mit", "zu", "den", "auf"},
-}
+#: Latin-script languages the `language` check names, and neighbours it must tell them apart from:
+#: a detector that knew only the supported four would have to call Italian, Portuguese or Polish
+#: one of them (the stopword count this replaced read all three as English).
+_LATIN_SUPPORTED = ("en", "fr", "es", "de")
+_LATIN_NEIGHBOURS = ("it", "pt", "pl", "nl")
+_latin_detector: Any = None
+_latin_detector_lock = threading.Lock()
+
+
+def _latin_language(text: str) -> str:
+    """The Latin-script language of `text` by lingua's n-gram models, built once on first use."""
+    global _latin_detector
+    if _latin_detector is None:
+        with _latin_detector_lock:
+            if _latin_detector is None:
+                from lingua import IsoCode639_1, Language, LanguageDetectorBuilder
+
+                languages = [
+                    Language.from_iso_code_639_1(getattr(IsoCode639_1, code.upper()))
+                    for code in (*_LATIN_SUPPORTED, *_LATIN_NEIGHBOURS)
+                ]
+                # high-accuracy mode: the low-accuracy one reads short French sentences as English
+                _latin_detector = LanguageDetectorBuilder.from_languages(*languages).build()
+    found = _latin_detector.detect_language_of(text)
+    return found.iso_code_639_1.name.lower() if found is not None else "en"
 
 
 def detect_language(text: str) -> tuple[str, float]:
-    """(language, share of letters in its script); Latin-script languages told apart by stopwords."""
+    """(language, share of letters in its script); Latin-script languages told apart by lingua."""
     counts = {name: len(pattern.findall(text)) for name, pattern in _SCRIPTS.items()}
     total = sum(counts.values())
     if total == 0:
@@ -244,10 +264,7 @@ def detect_language(text: str) -> tuple[str, float]:
     share = top / total
     if script != "latin":
         return script, share
-    words = [w.lower() for w in _WORD.findall(text)]
-    scores = {lang: sum(w in stop for w in words) for lang, stop in _STOPWORDS.items()}
-    best = max(scores.items(), key=lambda kv: kv[1])
-    return (best[0] if best[1] > 0 else "en"), share
+    return _latin_language(text), share
 
 
 def _language(answer: str, params: dict[str, Any], reference: str) -> Verdict:
