@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from tuneforge.common.errors import FailedPrecondition, NotFound, ResourceExhausted
@@ -91,3 +93,55 @@ def test_idempotency_limits_and_tenancy(jobs: JobStore) -> None:
     page, token = jobs.list("acme", page_size=1)
     assert len(page) == 1 and token
     assert {j.id for j in jobs.list("acme", states=[QUEUED])[0]} >= {first.id}
+
+
+def test_concurrent_appenders_number_events_without_gaps_or_duplicates(jobs: JobStore) -> None:
+    """The runner ingesting a log, a resubmission, a restart report and cancel, all at once on one job."""
+    import threading
+
+    job = jobs.create("acme", SPEC)
+    jobs.transition(job.id, RUNNING, "started")
+    rounds = 15
+    barrier = threading.Barrier(4)
+    failures: list[BaseException] = []
+
+    def steps() -> None:
+        barrier.wait()
+        for step in range(1, rounds + 1):
+            jobs.apply_log(job.id, [{"event": "step", "step": step, "total_steps": rounds, "loss": 1.0}], step)
+
+    def restarts() -> None:
+        barrier.wait()
+        for step in range(rounds):
+            jobs.apply_log(job.id, [{"event": "started", "step": step}], step)
+
+    def submissions() -> None:
+        barrier.wait()
+        for attempt in range(rounds):
+            jobs.mark_submitted(job.id, f"{job.id}-{attempt + 1}", "resubmitted")
+
+    def cancel() -> None:
+        barrier.wait()
+        for _ in range(rounds):
+            jobs.cancel("acme", job.id)
+
+    def guarded(work: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                work()
+            except BaseException as exc:  # the test reports what any appender hit
+                failures.append(exc)
+
+        return run
+
+    threads = [threading.Thread(target=guarded(work)) for work in (steps, restarts, submissions, cancel)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures
+    events = jobs.events("acme", job.id)
+    # 3 state changes, every step, restart and submission once, and one cancellation request
+    assert [e.sequence for e in events] == list(range(1, 3 + 3 * rounds + 2))
+    assert sum(e.message == "cancellation requested; stopping the workers" for e in events) == 1
+    assert [e.step for e in events if e.type == "metrics"] == list(range(1, rounds + 1))

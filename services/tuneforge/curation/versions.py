@@ -29,6 +29,7 @@ from tuneforge.curation.formats import FORMATS
 from tuneforge.curation.pipeline import CurationOptions, InputFile, version_id
 from tuneforge.models import ModelResolver, template_hash
 from tuneforge.store.artifacts import ArtifactStore
+from tuneforge.store.idempotency import create_idempotent
 from tuneforge.store.metadata import (
     MetadataStore,
     decode_cursor,
@@ -224,10 +225,11 @@ class DatasetVersions:
         hashed_template = self.template_hash(spec.base_model)
         new_id = version_id(inputs, spec.options, hashed_template, leakage.get("sha256", ""), spec.dataset)
         now = utcnow()
-        with self.metadata.session() as session:
+
+        def insert(session: Any) -> tuple[VersionInfo, bool]:
             row = session.get(DatasetVersionRow, (tenant, new_id))
             if row is not None:
-                return _info(row)  # same input, same settings: the same version, not built twice
+                return _info(row), False  # same input, same settings: the same version, not built twice
             row = DatasetVersionRow(
                 tenant=tenant,
                 id=new_id,
@@ -261,8 +263,20 @@ class DatasetVersions:
                 updated_at=now,
             )
             session.add(row)
-            info = _info(row)
-        self.submit(tenant, new_id)
+            return _info(row), True
+
+        info, inserted = create_idempotent(
+            self.metadata,
+            DatasetVersionRow,
+            tenant,
+            idempotency_key,
+            request_hash,
+            "dataset version request",
+            insert,
+            lambda row: (_info(row), False),
+        )
+        if inserted:  # concurrent creates of one version build it once
+            self.submit(tenant, new_id)
         return info
 
     def _leakage_suite(self, tenant: str, suite_id: str) -> dict[str, str]:

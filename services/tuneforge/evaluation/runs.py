@@ -39,12 +39,12 @@ from tuneforge.evaluation.leakage import leaked_items
 from tuneforge.evaluation.scores import judge_messages, parse_human_scores, parse_judge_score, summarize
 from tuneforge.evaluation.suite_store import SuiteStore
 from tuneforge.store.artifacts import ArtifactStore
+from tuneforge.store.idempotency import create_idempotent
 from tuneforge.store.leases import Leases
 from tuneforge.store.metadata import (
     MetadataStore,
     decode_cursor,
     encode_cursor,
-    find_idempotent,
     newest_first_page,
     page_size_of,
 )
@@ -163,10 +163,8 @@ class EvalRuns:
             {"suite": suite_id, "models": models, "sampling": sampling, "judge": judge_model}, sort_keys=True
         )
         request_hash = hashlib.sha256(request.encode()).hexdigest()
-        with self.metadata.session() as session:
-            existing = find_idempotent(session, EvalRunRow, tenant, idempotency_key, request_hash, "run")
-            if existing is not None:
-                return _info(existing)
+
+        def insert(session: Any) -> RunInfo:
             now = utcnow()
             row = EvalRunRow(
                 id=new_id("eval"),
@@ -188,6 +186,8 @@ class EvalRuns:
             session.add(row)
             session.flush()
             return _info(row)
+
+        return create_idempotent(self.metadata, EvalRunRow, tenant, idempotency_key, request_hash, "run", insert, _info)
 
     def _row(self, session: Any, tenant: str, run_id: str) -> EvalRunRow:
         check_resource_id(run_id, "run_id", "eval")

@@ -185,6 +185,8 @@ class JobRow(Base):
     log_offset: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default="0")
     #: Times the job was submitted to Ray (a lost submission is resubmitted and resumes from its checkpoint).
     attempt: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    #: Sequence of the job's newest event: the next one takes this plus one, under the row's lock.
+    last_event_sequence: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default="0")
 
 
 class JobEventRow(Base):

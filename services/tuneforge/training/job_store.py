@@ -14,11 +14,12 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from tuneforge.common.errors import FailedPrecondition, NotFound, ResourceExhausted
 from tuneforge.common.names import check_idempotency_key, check_resource_id, new_id
-from tuneforge.store.metadata import MetadataStore, find_idempotent, newest_first_page
+from tuneforge.store.idempotency import create_idempotent
+from tuneforge.store.metadata import MetadataStore, newest_first_page
 from tuneforge.store.tables import JobEventRow, JobRow, utcnow
 from tuneforge.training.jobs import JobSpecInput
 
@@ -116,7 +117,7 @@ class JobStore:
     def _append(
         self,
         session: Any,
-        job_id: str,
+        row: JobRow,
         type_: str,
         message: str,
         *,
@@ -125,11 +126,12 @@ class JobStore:
         step: int = 0,
         metrics: dict[str, float] | None = None,
     ) -> int:
-        last = session.scalar(select(func.max(JobEventRow.sequence)).where(JobEventRow.job_id == job_id)) or 0
+        """Adds the job's next event; `row` is new or locked (`_locked`), so no other writer takes its number."""
+        row.last_event_sequence += 1
         session.add(
             JobEventRow(
-                job_id=job_id,
-                sequence=last + 1,
+                job_id=row.id,
+                sequence=row.last_event_sequence,
                 created_at=utcnow(),
                 type=type_,
                 level=level,
@@ -139,17 +141,15 @@ class JobStore:
                 metrics_json=json.dumps(metrics or {}),
             )
         )
-        return last + 1
+        return row.last_event_sequence
 
     def create(self, tenant: str, spec: JobSpecInput, idempotency_key: str = "") -> JobInfo:
         """Persists a validated job as QUEUED (with its VALIDATING_FILES and QUEUED events)."""
         check_idempotency_key(idempotency_key)
         spec_json = json.dumps(asdict(spec), sort_keys=True)
         request_hash = hashlib.sha256(spec_json.encode()).hexdigest()
-        with self.metadata.session() as session:
-            existing = find_idempotent(session, JobRow, tenant, idempotency_key, request_hash, "job")
-            if existing is not None:
-                return _info(existing)
+
+        def insert(session: Any) -> JobInfo:
             active = session.scalar(
                 select(func.count()).select_from(JobRow).where(JobRow.tenant == tenant, JobRow.state.in_(ACTIVE))
             )
@@ -172,6 +172,7 @@ class JobStore:
                 adapter_version="",
                 runner_id="",
                 cancel_requested=False,
+                last_event_sequence=0,
                 idempotency_key=idempotency_key or None,
                 request_hash=request_hash,
                 created_at=now,
@@ -180,10 +181,12 @@ class JobStore:
             session.add(row)
             session.flush()
             self._append(
-                session, row.id, "state_changed", "spec, dataset version and base model checked", state=VALIDATING
+                session, row, "state_changed", "spec, dataset version and base model checked", state=VALIDATING
             )
-            self._append(session, row.id, "state_changed", "queued for the cluster", state=QUEUED)
+            self._append(session, row, "state_changed", "queued for the cluster", state=QUEUED)
             return _info(row)
+
+        return create_idempotent(self.metadata, JobRow, tenant, idempotency_key, request_hash, "job", insert, _info)
 
     def _row(self, session: Any, tenant: str, job_id: str) -> JobRow:
         check_resource_id(job_id, "job_id", "job")
@@ -230,7 +233,7 @@ class JobStore:
             row.adapter_version = adapter_version
         self._append(
             session,
-            row.id,
+            row,
             "state_changed",
             message,
             state=state,
@@ -239,7 +242,20 @@ class JobStore:
         )
 
     def _locked(self, session: Any, job_id: str) -> JobRow:
-        row = session.get(JobRow, job_id, with_for_update=True)
+        """The job's row, locked until the transaction ends: its writers (the runner, cancel) take turns.
+
+        PostgreSQL locks the row (SELECT ... FOR UPDATE). SQLite ignores FOR UPDATE and lets one writer
+        at a time, so there a first write takes that lock before the row is read: a row read before
+        could be stale by the time it is written, and two writers would take one event number.
+        """
+        if session.get_bind().dialect.name == "sqlite":
+            session.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id)
+                .values(last_event_sequence=JobRow.last_event_sequence)
+                .execution_options(synchronize_session=False)
+            )
+        row = session.get(JobRow, job_id, with_for_update=True, populate_existing=True)
         if row is None:
             raise NotFound("job", job_id)
         return row
@@ -269,7 +285,7 @@ class JobStore:
             if row.state in FINAL:
                 return None
             row.runner_id, row.attempt, row.updated_at = runner_id, row.attempt + 1, utcnow()
-            self._append(session, job_id, "log", message, step=row.step)
+            self._append(session, row, "log", message, step=row.step)
             return _info(row)
 
     def apply_log(self, job_id: str, records: list[dict[str, Any]], offset: int) -> JobInfo:
@@ -292,7 +308,7 @@ class JobStore:
                     else:
                         self._append(
                             session,
-                            job_id,
+                            row,
                             "log",
                             f"workers restarted after a failure; resuming from step {step}",
                             level="warning",
@@ -314,12 +330,12 @@ class JobStore:
         training = {k: numbers[k] for k in ("loss", "learning_rate", "tokens_per_second") if k in numbers}
         loss = f"loss {training['loss']:.4f}" if "loss" in training else ""
         self._append(
-            session, row.id, "metrics", f"step {step}/{row.total_steps} {loss}".strip(), step=step, metrics=training
+            session, row, "metrics", f"step {step}/{row.total_steps} {loss}".strip(), step=step, metrics=training
         )
         if "validation_loss" in numbers:
             self._append(
                 session,
-                row.id,
+                row,
                 "evaluation",
                 f"validation loss {numbers['validation_loss']:.4f}",
                 step=step,
@@ -328,7 +344,7 @@ class JobStore:
         if record.get("checkpoint"):
             self._append(
                 session,
-                row.id,
+                row,
                 "checkpoint_saved",
                 f"checkpoint saved at step {step}",
                 step=step,
@@ -350,16 +366,17 @@ class JobStore:
     def cancel(self, tenant: str, job_id: str) -> JobInfo:
         """QUEUED jobs are cancelled at once; RUNNING ones are flagged for the runner to stop."""
         with self.metadata.session() as session:
-            row = self._row(session, tenant, job_id)
+            self._row(session, tenant, job_id)  # NOT_FOUND for another tenant's job
+            row = self._locked(session, job_id)
             if row.state in FINAL:
                 raise FailedPrecondition(f"job {job_id} already {row.state}")
             if row.state == RUNNING:
-                if row.cancel_requested:
-                    return _info(row)
-                row.cancel_requested, row.updated_at = True, utcnow()
-                self._append(session, job_id, "log", "cancellation requested; stopping the workers", step=row.step)
+                if not row.cancel_requested:
+                    row.cancel_requested, row.updated_at = True, utcnow()
+                    self._append(session, row, "log", "cancellation requested; stopping the workers", step=row.step)
                 return _info(row)
-        return self.transition(job_id, CANCELLED, "cancelled by request")
+            self._move(session, row, CANCELLED, "cancelled by request")
+            return _info(row)
 
     def unfinished(self) -> list[JobInfo]:
         """Jobs a (re)starting service must reconcile with the cluster: queued or running."""
