@@ -138,7 +138,7 @@ def _curate(client: TuneforgeClient, event_file_id: str, workdir: Path) -> str:
 
 def _train(client: TuneforgeClient, version_id: str) -> str:
     """Training stage: a LoRA job on the demo dataset under the platform's local Ray; its loss must go down."""
-    from tuneforge.cli import follow_job
+    from tuneforge.console import follow_job
     from tuneforge.v1 import training_pb2
 
     spec = training_pb2.JobSpec(
@@ -207,7 +207,7 @@ def _evaluate(client: TuneforgeClient, adapter: str, workdir: Path) -> None:
     """Evaluation stage: the adapter against the base model on held-out items, with a 95% interval."""
     import json
 
-    from tuneforge.cli import follow_eval
+    from tuneforge.console import follow_eval
     from tuneforge.v1 import evaluation_pb2
 
     request = evaluation_pb2.CreateSuiteRequest(
