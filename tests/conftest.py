@@ -1,10 +1,16 @@
-"""Shared fixtures: one keys file, one server with every service (tiny-qwen2 as base model) per session."""
+"""Shared fixtures: one keys file, one server with every service (tiny-qwen2 as base model) per session.
+
+One Ray head per session, started lazily by the first test that needs Ray; `make test-fast`
+(TUNEFORGE_TEST_WITHOUT_RAY=1) fails any test that starts Ray instead of being marked `slow`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +23,7 @@ if TYPE_CHECKING:
     from tuneforge.client import TuneforgeClient
     from tuneforge.common.server import BackgroundServer
     from tuneforge.common.settings import Settings
+    from tuneforge.training.cluster import LocalRayHead
 
 # The platform's modules are imported where a fixture needs them, not here: the GPU tier
 # (tests/test_training_gpu.py) runs on machines that carry only the training stack.
@@ -73,46 +80,133 @@ def make_settings(home: Path, keys_file: Path, **overrides: object) -> Settings:
         "auth": {"mode": "api_keys", "keys_file": str(keys_file)},
         "models": {"cache_dir": str(MODEL_CACHE), "hub_timeout_s": 3},  # no hub here: fail fast
         "inference": {"base_model": "tiny-qwen2", "max_adapters": 3, "http_port": 0},
+        # the session head, started by the first job that reaches Ray (see `session_ray_head`)
+        "training": {"ray_address": SESSION_RAY, "poll_interval_s": 0.3},
         "log_format": "console",
     }
     values.update(overrides)
     return load_settings(None, **values)
 
 
+#: Set by `make test-fast`: nothing in the session may start Ray (a test that needs it is marked `slow`).
+WITHOUT_RAY = os.environ.get("TUNEFORGE_TEST_WITHOUT_RAY", "") not in ("", "0")
+#: `training.ray_address` of the test servers: the session head, started when a job first reaches it.
+SESSION_RAY = "http://127.0.0.1:9/tuneforge-test-session-head"
+_session_head_lock = threading.Lock()
+_session_head: LocalRayHead | None = None
+#: Calls for the session head that a test-fast run refused (a server thread's refusal only gets logged).
+_refused_ray: list[str] = []
+
+
+class RayStartedWithoutRay(RuntimeError):
+    """A test-fast run (TUNEFORGE_TEST_WITHOUT_RAY) reached Ray: the test needs the `slow` mark."""
+
+
+def session_ray_head() -> LocalRayHead:
+    """The session's one Ray head, started on first use (thread-safe: the job runner asks from its thread).
+
+    Most tests never submit a job: starting the head (~10 s on 2 cores, and two cores of Ray
+    processes for the rest of the session) only when something needs it keeps them fast.
+    """
+    global _session_head
+    with _session_head_lock:
+        if _session_head is None:
+            if WITHOUT_RAY:
+                _refused_ray.append(threading.current_thread().name)
+                raise RayStartedWithoutRay("this test needs Ray: mark it `slow` (test-fast runs without Ray)")
+            from tuneforge.training.cluster import LocalRayHead
+
+            head = LocalRayHead(RAY_HEAD_DIR, num_cpus=2)
+            address = head.ensure()
+            assert all(os.environ.get(name) == value for name, value in head.job_env().items())
+            # every server the tests start in this process submits here instead of starting a head of its own
+            os.environ["RAY_ADDRESS"] = address
+            _session_head = head
+        return _session_head
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _session_head is not None:
+        os.environ.pop("RAY_ADDRESS", None)
+        _session_head.stop()
+    shutil.rmtree(RAY_HEAD_DIR.parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _lazy_session_ray() -> Iterator[None]:
+    """Job runners configured with `SESSION_RAY` reach the session head, started on their first Ray call."""
+    try:
+        from tuneforge.training import runner
+        from tuneforge.training.cluster import RayJobs, ray_auth_headers
+    except ImportError:  # the GPU tier's machines carry only the training stack
+        yield
+        return
+
+    class SessionRayJobs(RayJobs):
+        """`RayJobs` of the session head; its Job API client (and so the head) is made on first use."""
+
+        def __init__(self, address: str, token_path: Path | None = None) -> None:
+            if address != SESSION_RAY:
+                super().__init__(address, token_path)
+                return
+            self.address = address  # loopback, as the real head's: jobs run with this interpreter
+            self._client_lock = threading.Lock()
+
+        def __getattr__(self, name: str) -> object:
+            if name != "client":
+                raise AttributeError(name)
+            with self._client_lock:
+                if "client" not in self.__dict__:
+                    from ray.job_submission import JobSubmissionClient
+
+                    head = session_ray_head()
+                    self.address = os.environ["RAY_ADDRESS"]
+                    self.client = JobSubmissionClient(self.address, headers=ray_auth_headers(head.token_path))
+            return self.__dict__["client"]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runner, "RayJobs", SessionRayJobs)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_in_test_fast(request: pytest.FixtureRequest) -> Iterator[None]:
+    """In a test-fast run, a test that left a Ray process behind (any head, not only the session's) fails."""
+    yield
+    if not WITHOUT_RAY:
+        return
+    refused, _refused_ray[:] = list(_refused_ray), []
+    assert not refused, f"{request.node.nodeid} wanted the session's Ray head (from {refused}): mark it `slow`"
+    import psutil
+
+    names = []
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # it ended meanwhile
+            names.append(child.name())
+    ray = sorted({name for name in names if name in ("gcs_server", "raylet")})
+    assert not ray, f"{request.node.nodeid} started Ray ({', '.join(ray)}): mark it `slow`"
+
+
 @pytest.fixture(scope="session")
-def ray_cluster():  # -> Iterator[LocalRayHead]
+def ray_cluster() -> LocalRayHead:
     """One Ray head for the whole session: training jobs (Job Submission API) and this process's Ray work.
 
     It is the head the service starts (loopback only, Ray token auth); this process and the servers
     it starts reach it with its token, as Ray's own variables name it.
     """
-    from tuneforge.training.cluster import LocalRayHead
-
-    head = LocalRayHead(RAY_HEAD_DIR, num_cpus=2)
-    address = head.ensure()
-    assert all(os.environ.get(name) == value for name, value in head.job_env().items())
-    # every server the tests start in this process submits here instead of starting a head of its own
-    os.environ["RAY_ADDRESS"] = address
-    yield head
-    os.environ.pop("RAY_ADDRESS", None)
-    head.stop()
-    shutil.rmtree(RAY_HEAD_DIR.parent, ignore_errors=True)
+    return session_ray_head()
 
 
 @pytest.fixture(scope="session")
-def ray_head(ray_cluster) -> str:
+def ray_head(ray_cluster: LocalRayHead) -> str:
     """The session head's dashboard URL (what `training.ray_address` names)."""
     return os.environ["RAY_ADDRESS"]
 
 
 @pytest.fixture(scope="session")
-def server_settings(tmp_path_factory: pytest.TempPathFactory, keys_file: Path, ray_head: str) -> Settings:
-    return make_settings(
-        tmp_path_factory.mktemp("home"),
-        keys_file,
-        max_upload_bytes=256 * 1024,
-        training={"ray_address": ray_head, "poll_interval_s": 0.3},
-    )
+def server_settings(tmp_path_factory: pytest.TempPathFactory, keys_file: Path) -> Settings:
+    """The session server's settings; its jobs go to the session head (`SESSION_RAY`), started by the first one."""
+    return make_settings(tmp_path_factory.mktemp("home"), keys_file, max_upload_bytes=256 * 1024)
 
 
 @pytest.fixture(scope="session")

@@ -360,6 +360,7 @@ def test_records_carry_ids_masks_and_pii_counts(tmp_path: Path, tokenizer) -> No
     assert (out / "token_lengths.svg").read_text().startswith("<svg")
 
 
+@pytest.mark.slow  # Ray
 def test_the_pipeline_runs_under_ray_data_with_identical_results(tmp_path: Path, tokenizer, local_ray) -> None:
     from tuneforge.curation.distributed import ray_data_batches
 

@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+import pytest
 from conftest import MODEL_CACHE
 
 from tuneforge.common.settings import load_settings
@@ -164,6 +165,7 @@ class _OpenDashboard(http.server.BaseHTTPRequestHandler):
         return None
 
 
+@pytest.mark.slow  # starts a Ray head of its own
 def test_the_local_head_is_found_again_and_stopped(tmp_path: Path) -> None:
     # a head recorded from before token auth (its dashboard answers anyone) is stopped, not reused
     old_head = subprocess.Popen(["sleep", "600"], start_new_session=True)
@@ -195,6 +197,7 @@ def _loopback(address: str) -> bool:
     return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
+@pytest.mark.slow  # the session's Ray head
 def test_the_local_head_listens_on_loopback_only_and_wants_its_token(ray_cluster: LocalRayHead) -> None:
     """The session's head is the one the service starts: no port off loopback, no Job API call without the token."""
     head = ray_cluster
@@ -275,12 +278,27 @@ def test_a_managed_head_without_a_job_agent_is_restarted(tmp_path: Path, monkeyp
         "acme", JobSpecInput(base_model="tiny-qwen2", dataset_version_id="dsv-" + "a" * 24, adapter_name="a")
     )
 
-    async def run_for(seconds: float) -> None:
-        task = asyncio.create_task(runner._loop())
-        await asyncio.sleep(seconds)
-        task.cancel()
+    ticks_after_submit = 0
+    enough = threading.Event()  # set from the tick's worker thread
+    real_tick = runner.tick
 
-    asyncio.run(run_for(1.5))
+    def counting_tick() -> None:
+        nonlocal ticks_after_submit
+        real_tick()
+        ticks_after_submit += bool(healthy.submitted)
+        if ticks_after_submit >= 5:  # a few ticks on the new head after the job reached it
+            enough.set()
+
+    monkeypatch.setattr(runner, "tick", counting_tick)
+
+    async def run_until_enough() -> None:
+        task = asyncio.create_task(runner._loop())
+        try:
+            assert await asyncio.to_thread(enough.wait, 60), "the job never reached the restarted head"
+        finally:
+            task.cancel()
+
+    asyncio.run(run_until_enough())
     assert head.stopped == 1  # restarted once, not on every failed tick
     assert healthy.submitted == [f"{job.id}-1"]  # the job goes to the new head
     metadata.close()
