@@ -5,7 +5,8 @@ A server hosts one or more *components* (one per service, or all of them for the
 error-mapping and auth interceptors, and reports SERVING for a component only once its `start()`
 has finished (stores open, models loaded) — and, for a component that depends on a backend it
 does not own (the inference front on Ray Serve), only while its `health_updates()` says so. The
-server as a whole (service "") is SERVING while every component is. SIGTERM/SIGINT drain it:
+server as a whole (service "") is SERVING while every component is, its API keys can be checked and
+its metadata database answers. SIGTERM/SIGINT drain it:
 health turns NOT_SERVING, new calls are refused, in-flight calls get `shutdown_grace_s` to finish.
 """
 
@@ -15,7 +16,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
 import grpc
@@ -77,7 +78,14 @@ def key_resolver(settings: Settings) -> KeyResolver:
 class TuneforgeServer:
     """A started or startable gRPC server with its components, health and graceful stop."""
 
-    def __init__(self, settings: Settings, components: Sequence[Component], resolver: KeyResolver) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        components: Sequence[Component],
+        resolver: KeyResolver,
+        ping_database: Callable[[], None] | None = None,
+    ) -> None:
+        """`ping_database` raises while the metadata database cannot be reached (health follows it)."""
         self.settings = settings
         self.components = list(components)
         self.grpc = grpc.aio.server(
@@ -103,6 +111,8 @@ class TuneforgeServer:
         self._watchers: list[asyncio.Task[None]] = []
         self.resolver = resolver
         self._keys_problem: str | None = None
+        self.ping_database = ping_database
+        self._database_problem: str | None = None
 
     async def start(self) -> None:
         """Starts accepting calls, then starts each component and marks it SERVING when ready."""
@@ -116,6 +126,8 @@ class TuneforgeServer:
             start_http_server(self.settings.metrics_port, addr=_bind_host(self.settings.host))
         log.info("server_listening", host=self.settings.host, port=self.port)
         self._watchers.append(asyncio.create_task(self._watch_keys(), name="tuneforge-keys"))
+        if self.ping_database is not None:
+            self._watchers.append(asyncio.create_task(self._watch_database(), name="tuneforge-database"))
         # Components get ready concurrently: quick ones serve while a model is still loading.
         await asyncio.gather(*(self._start_component(component) for component in self.components))
 
@@ -125,6 +137,27 @@ class TuneforgeServer:
             problem = await asyncio.to_thread(self.resolver.refresh)
             if problem != self._keys_problem:
                 self._keys_problem = problem
+                await self._publish_overall()
+            await asyncio.sleep(KEYS_RECHECK_S)
+
+    async def _watch_database(self) -> None:
+        """Pings the metadata database every second: while it does not answer the server is NOT_SERVING."""
+        assert self.ping_database is not None
+        while True:
+            try:
+                await asyncio.to_thread(self.ping_database)
+                problem = None
+            except Exception as exc:
+                problem = getattr(exc, "message", None) or f"the metadata database does not answer: {exc}"
+            if problem != self._database_problem:
+                if problem is None:
+                    log.info("database_reachable")
+                else:
+                    log.warning("database_unreachable", reason=problem)
+                self._database_problem = problem
+                for component in self.components:  # every component reads and writes through it
+                    if id(component) in self._serving:
+                        await self._set_serving(component, self._serving[id(component)])
                 await self._publish_overall()
             await asyncio.sleep(KEYS_RECHECK_S)
 
@@ -152,17 +185,19 @@ class TuneforgeServer:
 
     async def _set_serving(self, component: Component, serving: bool) -> None:
         """Reports the component's services, and the server's overall status (SERVING once all are)."""
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        ready = serving and self._database_problem is None
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in component.service_names:
             await self.health.set(name, status)
         self._serving[id(component)] = serving
         await self._publish_overall()
-        log.info("serving" if serving else "not_serving", services=list(component.service_names))
+        log.info("serving" if ready else "not_serving", services=list(component.service_names))
 
     async def _publish_overall(self) -> None:
-        """The server as a whole (service ""): SERVING while every component is and API keys can be checked."""
+        """The server as a whole (service ""): SERVING while every component is, API keys can be checked and
+        the metadata database answers."""
         everything = len(self._serving) == len(self.components) and all(self._serving.values())
-        ready = everything and self._keys_problem is None
+        ready = everything and self._keys_problem is None and self._database_problem is None
         await self.health.set(
             "", health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         )
@@ -207,7 +242,9 @@ async def build_server(settings: Settings, component_types: Sequence[type]) -> t
     from tuneforge.platform import Platform  # platform imports stores and models; keep this module light
 
     platform = Platform(settings)
-    server = TuneforgeServer(settings, [kind(platform) for kind in component_types], key_resolver(settings))
+    server = TuneforgeServer(
+        settings, [kind(platform) for kind in component_types], key_resolver(settings), platform.metadata.ping
+    )
     return server, server.port
 
 

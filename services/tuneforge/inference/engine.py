@@ -11,7 +11,9 @@ the async fronts bridge to their event loop.
 Adapters live in a bounded LRU of slots keyed by an immutable version key (`tenant/name:version`):
 loading one copies its weights into a free or least recently used slot; a slot used by a request
 in flight is never evicted, so an in-flight request finishes on the version it started with while
-new requests already use a newer one.
+new requests already use a newer one. The lock over the slot table is held only for bookkeeping,
+never across a host→device copy, so the event loop may ask what is loaded at any time; loads
+themselves run one at a time under a lock of their own, taken only on worker threads.
 """
 
 from __future__ import annotations
@@ -142,7 +144,8 @@ class Engine:
         self._slots: OrderedDict[str, int] = OrderedDict()
         self._free = list(range(max_adapters, 0, -1))
         self._pins: dict[str, int] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the slot table; brief (the event loop takes it)
+        self._load_lock = threading.Lock()  # one load at a time, across its copy; worker threads only
         self._queue: queue.Queue[Request] = queue.Queue()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tuneforge-engine", daemon=True)
@@ -164,38 +167,57 @@ class Engine:
         The adapter is read and validated before any slot changes: FAILED_PRECONDITION if it does not
         fit; RESOURCE_EXHAUSTED if every slot is pinned by requests in flight. Pair with `release`.
         """
+        slot = self._pin_if_loaded(key)
+        if slot is not None:
+            ADAPTER_HITS.inc()
+            return slot
+        if directory is None:
+            raise FailedPrecondition(f"adapter {key} is not loaded on this replica")
+        ADAPTER_MISSES.inc()
+        weights = read_adapter(directory, self.layers, self.max_rank)
+        with self._load_lock:
+            slot = self._pin_if_loaded(key)
+            if slot is not None:  # a concurrent call loaded it meanwhile
+                return slot
+            slot = self._take_slot()
+            try:
+                # the slot is in no table and referenced by no batch (free, or unpinned), so it can be
+                # rewritten without the table's lock
+                write_slot(self.layers, slot, weights)
+            except BaseException:
+                with self._lock:
+                    self._free.append(slot)
+                raise
+            with self._lock:
+                self._slots[key] = slot
+                self._pins[key] = self._pins.get(key, 0) + 1
+            ADAPTER_LOADS.inc()
+            log.info("adapter_loaded", adapter=key, slot=slot, rank=weights.rank)
+            return slot
+
+    def _pin_if_loaded(self, key: str) -> int | None:
+        """Pins `key` and returns its slot if it is resident."""
         with self._lock:
             slot = self._slots.get(key)
             if slot is not None:
                 self._slots.move_to_end(key)
                 self._pins[key] = self._pins.get(key, 0) + 1
-                ADAPTER_HITS.inc()
-                return slot
-        if directory is None:
-            raise FailedPrecondition(f"adapter {key} is not loaded on this replica")
-        ADAPTER_MISSES.inc()
-        weights = read_adapter(directory, self.layers, self.max_rank)
-        with self._lock:
-            slot = self._slots.get(key)
-            if slot is None:  # (else a concurrent call loaded it meanwhile)
-                if self._free:
-                    slot = self._free.pop()
-                else:
-                    victim = next((k for k in self._slots if self._pins.get(k, 0) == 0), None)
-                    if victim is None:
-                        raise ResourceExhausted(
-                            "every adapter slot of this replica is in use by requests in flight; retry shortly"
-                        )
-                    slot = self._slots.pop(victim)
-                    ADAPTER_EVICTIONS.inc()
-                    log.info("adapter_evicted", adapter=victim, slot=slot)
-                # the slot is referenced by no batch (free, or unpinned), so it can be rewritten now
-                write_slot(self.layers, slot, weights)
-                self._slots[key] = slot
-                ADAPTER_LOADS.inc()
-                log.info("adapter_loaded", adapter=key, slot=slot, rank=weights.rank)
-            self._pins[key] = self._pins.get(key, 0) + 1
             return slot
+
+    def _take_slot(self) -> int:
+        """A free slot, or the least recently used unpinned one (evicted); RESOURCE_EXHAUSTED if none."""
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+            victim = next((k for k in self._slots if self._pins.get(k, 0) == 0), None)
+            if victim is None:
+                raise ResourceExhausted(
+                    "every adapter slot of this replica is in use by requests in flight; retry shortly"
+                )
+            slot = self._slots.pop(victim)
+        ADAPTER_EVICTIONS.inc()
+        log.info("adapter_evicted", adapter=victim, slot=slot)
+        return slot
 
     def release(self, key: str | None) -> None:
         """Unpins `key` after a request (its slot may be evicted again once no request holds it)."""
@@ -218,9 +240,8 @@ class Engine:
         with self._lock:
             if key not in self._slots or self._pins.get(key, 0):
                 return False
-            slot = self._slots.pop(key)
-            write_slot(self.layers, slot, None)
-            self._free.append(slot)
+            # no copy to zero it: a load rewrites every row of the slot before any request uses it
+            self._free.append(self._slots.pop(key))
         ADAPTER_EVICTIONS.inc()
         return True
 

@@ -9,16 +9,24 @@ match the registry's SHA-256 (a corrupted or missing file is FAILED_PRECONDITION
 only; the replica keeps serving the others). Prompts are rendered with the same ChatRenderer as
 training data. Per-tenant limits — prompt tokens, `max_tokens`, requests in flight — answer
 RESOURCE_EXHAUSTED.
+
+Nothing blocking runs on the event loop: a prompt is measured in bytes first (one far over what
+`max_prompt_tokens` could hold is INVALID_ARGUMENT before any tokenization), then rendered and
+tokenized on a thread. Blocking work goes to bounded pools of its own kind (`FrontendExecutors`) so
+that slow adapter loads or file hashing never take the threads registry reads need.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import hashlib
-from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from tuneforge.chat import ChatRenderer
 from tuneforge.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
@@ -29,7 +37,12 @@ from tuneforge.training.registry import AdapterRegistry, AdapterVersionInfo
 
 log = get_logger(__name__)
 
+T = TypeVar("T")
 ROLES = ("system", "user", "assistant")
+#: Bytes of message text one prompt token may stand for, at most, in the cheap size check that runs
+#: before tokenization: real text averages 3-5 bytes a token, so only a prompt that could never fit
+#: is refused unread.
+BYTES_PER_TOKEN_BOUND = 16
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,38 @@ class Limits:
     max_new_tokens: int = 1024
     max_concurrent_per_tenant: int = 16
     max_messages: int = 256
+
+    @property
+    def max_prompt_bytes(self) -> int:
+        """Bytes of message text above which a prompt is refused before it is tokenized."""
+        return self.max_prompt_tokens * BYTES_PER_TOKEN_BOUND
+
+
+def _pool(threads: int, name: str) -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix=f"tuneforge-inference-{name}")
+
+
+@dataclass
+class FrontendExecutors:
+    """Bounded thread pools, one per kind of blocking work, so no kind can starve another.
+
+    `metadata`: registry reads (quick, many); `prompts`: chat rendering and tokenization; `files`:
+    hashing adapter files; `loads`: reading adapters and copying them to the device.
+    """
+
+    metadata: concurrent.futures.ThreadPoolExecutor = field(default_factory=lambda: _pool(8, "metadata"))
+    prompts: concurrent.futures.ThreadPoolExecutor = field(default_factory=lambda: _pool(4, "prompts"))
+    files: concurrent.futures.ThreadPoolExecutor = field(default_factory=lambda: _pool(2, "files"))
+    loads: concurrent.futures.ThreadPoolExecutor = field(default_factory=lambda: _pool(2, "loads"))
+
+    def shutdown(self) -> None:
+        for pool in (self.metadata, self.prompts, self.files, self.loads):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def run_in(pool: concurrent.futures.Executor, function: Callable[..., T], *args: object) -> T:
+    """`function(*args)` on a thread of `pool`, awaited from the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(function, *args))
 
 
 @dataclass(frozen=True)
@@ -82,8 +127,13 @@ class InferenceFrontend:
         self.artifacts = artifacts
         self.limits = limits or Limits()
         self.renderer = ChatRenderer(engine.tokenizer)
+        self.executors = FrontendExecutors()
         self._in_flight: dict[str, int] = {}
         self._loading: dict[str, asyncio.Lock] = {}
+
+    def close(self) -> None:
+        """Stops the frontend's thread pools (work not yet started is dropped)."""
+        self.executors.shutdown()
 
     # -- models --------------------------------------------------------------------------------
 
@@ -91,7 +141,7 @@ class InferenceFrontend:
         """The base model or the caller's adapter version `model` names, loaded and ready."""
         if not model or model == self.base_name:
             return Target(self.base_name, None, None)
-        version = await asyncio.to_thread(self.registry.resolve, tenant, model, field)
+        version = await run_in(self.executors.metadata, self.registry.resolve, tenant, model, field)
         self.check_lineage(version)
         key = f"{tenant}/{version.ref}"
         directory = self.artifacts.for_tenant(tenant).path(version.artifact_key)
@@ -99,7 +149,7 @@ class InferenceFrontend:
             lock = self._loading.setdefault(key, asyncio.Lock())
             async with lock:  # files checked once per load, however many requests wait for it
                 if not self.engine.has_adapter(key):
-                    await asyncio.to_thread(self._verify_files, version, directory)
+                    await run_in(self.executors.files, self._verify_files, version, directory)
         return Target(version.ref, key, version, directory)
 
     def check_lineage(self, version: AdapterVersionInfo) -> None:
@@ -132,7 +182,7 @@ class InferenceFrontend:
         names: list[tuple[str, bool]] = [(self.base_name, True)]
         token = ""
         while True:
-            page, token = await asyncio.to_thread(self.registry.list_adapters, tenant, 1000, token)
+            page, token = await run_in(self.executors.metadata, self.registry.list_adapters, tenant, 1000, token)
             for adapter in page:
                 if adapter.base_model != self.base_name:
                     continue
@@ -147,7 +197,7 @@ class InferenceFrontend:
         for key in self.engine.loaded():
             tenant, _, ref = key.partition("/")
             try:
-                await asyncio.to_thread(self.registry.resolve, tenant, ref)
+                await run_in(self.executors.metadata, self.registry.resolve, tenant, ref)
             except NotFound:
                 if self.engine.evict(key):
                     evicted += 1
@@ -156,7 +206,18 @@ class InferenceFrontend:
 
     # -- requests ------------------------------------------------------------------------------
 
+    async def render_prompt(self, messages: Sequence[tuple[str, str]], field: str = "messages") -> list[int]:
+        """The prompt's token ids: checked on the loop (cheap), rendered and tokenized on a thread."""
+        self.check_messages(messages, field)
+        return await run_in(self.executors.prompts, self._tokenize, messages, field)
+
     def prompt_ids(self, messages: Sequence[tuple[str, str]], field: str = "messages") -> list[int]:
+        """`render_prompt` in the caller's thread (benchmarks, scripts; never on an event loop)."""
+        self.check_messages(messages, field)
+        return self._tokenize(messages, field)
+
+    def check_messages(self, messages: Sequence[tuple[str, str]], field: str = "messages") -> None:
+        """INVALID_ARGUMENT for a malformed conversation or one too large to tokenize at all."""
         if not messages:
             raise InvalidArgument.for_field(field, "must hold at least one message")
         if len(messages) > self.limits.max_messages:
@@ -170,6 +231,16 @@ class InferenceFrontend:
             raise InvalidArgument.for_field(
                 f"{field}[{len(messages) - 1}].role", "the last message must not be the assistant's"
             )
+        size = sum(len(content.encode("utf-8", "surrogatepass")) for _, content in messages)
+        if size > self.limits.max_prompt_bytes:
+            raise InvalidArgument.for_field(
+                field,
+                f"the messages hold {size} bytes of text, more than a prompt of at most "
+                f"{self.limits.max_prompt_tokens} tokens can (limit {self.limits.max_prompt_bytes} bytes); "
+                "shorten them",
+            )
+
+    def _tokenize(self, messages: Sequence[tuple[str, str]], field: str) -> list[int]:
         rendered = self.renderer.render([{"role": r, "content": c} for r, c in messages], add_generation_prompt=True)
         if len(rendered.input_ids) > self.limits.max_prompt_tokens:
             # a request that can never succeed as sent: INVALID_ARGUMENT (HTTP 400), not a rate limit to retry
@@ -245,7 +316,9 @@ class InferenceFrontend:
             try:
                 if target.adapter_key is not None:
                     # loads it if it was evicted since `resolve`, and pins it until the request ends
-                    request.slot = await asyncio.to_thread(self.engine.acquire, target.adapter_key, target.directory)
+                    request.slot = await run_in(
+                        self.executors.loads, self.engine.acquire, target.adapter_key, target.directory
+                    )
                 self.engine.submit(request)
                 while True:
                     event = await events.get()

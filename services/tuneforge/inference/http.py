@@ -194,7 +194,7 @@ class OpenAIServer:
         if max_tokens is None:
             max_tokens = _optional(body, "max_tokens", int, "an integer")
         seed = _optional(body, "seed", int, "an integer")
-        prompt = self.frontend.prompt_ids(pairs)
+        prompt = await self.frontend.render_prompt(pairs)
         sampling = self.frontend.sampling(
             temperature=1.0 if temperature is None else float(temperature),
             top_p=float(top_p or 0.0),

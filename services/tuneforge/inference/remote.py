@@ -249,6 +249,7 @@ class ServeFrontend(InferenceFrontend):
 
     async def close(self) -> None:
         await self.client.close()
+        super().close()
 
 
 async def connect(

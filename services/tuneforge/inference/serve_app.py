@@ -20,7 +20,6 @@ in place (secrets such as the database URL and the serve token stay in the pods'
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 from collections.abc import AsyncIterator
@@ -36,7 +35,7 @@ from tuneforge.common.settings import Settings, load_settings
 from tuneforge.inference import wire
 from tuneforge.inference.base_model import load_base_model
 from tuneforge.inference.engine import Engine, Event
-from tuneforge.inference.frontend import InferenceFrontend, Limits, Target
+from tuneforge.inference.frontend import InferenceFrontend, Limits, Target, run_in
 from tuneforge.models import ModelResolver
 from tuneforge.store.artifacts import ArtifactStore
 from tuneforge.store.metadata import MetadataStore
@@ -112,7 +111,7 @@ class InferenceReplica:
         tenant, _, ref = key.partition("/")
         target = await self.frontend.resolve(tenant, ref)
         if target.adapter_key is not None:
-            await asyncio.to_thread(self.engine.load_adapter, target.adapter_key, target.directory)
+            await run_in(self.frontend.executors.loads, self.engine.load_adapter, target.adapter_key, target.directory)
         return _Resident(self.engine, target)
 
     def _check_token(self, request: Request) -> None:

@@ -105,6 +105,7 @@ class InferenceComponent(PlatformComponent):
                 log.warning("adapter_sweep_failed", error=repr(exc))
 
     async def stop(self) -> None:
+        frontend = self.servicer.frontend
         if InferenceFrontend.local is self.servicer.frontend:
             InferenceFrontend.local = None
         self.servicer.frontend = None
@@ -116,6 +117,8 @@ class InferenceComponent(PlatformComponent):
             await asyncio.to_thread(self.engine.stop)
         if self.remote is not None:
             await self.remote.close()
+        elif frontend is not None:
+            frontend.close()
 
 
 async def create_server(settings: Settings) -> tuple[TuneforgeServer, int]:

@@ -39,7 +39,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def _start(self, request) -> tuple[InferenceFrontend, str, Target, list[int], object]:
         frontend = self._ready()
         tenant = current_principal().tenant
-        prompt = frontend.prompt_ids([(m.role, m.content) for m in request.messages])
+        prompt = await frontend.render_prompt([(m.role, m.content) for m in request.messages])
         s = request.sampling
         sampling = frontend.sampling(
             temperature=s.temperature,
