@@ -289,6 +289,8 @@ def test_an_oversized_ratings_file_is_refused_before_anything_is_read() -> None:
 class _ReplicaAnswers:
     """Answers as one replica's inference client would; blocks for good after `stall_after` answers."""
 
+    max_concurrency = None
+
     def __init__(self, stall_after: int | None = None) -> None:
         self.answered: list[str] = []
         self.stall_after = stall_after

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import grpc
 
 from tuneforge.common.auth import ON_BEHALF_HEADER
-from tuneforge.common.errors import FailedPrecondition, NotFound
+from tuneforge.common.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from tuneforge.common.logging import get_logger
 from tuneforge.training.registry import AdapterRegistry
 from tuneforge.v1 import common_pb2, inference_pb2, inference_pb2_grpc
@@ -27,6 +27,11 @@ BASE = "base"
 #: Status codes worth another try: the replica is busy, starting or moving.
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 RETRIES = 8
+
+
+def retry_delay_s(base_s: float, attempt: int) -> float:
+    """Seconds before retry number `attempt` (from 0): doubling from `base_s`, at most 30."""
+    return min(base_s * 2**attempt, 30.0)
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,10 @@ class ResolvedModel:
 class AnswerSource(Protocol):
     """Generates answers for a tenant's run."""
 
+    #: Requests of one tenant the source serves at once (a run's concurrency is clamped to it);
+    #: None where the source cannot know (a remote service: its refusals are retried instead).
+    max_concurrency: int | None
+
     async def resolve(self, tenant: str, model: str, field: str) -> ResolvedModel: ...
 
     async def answer(
@@ -55,10 +64,20 @@ def _not_found_as_precondition(model: str, exc: NotFound) -> FailedPrecondition:
 
 
 class LocalAnswers:
-    """The inference frontend of this process (the embedded default)."""
+    """The inference frontend of this process (the embedded default).
 
-    def __init__(self, frontend: Any) -> None:
+    Like the remote path, a request refused because the tenant's requests in flight are at the
+    limit (its own chats meanwhile, another run) or because the replica is busy is retried with
+    backoff rather than failing the run.
+    """
+
+    def __init__(self, frontend: Any, retry_base_s: float = 0.5) -> None:
         self.frontend = frontend
+        self.retry_base_s = retry_base_s
+
+    @property
+    def max_concurrency(self) -> int | None:
+        return self.frontend.limits.max_concurrent_per_tenant
 
     async def resolve(self, tenant: str, model: str, field: str) -> ResolvedModel:
         try:
@@ -74,8 +93,23 @@ class LocalAnswers:
     async def answer(
         self, tenant: str, model: ResolvedModel, messages: Sequence[tuple[str, str]], sampling: dict[str, Any]
     ) -> str:
+        attempt = 0
+        while True:
+            try:
+                return await self._answer_once(tenant, model, messages, sampling)
+            except (ResourceExhausted, Unavailable) as exc:
+                if attempt >= RETRIES:
+                    raise FailedPrecondition(
+                        f"the inference service stayed busy for {model.name} after {RETRIES + 1} tries: {exc.message}"
+                    ) from exc
+            await asyncio.sleep(retry_delay_s(self.retry_base_s, attempt))
+            attempt += 1
+
+    async def _answer_once(
+        self, tenant: str, model: ResolvedModel, messages: Sequence[tuple[str, str]], sampling: dict[str, Any]
+    ) -> str:
         # the target resolved when the run started: `stream` reloads its adapter if it was evicted since
-        prompt = self.frontend.prompt_ids(list(messages))
+        prompt = await self.frontend.render_prompt(list(messages))
         parts = []
         async for event in self.frontend.stream(tenant, model.target, prompt, self.frontend.sampling(**sampling)):
             parts.append(event.delta)
@@ -86,6 +120,8 @@ class LocalAnswers:
 
 class RemoteAnswers:
     """The InferenceService of another pod, called with a `service` key on the run's tenant's behalf."""
+
+    max_concurrency = None  # the other pod's limits are its own: its refusals are retried
 
     def __init__(self, address: str, api_key: str, registry: AdapterRegistry, retry_base_s: float = 0.5) -> None:
         self.address = address
@@ -117,7 +153,7 @@ class RemoteAnswers:
                     raise FailedPrecondition(
                         f"inference service at {self.address} answered {exc.code().name} for {what}: {exc.details()}"
                     ) from exc
-            await asyncio.sleep(min(self.retry_base_s * 2**attempt, 30.0))
+            await asyncio.sleep(retry_delay_s(self.retry_base_s, attempt))
             attempt += 1
 
     async def resolve(self, tenant: str, model: str, field: str) -> ResolvedModel:

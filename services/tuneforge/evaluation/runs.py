@@ -29,7 +29,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from tuneforge.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from tuneforge.common.errors import FailedPrecondition, InvalidArgument, NotFound, TuneforgeError
 from tuneforge.common.logging import get_logger
 from tuneforge.common.names import check_idempotency_key, check_resource_id, new_id
 from tuneforge.evaluation.answers import AnswerSource, ResolvedModel
@@ -98,6 +98,11 @@ class RunInfo:
     created_at: datetime
     updated_at: datetime
     judge_model: str = ""
+
+
+def _verdicts(item: Any, output: str) -> list[Any]:
+    """Every check of a suite item on one answer."""
+    return [run_check(check, output, item.reference) for check in item.checks]
 
 
 def _info(row: EvalRunRow) -> RunInfo:
@@ -360,10 +365,17 @@ class EvalRuns:
             await self._execute(info, source)
         except asyncio.CancelledError:
             raise  # the service is stopping: the run stays RUNNING and resumes at the next start
-        except Exception as exc:
-            message = getattr(exc, "message", None) or repr(exc)
-            log.warning("eval_run_failed", run_id=info.id, error=message)
-            await asyncio.to_thread(self._update, info.id, state=FAILED, failure_reason=message)
+        except TuneforgeError as exc:
+            log.warning("eval_run_failed", run_id=info.id, error=exc.message)
+            await asyncio.to_thread(self._update, info.id, state=FAILED, failure_reason=exc.message)
+        except Exception:
+            # the traceback stays in this service's log; the tenant reads a sentence, not a repr
+            log.exception("eval_run_failed", run_id=info.id)
+            reason = (
+                f"the evaluation service stopped this run on an internal error; its log has the details "
+                f"(run {info.id}): create the run again, and report it if it fails again"
+            )
+            await asyncio.to_thread(self._update, info.id, state=FAILED, failure_reason=reason)
 
     async def _execute(self, info: RunInfo, source: AnswerSource | None) -> None:
         if source is None:
@@ -374,7 +386,8 @@ class EvalRuns:
         _, suite = await asyncio.to_thread(self.suites.get, info.tenant, info.suite_id)
         await asyncio.to_thread(self._update, info.id, state=RUNNING)
         done = {(r.model, r.item_id) for r in (await asyncio.to_thread(self._all_results, info.id))}
-        gate = asyncio.Semaphore(self.concurrency)
+        # never more requests at once than the source serves a tenant: the rest would only be refused
+        gate = asyncio.Semaphore(min(self.concurrency, source.max_concurrency or self.concurrency))
         judge = await source.resolve(info.tenant, info.judge_model, "judge_model") if info.judge_model else None
 
         async def answer(model: ResolvedModel, item: Any) -> None:
@@ -383,7 +396,7 @@ class EvalRuns:
                     return
                 messages = [(m["role"], m["content"]) for m in item.messages]
                 output = await source.answer(info.tenant, model, messages, info.sampling)
-                verdicts = [run_check(check, output, item.reference) for check in item.checks]
+                verdicts = await asyncio.to_thread(_verdicts, item, output)  # detectors load on first use
                 judged: tuple[float | None, str] = (None, "")
                 if judge is not None:
                     reply = await source.answer(
