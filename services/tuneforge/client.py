@@ -221,7 +221,7 @@ class TuneforgeClient:
         timeout: float = 600.0,
         on_progress: Callable[[curation_pb2.DatasetVersion], None] | None = None,
     ) -> curation_pb2.DatasetVersion:
-        """Polls until the version is READY or FAILED; returns it."""
+        """Polls until the version is no longer PROCESSING (READY, FAILED or CANCELLED); returns it."""
         deadline = time.monotonic() + timeout
         while True:
             version = self.get_dataset_version(version_id)
@@ -232,6 +232,11 @@ class TuneforgeClient:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"dataset version {version_id} still processing after {timeout:.0f}s")
             time.sleep(0.25)
+
+    def cancel_dataset_version(self, version_id: str) -> curation_pb2.DatasetVersion:
+        """Stops building a version (CANCELLED); FAILED_PRECONDITION once it is no longer PROCESSING."""
+        request = curation_pb2.CancelDatasetVersionRequest(dataset_version_id=version_id)
+        return self.call(self.datasets.CancelDatasetVersion, request).dataset_version
 
     def create_job(self, spec: training_pb2.JobSpec, idempotency_key: str = "") -> training_pb2.Job:
         """Validates and queues a training job (INVALID_ARGUMENT names every bad field)."""

@@ -119,6 +119,11 @@ class CurationSettings(BaseModel):
 
     #: Worker processes building dataset versions in parallel.
     workers: int = Field(default=1, ge=1, le=64)
+    #: Processes each build spreads its records over (0 = one per CPU core, fewer for small inputs).
+    build_processes: int = Field(default=0, ge=0, le=256)
+    #: Seconds a build's lease lasts unrenewed: how soon the build of a version whose worker died
+    #: with its server starts again (on this or another replica). Renewed every third of it.
+    build_lease_ttl_s: float = Field(default=30.0, gt=0, le=3600)
     #: Server-side directories `source_uri` may read from; empty means uploads only.
     import_roots: list[Path] = Field(default_factory=list)
     #: Share of invalid records above which a version fails, when a request does not set its own

@@ -2,13 +2,16 @@
 
 `ray_data_batches(...)` plugs into `curate(batches=...)`: the driver frames lines (cheap, streaming),
 Ray Data fans the CPU-heavy `RecordProcessor` out over a pool of workers (each loads its own
-tokenizer once), and the driver consumes results in input order, so dedup keeps the same
-representatives and the version id and contents are identical to an in-process run.
-Line framing materializes the rows in Ray's object store, which spills to disk past its budget.
+tokenizer once per window), and the driver consumes results in input order, so dedup keeps the
+same representatives and the version id and contents are identical to an in-process run. The
+driver feeds Ray Data one window of line batches at a time, so the input streams instead of
+being materialized in the driver. `ProcessPoolBatches` does the same over local processes; it is
+what dataset builds use (`WorkerConfig.processes`).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
@@ -27,31 +30,37 @@ class _RayProcessor:
 
 
 def ray_data_batches(
-    tokenizer_dir: str, options: CurationOptions, concurrency: int = 2
+    tokenizer_dir: str, options: CurationOptions, concurrency: int = 2, window_batches: int = 64
 ) -> Callable[[Iterator[dict[str, list[Any]]], RecordProcessor], Iterator[dict[str, Any]]]:
-    """A `batches=` runner for `curate` that maps line batches through Ray Data actors."""
+    """A `batches=` runner for `curate` that maps line batches through Ray Data actors.
+
+    The input streams: the driver takes `window_batches` line batches at a time from the iterator,
+    hands them to Ray Data as one block each and yields their results before it reads further, so
+    it never holds more than one window of lines whatever the input's size.
+    """
+    if window_batches < 1:
+        raise ValueError(f"window_batches must be at least 1, got {window_batches}")
 
     def run(line_batches: Iterator[dict[str, list[Any]]], local: RecordProcessor) -> Iterator[dict[str, Any]]:
+        import itertools
+
+        import pyarrow as pa
         import ray.data
 
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # dedup keeps the earliest record: order matters
-        rows = [
-            {"source": s, "line": n, "raw": r, "format": f}
-            for batch in line_batches
-            for s, n, r, f in zip(batch["source"], batch["line"], batch["raw"], batch["format"], strict=True)
-        ]
-        if not rows:
-            return
-        dataset = ray.data.from_items(rows).map_batches(
-            _RayProcessor,
-            fn_constructor_args=(tokenizer_dir, asdict(options), local.prompt_signatures),
-            batch_size=options.batch_size,
-            concurrency=concurrency,
-            batch_format="numpy",
-        )
-        for table in dataset.iter_batches(batch_size=options.batch_size, batch_format="pyarrow"):
-            yield table.to_pydict()
+        while window := list(itertools.islice(line_batches, window_batches)):
+            blocks = [pa.table({name: batch[name] for name in ("source", "line", "raw", "format")}) for batch in window]
+            del window
+            dataset = ray.data.from_arrow(blocks).map_batches(
+                _RayProcessor,
+                fn_constructor_args=(tokenizer_dir, asdict(options), local.prompt_signatures),
+                batch_size=options.batch_size,
+                concurrency=concurrency,
+                batch_format="numpy",
+            )
+            for table in dataset.iter_batches(batch_size=options.batch_size, batch_format="pyarrow"):
+                yield table.to_pydict()
 
     return run
 
@@ -60,51 +69,62 @@ _POOL_PROCESSOR: RecordProcessor | None = None
 
 
 def _pool_init(tokenizer_source: str, options: dict[str, Any], prompt_signatures: bool) -> None:
-    import os
-
     # the processes already use every core: a tokenizer thread pool per process would oversubscribe them
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     global _POOL_PROCESSOR
     _POOL_PROCESSOR = RecordProcessor(tokenizer_source, CurationOptions(**options), prompt_signatures)
 
 
-def _pool_process(batch: dict[str, list[Any]]) -> tuple[dict[str, list[Any]], dict[str, float]]:
+def _pool_process(batch: dict[str, list[Any]]) -> tuple[dict[str, list[Any]], dict[str, float], int]:
     assert _POOL_PROCESSOR is not None
     before = dict(_POOL_PROCESSOR.seconds)
     out = _POOL_PROCESSOR(batch)
     spent = {stage: seconds - before.get(stage, 0.0) for stage, seconds in _POOL_PROCESSOR.seconds.items()}
-    return out, spent
+    return out, spent, os.getpid()
+
+
+class ProcessPoolBatches:
+    """A `batches=` runner that uses `processes` local worker processes (all cores of one machine).
+
+    Results come back in input order; at most two batches per process are in flight, so memory
+    stays bounded however large the input. Stage timings are summed into the local processor's;
+    `pids` names the processes that did the work.
+    """
+
+    def __init__(self, tokenizer_source: str, options: CurationOptions, processes: int) -> None:
+        self.tokenizer_source = tokenizer_source
+        self.options = options
+        self.processes = processes
+        self.pids: set[int] = set()
+
+    def __call__(
+        self, line_batches: Iterator[dict[str, list[Any]]], local: RecordProcessor
+    ) -> Iterator[dict[str, Any]]:
+        import collections
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")  # no fork: tokenizer thread pools do not survive it
+        initargs = (self.tokenizer_source, asdict(self.options), local.prompt_signatures)
+        with context.Pool(self.processes, initializer=_pool_init, initargs=initargs) as pool:
+            pending: collections.deque[Any] = collections.deque()
+            for batch in line_batches:
+                pending.append(pool.apply_async(_pool_process, (batch,)))
+                while len(pending) >= 2 * self.processes:
+                    yield self._collect(pending.popleft().get(), local)
+            while pending:
+                yield self._collect(pending.popleft().get(), local)
+
+    def _collect(
+        self, result: tuple[dict[str, list[Any]], dict[str, float], int], local: RecordProcessor
+    ) -> dict[str, list[Any]]:
+        out, spent, pid = result
+        local.seconds.update(spent)
+        self.pids.add(pid)
+        return out
 
 
 def process_pool_batches(
     tokenizer_source: str, options: CurationOptions, processes: int
 ) -> Callable[[Iterator[dict[str, list[Any]]], RecordProcessor], Iterator[dict[str, Any]]]:
-    """A `batches=` runner that uses `processes` local worker processes (all cores of one machine).
-
-    Results come back in input order; at most two batches per process are in flight, so memory
-    stays bounded however large the input. Stage timings are summed into the local processor's.
-    """
-
-    def run(line_batches: Iterator[dict[str, list[Any]]], local: RecordProcessor) -> Iterator[dict[str, Any]]:
-        import collections
-        import multiprocessing
-
-        context = multiprocessing.get_context("spawn")  # no fork: tokenizer thread pools do not survive it
-        with context.Pool(
-            processes, initializer=_pool_init, initargs=(tokenizer_source, asdict(options), local.prompt_signatures)
-        ) as pool:
-            pending: collections.deque[Any] = collections.deque()
-            for batch in line_batches:
-                pending.append(pool.apply_async(_pool_process, (batch,)))
-                while len(pending) >= 2 * processes:
-                    yield _collect(pending.popleft().get(), local)
-            while pending:
-                yield _collect(pending.popleft().get(), local)
-
-    return run
-
-
-def _collect(result: tuple[dict[str, list[Any]], dict[str, float]], local: RecordProcessor) -> dict[str, list[Any]]:
-    out, spent = result
-    local.seconds.update(spent)
-    return out
+    """A `batches=` runner over `processes` local processes (see ProcessPoolBatches)."""
+    return ProcessPoolBatches(tokenizer_source, options, processes)

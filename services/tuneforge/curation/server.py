@@ -36,7 +36,11 @@ class CurationComponent(PlatformComponent):
                 artifact_root=str(platform.artifacts.root),
                 model_cache_dir=str(settings.models.cache_dir),
                 trust_remote_code=tuple(settings.models.trust_remote_code),
+                processes=settings.curation.build_processes,
+                lease_ttl_s=settings.curation.build_lease_ttl_s,
             ),
+            platform.metadata,
+            platform.artifacts,
             settings.curation.workers,
         )
         self.versions = DatasetVersions(
@@ -46,6 +50,7 @@ class CurationComponent(PlatformComponent):
             platform.models,
             settings.curation.import_roots,
             self.runner.submit,
+            self.runner.cancel,
         )
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -55,12 +60,11 @@ class CurationComponent(PlatformComponent):
 
     async def start(self) -> None:
         await super().start()
-        resumed = await asyncio.to_thread(self.versions.resume)
-        if resumed:
-            log.info("dataset_builds_resumed", versions=[vid for _, vid in resumed])
+        # before SERVING: builds left by a previous run are adopted (still running) or started again
+        await asyncio.to_thread(self.runner.start)
 
     async def stop(self) -> None:
-        # unfinished builds stay PROCESSING and are resumed by the next start
+        # unfinished builds stay PROCESSING and are built again by the next start
         await asyncio.to_thread(self.runner.stop)
 
 

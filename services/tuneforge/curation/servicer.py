@@ -42,6 +42,7 @@ _VERSION_STATES = {
     "processing": curation_pb2.DATASET_VERSION_STATE_PROCESSING,
     "ready": curation_pb2.DATASET_VERSION_STATE_READY,
     "failed": curation_pb2.DATASET_VERSION_STATE_FAILED,
+    "cancelled": curation_pb2.DATASET_VERSION_STATE_CANCELLED,
 }
 _LENGTH_POLICIES = {0: "drop", curation_pb2.LENGTH_POLICY_DROP: "drop", curation_pb2.LENGTH_POLICY_TRUNCATE: "truncate"}
 _COUNT_FIELDS = (
@@ -292,3 +293,12 @@ class DatasetServicer(curation_pb2_grpc.DatasetServiceServicer):
     ) -> curation_pb2.DeleteDatasetVersionResponse:
         await asyncio.to_thread(self.versions.delete, current_principal().tenant, request.dataset_version_id)
         return curation_pb2.DeleteDatasetVersionResponse()
+
+    async def CancelDatasetVersion(
+        self, request: curation_pb2.CancelDatasetVersionRequest, context: grpc.aio.ServicerContext
+    ) -> curation_pb2.CancelDatasetVersionResponse:
+        principal = current_principal()
+        info = await asyncio.to_thread(
+            self.versions.cancel, principal.tenant, request.dataset_version_id, principal.key_name or principal.tenant
+        )
+        return curation_pb2.CancelDatasetVersionResponse(dataset_version=version_message(info))

@@ -2,8 +2,9 @@
 
 A version is built in a separate worker process (`tuneforge.curation.worker`), so the CPU-heavy
 pipeline never competes with the gRPC event loop; the worker reads its instructions from the
-metadata row and publishes its files with one directory rename. Versions still PROCESSING when a
-service restarts are built again on start-up (`resume()`), so none is lost.
+metadata row and publishes its files with one directory rename. The BuildRunner supervises the
+builds: versions still PROCESSING when a service restarts are adopted (their worker still runs) or
+built again, so none is lost and none is built twice; a build can be cancelled.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from tuneforge.store.metadata import (
 )
 from tuneforge.store.tables import DatasetVersionRow, utcnow
 
-PROCESSING, READY, FAILED = "processing", "ready", "failed"
+PROCESSING, READY, FAILED, CANCELLED = "processing", "ready", "failed", "cancelled"
 
 
 def leakage_options(leakage: dict[str, str]) -> dict[str, str]:
@@ -163,6 +164,7 @@ class DatasetVersions:
         models: ModelResolver,
         import_roots: list[Path],
         submit: Callable[[str, str], None],
+        stop_build: Callable[[str, str], None] = lambda tenant, vid: None,
     ) -> None:
         self.metadata = metadata
         self.artifacts = artifacts
@@ -170,6 +172,7 @@ class DatasetVersions:
         self.models = models
         self.import_roots = [Path(root).expanduser().resolve() for root in import_roots]
         self.submit = submit
+        self.stop_build = stop_build
         self.tokenizer = lru_cache(maxsize=4)(self._load_tokenizer)
         self.template_hash = lru_cache(maxsize=4)(lambda base_model: template_hash(self.tokenizer(base_model)))
 
@@ -293,17 +296,6 @@ class DatasetVersions:
             ) from exc
         return {"id": info.id, "sha256": info.sha256}
 
-    def resume(self) -> list[tuple[str, str]]:
-        """Queues again every version left PROCESSING (e.g. by a crash); returns them."""
-        with self.metadata.session() as session:
-            pending = [
-                (r.tenant, r.id)
-                for r in session.scalars(select(DatasetVersionRow).where(DatasetVersionRow.state == PROCESSING))
-            ]
-        for tenant, vid in pending:
-            self.submit(tenant, vid)
-        return pending
-
     def _row(self, session: Any, tenant: str, vid: str) -> DatasetVersionRow:
         check_resource_id(vid, "dataset_version_id", "dsv")
         row = session.get(DatasetVersionRow, (tenant, vid))
@@ -325,6 +317,23 @@ class DatasetVersions:
             rows, token = newest_first_page(session, query, DatasetVersionRow, page_size, page_token)
             return [_info(r) for r in rows], token
 
+    def cancel(self, tenant: str, vid: str, who: str) -> VersionInfo:
+        """Makes a PROCESSING version CANCELLED and stops its build (its staging removed); returns it.
+
+        FAILED_PRECONDITION for a version that is no longer being built.
+        """
+        with self.metadata.session() as session:
+            row = self._row(session, tenant, vid)
+            if row.state != PROCESSING:
+                raise FailedPrecondition(
+                    f"dataset version {vid} is {row.state}; only a version being built can be cancelled"
+                )
+            row.state = CANCELLED
+            row.failure_reason = f"cancelled by {who}"
+            row.updated_at = utcnow()
+        self.stop_build(tenant, vid)
+        return self.get(tenant, vid)
+
     def delete(self, tenant: str, vid: str) -> None:
         with self.metadata.session() as session:
             row = self._row(session, tenant, vid)
@@ -337,6 +346,8 @@ class DatasetVersions:
         info = self.get(tenant, vid)
         if info.state == PROCESSING:
             raise FailedPrecondition(f"dataset version {vid} is still being built")
+        if info.state == CANCELLED:
+            raise FailedPrecondition(f"dataset version {vid} was {info.failure_reason}; it has no report or records")
         return info
 
     def report(self, tenant: str, vid: str) -> tuple[VersionInfo, dict[str, Any], str]:

@@ -1,24 +1,80 @@
-"""Builds one dataset version in a worker process: everything it needs is in the metadata row."""
+"""Builds one dataset version in a worker process: everything it needs is in the metadata row.
+
+One build per version, wherever it runs: the worker holds the version's lease
+(`dataset-build:<tenant>/<id>`) from before it creates its staging directory until after it has
+removed it, renews it from a thread, and gives up (stops itself) as soon as it loses the lease or
+the version stops being PROCESSING (cancelled, deleted). A worker that outlives its server (the
+server was SIGKILLed) keeps its lease alive, so the restarted server adopts the build instead of
+starting a second one; a dead worker's lease expires and the next build of the version starts
+clean, removing the dead one's staging first. A version is published at most once: only by the
+lease holder, and only while the row is still PROCESSING.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import update
+
 from tuneforge.common.logging import get_logger
 from tuneforge.common.names import new_id
+from tuneforge.curation import distributed
 from tuneforge.curation.pipeline import CurationOptions, InputFile, curate
 from tuneforge.curation.report import write_failed_build_report
 from tuneforge.models import ModelResolver, template_hash
 from tuneforge.store.artifacts import ArtifactStore
+from tuneforge.store.leases import DEFAULT_TTL_S, Leases
 from tuneforge.store.metadata import MetadataStore
 from tuneforge.store.tables import DatasetVersionRow, utcnow
 
 log = get_logger(__name__)
+
+#: Exit status of a worker that found the version's build running elsewhere (EX_TEMPFAIL).
+EXIT_BUILDING_ELSEWHERE = 75
+#: Exit status of a worker stopped by SIGTERM (a server stopping, a cancel): 128 + 15, as a shell reports it.
+EXIT_TERMINATED = 143
+#: Input bytes per pool process below which `processes=0` (automatic) adds no further process:
+#: a pool process costs about a second to start and load its tokenizer.
+AUTO_BYTES_PER_PROCESS = 8 * 2**20
+
+_STAGING = re.compile(r"^dir-build-(?P<tenant>[^.]+)\.(?P<version>dsv-[0-9a-f]+)-")
+
+
+def build_lease_name(tenant: str, version_id: str) -> str:
+    """The lease whose holder is the one build of (tenant, version_id)."""
+    return f"dataset-build:{tenant}/{version_id}"
+
+
+def _staging_prefix(tenant: str, version_id: str) -> str:
+    return f"build-{tenant}.{version_id}"  # tenant names have no '.': the split is unambiguous
+
+
+def remove_staging(artifacts: ArtifactStore, tenant: str, version_id: str) -> int:
+    """Removes every staging directory of builds of (tenant, version_id); call only holding its lease."""
+    removed = 0
+    for path in artifacts.temp_dir.glob(f"dir-{_staging_prefix(tenant, version_id)}-*"):
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def staging_builds(artifacts: ArtifactStore) -> set[tuple[str, str]]:
+    """(tenant, version id) of every build that has a staging directory now."""
+    found = set()
+    for path in artifacts.temp_dir.glob("dir-build-*"):
+        if match := _STAGING.match(path.name):
+            found.add((match["tenant"], match["version"]))
+    return found
 
 
 @dataclass(frozen=True)
@@ -29,28 +85,138 @@ class WorkerConfig:
     artifact_root: str
     model_cache_dir: str
     trust_remote_code: tuple[str, ...] = field(default_factory=tuple)
-    #: Processes one build fans its batches out to (0 = one per CPU core).
+    #: Processes one build fans its batches out to (0 = one per CPU core, fewer for small inputs;
+    #: 1 = in the worker process itself).
     processes: int = 0
+    #: Seconds the build's lease lasts without renewal: how long a dead worker's version waits
+    #: before another build of it may start.
+    lease_ttl_s: float = DEFAULT_TTL_S
+    #: Holder name of the build's lease (the runner names it, so it can check on its worker's
+    #: lease after the worker died); empty: the worker names itself.
+    lease_holder: str = ""
+
+
+def pool_processes(requested: int, input_bytes: int, cpus: int | None = None) -> int:
+    """How many processes a build of `input_bytes` uses for `requested` (see WorkerConfig.processes)."""
+    if requested > 0:
+        return requested
+    return max(1, min(cpus or os.cpu_count() or 1, math.ceil(input_bytes / AUTO_BYTES_PER_PROCESS)))
+
+
+class BuildStopped(Exception):
+    """The build lost its lease or its version stopped being PROCESSING: it must not publish."""
+
+
+class LeaseKeeper:
+    """Renews a build's lease from a thread; when the build must stop, SIGTERMs this process.
+
+    SIGTERM (turned into SystemExit by `main`) is the one way to interrupt the pipeline wherever
+    it is, tokenizer calls included; the build's `finally` blocks then remove its staging.
+    """
+
+    def __init__(self, leases: Leases, metadata: MetadataStore, tenant: str, version_id: str) -> None:
+        self.leases = leases
+        self.metadata = metadata
+        self.tenant = tenant
+        self.version_id = version_id
+        self.name = build_lease_name(tenant, version_id)
+        self.stop_reason = ""
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="build-lease", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def check(self) -> None:
+        """Raises BuildStopped unless this build still holds the lease and its version is PROCESSING."""
+        if not self.stop_reason:
+            self.stop_reason = self._why_stop()
+        if self.stop_reason:
+            raise BuildStopped(self.stop_reason)
+
+    def _why_stop(self) -> str:
+        if not self.leases.acquire(self.name):
+            return "another build took the version's lease over"
+        with self.metadata.session() as session:
+            row = session.get(DatasetVersionRow, (self.tenant, self.version_id))
+            if row is None:
+                return "the version was deleted"
+            if row.state != "processing":
+                return f"the version is {row.state} ({row.failure_reason or 'no reason given'})"
+        return ""
+
+    def _run(self) -> None:
+        while not self._done.wait(self.leases.ttl_s / 3):
+            try:
+                reason = self._why_stop()
+            except Exception:  # the database may be briefly unreachable: the lease outlives a few misses
+                log.warning("dataset_build_lease_not_renewed", version=self.version_id, exc_info=True)
+                continue
+            if reason and not self._done.is_set():
+                self.stop_reason = reason
+                log.info("dataset_build_stopping", tenant=self.tenant, version=self.version_id, reason=reason)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
 
 
 def build_version(config: WorkerConfig, tenant: str, version_id: str) -> str:
-    """Runs the pipeline for (tenant, version_id) and records READY or FAILED; returns the state."""
+    """Runs the pipeline for (tenant, version_id) and records READY or FAILED; returns the state.
+
+    Returns "elsewhere" without touching anything while another build holds the version's lease.
+    """
     metadata = MetadataStore(config.database_url)
     artifacts = ArtifactStore(Path(config.artifact_root))
+    leases = Leases(metadata, holder=config.lease_holder or None, ttl_s=config.lease_ttl_s)
+    name = build_lease_name(tenant, version_id)
     try:
-        return _build(metadata, artifacts, config, tenant, version_id)
+        if not leases.acquire(name):
+            log.info("dataset_build_elsewhere", tenant=tenant, version=version_id, holder=leases.holder_of(name))
+            return "elsewhere"
+        keeper = LeaseKeeper(leases, metadata, tenant, version_id)
+        try:
+            if remove_staging(artifacts, tenant, version_id):  # a dead build's, found holding the lease
+                log.info("dataset_build_stale_staging_removed", tenant=tenant, version=version_id)
+            keeper.start()
+            return _build(metadata, artifacts, config, keeper, tenant, version_id)
+        finally:
+            keeper.stop()
+            leases.release(name)
     finally:
         metadata.close()
 
 
-def _update(metadata: MetadataStore, tenant: str, version_id: str, **values: Any) -> None:
+def finish_version(metadata: MetadataStore, tenant: str, version_id: str, **values: Any) -> bool:
+    """Sets `values` on the version if it is still PROCESSING (the one transition out of it); returns whether."""
     with metadata.session() as session:
-        row = session.get(DatasetVersionRow, (tenant, version_id))
-        if row is None:
-            return
-        for name, value in values.items():
-            setattr(row, name, value)
-        row.updated_at = utcnow()
+        changed = session.execute(
+            update(DatasetVersionRow)
+            .where(
+                DatasetVersionRow.tenant == tenant,
+                DatasetVersionRow.id == version_id,
+                DatasetVersionRow.state == "processing",
+            )
+            .values(**values, updated_at=utcnow())
+        ).rowcount
+    return bool(changed)
+
+
+def _report_progress(metadata: MetadataStore, tenant: str, version_id: str, processed: int) -> None:
+    """Raises the version's bytes_processed to `processed`; never lowers it (a restarted build starts at 0)."""
+    with metadata.session() as session:
+        session.execute(
+            update(DatasetVersionRow)
+            .where(
+                DatasetVersionRow.tenant == tenant,
+                DatasetVersionRow.id == version_id,
+                DatasetVersionRow.state == "processing",
+                DatasetVersionRow.bytes_processed < processed,
+            )
+            .values(bytes_processed=processed, updated_at=utcnow())
+        )
 
 
 def _suite_prompts(
@@ -66,7 +232,12 @@ def _suite_prompts(
 
 
 def _build(
-    metadata: MetadataStore, artifacts: ArtifactStore, config: WorkerConfig, tenant: str, version_id: str
+    metadata: MetadataStore,
+    artifacts: ArtifactStore,
+    config: WorkerConfig,
+    keeper: LeaseKeeper,
+    tenant: str,
+    version_id: str,
 ) -> str:
     with metadata.session() as session:
         row = session.get(DatasetVersionRow, (tenant, version_id))
@@ -77,7 +248,7 @@ def _build(
         leakage_suite = options_values.pop("leakage_suite_id", ""), options_values.pop("leakage_suite_sha256", "")
         base_model, dataset, expected_template = row.base_model, row.dataset, row.template_hash
         data_format, bytes_total = row.data_format, row.bytes_total
-    work = artifacts.make_temp_dir(f"build-{version_id}")
+    work = artifacts.make_temp_dir(_staging_prefix(tenant, version_id))
     try:
         models = ModelResolver(Path(config.model_cache_dir), list(config.trust_remote_code))
         resolved = models.resolve(base_model)
@@ -97,9 +268,15 @@ def _build(
             processed += nbytes
             if time.monotonic() - last_update > 1.0:
                 last_update = time.monotonic()
-                _update(metadata, tenant, version_id, bytes_processed=processed)
+                keeper.check()
+                _report_progress(metadata, tenant, version_id, processed)
 
         out = work / "out"
+        processes = pool_processes(config.processes, bytes_total)
+        batches = None
+        if processes > 1:
+            options = CurationOptions(**options_values)
+            batches = distributed.ProcessPoolBatches(resolved.source, options, processes)
         result = curate(
             inputs,
             tokenizer,
@@ -107,6 +284,7 @@ def _build(
             out,
             work / "staging",
             progress=progress,
+            batches=batches,
             eval_prompts=eval_prompts,
             metadata={
                 "version_id": version_id,
@@ -131,9 +309,10 @@ def _build(
         }
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         shutil.rmtree(work / "staging", ignore_errors=True)
+        keeper.check()  # published at most once: by the lease holder, while the version is PROCESSING
         artifacts.for_tenant(tenant).publish_dir(f"datasets/{version_id}", out)
         state = "ready" if result.ok else "failed"
-        _update(
+        finish_version(
             metadata,
             tenant,
             version_id,
@@ -147,9 +326,13 @@ def _build(
             tenant=tenant,
             version=version_id,
             state=state,
+            processes=processes,
             **{k: v for k, v in result.counts.items() if isinstance(v, int)},
         )
         return state
+    except BuildStopped as stopped:
+        log.info("dataset_build_stopped", tenant=tenant, version=version_id, reason=str(stopped))
+        return "stopped"
     except Exception as exc:
         reference = new_id("err")  # what an operator greps the server log for
         log.exception("dataset_version_failed", tenant=tenant, version=version_id, reference=reference)
@@ -162,10 +345,13 @@ def _build(
                 work / "staging" / "issues.jsonl",
                 {"version_id": version_id, "dataset": dataset, "base_model": base_model, "reference": reference},
             )
+            keeper.check()
             artifacts.for_tenant(tenant).publish_dir(f"datasets/{version_id}", failed)
+        except BuildStopped:
+            return "stopped"
         except Exception:
             log.exception("dataset_failure_report_not_written", tenant=tenant, version=version_id)
-        _update(metadata, tenant, version_id, state="failed", failure_reason=reason)
+        finish_version(metadata, tenant, version_id, state="failed", failure_reason=reason)
         return "failed"
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -184,8 +370,13 @@ def main() -> int:
     tenant, version_id = sys.argv[1:3]
     values = json.loads(sys.stdin.read())
     values["trust_remote_code"] = tuple(values.get("trust_remote_code", ()))
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(EXIT_TERMINATED)  # unwinds the build: its staging is removed, its lease released
+
+    signal.signal(signal.SIGTERM, terminate)
     state = build_version(WorkerConfig(**values), tenant, version_id)
-    return 0 if state in ("ready", "failed") else 1
+    return EXIT_BUILDING_ELSEWHERE if state == "elsewhere" else 0
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ class DatasetVersionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DATASET_VERSION_STATE_PROCESSING: _ClassVar[DatasetVersionState]
     DATASET_VERSION_STATE_READY: _ClassVar[DatasetVersionState]
     DATASET_VERSION_STATE_FAILED: _ClassVar[DatasetVersionState]
+    DATASET_VERSION_STATE_CANCELLED: _ClassVar[DatasetVersionState]
 DATA_FORMAT_UNSPECIFIED: DataFormat
 DATA_FORMAT_ALPACA: DataFormat
 DATA_FORMAT_SHAREGPT: DataFormat
@@ -50,6 +51,7 @@ DATASET_VERSION_STATE_UNSPECIFIED: DatasetVersionState
 DATASET_VERSION_STATE_PROCESSING: DatasetVersionState
 DATASET_VERSION_STATE_READY: DatasetVersionState
 DATASET_VERSION_STATE_FAILED: DatasetVersionState
+DATASET_VERSION_STATE_CANCELLED: DatasetVersionState
 
 class File(_message.Message):
     __slots__ = ("id", "filename", "state", "digest", "format", "times")
@@ -377,3 +379,15 @@ class DeleteDatasetVersionRequest(_message.Message):
 class DeleteDatasetVersionResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class CancelDatasetVersionRequest(_message.Message):
+    __slots__ = ("dataset_version_id",)
+    DATASET_VERSION_ID_FIELD_NUMBER: _ClassVar[int]
+    dataset_version_id: str
+    def __init__(self, dataset_version_id: _Optional[str] = ...) -> None: ...
+
+class CancelDatasetVersionResponse(_message.Message):
+    __slots__ = ("dataset_version",)
+    DATASET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    dataset_version: DatasetVersion
+    def __init__(self, dataset_version: _Optional[_Union[DatasetVersion, _Mapping]] = ...) -> None: ...

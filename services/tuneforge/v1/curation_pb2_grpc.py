@@ -94,6 +94,11 @@ class DatasetServiceStub:
                 request_serializer=tuneforge_dot_v1_dot_curation__pb2.DeleteDatasetVersionRequest.SerializeToString,
                 response_deserializer=tuneforge_dot_v1_dot_curation__pb2.DeleteDatasetVersionResponse.FromString,
                 _registered_method=True)
+        self.CancelDatasetVersion = channel.unary_unary(
+                '/tuneforge.v1.DatasetService/CancelDatasetVersion',
+                request_serializer=tuneforge_dot_v1_dot_curation__pb2.CancelDatasetVersionRequest.SerializeToString,
+                response_deserializer=tuneforge_dot_v1_dot_curation__pb2.CancelDatasetVersionResponse.FromString,
+                _registered_method=True)
 
 
 class DatasetServiceServicer:
@@ -135,7 +140,7 @@ class DatasetServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateDatasetVersion(self, request, context):
-        """Starts building a dataset version; poll GetDatasetVersion until its state is READY or FAILED.
+        """Starts building a dataset version; poll GetDatasetVersion until it is no longer PROCESSING.
         The version id is derived from the input bytes and the settings: the same input with the same
         settings yields the same id and is not built twice.
         """
@@ -180,6 +185,15 @@ class DatasetServiceServicer:
 
     def DeleteDatasetVersion(self, request, context):
         """Deletes a finished version and its files. A version still PROCESSING is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelDatasetVersion(self, request, context):
+        """Stops building a version: it becomes CANCELLED at once and its build stops, its partial files
+        removed. Cancelling a version that is no longer PROCESSING is FAILED_PRECONDITION; a cancelled
+        version can be deleted and created again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -242,6 +256,11 @@ def add_DatasetServiceServicer_to_server(servicer, server):
                     servicer.DeleteDatasetVersion,
                     request_deserializer=tuneforge_dot_v1_dot_curation__pb2.DeleteDatasetVersionRequest.FromString,
                     response_serializer=tuneforge_dot_v1_dot_curation__pb2.DeleteDatasetVersionResponse.SerializeToString,
+            ),
+            'CancelDatasetVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelDatasetVersion,
+                    request_deserializer=tuneforge_dot_v1_dot_curation__pb2.CancelDatasetVersionRequest.FromString,
+                    response_serializer=tuneforge_dot_v1_dot_curation__pb2.CancelDatasetVersionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -546,6 +565,33 @@ class DatasetService:
             '/tuneforge.v1.DatasetService/DeleteDatasetVersion',
             tuneforge_dot_v1_dot_curation__pb2.DeleteDatasetVersionRequest.SerializeToString,
             tuneforge_dot_v1_dot_curation__pb2.DeleteDatasetVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelDatasetVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneforge.v1.DatasetService/CancelDatasetVersion',
+            tuneforge_dot_v1_dot_curation__pb2.CancelDatasetVersionRequest.SerializeToString,
+            tuneforge_dot_v1_dot_curation__pb2.CancelDatasetVersionResponse.FromString,
             options,
             channel_credentials,
             insecure,
