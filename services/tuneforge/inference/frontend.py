@@ -231,11 +231,14 @@ class InferenceFrontend:
             raise InvalidArgument.for_field(
                 f"{field}[{len(messages) - 1}].role", "the last message must not be the assistant's"
             )
-        size = sum(len(content.encode("utf-8", "surrogatepass")) for _, content in messages)
+        # a character is at least one byte: only text short enough to pass is encoded to count exactly
+        size = sum(len(content) for _, content in messages)
+        if size <= self.limits.max_prompt_bytes:
+            size = sum(len(content.encode("utf-8", "surrogatepass")) for _, content in messages)
         if size > self.limits.max_prompt_bytes:
             raise InvalidArgument.for_field(
                 field,
-                f"the messages hold {size} bytes of text, more than a prompt of at most "
+                f"the messages hold at least {size} bytes of text, more than a prompt of at most "
                 f"{self.limits.max_prompt_tokens} tokens can (limit {self.limits.max_prompt_bytes} bytes); "
                 "shorten them",
             )
