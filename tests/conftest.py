@@ -132,15 +132,14 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     shutil.rmtree(RAY_HEAD_DIR.parent, ignore_errors=True)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _lazy_session_ray() -> Iterator[None]:
-    """Job runners configured with `SESSION_RAY` reach the session head, started on their first Ray call."""
-    try:
-        from tuneforge.training import runner
-        from tuneforge.training.cluster import RayJobs, ray_auth_headers
-    except ImportError:  # the GPU tier's machines carry only the training stack
-        yield
-        return
+@pytest.fixture(scope="session")
+def lazy_session_ray() -> Iterator[None]:
+    """Job runners configured with `SESSION_RAY` reach the session head, started on their first Ray call.
+
+    Servers built from `make_settings` with the training service need it (`server_settings` does).
+    """
+    from tuneforge.training import runner
+    from tuneforge.training.cluster import RayJobs, ray_auth_headers
 
     class SessionRayJobs(RayJobs):
         """`RayJobs` of the session head; its Job API client (and so the head) is made on first use."""
@@ -204,7 +203,7 @@ def ray_head(ray_cluster: LocalRayHead) -> str:
 
 
 @pytest.fixture(scope="session")
-def server_settings(tmp_path_factory: pytest.TempPathFactory, keys_file: Path) -> Settings:
+def server_settings(tmp_path_factory: pytest.TempPathFactory, keys_file: Path, lazy_session_ray: None) -> Settings:
     """The session server's settings; its jobs go to the session head (`SESSION_RAY`), started by the first one."""
     return make_settings(tmp_path_factory.mktemp("home"), keys_file, max_upload_bytes=256 * 1024)
 
