@@ -116,20 +116,35 @@ def test_stream_without_header_or_with_two_headers_is_invalid(acme: TuneforgeCli
 
 
 def test_a_cancelled_upload_leaves_no_partial_artifact(
-    platform_server: BackgroundServer, acme: TuneforgeClient
+    platform_server: BackgroundServer, acme: TuneforgeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import threading
 
+    from tuneforge.curation.files import Upload
+
     before_files = {f.id for f in acme.list_files()}
     before_artifacts = _artifact_files(platform_server, "acme")
-    sent_some = threading.Event()
+    # the server (in this process) says when it has written a chunk and when it has dropped the upload:
+    # the cancel is sent only once the upload is really under way, and must reach the server
+    written, aborted = threading.Event(), threading.Event()
+    real_write, real_abort = Upload.write, Upload.abort
+
+    def write(self: Upload, chunk: bytes) -> None:
+        real_write(self, chunk)
+        written.set()
+
+    def abort(self: Upload) -> None:
+        real_abort(self)
+        aborted.set()
+
+    monkeypatch.setattr(Upload, "write", write)
+    monkeypatch.setattr(Upload, "abort", abort)
     hold = threading.Event()
 
     def messages():
         yield curation_pb2.UploadFileRequest(header=curation_pb2.UploadFileHeader(filename="cancelled.jsonl"))
         yield curation_pb2.UploadFileRequest(chunk=b"x" * 1000)
-        sent_some.set()
-        hold.wait(10)  # the client goes away mid-upload
+        hold.wait(30)  # the client goes away mid-upload
         yield curation_pb2.UploadFileRequest(chunk=b"y" * 1000)
 
     with grpc.insecure_channel(platform_server.address) as channel:
@@ -137,18 +152,13 @@ def test_a_cancelled_upload_leaves_no_partial_artifact(
         future = stub.UploadFile.future(
             messages(), metadata=(("authorization", "Bearer tf_acme_key_0123456789abcdef"),)
         )
-        assert sent_some.wait(10)
-        import time
-
-        time.sleep(0.3)
-        future.cancel()
-        hold.set()
+        try:
+            assert written.wait(30), "the server never wrote the first chunk"
+            future.cancel()
+            assert aborted.wait(30), "the server never dropped the cancelled upload"
+        finally:
+            hold.set()
     temp_dir = platform_server.server.settings.artifact_root / ".tmp"
-    import time
-
-    deadline = time.monotonic() + 10
-    while list(temp_dir.glob("*.part")) and time.monotonic() < deadline:
-        time.sleep(0.05)
     assert list(temp_dir.glob("*.part")) == []
     assert _artifact_files(platform_server, "acme") == before_artifacts
     assert {f.id for f in acme.list_files()} == before_files
