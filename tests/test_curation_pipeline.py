@@ -377,12 +377,110 @@ def test_the_pipeline_runs_under_ray_data_with_identical_results(tmp_path: Path,
         options,
         tmp_path / "ray",
         tmp_path / "ray-work",
-        batches=ray_data_batches(str(MODEL_CACHE / "tiny-qwen2"), options, concurrency=2),
+        batches=ray_data_batches(str(MODEL_CACHE / "tiny-qwen2"), options, concurrency=2, window_batches=2),
     )
     assert distributed.ok and distributed.counts == local.counts
     for split in ("train", "validation"):
         assert _rows(tmp_path / "ray", split) == _rows(tmp_path / "local", split)
     assert _issues(tmp_path / "ray") == _issues(tmp_path / "local")
+
+
+def test_ray_data_reads_the_line_batches_one_window_at_a_time(tmp_path: Path, tokenizer, local_ray) -> None:
+    """The driver streams: Ray Data gets a window of batches, never a list of every line of the input."""
+    from tuneforge.curation.distributed import ray_data_batches
+    from tuneforge.curation.pipeline import RecordProcessor
+
+    options = CurationOptions(batch_size=4)
+    pulled = 0
+
+    def line_batches():
+        nonlocal pulled
+        for start in range(0, 40, 4):
+            pulled += 1
+            lines = [
+                json.dumps({"instruction": f"Say {n}.", "output": f"{n}."}).encode() for n in range(start, start + 4)
+            ]
+            yield {
+                "source": ["s.jsonl"] * 4,
+                "line": list(range(start + 1, start + 5)),
+                "raw": lines,
+                "format": ["auto"] * 4,
+            }
+
+    run = ray_data_batches(str(MODEL_CACHE / "tiny-qwen2"), options, concurrency=1, window_batches=2)
+    results = run(line_batches(), RecordProcessor(tokenizer, options))
+    first = next(results)
+    assert pulled <= 2  # only the first window was read when its first result came back
+    assert sum(len(batch["ok"]) for batch in [first, *results]) == 40 and pulled == 10
+
+
+def test_pool_processes_follow_the_setting_and_the_input_size() -> None:
+    from tuneforge.curation.worker import AUTO_BYTES_PER_PROCESS, pool_processes
+
+    assert pool_processes(1, 10 * AUTO_BYTES_PER_PROCESS) == 1
+    assert pool_processes(3, 10) == 3
+    assert pool_processes(0, 1000, cpus=8) == 1  # a small input stays in the worker process
+    assert pool_processes(0, 3 * AUTO_BYTES_PER_PROCESS, cpus=8) == 3
+    assert pool_processes(0, 100 * AUTO_BYTES_PER_PROCESS, cpus=4) == 4
+
+
+def test_a_build_over_two_processes_gives_the_version_one_process_gives(tmp_path: Path, monkeypatch) -> None:
+    import os
+    from dataclasses import replace
+
+    from tuneforge.curation import distributed
+    from tuneforge.curation.files import FileCatalog
+    from tuneforge.curation.versions import DatasetVersions, VersionSpec
+    from tuneforge.curation.worker import WorkerConfig, build_version
+    from tuneforge.store.artifacts import ArtifactStore
+    from tuneforge.store.metadata import MetadataStore
+
+    demo = Path(__file__).resolve().parents[1] / "services" / "tuneforge" / "demo_data"
+    metadata = MetadataStore(f"sqlite:///{tmp_path / 'metadata.db'}")
+    metadata.migrate()
+    artifacts = ArtifactStore(tmp_path / "artifacts")
+    files = FileCatalog(metadata, artifacts, 2**30)
+    versions = DatasetVersions(metadata, artifacts, files, ModelResolver(MODEL_CACHE), [demo], lambda t, v: None)
+    spec = VersionSpec(
+        "pooled",
+        (),
+        "translation_alpaca.jsonl",
+        "auto",
+        "tiny-qwen2",
+        CurationOptions(validation_fraction=0.2, batch_size=8),
+    )
+    config = WorkerConfig(f"sqlite:///{tmp_path / 'metadata.db'}", str(artifacts.root), str(MODEL_CACHE), processes=1)
+    pools: list[distributed.ProcessPoolBatches] = []
+
+    class RecordedPool(distributed.ProcessPoolBatches):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            pools.append(self)
+
+    monkeypatch.setattr(distributed, "ProcessPoolBatches", RecordedPool)
+
+    def built(processes: int) -> dict[str, Any]:
+        vid = versions.create("acme", spec).id
+        assert build_version(replace(config, processes=processes), "acme", vid) == "ready"
+        out = artifacts.for_tenant("acme").path(f"datasets/{vid}")
+        result = {
+            "version": versions.get("acme", vid).counts,
+            "manifest": json.loads((out / "manifest.json").read_text()),
+            "train": _rows(out),
+            "validation": _rows(out, "validation"),
+            "issues": _issues(out),
+        }
+        versions.delete("acme", vid)
+        return result
+
+    one = built(1)
+    assert pools == []
+    two = built(2)
+    assert two == one
+    [pool] = pools
+    assert len(pool.worker_pids) == 2 and os.getpid() not in pool.worker_pids
+    assert pool.pids and pool.pids <= pool.worker_pids  # every batch was processed by a pool process
+    metadata.close()
 
 
 def test_a_format_override_applies_to_the_whole_file(tmp_path: Path, tokenizer) -> None:

@@ -88,13 +88,14 @@ class ProcessPoolBatches:
 
     Results come back in input order; at most two batches per process are in flight, so memory
     stays bounded however large the input. Stage timings are summed into the local processor's;
-    `pids` names the processes that did the work.
+    `worker_pids` names the pool's processes and `pids` those that processed a batch.
     """
 
     def __init__(self, tokenizer_source: str, options: CurationOptions, processes: int) -> None:
         self.tokenizer_source = tokenizer_source
         self.options = options
         self.processes = processes
+        self.worker_pids: set[int] = set()
         self.pids: set[int] = set()
 
     def __call__(
@@ -106,6 +107,7 @@ class ProcessPoolBatches:
         context = multiprocessing.get_context("spawn")  # no fork: tokenizer thread pools do not survive it
         initargs = (self.tokenizer_source, asdict(self.options), local.prompt_signatures)
         with context.Pool(self.processes, initializer=_pool_init, initargs=initargs) as pool:
+            self.worker_pids = {process.pid for process in pool._pool}  # type: ignore[attr-defined]
             pending: collections.deque[Any] = collections.deque()
             for batch in line_batches:
                 pending.append(pool.apply_async(_pool_process, (batch,)))
