@@ -174,19 +174,20 @@ def test_adapter_loads_stuck_in_a_copy_do_not_delay_a_metadata_call(tokenizer: A
 
     async def scenario() -> list[str]:
         loads = [asyncio.create_task(generate(i)) for i in range(stuck)]
-        await asyncio.to_thread(engine.loads_started.acquire)  # a load is under way (and holds its thread)
-        listed = await asyncio.wait_for(  # a hang guard only: before the fix this call never returned
-            servicer.ListModels(inference_pb2.ListModelsRequest(), None), timeout=120
-        )
-        assert not engine.loads_may_finish.is_set()  # ... while every load was still stuck
-        engine.loads_may_finish.set()
+        try:
+            await asyncio.to_thread(engine.loads_started.acquire)  # a load is under way (and holds its thread)
+            listed = await asyncio.wait_for(  # a hang guard only: before the fix this call never returned
+                servicer.ListModels(inference_pb2.ListModelsRequest(), None), timeout=120
+            )
+            assert not engine.loads_may_finish.is_set()  # ... while every load was still stuck
+        finally:
+            engine.loads_may_finish.set()  # (threads still stuck would keep the loop from closing)
         await asyncio.gather(*loads)
         return [m.name for m in listed.models]
 
     try:
         assert asyncio.run(scenario()) == ["tiny-qwen2"]
     finally:
-        engine.loads_may_finish.set()
         frontend.close()
 
 
