@@ -11,6 +11,8 @@ import json
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from conftest import ACME_KEY, GLOBEX_KEY, MODEL_CACHE
 from tuneforge.chat import ChatRenderer
 from tuneforge.client import TuneforgeClient, TuneforgeError
 from tuneforge.common.server import BackgroundServer
+from tuneforge.inference.engine import Engine, Request, Sampling
 from tuneforge.models import ModelResolver, template_hash
 from tuneforge.store.artifacts import ArtifactStore
 from tuneforge.store.metadata import MetadataStore
@@ -121,6 +124,36 @@ def _generate(client: TuneforgeClient, model: str, messages=MESSAGES, **sampling
     return client.call(client.inference.Generate, _request(model, messages, **sampling))
 
 
+@contextmanager
+def _one_batch(engine: Engine, expected: int) -> Iterator[list[list[str | None]]]:
+    """Holds the engine's generation thread in a request of the test's own until `expected` more are queued.
+
+    The requests the block sends are then all waiting when the engine forms its next batch. Yields the
+    adapter keys of every batch decoded after the held one (the engine's own record, from `_decode`).
+    """
+    batches: list[list[str | None]] = []
+    holding, plug_done = threading.Event(), threading.Event()
+    plug = Request([1], None, Sampling(max_tokens=1), lambda event: event.finish_reason and plug_done.set())
+    real = Engine._decode
+
+    def decode(self: Engine, batch: list[Request]) -> None:
+        if any(request is plug for request in batch):
+            holding.set()
+            deadline = time.monotonic() + 120  # past it the batch goes on, and the caller's assertion fails
+            while self.queue_depth() < expected and time.monotonic() < deadline:
+                time.sleep(0.01)
+        else:
+            batches.append([request.adapter_key for request in batch])
+        real(self, batch)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Engine, "_decode", decode)
+        engine.submit(plug)
+        assert holding.wait(60), "the engine never took the test's own request"
+        yield batches
+        assert plug_done.wait(60)
+
+
 def test_each_adapter_alone_and_in_a_mixed_batch_gives_peft_s_tokens(
     platform_server: BackgroundServer, adapters: dict[str, Path], resolver: ModelResolver, tokenizer
 ) -> None:
@@ -136,20 +169,24 @@ def test_each_adapter_alone_and_in_a_mixed_batch_gives_peft_s_tokens(
     with TuneforgeClient(platform_server.address, api_key=ACME_KEY) as client:
         alone = [_generate(client, model, messages).text for model, _, messages in cases]
         assert alone == expected
-        # all at once: the engine batches them together, one row per adapter (and the base)
+        # all at once: held behind a request of the test's own, they reach the engine's queue together
+        # and decode in one batch, one row per adapter (and the base)
+        engine = next(c for c in platform_server.server.components if hasattr(c, "engine")).engine
+        calls = len(cases) * 2
         together: dict[int, str] = {}
-        barrier = threading.Barrier(len(cases) * 2)
 
         def run(index: int) -> None:
             model, _, messages = cases[index % len(cases)]
-            barrier.wait()
             together[index] = _generate(client, model, messages).text
 
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(cases) * 2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        with _one_batch(engine, calls) as batches:
+            threads = [threading.Thread(target=run, args=(i,)) for i in range(calls)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(120)
+    assert [len(batch) for batch in batches] == [calls], batches  # the rows really shared one batch
+    assert len(set(batches[0])) == 4, batches  # the base model and three adapters side by side
     assert [together[i] for i in range(len(cases) * 2)] == expected * 2
 
 
@@ -202,20 +239,25 @@ def test_moving_an_alias_under_load_swaps_versions_without_a_failed_request(
             except Exception as exc:
                 errors.append(exc)
 
+    def wait_for(condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 120
+        while not condition():
+            assert not errors, errors
+            assert time.monotonic() < deadline, f"{what}: answers so far {seen}"
+            threading.Event().wait(0.05)
+
     threads = [threading.Thread(target=load) for _ in range(3)]
     for thread in threads:
         thread.start()
     try:
-        while seen.count("bot:1") < 3:
-            threading.Event().wait(0.05)
+        wait_for(lambda: seen.count("bot:1") >= 3, "prod never answered with version 1")
         registry.set_alias("acme", "bot", "prod", 2)
         moved_at = len(seen)
-        while seen[moved_at:].count("bot:2") < 3:
-            threading.Event().wait(0.05)
+        wait_for(lambda: seen[moved_at:].count("bot:2") >= 3, "prod never moved to version 2")
     finally:
         stop.set()
         for thread in threads:
-            thread.join()
+            thread.join(60)
     assert not errors
     # requests that started before the move may still finish on v1; none after the first v2 answer
     after = seen[seen.index("bot:2") :]
