@@ -277,7 +277,17 @@ def test_cancel_stops_the_worker_and_removes_its_staging_for_its_tenant_only(
         assert info.value.code == "NOT_FOUND"
         assert client.get_dataset_version(version.id).state == PROCESSING
 
-        cancelled = client.cancel_dataset_version(version.id)
+        cli = subprocess.run(
+            [sys.executable, "-m", "tuneforge.cli", "datasets", "cancel", version.id],
+            env={**os.environ, "TUNEFORGE_ADDRESS": f"127.0.0.1:{server.port}", "TUNEFORGE_API_KEY": ACME_KEY},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert cli.returncode == 0, cli.stderr
+        assert version.id in cli.stdout and "cancelled" in cli.stdout and "(cancelled by acme-ci)" in cli.stdout
+        cancelled = client.get_dataset_version(version.id)
         assert cancelled.state == CANCELLED and cancelled.failure_reason == "cancelled by acme-ci"
         assert not alive(worker)
         assert staging(server.home, version.id) == []

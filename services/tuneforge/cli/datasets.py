@@ -104,6 +104,9 @@ def cmd_datasets(args: argparse.Namespace) -> int:
                 curation_pb2.DeleteDatasetVersionRequest(dataset_version_id=args.version_id),
             )
             print(f"deleted {args.version_id}")
+        elif command == "cancel":
+            version = client.cancel_dataset_version(args.version_id)
+            print(f"{version_line(version)}  ({version.failure_reason})")
     return 0
 
 
@@ -141,4 +144,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     issues.add_argument("version_id")
     issues.add_argument("--code", help="only issues with this code")
     datasets.add_parser("delete").add_argument("version_id")
+    datasets.add_parser("cancel", help="stop building a version (it becomes cancelled)").add_argument("version_id")
     p.set_defaults(func=cmd_datasets)
