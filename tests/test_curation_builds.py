@@ -305,3 +305,35 @@ def test_cancel_stops_the_worker_and_removes_its_staging_for_its_tenant_only(
             curation_pb2.DeleteDatasetVersionRequest(dataset_version_id=version.id),
         )
     assert not (server.home / "artifacts" / "tenants" / "acme" / "datasets" / version.id).exists()
+
+
+def test_supervision_removes_only_the_staging_of_builds_whose_lease_expired(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from tuneforge.curation.runner import BuildRunner
+    from tuneforge.curation.worker import WorkerConfig, build_lease_name
+    from tuneforge.store.artifacts import ArtifactStore
+    from tuneforge.store.leases import Leases
+    from tuneforge.store.metadata import MetadataStore
+    from tuneforge.store.tables import LeaseRow, utcnow
+
+    url = f"sqlite:///{tmp_path / 'metadata.db'}"
+    metadata = MetadataStore(url)
+    metadata.migrate()
+    artifacts = ArtifactStore(tmp_path / "artifacts")
+    live, dead = "dsv-" + "a" * 24, "dsv-" + "b" * 24
+    live_staging = artifacts.make_temp_dir(f"build-acme.{live}")
+    dead_staging = artifacts.make_temp_dir(f"build-globex.{dead}")
+    unrelated = artifacts.make_temp_dir("upload")
+    assert Leases(metadata, holder="elsewhere:1:build").acquire(build_lease_name("acme", live))
+    with metadata.session() as session:  # a worker that died an hour ago, its lease long expired
+        past = utcnow() - timedelta(hours=1)
+        session.add(
+            LeaseRow(name=build_lease_name("globex", dead), holder="gone:2:build", acquired_at=past, expires_at=past)
+        )
+    runner = BuildRunner(WorkerConfig(url, str(artifacts.root), str(MODEL_CACHE)), metadata, artifacts)
+    runner.supervise()
+    assert live_staging.exists() and unrelated.exists()  # a live build's staging is never touched
+    assert not dead_staging.exists()  # not after 24 hours: at the first pass that finds the lease expired
+    assert Leases(metadata).holder_of(build_lease_name("globex", dead)) is None  # the cleanup's lease is given back
+    metadata.close()
