@@ -125,6 +125,17 @@ def session_ray_head() -> LocalRayHead:
         return _session_head
 
 
+#: Fixtures that start Ray: a test using one is `slow` whether or not its module says so.
+RAY_FIXTURES = frozenset({"ray_cluster", "ray_head", "local_ray"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by mark
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if _session_head is not None:
         os.environ.pop("RAY_ADDRESS", None)

@@ -76,6 +76,7 @@ def _wait_run(client: TuneforgeClient, run_id: str) -> list[evaluation_pb2.EvalR
     return [m.run for m in client.stream(client.evaluation.StreamEvalRun, request, timeout=600)]
 
 
+@pytest.mark.slow  # an evaluation run generating through the model
 def test_a_run_compares_base_and_adapter_through_the_inference_service(
     acme: TuneforgeClient, globex: TuneforgeClient, platform_server, server_settings
 ) -> None:

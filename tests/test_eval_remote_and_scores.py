@@ -114,6 +114,7 @@ def test_a_service_key_acts_only_for_the_tenant_it_names_and_only_on_inference(p
     assert refused.value.code == 403
 
 
+@pytest.mark.slow  # an evaluation run generating through the model
 def test_an_evaluation_pod_generates_through_the_inference_service_and_resumes_after_a_restart(
     platform_server, server_settings, keys_file, tmp_path, evalbot
 ) -> None:
@@ -152,6 +153,7 @@ def test_an_evaluation_pod_generates_through_the_inference_service_and_resumes_a
         pod.stop()
 
 
+@pytest.mark.slow  # an evaluation run generating through the model
 def test_an_evaluation_pod_with_a_wrong_service_key_fails_the_run_with_the_reason(
     platform_server, server_settings, keys_file, tmp_path
 ) -> None:
@@ -171,6 +173,7 @@ def test_an_evaluation_pod_with_a_wrong_service_key_fails_the_run_with_the_reaso
     assert "UNAUTHENTICATED" in final.failure_reason and platform_server.address in final.failure_reason
 
 
+@pytest.mark.slow  # an evaluation run generating through the model
 def test_a_judge_rates_every_answer_and_human_ratings_are_reported_beside_the_pass_rates(
     acme: TuneforgeClient, globex: TuneforgeClient, evalbot
 ) -> None:
