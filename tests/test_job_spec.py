@@ -12,7 +12,8 @@ from tuneforge.common.errors import InvalidArgument
 from tuneforge.models import ModelResolver
 from tuneforge.store.metadata import MetadataStore
 from tuneforge.store.tables import DatasetVersionRow, utcnow
-from tuneforge.training.jobs import JobSpecInput, linear_module_names, validate_job_spec
+from tuneforge.training.jobs import linear_module_names, validate_job_spec
+from tuneforge.training.spec import JobSpecInput, parse_spec
 
 READY_ID = "dsv-aaaaaaaaaaaaaaaaaaaaaaaa"
 BUILDING_ID = "dsv-bbbbbbbbbbbbbbbbbbbbbbbb"
@@ -56,7 +57,14 @@ def resolver() -> ModelResolver:
 def _spec(**overrides: object) -> JobSpecInput:
     values: dict[str, object] = {"base_model": "tiny-qwen2", "dataset_version_id": READY_ID, "adapter_name": "bot"}
     values.update(overrides)
-    return JobSpecInput(**values).with_defaults()  # type: ignore[arg-type]
+    return JobSpecInput.model_validate(values)
+
+
+def _validate(metadata: MetadataStore, resolver: ModelResolver, tenant: str = "acme", **overrides: object) -> dict:
+    """The service's two checks: the spec's own fields (`parse_spec`), then what it names."""
+    values: dict[str, object] = {"base_model": "tiny-qwen2", "dataset_version_id": READY_ID, "adapter_name": "bot"}
+    spec, problems = parse_spec({**values, **overrides})
+    return validate_job_spec(tenant, spec, metadata, resolver, problems)
 
 
 def _fields(exc: InvalidArgument) -> set[str]:
@@ -104,7 +112,7 @@ def test_the_model_s_linear_layers_are_listed_without_loading_weights(resolver: 
 )
 def test_each_bad_field_is_named(metadata: MetadataStore, resolver: ModelResolver, overrides: dict, field: str) -> None:
     with pytest.raises(InvalidArgument) as info:
-        validate_job_spec("acme", _spec(**overrides), metadata, resolver)
+        _validate(metadata, resolver, **overrides)
     assert field in _fields(info.value)
 
 
@@ -112,9 +120,7 @@ def test_all_problems_are_reported_at_once_and_other_tenants_see_no_dataset(
     metadata: MetadataStore, resolver: ModelResolver
 ) -> None:
     with pytest.raises(InvalidArgument) as info:
-        validate_job_spec(
-            "acme", _spec(lora_r=0, learning_rate=5.0, target_modules=["nope"], max_seq_len=64), metadata, resolver
-        )
+        _validate(metadata, resolver, lora_r=0, learning_rate=5.0, target_modules=["nope"], max_seq_len=64)
     assert _fields(info.value) == {
         "spec.lora.r",
         "spec.hyperparameters.learning_rate",
@@ -122,7 +128,7 @@ def test_all_problems_are_reported_at_once_and_other_tenants_see_no_dataset(
         "spec.hyperparameters.max_seq_len",
     }
     with pytest.raises(InvalidArgument) as info:
-        validate_job_spec("globex", _spec(), metadata, resolver)
+        _validate(metadata, resolver, "globex")
     assert _fields(info.value) == {"spec.dataset_version_id"}
 
 
@@ -137,8 +143,8 @@ def test_torch_compile_travels_from_the_wire_to_the_worker_and_unset_stays_the_t
     from tuneforge.training.trainer import TrainConfig, compiles
 
     spec = _spec(torch_compile=requested)
-    back = spec_input(spec_message(spec))
-    assert back.torch_compile is requested
+    back, problems = spec_input(spec_message(spec))
+    assert not problems and back.torch_compile is requested
     values = train_config(back, base_model_path="/m", dataset_dir="/d", output_dir="/o", max_seq_len=512)
     config = TrainConfig(**values)
     assert config.torch_compile is requested
@@ -158,7 +164,8 @@ def test_bf16_optimizer_state_reaches_deepspeed_only_on_gpu() -> None:
 
     spec = _spec(method="full", deepspeed_stage=3, offload_optimizer=True, offload_parameters=True, use_gpu=True)
     spec.optimizer_precision = "bf16"
-    back = spec_input(spec_message(spec))
+    back, problems = spec_input(spec_message(spec))
+    assert not problems
     config = TrainConfig(**train_config(back, base_model_path="/m", dataset_dir="/d", output_dir="/o", max_seq_len=512))
     gpu = deepspeed_config(config, torch.device("cuda", 0))
     assert gpu["bf16"] == {"enabled": True, "bf16_master_weights_and_grads": True, "bf16_optimizer_states": True}
@@ -166,3 +173,78 @@ def test_bf16_optimizer_state_reaches_deepspeed_only_on_gpu() -> None:
     assert deepspeed_config(config, torch.device("cpu"))["bf16"] == {"enabled": False}
     default = TrainConfig(**{**config.__dict__, "optimizer_precision": "fp32"})
     assert deepspeed_config(default, torch.device("cuda", 0))["bf16"] == {"enabled": True}
+
+
+# -- one spec model: defaults and ranges live in training.spec.JobSpecInput only ---------------------
+
+
+def test_a_request_maps_only_what_it_sets_and_explicit_zeros_are_honoured() -> None:
+    from tuneforge.training.spec_proto import spec_input
+    from tuneforge.v1 import training_pb2
+
+    bare = training_pb2.JobSpec(base_model="tiny-qwen2", dataset_version_id=READY_ID, adapter_name="bot")
+    spec, problems = spec_input(bare)
+    assert not problems
+    assert spec == _spec()  # every default is the model's
+    assert (spec.max_failures, spec.warmup_ratio, spec.learning_rate) == (2, 0.03, 2e-4)
+    zeros = training_pb2.JobSpec()
+    zeros.CopyFrom(bare)
+    zeros.resources.max_failures = 0  # no retries
+    zeros.hyperparameters.warmup_ratio = 0.0  # no warm-up
+    zeros.method = training_pb2.TRAINING_METHOD_FULL
+    spec, problems = spec_input(zeros)
+    assert not problems
+    assert (spec.max_failures, spec.warmup_ratio, spec.learning_rate) == (0, 0.0, 1e-5)  # full's own default rate
+
+
+def test_an_unknown_method_and_out_of_range_fields_are_named_from_the_wire() -> None:
+    from tuneforge.training.spec_proto import spec_input
+    from tuneforge.v1 import training_pb2
+
+    message = training_pb2.JobSpec(base_model="tiny-qwen2", dataset_version_id=READY_ID, adapter_name="bot")
+    message.method = 7  # type: ignore[assignment]  # a value newer clients might send
+    message.resources.max_failures = 101
+    message.hyperparameters.warmup_ratio = 1.0
+    spec, problems = spec_input(message)
+    described = {p.field: p.description for p in problems}
+    assert set(described) == {
+        "spec.method",
+        "spec.resources.max_failures",
+        "spec.hyperparameters.warmup_ratio",
+    }, described
+    assert "'lora' or 'full'" in described["spec.method"]
+    assert spec.max_failures == 2  # the bad field's default stands in while the rest is checked
+
+
+def test_the_trainer_takes_every_default_from_the_spec() -> None:
+    from dataclasses import MISSING, fields
+
+    from tuneforge.training.spec import DEFAULT_LEARNING_RATE, spec_defaults
+    from tuneforge.training.trainer import TrainConfig
+
+    defaults = spec_defaults()
+    shared = [f for f in fields(TrainConfig) if f.name in defaults and f.name not in ("learning_rate", "max_seq_len")]
+    service_only = {
+        "num_workers",
+        "use_gpu",
+        "gpus_per_worker",
+        "cpus_per_worker",
+        "max_failures",
+    }  # Ray's, not a worker's
+    assert {f.name for f in shared} == set(defaults) - service_only - {"learning_rate", "max_seq_len"}
+    for f in shared:
+        value = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+        assert value == defaults[f.name], f.name
+    assert TrainConfig("/m", "/d", "/o").learning_rate == DEFAULT_LEARNING_RATE["lora"] == _spec().learning_rate
+
+
+def test_the_cli_sends_only_the_flags_given() -> None:
+    from tuneforge.cli import build_parser
+    from tuneforge.cli.jobs import _job_spec
+
+    base = ["jobs", "create", "--base-model", "tiny-qwen2", "--dataset-version", READY_ID, "--adapter-name", "bot"]
+    bare = _job_spec(build_parser().parse_args(base))
+    assert not bare.HasField("hyperparameters") and not bare.HasField("resources") and not bare.HasField("lora")
+    zero = _job_spec(build_parser().parse_args([*base, "--max-failures", "0", "--warmup-ratio", "0"]))
+    assert zero.resources.HasField("max_failures") and zero.resources.max_failures == 0
+    assert zero.hyperparameters.HasField("warmup_ratio") and zero.hyperparameters.warmup_ratio == 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -21,7 +21,7 @@ from tuneforge.common.names import check_idempotency_key, check_resource_id, new
 from tuneforge.store.idempotency import create_idempotent
 from tuneforge.store.metadata import MetadataStore, newest_first_page
 from tuneforge.store.tables import JobEventRow, JobRow, utcnow
-from tuneforge.training.jobs import JobSpecInput
+from tuneforge.training.spec import JobSpecInput
 
 VALIDATING, QUEUED, RUNNING = "validating_files", "queued", "running"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
@@ -56,7 +56,7 @@ class JobInfo:
     attempt: int = 0
 
     def spec_input(self) -> JobSpecInput:
-        return JobSpecInput(**self.spec)
+        return JobSpecInput.model_validate(self.spec)
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ class JobStore:
     def create(self, tenant: str, spec: JobSpecInput, idempotency_key: str = "") -> JobInfo:
         """Persists a validated job as QUEUED (with its VALIDATING_FILES and QUEUED events)."""
         check_idempotency_key(idempotency_key)
-        spec_json = json.dumps(asdict(spec), sort_keys=True)
+        spec_json = json.dumps(spec.model_dump(), sort_keys=True)
         request_hash = hashlib.sha256(spec_json.encode()).hexdigest()
 
         def insert(session: Any) -> JobInfo:

@@ -15,9 +15,10 @@ from tuneforge.common.errors import InvalidArgument
 from tuneforge.models import ModelResolver
 from tuneforge.store.metadata import MetadataStore
 from tuneforge.training.job_store import FINAL, JobEvent, JobInfo, JobStore
-from tuneforge.training.jobs import JobSpecInput, validate_job_spec
+from tuneforge.training.jobs import validate_job_spec
 from tuneforge.training.registry import AdapterInfo, AdapterRegistry, AdapterVersionInfo
 from tuneforge.training.runner import JobRunner, list_checkpoints
+from tuneforge.training.spec import JobSpecInput
 from tuneforge.training.spec_proto import spec_input, spec_message
 from tuneforge.v1 import common_pb2, training_pb2, training_pb2_grpc
 
@@ -28,7 +29,7 @@ FOLLOW_INTERVAL_S = 0.25
 def job_message(info: JobInfo) -> training_pb2.Job:
     return training_pb2.Job(
         id=info.id,
-        spec=spec_message(JobSpecInput(**info.spec)),
+        spec=spec_message(JobSpecInput.model_validate(info.spec)),
         state=training_pb2.JobState.Value(f"JOB_STATE_{info.state.upper()}"),
         error=training_pb2.JobError(code=info.error_code, message=info.error_message) if info.error_code else None,
         step=info.step,
@@ -73,8 +74,8 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
         self, request: training_pb2.CreateJobRequest, context: grpc.aio.ServicerContext
     ) -> training_pb2.CreateJobResponse:
         tenant = current_principal().tenant
-        spec = spec_input(request.spec)
-        facts = await asyncio.to_thread(validate_job_spec, tenant, spec, self.metadata, self.models)
+        spec, problems = spec_input(request.spec)
+        facts = await asyncio.to_thread(validate_job_spec, tenant, spec, self.metadata, self.models, problems)
         spec.max_seq_len = facts["max_seq_len"]  # as accepted: the row length the job will use
         info = await asyncio.to_thread(self.jobs.create, tenant, spec, request.idempotency_key)
         return training_pb2.CreateJobResponse(job=job_message(info))

@@ -1,56 +1,87 @@
-"""JobSpec messages ↔ the domain's JobSpecInput (zero values become the recipe's defaults here, once)."""
+"""JobSpec messages ↔ the domain's JobSpecInput.
+
+A request maps only the fields it sets: a scalar without presence counts as set when it is not
+zero/empty, an `optional` one when it is present (so `max_failures: 0` or `warmup_ratio: 0` is
+honoured), and everything else takes its default from `JobSpecInput`, the one place defaults live.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
-from tuneforge.training.jobs import JobSpecInput
+from tuneforge.common.errors import FieldViolation
+from tuneforge.training.spec import JobSpecInput, parse_spec
 from tuneforge.v1 import training_pb2
 
-_METHODS = {training_pb2.TRAINING_METHOD_UNSPECIFIED: "lora", training_pb2.TRAINING_METHOD_LORA: "lora"}
-_METHODS[training_pb2.TRAINING_METHOD_FULL] = "full"
+_METHODS = {training_pb2.TRAINING_METHOD_LORA: "lora", training_pb2.TRAINING_METHOD_FULL: "full"}
+
+#: (sub-message or "" for JobSpec itself, field in the message, field of JobSpecInput)
+_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("", "base_model", "base_model"),
+    ("", "dataset_version_id", "dataset_version_id"),
+    ("", "adapter_name", "adapter_name"),
+    ("lora", "r", "lora_r"),
+    ("lora", "alpha", "lora_alpha"),
+    ("lora", "dropout", "lora_dropout"),
+    ("lora", "base_precision", "base_precision"),
+    *(
+        ("hyperparameters", name, name)
+        for name in (
+            "learning_rate",
+            "epochs",
+            "max_steps",
+            "micro_batch_size",
+            "gradient_accumulation_steps",
+            "warmup_ratio",
+            "weight_decay",
+            "max_seq_len",
+            "seed",
+            "packing",
+            "train_on_prompt",
+            "gradient_checkpointing",
+            "torch_compile",
+            "eval_every_steps",
+            "checkpoint_every_steps",
+        )
+    ),
+    ("deepspeed", "offload_optimizer", "offload_optimizer"),
+    ("deepspeed", "offload_parameters", "offload_parameters"),
+    ("deepspeed", "optimizer_precision", "optimizer_precision"),
+    *(
+        ("resources", name, name)
+        for name in ("num_workers", "use_gpu", "gpus_per_worker", "cpus_per_worker", "max_failures")
+    ),
+)
 
 
-def spec_input(message: training_pb2.JobSpec) -> JobSpecInput:
-    """The domain spec of a request, with the defaults the contract documents filled in."""
-    lora, hyper, resources = message.lora, message.hyperparameters, message.resources
-    return JobSpecInput(
-        base_model=message.base_model,
-        dataset_version_id=message.dataset_version_id,
-        adapter_name=message.adapter_name,
-        method=_METHODS.get(message.method, f"unknown({message.method})"),
-        lora_r=lora.r or 64,
-        lora_alpha=lora.alpha or 16.0,
-        lora_dropout=lora.dropout if lora.HasField("dropout") else 0.1,
-        target_modules=list(lora.target_modules),
-        base_precision=lora.base_precision or "bf16",
-        learning_rate=hyper.learning_rate,
-        epochs=hyper.epochs or 1.0,
-        max_steps=hyper.max_steps,
-        micro_batch_size=hyper.micro_batch_size or 1,
-        gradient_accumulation_steps=hyper.gradient_accumulation_steps or 1,
-        warmup_ratio=hyper.warmup_ratio,
-        weight_decay=hyper.weight_decay,
-        max_seq_len=hyper.max_seq_len,
-        seed=hyper.seed,
-        train_on_prompt=hyper.train_on_prompt,
-        gradient_checkpointing=hyper.gradient_checkpointing,
-        torch_compile=hyper.torch_compile if hyper.HasField("torch_compile") else None,
-        packing=hyper.packing if hyper.HasField("packing") else True,
-        eval_every_steps=hyper.eval_every_steps,
-        checkpoint_every_steps=hyper.checkpoint_every_steps,
-        deepspeed_stage=int(message.deepspeed.stage),
-        offload_optimizer=message.deepspeed.offload_optimizer,
-        offload_parameters=message.deepspeed.offload_parameters,
-        optimizer_precision=message.deepspeed.optimizer_precision or "fp32",
-        num_workers=resources.num_workers or 1,
-        use_gpu=resources.use_gpu,
-        gpus_per_worker=resources.gpus_per_worker or 1,
-        cpus_per_worker=resources.cpus_per_worker or 1,
-        max_failures=resources.max_failures or 2,
-    ).with_defaults()
+def _set(message: Message, name: str) -> bool:
+    if message.DESCRIPTOR.fields_by_name[name].has_presence:
+        return message.HasField(name)
+    return bool(getattr(message, name))
+
+
+def spec_values(message: training_pb2.JobSpec) -> dict[str, Any]:
+    """The JobSpecInput fields the request sets."""
+    values: dict[str, Any] = {}
+    for part, name, field in _FIELDS:
+        owner = getattr(message, part) if part else message
+        if _set(owner, name):
+            values[field] = getattr(owner, name)
+    if message.lora.target_modules:
+        values["target_modules"] = list(message.lora.target_modules)
+    if message.method:
+        values["method"] = _METHODS.get(message.method, f"TrainingMethod {message.method}")
+    if message.deepspeed.stage:
+        values["deepspeed_stage"] = int(message.deepspeed.stage)
+    return values
+
+
+def spec_input(message: training_pb2.JobSpec) -> tuple[JobSpecInput, list[FieldViolation]]:
+    """The domain spec of a request (defaults where it sets nothing) and every problem with its fields."""
+    return parse_spec(spec_values(message))
 
 
 def spec_message(spec: JobSpecInput) -> training_pb2.JobSpec:

@@ -39,8 +39,10 @@ import torch
 import torch.distributed as dist
 
 from tuneforge.training.packing import PackedBatch, Sample, collate, pack_rows
+from tuneforge.training.spec import DEFAULT_LEARNING_RATE, DEFAULT_LORA_TARGETS, spec_defaults
 from tuneforge.training.step import decoder_and_head, packed_loss
 
+_SPEC = spec_defaults()
 CHECKPOINT_STATE = "trainer_state.json"
 OPTIMIZER_STATE = "optimizer.pt"
 
@@ -52,44 +54,46 @@ class TrainConfig:
     base_model_path: str
     dataset_dir: str
     output_dir: str
-    method: str = "lora"
-    lora_r: int = 64
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.1
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    # The fields a job spec sets take their defaults from the spec (training.spec), never their own.
+    method: str = _SPEC["method"]
+    lora_r: int = _SPEC["lora_r"]
+    lora_alpha: float = _SPEC["lora_alpha"]
+    lora_dropout: float = _SPEC["lora_dropout"]
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
     #: `fp8`: the frozen base weights' matmuls in float8 (see `tuneforge.training.fp8`).
-    base_precision: str = "bf16"
-    learning_rate: float = 2e-4
-    epochs: float = 1.0
-    max_steps: int = 0
-    micro_batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
+    base_precision: str = _SPEC["base_precision"]
+    learning_rate: float = DEFAULT_LEARNING_RATE["lora"]
+    epochs: float = _SPEC["epochs"]
+    max_steps: int = _SPEC["max_steps"]
+    micro_batch_size: int = _SPEC["micro_batch_size"]
+    gradient_accumulation_steps: int = _SPEC["gradient_accumulation_steps"]
+    warmup_ratio: float = _SPEC["warmup_ratio"]
+    weight_decay: float = _SPEC["weight_decay"]
+    #: Tokens per row, resolved (a spec's 0 means the dataset version's, which the service fills in).
     max_seq_len: int = 4096
-    seed: int = 0
-    train_on_prompt: bool = False
-    gradient_checkpointing: bool = False
+    seed: int = _SPEC["seed"]
+    train_on_prompt: bool = _SPEC["train_on_prompt"]
+    gradient_checkpointing: bool = _SPEC["gradient_checkpointing"]
     #: Pack samples into full rows (per-document attention); off: one sample per row, padded.
-    packing: bool = True
-    eval_every_steps: int = 0
-    checkpoint_every_steps: int = 0
+    packing: bool = _SPEC["packing"]
+    eval_every_steps: int = _SPEC["eval_every_steps"]
+    checkpoint_every_steps: int = _SPEC["checkpoint_every_steps"]
     resume_from: str = ""
     loss_chunk: int = 4096
     #: `torch.compile` each decoder layer (fuses norms, RoPE, SwiGLU and the LoRA adds). None = on when
     #: training on GPU without DeepSpeed, where it is stable; off on CPU, where compiling costs more than it saves.
-    torch_compile: bool | None = None
+    torch_compile: bool | None = _SPEC["torch_compile"]
     trust_remote_code: bool = False
     #: DeepSpeed ZeRO stage (2 or 3; 0 = plain data parallel), for full fine-tuning across workers.
-    deepspeed_stage: int = 0
-    offload_optimizer: bool = False
-    offload_parameters: bool = False
+    deepspeed_stage: int = _SPEC["deepspeed_stage"]
+    offload_optimizer: bool = _SPEC["offload_optimizer"]
+    offload_parameters: bool = _SPEC["offload_parameters"]
     #: `bf16`: ZeRO keeps master weights, gradients and AdamW moments in bf16 (GPU only): with ZeRO-3
     #: offload, 12 instead of 20 host bytes per parameter in DeepSpeed's buffers (93 instead of 154 GB
     #: for a 7.6B model), at the cost of
     #: updates smaller than bf16's resolution (at lr 1e-5 only ~12% of a steady update survives, ~50% at
     #: 5e-5: measured with DeepSpeed's CPU Adam). `fp32`: the usual mixed-precision master copy.
-    optimizer_precision: str = "fp32"
+    optimizer_precision: str = _SPEC["optimizer_precision"]
     #: Failure drill: the worker process dies right after this step, once per output directory
     #: (a marker file remembers it), so operators and tests can watch a run resume. 0 = never.
     crash_after_step: int = 0
