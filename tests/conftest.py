@@ -131,9 +131,18 @@ RAY_FIXTURES = frozenset({"ray_cluster", "ray_head", "local_ray"})
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by mark
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks the tests that use the session's Ray head `slow`, and runs their modules last.
+
+    The head then starts only after the tests that start Ray clusters of their own (the demo, the
+    topology): on 2 cores, two clusters at once slow both down. Whole modules move, in their own
+    order, so module-scoped fixtures are still set up once.
+    """
+    ray_modules = set()
     for item in items:
         if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+            ray_modules.add(item.module)
+    items.sort(key=lambda item: getattr(item, "module", None) in ray_modules)  # stable: order kept otherwise
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
