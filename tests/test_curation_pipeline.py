@@ -603,6 +603,14 @@ def test_a_mixed_file_of_thousands_of_records_curates_ready_with_every_valid_rec
 ANY_CHARACTER = st.characters() | st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF, categories=["Cs"])
 
 
+@pytest.fixture(scope="module")
+def fuzzed_processor(tokenizer):  # -> RecordProcessor
+    """One processor for every example: making one copies the tokenizer (~1 s), and a call keeps no state."""
+    from tuneforge.curation.pipeline import RecordProcessor
+
+    return RecordProcessor(tokenizer, CurationOptions(max_seq_len=256))
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     st.lists(
@@ -631,11 +639,9 @@ ANY_CHARACTER = st.characters() | st.characters(min_codepoint=0xD800, max_codepo
         max_size=12,
     )
 )
-def test_no_line_can_crash_the_processor(tokenizer, raws: list[bytes]) -> None:
+def test_no_line_can_crash_the_processor(fuzzed_processor, raws: list[bytes]) -> None:
     """Any bytes or JSON value (NaN, surrogates, wrong types) yields a kept row or a line-numbered error."""
-    from tuneforge.curation.pipeline import RecordProcessor
-
-    processor = RecordProcessor(tokenizer, CurationOptions(max_seq_len=256))
+    processor = fuzzed_processor
     lines = [raw.replace(b"\n", b" ") for raw in raws]
     out = processor(
         {
