@@ -11,7 +11,7 @@ from tuneforge.cli.options import client_for, client_options, server_options, se
 
 def _run_server(args: argparse.Namespace, component_names: list[str], **overrides: object) -> int:
     from tuneforge.common.logging import configure_logging
-    from tuneforge.common.server import build_server
+    from tuneforge.common.server import build_server, exit_process
     from tuneforge.services import COMPONENTS
 
     settings = settings_from(args, **overrides)
@@ -22,7 +22,7 @@ def _run_server(args: argparse.Namespace, component_names: list[str], **override
         await server.serve_until_signal()
 
     asyncio.run(main())
-    return 0
+    exit_process(0)  # stopped and drained: exit now rather than after seconds of interpreter teardown
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

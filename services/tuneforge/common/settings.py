@@ -207,8 +207,11 @@ class Settings(BaseSettings):
     #: `json` for machines (the default in containers), `console` for people.
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    #: Seconds in-flight calls get to finish after SIGTERM.
-    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    #: The drain bound after SIGTERM: in-flight calls get this long to finish (streams that follow a
+    #: job end at once, their clients reconnect with a cursor), then each service stops within it.
+    #: Ray jobs keep running; the next start re-attaches to them. Keep it below the pod's
+    #: `terminationGracePeriodSeconds`.
+    shutdown_grace_s: float = Field(default=5.0, ge=0)
     #: Largest upload accepted by DatasetService.UploadFile, in bytes.
     max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
 

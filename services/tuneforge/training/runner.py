@@ -28,6 +28,7 @@ import os
 import re
 import shlex
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,8 @@ NO_AGENT = "No available agent to submit job"
 #: Seconds a managed local head may go without an agent before it is restarted.
 AGENTLESS_RESTART_S = 60.0
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+#: Seconds a stopping runner waits for the reconciliation in progress (Ray and store calls) to end.
+STOP_TICK_S = 2.0
 #: Largest chunk of a metrics log read per job and tick.
 MAX_LOG_READ = 1 << 20
 #: Lease of the replica that submits queued jobs (one decides, so per-tenant running limits hold).
@@ -157,6 +160,9 @@ class JobRunner:
         self.head: LocalRayHead | None = None
         self._agentless_since: float | None = None
         self._task: asyncio.Task[None] | None = None
+        #: Set by `stop()`: a tick in its thread stops between jobs, the loop before its next tick.
+        self._stopping = threading.Event()
+        self._wake = asyncio.Event()
 
     # -- cluster -------------------------------------------------------------------------------
 
@@ -189,44 +195,62 @@ class JobRunner:
     async def start(self) -> None:
         address = await asyncio.to_thread(self.connect)
         log.info("job_runner_started", ray=address, managed_head=self.head is not None)
+        self._stopping.clear()
+        self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._loop(), name="tuneforge-job-runner")
 
     async def stop(self, stop_local_head: bool = True) -> None:
-        """Stops reconciling; jobs keep running on the cluster and are picked up by the next start.
+        """Stops reconciling and releases this replica's leases; the jobs keep running on the cluster.
 
-        A local head the service started is stopped too (with its jobs, which the next start
-        resubmits from their checkpoints) unless `stop_local_head` is false.
+        The next start (or another replica, at once) re-attaches to them by the Ray submission ids
+        the store keeps. A local head the service started is left running while any job is queued
+        or running (the next start finds it again under `<home>/ray`), and stopped once none is,
+        unless `stop_local_head` is false.
         """
+        self._stopping.set()  # a tick in its thread stops after the job it is reconciling
         if self._task is not None:
-            self._task.cancel()
+            self._wake.set()
+            done, _ = await asyncio.wait({self._task}, timeout=STOP_TICK_S)
+            if not done:  # a Ray call hangs: stop waiting for it (its thread ends with its timeout)
+                self._task.cancel()
+                log.warning("job_runner_tick_abandoned", seconds=STOP_TICK_S)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
         await asyncio.to_thread(self.leases.release_all)  # another replica takes the jobs over at once
         if self.head is not None and stop_local_head:
-            await asyncio.to_thread(self.head.stop)
+            unfinished = await asyncio.to_thread(self.jobs.unfinished)
+            if unfinished:
+                log.info("local_ray_left_running", jobs=len(unfinished), state=str(self.head.state_file))
+            else:
+                await asyncio.to_thread(self.head.stop)
 
     async def _loop(self) -> None:
-        while True:
-            try:
-                if self.head is not None and not await asyncio.to_thread(self.head.running_address):
-                    # the local head died under us: start a new one; its jobs come back as lost and resume
-                    log.warning("local_ray_lost_restarting")
-                    await asyncio.to_thread(self.connect)
-                elif (
-                    self.head is not None
-                    and self._agentless_since is not None
-                    and (time.monotonic() - self._agentless_since > AGENTLESS_RESTART_S)
-                ):
-                    # its dashboard answers but no agent takes jobs: a head that cannot run anything
-                    log.warning("local_ray_without_agent_restarting", seconds=AGENTLESS_RESTART_S)
-                    await asyncio.to_thread(self.head.stop)
-                    self._agentless_since = None
-                    await asyncio.to_thread(self.connect)
-                await asyncio.to_thread(self.tick)
-            except Exception as exc:  # a broken tick must not end the runner; the next one retries
-                log.error("job_runner_tick_failed", error=repr(exc))
-            await asyncio.sleep(self.settings.training.poll_interval_s)
+        while not self._stopping.is_set():
+            await self._reconcile()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.training.poll_interval_s)
+
+    async def _reconcile(self) -> None:
+        """One round: the local head checked (and restarted if it died), then every job reconciled."""
+        try:
+            if self.head is not None and not await asyncio.to_thread(self.head.running_address):
+                # the local head died under us: start a new one; its jobs come back as lost and resume
+                log.warning("local_ray_lost_restarting")
+                await asyncio.to_thread(self.connect)
+            elif (
+                self.head is not None
+                and self._agentless_since is not None
+                and (time.monotonic() - self._agentless_since > AGENTLESS_RESTART_S)
+            ):
+                # its dashboard answers but no agent takes jobs: a head that cannot run anything
+                log.warning("local_ray_without_agent_restarting", seconds=AGENTLESS_RESTART_S)
+                await asyncio.to_thread(self.head.stop)
+                self._agentless_since = None
+                await asyncio.to_thread(self.connect)
+            await asyncio.to_thread(self.tick)
+        except Exception as exc:  # a broken tick must not end the runner; the next one retries
+            log.error("job_runner_tick_failed", error=repr(exc))
 
     def tick(self) -> None:
         """One reconciliation of every unfinished job whose lease this replica holds or can take."""
@@ -241,6 +265,8 @@ class JobRunner:
             if job.runner_id:
                 submitted[job.tenant] = submitted.get(job.tenant, 0) + 1
         for job in sorted(unfinished, key=lambda j: j.created_at):
+            if self._stopping.is_set():
+                return  # the service stops: the next start (or another replica) goes on from here
             try:
                 if job.runner_id:
                     if self.leases.acquire(JOB_LEASE + job.id):

@@ -34,18 +34,24 @@ class TrainingComponent(PlatformComponent):
         self.runner = JobRunner(
             settings, self.jobs, self.registry, platform.metadata, platform.artifacts, platform.models
         )
+        self.servicer: TrainingServicer | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
-        training_pb2_grpc.add_TrainingServiceServicer_to_server(
-            TrainingServicer(self.jobs, self.runner, self.platform.metadata, self.platform.models), server
-        )
+        self.servicer = TrainingServicer(self.jobs, self.runner, self.platform.metadata, self.platform.models)
+        training_pb2_grpc.add_TrainingServiceServicer_to_server(self.servicer, server)
         training_pb2_grpc.add_AdapterServiceServicer_to_server(AdapterServicer(self.registry), server)
 
     async def start(self) -> None:
         await super().start()
         await self.runner.start()  # picks up the jobs a previous process left queued or running
 
+    def drain(self) -> None:
+        """Streams that follow jobs end now, so the drain does not wait for jobs that run for hours."""
+        if self.servicer is not None:
+            self.servicer.drain()
+
     async def stop(self) -> None:
+        """Stops reconciling and releases the leases; the jobs go on running on Ray (see `JobRunner.stop`)."""
         await self.runner.stop()
 
 

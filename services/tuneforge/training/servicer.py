@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,7 +12,7 @@ import grpc
 
 from tuneforge.common.auth import current_principal
 from tuneforge.common.convert import resource_times, timestamp
-from tuneforge.common.errors import InvalidArgument
+from tuneforge.common.errors import InvalidArgument, Unavailable
 from tuneforge.models import ModelResolver
 from tuneforge.store.metadata import MetadataStore
 from tuneforge.training.job_store import FINAL, JobEvent, JobInfo, JobStore
@@ -69,6 +70,12 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
         self.runner = runner
         self.metadata = metadata
         self.models = models
+        #: Set when the server drains: streams following a job end at once instead of holding the drain.
+        self.draining = asyncio.Event()
+
+    def drain(self) -> None:
+        """Ends the streams that follow jobs; their clients reconnect (here after a restart, or to another replica)."""
+        self.draining.set()
 
     async def CreateJob(
         self, request: training_pb2.CreateJobRequest, context: grpc.aio.ServicerContext
@@ -126,7 +133,13 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
                 for event in rest:
                     yield training_pb2.StreamJobEventsResponse(event=event_message(event))
                 return
-            await asyncio.sleep(FOLLOW_INTERVAL_S)
+            if self.draining.is_set():
+                # the job goes on training on Ray; a reconnect with this cursor misses and repeats nothing
+                raise Unavailable(
+                    f"the server is shutting down; reconnect with after_sequence={cursor} to follow the job on"
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.draining.wait(), FOLLOW_INTERVAL_S)
 
     async def ListCheckpoints(
         self, request: training_pb2.ListCheckpointsRequest, context: grpc.aio.ServicerContext
