@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 from tuneforge.common.logging import get_logger
 from tuneforge.common.settings import Settings
@@ -29,6 +30,10 @@ class Platform:
             hub_timeout_s=settings.models.hub_timeout_s,
             hub_concurrency=settings.models.hub_concurrency,
         )
+        #: The inference frontend this process serves, once it is serving (None in a process without
+        #: one): what the evaluation service generates through when no inference address is set.
+        #: Components reach each other's collaborators here, never through imports of each other.
+        self.local_inference: Any = None
         self._opened = False
         self._lock = asyncio.Lock()
 

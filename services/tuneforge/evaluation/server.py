@@ -18,7 +18,6 @@ from tuneforge.evaluation.answers import AnswerSource, LocalAnswers, RemoteAnswe
 from tuneforge.evaluation.runs import EvalRuns
 from tuneforge.evaluation.servicer import EvaluationServicer
 from tuneforge.evaluation.suite_store import SuiteStore
-from tuneforge.inference.frontend import InferenceFrontend
 from tuneforge.platform import Platform, PlatformComponent
 from tuneforge.training.registry import AdapterRegistry
 from tuneforge.v1 import evaluation_pb2, evaluation_pb2_grpc
@@ -47,7 +46,8 @@ class EvaluationComponent(PlatformComponent):
         """Where answers come from now: the remote inference service, else this process's, else none yet."""
         if self.remote is not None:
             return self.remote
-        return LocalAnswers(InferenceFrontend.local) if InferenceFrontend.local is not None else None
+        local = self.platform.local_inference
+        return LocalAnswers(local) if local is not None else None
 
     def register(self, server: grpc.aio.Server) -> None:
         servicer = EvaluationServicer(self.suites, self.runs, self.source)

@@ -108,9 +108,6 @@ def _sha256(path: Path) -> str:
 class InferenceFrontend:
     """Tenancy, validation and limits in front of one Engine."""
 
-    #: The frontend of the inference service in this process, once it is serving (evaluation uses it).
-    local: InferenceFrontend | None = None
-
     def __init__(
         self,
         engine: Engine,

@@ -88,7 +88,7 @@ class InferenceComponent(PlatformComponent):
             self.http = OpenAIServer(frontend, self.platform.settings)
             await self.http.start(self.platform.settings.host, settings.http_port)
         self.servicer.frontend = frontend
-        InferenceFrontend.local = frontend
+        self.platform.local_inference = frontend  # evaluation in this process generates through it
         self._sweeper = asyncio.create_task(self._sweep(frontend), name="tuneforge-adapter-sweeper")
 
     def health_updates(self) -> AsyncIterator[bool] | None:
@@ -106,8 +106,8 @@ class InferenceComponent(PlatformComponent):
 
     async def stop(self) -> None:
         frontend = self.servicer.frontend
-        if InferenceFrontend.local is self.servicer.frontend:
-            InferenceFrontend.local = None
+        if self.platform.local_inference is frontend:
+            self.platform.local_inference = None
         self.servicer.frontend = None
         if self._sweeper is not None:
             self._sweeper.cancel()
