@@ -86,7 +86,7 @@ def test_a_run_compares_base_and_adapter_through_the_inference_service(
     from tuneforge.models import ModelResolver, template_hash
     from tuneforge.store.artifacts import ArtifactStore
     from tuneforge.store.metadata import MetadataStore
-    from tuneforge.training.registry import AdapterRegistry
+    from tuneforge.catalog.adapters import AdapterRegistry
 
     resolver = ModelResolver(MODEL_CACHE)
     tokenizer = resolver.load_tokenizer(resolver.resolve("tiny-qwen2"))

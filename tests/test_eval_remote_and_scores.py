@@ -60,7 +60,7 @@ def evalbot(platform_server, server_settings) -> str:
     from tuneforge.models import ModelResolver, template_hash
     from tuneforge.store.artifacts import ArtifactStore
     from tuneforge.store.metadata import MetadataStore
-    from tuneforge.training.registry import AdapterRegistry
+    from tuneforge.catalog.adapters import AdapterRegistry
 
     resolver = ModelResolver(MODEL_CACHE)
     tokenizer = resolver.load_tokenizer(resolver.resolve("tiny-qwen2"))

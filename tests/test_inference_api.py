@@ -26,7 +26,7 @@ from tuneforge.inference.engine import Engine, Request, Sampling
 from tuneforge.models import ModelResolver, template_hash
 from tuneforge.store.artifacts import ArtifactStore
 from tuneforge.store.metadata import MetadataStore
-from tuneforge.training.registry import AdapterRegistry
+from tuneforge.catalog.adapters import AdapterRegistry
 from tuneforge.v1 import common_pb2, inference_pb2
 
 pytestmark = pytest.mark.slow

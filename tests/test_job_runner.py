@@ -19,6 +19,7 @@ import psutil
 import pytest
 from conftest import MODEL_CACHE
 
+from tuneforge.catalog.adapters import AdapterRegistry
 from tuneforge.common.settings import load_settings
 from tuneforge.models import ModelResolver
 from tuneforge.store.artifacts import ArtifactStore
@@ -27,7 +28,6 @@ from tuneforge.store.metadata import MetadataStore
 from tuneforge.training.cluster import LocalRayHead, RayJobs, SubmissionStatus
 from tuneforge.training.job_store import FAILED, QUEUED, RUNNING, JobStore
 from tuneforge.training.jobs import JobSpecInput
-from tuneforge.training.registry import AdapterRegistry
 from tuneforge.training.runner import JobRunner
 
 
@@ -301,4 +301,38 @@ def test_a_managed_head_without_a_job_agent_is_restarted(tmp_path: Path, monkeyp
     asyncio.run(run_until_enough())
     assert head.stopped == 1  # restarted once, not on every failed tick
     assert healthy.submitted == [f"{job.id}-1"]  # the job goes to the new head
+    metadata.close()
+
+
+def test_a_resubmitted_job_s_events_go_on_in_order_without_repeating_replayed_steps(tmp_path: Path) -> None:
+    """The Ray job is gone: the runner resubmits it, the new workers replay steps since the checkpoint."""
+    runner, jobs, metadata = _runner(tmp_path)
+    runner.ray = FakeRay()
+    spec = JobSpecInput(base_model="tiny-qwen2", dataset_version_id="dsv-" + "d" * 24, adapter_name="a")
+    job = jobs.create("acme", spec)
+    runner.tick()
+    log = runner.output_dir(job) / "metrics.jsonl"
+
+    def write(*records: dict) -> None:
+        with log.open("a") as handle:
+            handle.writelines(json.dumps(r) + "\n" for r in records)
+
+    def step(n: int) -> dict:
+        return {"event": "step", "step": n, "total_steps": 6, "loss": 1.0 / n}
+
+    write({"event": "started", "step": 0, "world_size": 1}, step(1), step(2), step(3))
+    runner.tick()
+    seen = jobs.events("acme", job.id)  # a reader following the job
+    assert jobs.get("acme", job.id).state == RUNNING
+    del runner.ray.statuses[f"{job.id}-1"]  # the cluster lost it
+    runner.tick()
+    assert runner.ray.submitted == [f"{job.id}-1", f"{job.id}-2"]
+    # the second attempt resumes from the checkpoint of step 2 and replays step 3
+    write({"event": "started", "step": 2, "world_size": 1}, step(3), step(4), step(5), step(6))
+    runner.tick()
+    seen += jobs.events("acme", job.id, after=seen[-1].sequence)
+    assert [e.sequence for e in seen] == list(range(1, len(seen) + 1))  # in order, none twice, none missed
+    assert [e.step for e in seen if e.type == "metrics"] == [1, 2, 3, 4, 5, 6]  # step 3 once
+    assert sum("resubmitted" in e.message for e in seen) == 1
+    assert sum("workers restarted after a failure; resuming from step 2" in e.message for e in seen) == 1
     metadata.close()

@@ -466,7 +466,7 @@ def test_a_lora_job_runs_on_the_cluster_through_the_token_protected_job_api(topo
     from tuneforge.models import ModelResolver
     from tuneforge.store.artifacts import ArtifactStore
     from tuneforge.store.metadata import MetadataStore
-    from tuneforge.training.registry import AdapterRegistry
+    from tuneforge.catalog.adapters import AdapterRegistry
 
     status, _ = _http(f"{topology.dashboard}/api/jobs/")  # Ray's token auth is on: no token, no Job API
     assert status == 401

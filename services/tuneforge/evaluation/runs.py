@@ -49,7 +49,7 @@ from tuneforge.store.metadata import (
     page_size_of,
 )
 from tuneforge.store.tables import EvalHumanScoreRow, EvalResultRow, EvalRunRow, utcnow
-from tuneforge.training.registry import parse_ref
+from tuneforge.catalog.adapters import parse_ref
 
 log = get_logger(__name__)
 

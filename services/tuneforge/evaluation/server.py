@@ -19,7 +19,7 @@ from tuneforge.evaluation.runs import EvalRuns
 from tuneforge.evaluation.servicer import EvaluationServicer
 from tuneforge.evaluation.suite_store import SuiteStore
 from tuneforge.platform import Platform, PlatformComponent
-from tuneforge.training.registry import AdapterRegistry
+from tuneforge.catalog.adapters import AdapterRegistry
 from tuneforge.v1 import evaluation_pb2, evaluation_pb2_grpc
 
 log = get_logger(__name__)

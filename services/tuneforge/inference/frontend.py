@@ -33,7 +33,7 @@ from tuneforge.common.errors import FailedPrecondition, InvalidArgument, NotFoun
 from tuneforge.common.logging import get_logger
 from tuneforge.inference.engine import Engine, Event, Request, Sampling
 from tuneforge.store.artifacts import ArtifactStore
-from tuneforge.training.registry import AdapterRegistry, AdapterVersionInfo
+from tuneforge.catalog.adapters import AdapterRegistry, AdapterVersionInfo
 
 log = get_logger(__name__)
 

@@ -40,7 +40,7 @@ from tuneforge.inference.engine import Event, Sampling
 from tuneforge.inference.frontend import InferenceFrontend, Limits, Target
 from tuneforge.models import ModelResolver, template_hash
 from tuneforge.store.artifacts import ArtifactStore
-from tuneforge.training.registry import AdapterRegistry
+from tuneforge.catalog.adapters import AdapterRegistry
 
 log = get_logger(__name__)
 

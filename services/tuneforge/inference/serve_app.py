@@ -39,7 +39,7 @@ from tuneforge.inference.frontend import InferenceFrontend, Limits, Target, run_
 from tuneforge.models import ModelResolver
 from tuneforge.store.artifacts import ArtifactStore
 from tuneforge.store.metadata import MetadataStore
-from tuneforge.training.registry import AdapterRegistry
+from tuneforge.catalog.adapters import AdapterRegistry
 
 log = get_logger(__name__)
 

@@ -21,7 +21,7 @@ from tuneforge.inference.frontend import InferenceFrontend, Limits
 from tuneforge.inference.remote import ServeFrontend, connect
 from tuneforge.inference.servicer import InferenceServicer
 from tuneforge.platform import Platform, PlatformComponent
-from tuneforge.training.registry import AdapterRegistry
+from tuneforge.catalog.adapters import AdapterRegistry
 from tuneforge.v1 import inference_pb2, inference_pb2_grpc
 
 log = get_logger(__name__)

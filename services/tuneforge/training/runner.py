@@ -45,7 +45,7 @@ from tuneforge.training.cluster import LocalRayHead, RayJobs, SubmissionStatus
 from tuneforge.training.job_store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobInfo, JobStore
 from tuneforge.training.jobs import train_config
 from tuneforge.training.ray_train import METRICS_LOG
-from tuneforge.training.registry import AdapterRegistry
+from tuneforge.catalog.adapters import AdapterRegistry
 from tuneforge.training.spec_proto import spec_dict
 from tuneforge.training.trainer import CHECKPOINT_STATE, checkpoint_step, latest_checkpoint
 

@@ -12,7 +12,7 @@ from tuneforge.common.server import TuneforgeServer, build_server
 from tuneforge.common.settings import Settings
 from tuneforge.platform import Platform, PlatformComponent
 from tuneforge.training.job_store import JobStore
-from tuneforge.training.registry import AdapterRegistry
+from tuneforge.catalog.adapters import AdapterRegistry
 from tuneforge.training.runner import JobRunner
 from tuneforge.training.servicer import AdapterServicer, TrainingServicer
 from tuneforge.v1 import training_pb2, training_pb2_grpc

@@ -17,7 +17,7 @@ from tuneforge.models import ModelResolver
 from tuneforge.store.metadata import MetadataStore
 from tuneforge.training.job_store import FINAL, JobEvent, JobInfo, JobStore
 from tuneforge.training.jobs import validate_job_spec
-from tuneforge.training.registry import AdapterInfo, AdapterRegistry, AdapterVersionInfo
+from tuneforge.catalog.adapters import AdapterInfo, AdapterRegistry, AdapterVersionInfo
 from tuneforge.training.runner import JobRunner, list_checkpoints
 from tuneforge.training.spec import JobSpecInput
 from tuneforge.training.spec_proto import spec_input, spec_message
