@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from conftest import MODEL_CACHE
 
+from tuneforge.catalog.adapters import AdapterRegistry, parse_ref
 from tuneforge.client import TuneforgeClient, TuneforgeError
 from tuneforge.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from tuneforge.store.artifacts import ArtifactStore
 from tuneforge.store.metadata import MetadataStore
-from tuneforge.catalog.adapters import AdapterRegistry, parse_ref
 from tuneforge.v1 import training_pb2
 
 LINEAGE = {

@@ -83,10 +83,10 @@ def test_a_run_compares_base_and_adapter_through_the_inference_service(
     from conftest import MODEL_CACHE
     from test_inference_api import _make_adapter
 
+    from tuneforge.catalog.adapters import AdapterRegistry
     from tuneforge.models import ModelResolver, template_hash
     from tuneforge.store.artifacts import ArtifactStore
     from tuneforge.store.metadata import MetadataStore
-    from tuneforge.catalog.adapters import AdapterRegistry
 
     resolver = ModelResolver(MODEL_CACHE)
     tokenizer = resolver.load_tokenizer(resolver.resolve("tiny-qwen2"))

@@ -57,10 +57,10 @@ def evalbot(platform_server, server_settings) -> str:
     from conftest import MODEL_CACHE
     from test_inference_api import _make_adapter
 
+    from tuneforge.catalog.adapters import AdapterRegistry
     from tuneforge.models import ModelResolver, template_hash
     from tuneforge.store.artifacts import ArtifactStore
     from tuneforge.store.metadata import MetadataStore
-    from tuneforge.catalog.adapters import AdapterRegistry
 
     resolver = ModelResolver(MODEL_CACHE)
     tokenizer = resolver.load_tokenizer(resolver.resolve("tiny-qwen2"))

@@ -19,6 +19,7 @@ import pytest
 import torch
 from conftest import ACME_KEY, GLOBEX_KEY, MODEL_CACHE
 
+from tuneforge.catalog.adapters import AdapterRegistry
 from tuneforge.chat import ChatRenderer
 from tuneforge.client import TuneforgeClient, TuneforgeError
 from tuneforge.common.server import BackgroundServer
@@ -26,7 +27,6 @@ from tuneforge.inference.engine import Engine, Request, Sampling
 from tuneforge.models import ModelResolver, template_hash
 from tuneforge.store.artifacts import ArtifactStore
 from tuneforge.store.metadata import MetadataStore
-from tuneforge.catalog.adapters import AdapterRegistry
 from tuneforge.v1 import common_pb2, inference_pb2
 
 pytestmark = pytest.mark.slow

@@ -462,11 +462,11 @@ def test_the_front_generates_through_serve_s_proxy_and_never_loads_ray(topology:
 def test_a_lora_job_runs_on_the_cluster_through_the_token_protected_job_api(topology: Topology) -> None:
     from test_inference_api import _expected
 
+    from tuneforge.catalog.adapters import AdapterRegistry
     from tuneforge.common.settings import load_settings
     from tuneforge.models import ModelResolver
     from tuneforge.store.artifacts import ArtifactStore
     from tuneforge.store.metadata import MetadataStore
-    from tuneforge.catalog.adapters import AdapterRegistry
 
     status, _ = _http(f"{topology.dashboard}/api/jobs/")  # Ray's token auth is on: no token, no Job API
     assert status == 401

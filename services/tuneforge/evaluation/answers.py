@@ -15,10 +15,10 @@ from typing import Any, Protocol
 
 import grpc
 
+from tuneforge.catalog.adapters import AdapterRegistry
 from tuneforge.common.auth import ON_BEHALF_HEADER
 from tuneforge.common.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from tuneforge.common.logging import get_logger
-from tuneforge.catalog.adapters import AdapterRegistry
 from tuneforge.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
 log = get_logger(__name__)

@@ -29,6 +29,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from tuneforge.catalog.adapters import parse_ref
 from tuneforge.common.errors import FailedPrecondition, InvalidArgument, NotFound, TuneforgeError
 from tuneforge.common.logging import get_logger
 from tuneforge.common.names import check_idempotency_key, check_resource_id, new_id
@@ -49,7 +50,6 @@ from tuneforge.store.metadata import (
     page_size_of,
 )
 from tuneforge.store.tables import EvalHumanScoreRow, EvalResultRow, EvalRunRow, utcnow
-from tuneforge.catalog.adapters import parse_ref
 
 log = get_logger(__name__)
 

@@ -11,6 +11,7 @@ import asyncio
 
 import grpc
 
+from tuneforge.catalog.adapters import AdapterRegistry
 from tuneforge.common.logging import get_logger
 from tuneforge.common.server import TuneforgeServer, build_server
 from tuneforge.common.settings import Settings
@@ -19,7 +20,6 @@ from tuneforge.evaluation.runs import EvalRuns
 from tuneforge.evaluation.servicer import EvaluationServicer
 from tuneforge.evaluation.suite_store import SuiteStore
 from tuneforge.platform import Platform, PlatformComponent
-from tuneforge.catalog.adapters import AdapterRegistry
 from tuneforge.v1 import evaluation_pb2, evaluation_pb2_grpc
 
 log = get_logger(__name__)

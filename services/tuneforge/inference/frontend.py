@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from tuneforge.catalog.adapters import AdapterRegistry, AdapterVersionInfo
 from tuneforge.chat import ChatRenderer
 from tuneforge.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from tuneforge.common.logging import get_logger
 from tuneforge.inference.engine import Engine, Event, Request, Sampling
 from tuneforge.store.artifacts import ArtifactStore
-from tuneforge.catalog.adapters import AdapterRegistry, AdapterVersionInfo
 
 log = get_logger(__name__)
 

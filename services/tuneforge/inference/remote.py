@@ -32,6 +32,7 @@ from typing import Any
 
 import aiohttp
 
+from tuneforge.catalog.adapters import AdapterRegistry
 from tuneforge.common.errors import TuneforgeError, Unavailable
 from tuneforge.common.logging import get_logger
 from tuneforge.common.settings import Settings
@@ -40,7 +41,6 @@ from tuneforge.inference.engine import Event, Sampling
 from tuneforge.inference.frontend import InferenceFrontend, Limits, Target
 from tuneforge.models import ModelResolver, template_hash
 from tuneforge.store.artifacts import ArtifactStore
-from tuneforge.catalog.adapters import AdapterRegistry
 
 log = get_logger(__name__)
 

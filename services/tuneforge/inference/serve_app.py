@@ -29,6 +29,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from tuneforge.catalog.adapters import AdapterRegistry
 from tuneforge.common.errors import InvalidArgument, NotFound, TuneforgeError, Unauthenticated
 from tuneforge.common.logging import get_logger
 from tuneforge.common.settings import Settings, load_settings
@@ -39,7 +40,6 @@ from tuneforge.inference.frontend import InferenceFrontend, Limits, Target, run_
 from tuneforge.models import ModelResolver
 from tuneforge.store.artifacts import ArtifactStore
 from tuneforge.store.metadata import MetadataStore
-from tuneforge.catalog.adapters import AdapterRegistry
 
 log = get_logger(__name__)
 

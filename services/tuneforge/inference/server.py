@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from tuneforge.catalog.adapters import AdapterRegistry
 from tuneforge.common.logging import get_logger
 from tuneforge.common.server import TuneforgeServer, build_server
 from tuneforge.common.settings import Settings
@@ -21,7 +22,6 @@ from tuneforge.inference.frontend import InferenceFrontend, Limits
 from tuneforge.inference.remote import ServeFrontend, connect
 from tuneforge.inference.servicer import InferenceServicer
 from tuneforge.platform import Platform, PlatformComponent
-from tuneforge.catalog.adapters import AdapterRegistry
 from tuneforge.v1 import inference_pb2, inference_pb2_grpc
 
 log = get_logger(__name__)

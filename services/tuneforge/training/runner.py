@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from tuneforge.catalog.adapters import AdapterRegistry
 from tuneforge.common.logging import get_logger
 from tuneforge.common.settings import Settings
 from tuneforge.models import ModelResolver
@@ -45,7 +46,6 @@ from tuneforge.training.cluster import LocalRayHead, RayJobs, SubmissionStatus
 from tuneforge.training.job_store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobInfo, JobStore
 from tuneforge.training.jobs import train_config
 from tuneforge.training.ray_train import METRICS_LOG
-from tuneforge.catalog.adapters import AdapterRegistry
 from tuneforge.training.spec_proto import spec_dict
 from tuneforge.training.trainer import CHECKPOINT_STATE, checkpoint_step, latest_checkpoint
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import grpc
 
+from tuneforge.catalog.adapters import AdapterRegistry
 from tuneforge.common.server import TuneforgeServer, build_server
 from tuneforge.common.settings import Settings
 from tuneforge.platform import Platform, PlatformComponent
 from tuneforge.training.job_store import JobStore
-from tuneforge.catalog.adapters import AdapterRegistry
 from tuneforge.training.runner import JobRunner
 from tuneforge.training.servicer import AdapterServicer, TrainingServicer
 from tuneforge.v1 import training_pb2, training_pb2_grpc

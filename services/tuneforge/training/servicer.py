@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 
+from tuneforge.catalog.adapters import AdapterInfo, AdapterRegistry, AdapterVersionInfo
 from tuneforge.common.auth import current_principal
 from tuneforge.common.convert import resource_times, timestamp
 from tuneforge.common.errors import InvalidArgument, Unavailable
@@ -17,7 +18,6 @@ from tuneforge.models import ModelResolver
 from tuneforge.store.metadata import MetadataStore
 from tuneforge.training.job_store import FINAL, JobEvent, JobInfo, JobStore
 from tuneforge.training.jobs import validate_job_spec
-from tuneforge.catalog.adapters import AdapterInfo, AdapterRegistry, AdapterVersionInfo
 from tuneforge.training.runner import JobRunner, list_checkpoints
 from tuneforge.training.spec import JobSpecInput
 from tuneforge.training.spec_proto import spec_input, spec_message
