@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ACME_KEY, MODEL_CACHE, make_settings
+from test_training_api import _wait
 
 from tuneforge.client import TuneforgeClient
 from tuneforge.common.server import BackgroundServer
@@ -88,16 +89,6 @@ class ServerProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-
-
-def _wait(client: TuneforgeClient, job_id: str, until, timeout: float = 300) -> training_pb2.Job:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.get_job(job_id)
-        if until(job):
-            return job
-        assert time.monotonic() < deadline, f"job {job_id} stuck in {training_pb2.JobState.Name(job.state)}"
-        time.sleep(0.3)
 
 
 def _dataset(home: Path, keys_file: Path) -> str:

@@ -48,7 +48,7 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 #: few of these while it waits, so cheap calls always find a thread.
 BLOCKING_THREADS = 32
 #: Seconds a component gets to stop after SIGTERM however short the grace period.
-MIN_COMPONENT_STOP_S = 2.0
+MIN_COMPONENT_STOP_S = 5.0
 
 
 class Component(Protocol):

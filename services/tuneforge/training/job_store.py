@@ -321,6 +321,10 @@ class JobStore:
 
     def _record(self, session: Any, row: JobRow, record: dict[str, Any]) -> None:
         step = int(record["step"])
+        if step <= row.step:
+            # workers resumed from an older checkpoint (a restart, a resubmission) replay the steps
+            # after it: each step is reported once, so a reader's curve never doubles back
+            return
         numbers = {k: float(v) for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         row.step = max(row.step, step)
         row.total_steps = int(numbers.get("total_steps", row.total_steps))

@@ -60,6 +60,9 @@ AGENTLESS_RESTART_S = 60.0
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 #: Seconds a stopping runner waits for the reconciliation in progress (Ray and store calls) to end.
 STOP_TICK_S = 2.0
+#: Seconds an idle local head gets to exit on SIGTERM before its processes are killed (it runs no job,
+#: and `ray start --block` takes longer than any drain bound to stop them itself).
+LOCAL_HEAD_STOP_S = 2.0
 #: Largest chunk of a metrics log read per job and tick.
 MAX_LOG_READ = 1 << 20
 #: Lease of the replica that submits queued jobs (one decides, so per-tenant running limits hold).
@@ -223,7 +226,7 @@ class JobRunner:
             if unfinished:
                 log.info("local_ray_left_running", jobs=len(unfinished), state=str(self.head.state_file))
             else:
-                await asyncio.to_thread(self.head.stop)
+                await asyncio.to_thread(self.head.stop, LOCAL_HEAD_STOP_S)
 
     async def _loop(self) -> None:
         while not self._stopping.is_set():
