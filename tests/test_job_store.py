@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
 
@@ -145,3 +147,38 @@ def test_concurrent_appenders_number_events_without_gaps_or_duplicates(jobs: Job
     assert [e.sequence for e in events] == list(range(1, 3 + 3 * rounds + 2))
     assert sum(e.message == "cancellation requested; stopping the workers" for e in events) == 1
     assert [e.step for e in events if e.type == "metrics"] == list(range(1, rounds + 1))
+
+
+def test_jobs_from_before_the_event_counter_go_on_numbering_after_their_last_event(database_url: str) -> None:
+    from alembic import command
+    from sqlalchemy import text
+
+    store = MetadataStore(database_url)
+    config = store._alembic_config()
+    with store.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0009_leases")
+    old = JobStore(store)
+    with store.engine.begin() as connection:  # a job and its three events as the code before wrote them
+        connection.execute(
+            text(
+                "INSERT INTO jobs (id, tenant, state, spec_json, error_code, error_message, step, total_steps, "
+                "metrics_json, adapter_version, runner_id, cancel_requested, created_at, updated_at) VALUES "
+                "('job-aaaaaaaaaaaaaaaaaaaaaaaa', 'acme', 'queued', :spec, '', '', 0, 0, '{}', '', '', false, "
+                ":now, :now)"
+            ),
+            {"spec": json.dumps(SPEC.model_dump()), "now": datetime.now(UTC)},
+        )
+        for sequence in (1, 2, 3):
+            connection.execute(
+                text(
+                    "INSERT INTO job_events (job_id, sequence, created_at, type, level, message, state, step, "
+                    "metrics_json) VALUES ('job-aaaaaaaaaaaaaaaaaaaaaaaa', :sequence, :now, 'log', 'info', 'x', '', "
+                    "0, '{}')"
+                ),
+                {"sequence": sequence, "now": datetime.now(UTC)},
+            )
+    store.migrate()
+    old.cancel("acme", "job-aaaaaaaaaaaaaaaaaaaaaaaa")
+    assert [e.sequence for e in old.events("acme", "job-aaaaaaaaaaaaaaaaaaaaaaaa")] == [1, 2, 3, 4]
+    store.close()
