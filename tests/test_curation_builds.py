@@ -215,6 +215,27 @@ def test_a_restarted_server_adopts_the_build_its_killed_predecessor_left_running
     assert staging(second.home, version.id) == []
 
 
+def test_cancelling_an_adopted_build_stops_the_worker_another_server_started(
+    servers: Callable[..., CurationServer], gate: Path
+) -> None:
+    first = servers("first", build_lease_ttl_s="3")
+    with first.client() as client:
+        version = create(client, "adopted-cancel")
+    [worker] = wait_for("the build to reach the gate", lambda: held_builds(gate, version.id))
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait()
+
+    second = servers("second", build_lease_ttl_s="3")
+    with second.client() as client:
+        wait_for("the adoption", lambda: second.records("dataset_build_adopted"))
+        assert client.cancel_dataset_version(version.id).state == CANCELLED
+        # not its child: the worker finds its version cancelled when it next renews its lease
+        wait_for("the adopted worker to stop", lambda: not alive(worker))
+        assert staging(second.home, version.id) == []
+        assert client.get_dataset_version(version.id).state == CANCELLED
+    assert held_builds(gate, version.id) == [worker]
+
+
 def test_a_build_whose_worker_died_with_its_server_is_built_again_cleanly(
     servers: Callable[..., CurationServer], gate: Path
 ) -> None:

@@ -773,7 +773,7 @@ def test_a_build_that_stops_unexpectedly_fails_with_a_reference_and_readable_iss
             yield processor(next(line_batches))
             raise MemoryError("simulated: the machine ran out of memory")
 
-        return real_curate(*args, **kwargs, batches=batches)
+        return real_curate(*args, **(kwargs | {"batches": batches}))
 
     monkeypatch.setattr(worker, "curate", stops_after_one_batch)
     config = WorkerConfig(url, str(tmp_path / "artifacts"), str(MODEL_CACHE))

@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 import pyarrow.parquet as pq
 from sqlalchemy import select
 
+from tuneforge.catalog.suites import SuiteCatalog
 from tuneforge.common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from tuneforge.common.names import check_idempotency_key, check_resource_id, check_resource_name
 from tuneforge.curation.files import FileCatalog
@@ -286,15 +287,13 @@ class DatasetVersions:
         """The evaluation suite whose prompts the build removes from training data (`{}` for none)."""
         if not suite_id:
             return {}
-        from tuneforge.evaluation.suite_store import SuiteStore
-
         try:
-            info, _ = SuiteStore(self.metadata, self.artifacts).get(tenant, suite_id)
+            suite = SuiteCatalog(self.metadata, self.artifacts).stored(tenant, suite_id)
         except NotFound as exc:
             raise InvalidArgument.for_field(
                 "settings.leakage_suite_id", f"no suite {suite_id!r}: name one of yours or a built-in one"
             ) from exc
-        return {"id": info.id, "sha256": info.sha256}
+        return {"id": suite.id, "sha256": suite.sha256}
 
     def _row(self, session: Any, tenant: str, vid: str) -> DatasetVersionRow:
         check_resource_id(vid, "dataset_version_id", "dsv")

@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import update
 
+from tuneforge.catalog.suites import SuiteCatalog
 from tuneforge.common.logging import get_logger
 from tuneforge.common.names import new_id
 from tuneforge.curation import distributed
@@ -108,13 +109,17 @@ class BuildStopped(Exception):
 
 
 class LeaseKeeper:
-    """Renews a build's lease from a thread; when the build must stop, SIGTERMs this process.
+    """Renews a build's lease from a thread; when the build must stop, SIGTERMs this process (`interrupt`).
 
     SIGTERM (turned into SystemExit by `main`) is the one way to interrupt the pipeline wherever
-    it is, tokenizer calls included; the build's `finally` blocks then remove its staging.
+    it is, tokenizer calls included; the build's `finally` blocks then remove its staging. Without
+    `interrupt` (a build run in-process) the build stops at its next `check()`.
     """
 
-    def __init__(self, leases: Leases, metadata: MetadataStore, tenant: str, version_id: str) -> None:
+    def __init__(
+        self, leases: Leases, metadata: MetadataStore, tenant: str, version_id: str, interrupt: bool = False
+    ) -> None:
+        self.interrupt = interrupt
         self.leases = leases
         self.metadata = metadata
         self.tenant = tenant
@@ -128,8 +133,10 @@ class LeaseKeeper:
         self._thread.start()
 
     def stop(self) -> None:
+        """Ends renewals (idempotent); call before the build records its outcome, which would read as a stop."""
         self._done.set()
-        self._thread.join()
+        if self._thread.ident is not None:
+            self._thread.join()
 
     def check(self) -> None:
         """Raises BuildStopped unless this build still holds the lease and its version is PROCESSING."""
@@ -159,14 +166,16 @@ class LeaseKeeper:
             if reason and not self._done.is_set():
                 self.stop_reason = reason
                 log.info("dataset_build_stopping", tenant=self.tenant, version=self.version_id, reason=reason)
-                os.kill(os.getpid(), signal.SIGTERM)
+                if self.interrupt:
+                    os.kill(os.getpid(), signal.SIGTERM)
                 return
 
 
-def build_version(config: WorkerConfig, tenant: str, version_id: str) -> str:
+def build_version(config: WorkerConfig, tenant: str, version_id: str, interrupt: bool = False) -> str:
     """Runs the pipeline for (tenant, version_id) and records READY or FAILED; returns the state.
 
     Returns "elsewhere" without touching anything while another build holds the version's lease.
+    `interrupt`: a build that must stop SIGTERMs its own process (only in a worker process).
     """
     metadata = MetadataStore(config.database_url)
     artifacts = ArtifactStore(Path(config.artifact_root))
@@ -176,7 +185,7 @@ def build_version(config: WorkerConfig, tenant: str, version_id: str) -> str:
         if not leases.acquire(name):
             log.info("dataset_build_elsewhere", tenant=tenant, version=version_id, holder=leases.holder_of(name))
             return "elsewhere"
-        keeper = LeaseKeeper(leases, metadata, tenant, version_id)
+        keeper = LeaseKeeper(leases, metadata, tenant, version_id, interrupt)
         try:
             if remove_staging(artifacts, tenant, version_id):  # a dead build's, found holding the lease
                 log.info("dataset_build_stale_staging_removed", tenant=tenant, version=version_id)
@@ -223,12 +232,10 @@ def _suite_prompts(
     metadata: MetadataStore, artifacts: ArtifactStore, tenant: str, suite_id: str, sha256: str
 ) -> list[list[dict[str, str]]]:
     """The prompts of the evaluation suite a version keeps out of its training data (as requested)."""
-    from tuneforge.evaluation.suite_store import SuiteStore
-
-    info, suite = SuiteStore(metadata, artifacts).get(tenant, suite_id)
-    if info.sha256 != sha256:
-        raise RuntimeError(f"evaluation suite {suite_id} changed since the version was requested")
-    return [item.messages for item in suite.items]
+    try:
+        return SuiteCatalog(metadata, artifacts).prompts(tenant, suite_id, sha256)
+    except ValueError as exc:
+        raise RuntimeError(f"evaluation suite {suite_id} changed since the version was requested") from exc
 
 
 def _build(
@@ -311,6 +318,7 @@ def _build(
         shutil.rmtree(work / "staging", ignore_errors=True)
         keeper.check()  # published at most once: by the lease holder, while the version is PROCESSING
         artifacts.for_tenant(tenant).publish_dir(f"datasets/{version_id}", out)
+        keeper.stop()
         state = "ready" if result.ok else "failed"
         finish_version(
             metadata,
@@ -351,6 +359,7 @@ def _build(
             return "stopped"
         except Exception:
             log.exception("dataset_failure_report_not_written", tenant=tenant, version=version_id)
+        keeper.stop()
         finish_version(metadata, tenant, version_id, state="failed", failure_reason=reason)
         return "failed"
     finally:
@@ -375,7 +384,7 @@ def main() -> int:
         raise SystemExit(EXIT_TERMINATED)  # unwinds the build: its staging is removed, its lease released
 
     signal.signal(signal.SIGTERM, terminate)
-    state = build_version(WorkerConfig(**values), tenant, version_id)
+    state = build_version(WorkerConfig(**values), tenant, version_id, interrupt=True)
     return EXIT_BUILDING_ELSEWHERE if state == "elsewhere" else 0
 
 
