@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from tuneforge.curation.dedup import (
+from tuneforge.similarity import (
     NUM_PERM,
     SHINGLE_CHARS,
     band_keys,

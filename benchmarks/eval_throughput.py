@@ -28,14 +28,14 @@ def main() -> int:
     parser.add_argument("--model", default="tiny-qwen2")
     args = parser.parse_args()
 
+    from tuneforge.catalog.suites import BUILTIN_DIR
     from tuneforge.client import TuneforgeClient
-    from tuneforge.common.server import BackgroundServer
     from tuneforge.common.settings import load_settings
     from tuneforge.evaluation.checks import run_check
     from tuneforge.evaluation.server import EvaluationComponent
-    from tuneforge.evaluation.suite_store import BUILTIN_DIR
     from tuneforge.inference.engine import Sampling
     from tuneforge.inference.server import InferenceComponent
+    from tuneforge.platform import BackgroundServer
     from tuneforge.v1 import evaluation_pb2
 
     builtin = [json.loads(line) for line in (BUILTIN_DIR / "core-zh-en.jsonl").read_text().splitlines() if line]

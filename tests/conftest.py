@@ -21,8 +21,8 @@ import yaml
 
 if TYPE_CHECKING:
     from tuneforge.client import TuneforgeClient
-    from tuneforge.common.server import BackgroundServer
     from tuneforge.common.settings import Settings
+    from tuneforge.platform import BackgroundServer
     from tuneforge.training.cluster import LocalRayHead
 
 # The platform's modules are imported where a fixture needs them, not here: the GPU tier
@@ -231,7 +231,7 @@ def server_settings(tmp_path_factory: pytest.TempPathFactory, keys_file: Path, l
 @pytest.fixture(scope="session")
 def platform_server(server_settings: Settings) -> Iterator[BackgroundServer]:
     """Every service in one server on a free loopback port, as `tuneforge up` runs them."""
-    from tuneforge.common.server import BackgroundServer
+    from tuneforge.platform import BackgroundServer
     from tuneforge.services import COMPONENTS
 
     server = BackgroundServer(server_settings, list(COMPONENTS.values()))

@@ -13,7 +13,7 @@ import time
 
 from conftest import ACME_KEY
 
-from tuneforge.common.server import BackgroundServer
+from tuneforge.platform import BackgroundServer
 
 
 def _chat(platform_server: BackgroundServer, *options: str) -> list[str]:

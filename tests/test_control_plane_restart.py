@@ -24,8 +24,8 @@ from conftest import ACME_KEY, MODEL_CACHE, make_settings
 from test_training_api import _wait
 
 from tuneforge.client import TuneforgeClient
-from tuneforge.common.server import BackgroundServer
 from tuneforge.curation.server import CurationComponent
+from tuneforge.platform import BackgroundServer
 from tuneforge.training.cluster import LocalRayHead, RayJobs
 from tuneforge.v1 import curation_pb2, training_pb2
 

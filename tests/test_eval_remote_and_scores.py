@@ -14,9 +14,9 @@ import pytest
 from conftest import ACME_KEY, SERVICE_KEY, make_settings
 
 from tuneforge.client import TuneforgeClient, TuneforgeError
-from tuneforge.common.server import BackgroundServer
 from tuneforge.evaluation.scores import judge_messages, parse_human_scores, parse_judge_score, summarize
 from tuneforge.evaluation.server import EvaluationComponent
+from tuneforge.platform import BackgroundServer
 from tuneforge.v1 import common_pb2, evaluation_pb2, inference_pb2, inference_pb2_grpc, training_pb2
 
 ITEMS = [

@@ -98,7 +98,10 @@ def test_the_leakage_guard_names_items_that_copy_training_prompts(tmp_path) -> N
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from tuneforge.catalog.datasets import DatasetCatalog
     from tuneforge.evaluation.leakage import leaked_items
+    from tuneforge.store.artifacts import ArtifactStore
+    from tuneforge.store.metadata import MetadataStore
 
     prompt = "Extract the event and its date from the text as JSON.\n\nThe product launch is on March 13, 2025."
     training = [
@@ -108,12 +111,35 @@ def test_the_leakage_guard_names_items_that_copy_training_prompts(tmp_path) -> N
             {"role": "assistant", "content": "bonjour"},
         ],
     ]
-    pq.write_table(pa.table({"messages": [json.dumps(m) for m in training]}), tmp_path / "train-00000.parquet")
+    training.append(
+        [
+            {
+                "role": "system",
+                "content": "You are the support assistant of Acme Corp. Answer politely, in one short paragraph. " * 4,
+            },
+            {"role": "user", "content": "Where is my parcel?"},
+            {"role": "assistant", "content": "On its way."},
+        ]
+    )
+    artifacts = ArtifactStore(tmp_path / "artifacts")
+    directory = artifacts.for_tenant("acme").path("datasets/dsv-" + "a" * 24)
+    directory.mkdir(parents=True)
+    pq.write_table(pa.table({"messages": [json.dumps(m) for m in training]}), directory / "train-00000.parquet")
+    datasets = DatasetCatalog(MetadataStore(f"sqlite:///{tmp_path / 'm.db'}"), artifacts)
     copied = {**GOOD, "id": "copied", "messages": [{"role": "user", "content": prompt.upper()}]}
     fresh = {**GOOD, "id": "fresh", "messages": [{"role": "user", "content": "Summarise the plot of Hamlet."}]}
-    suite = parse_suite("s", (json.dumps(copied) + "\n" + json.dumps(fresh)).encode())
-    assert leaked_items(suite.items, tmp_path) == ["copied"]  # case and spacing do not hide a copy
-    assert leaked_items(suite.items, tmp_path / "missing") == []
+    house_rules = "You are the support assistant of Acme Corp. Answer politely, in one short paragraph. " * 4
+    shared_system = {  # a system prompt shared with training is no leak: only the user's turns count
+        **GOOD,
+        "id": "same-system-prompt",
+        "messages": [{"role": "system", "content": house_rules}, {"role": "user", "content": "Name a colour."}],
+    }
+    suite = parse_suite("s", "\n".join(json.dumps(i) for i in (copied, fresh, shared_system)).encode())
+    conversations = list(datasets.training_conversations("acme", "dsv-" + "a" * 24))
+    assert conversations == training
+    assert leaked_items(suite.items, conversations) == ["copied"]  # case and spacing do not hide a copy
+    assert list(datasets.training_conversations("globex", "dsv-" + "a" * 24)) == []  # another tenant's: none
+    assert leaked_items(suite.items, []) == []
     report = compare({"base": {"copied": True}, "bot": {"copied": True}}, {"copied": "x"}, "base")
     report["leakage"] = {"message": "1 of 2 suite items near-duplicate training prompts of bot"}
     assert "Leakage warning" in render_markdown(report) and "Leakage warning" in render_html(report)

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from tuneforge.client import TuneforgeClient, TuneforgeError
-from tuneforge.common.server import BackgroundServer
+from tuneforge.platform import BackgroundServer
 from tuneforge.v1 import curation_pb2, curation_pb2_grpc
 
 DATA = b"".join(b'{"instruction": "say %d", "output": "%d"}\n' % (i, i) for i in range(2000))  # ~80 KB

@@ -13,8 +13,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tuneforge.client import TuneforgeClient, TuneforgeError
 from tuneforge.common.auth import ApiKeyFile, LocalResolver, bearer_token, hash_key
 from tuneforge.common.errors import Unauthenticated
-from tuneforge.common.server import BackgroundServer
 from tuneforge.curation.server import CurationComponent
+from tuneforge.platform import BackgroundServer
 from tuneforge.services import COMPONENTS, service_names
 from tuneforge.v1 import curation_pb2, evaluation_pb2
 

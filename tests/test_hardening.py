@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 import tuneforge.evaluation
 from tuneforge.client import TuneforgeClient
-from tuneforge.common.server import BackgroundServer
+from tuneforge.platform import BackgroundServer
 from tuneforge.v1 import common_pb2, curation_pb2, evaluation_pb2, inference_pb2, training_pb2
 
 AUTH = (("authorization", f"Bearer {ACME_KEY}"),)

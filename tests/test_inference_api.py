@@ -22,9 +22,9 @@ from conftest import ACME_KEY, GLOBEX_KEY, MODEL_CACHE
 from tuneforge.catalog.adapters import AdapterRegistry
 from tuneforge.chat import ChatRenderer
 from tuneforge.client import TuneforgeClient, TuneforgeError
-from tuneforge.common.server import BackgroundServer
 from tuneforge.inference.engine import Engine, Request, Sampling
 from tuneforge.models import ModelResolver, template_hash
+from tuneforge.platform import BackgroundServer
 from tuneforge.store.artifacts import ArtifactStore
 from tuneforge.store.metadata import MetadataStore
 from tuneforge.v1 import common_pb2, inference_pb2

@@ -240,8 +240,8 @@ def test_the_slot_table_lock_is_free_while_an_adapter_is_copied_to_the_device(
 def test_health_follows_the_metadata_database(tmp_path: Path, keys_file: Path) -> None:
     from sqlalchemy import create_engine
 
-    from tuneforge.common.server import BackgroundServer
     from tuneforge.evaluation.server import EvaluationComponent
+    from tuneforge.platform import BackgroundServer
 
     background = BackgroundServer(make_settings(tmp_path, keys_file), [EvaluationComponent])
     metadata = background.server.components[0].platform.metadata

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
 from conftest import MODEL_CACHE
 
+from tuneforge.catalog.datasets import DatasetCatalog
 from tuneforge.common.errors import InvalidArgument
 from tuneforge.models import ModelResolver
+from tuneforge.store.artifacts import ArtifactStore
 from tuneforge.store.metadata import MetadataStore
 from tuneforge.store.tables import DatasetVersionRow, utcnow
 from tuneforge.training.jobs import linear_module_names, validate_job_spec
@@ -60,11 +63,15 @@ def _spec(**overrides: object) -> JobSpecInput:
     return JobSpecInput.model_validate(values)
 
 
+def _catalog(metadata: MetadataStore) -> DatasetCatalog:
+    return DatasetCatalog(metadata, ArtifactStore(Path(tempfile.mkdtemp(prefix="artifacts-"))))
+
+
 def _validate(metadata: MetadataStore, resolver: ModelResolver, tenant: str = "acme", **overrides: object) -> dict:
     """The service's two checks: the spec's own fields (`parse_spec`), then what it names."""
     values: dict[str, object] = {"base_model": "tiny-qwen2", "dataset_version_id": READY_ID, "adapter_name": "bot"}
     spec, problems = parse_spec({**values, **overrides})
-    return validate_job_spec(tenant, spec, metadata, resolver, problems)
+    return validate_job_spec(tenant, spec, _catalog(metadata), resolver, problems)
 
 
 def _fields(exc: InvalidArgument) -> set[str]:
@@ -80,7 +87,7 @@ def test_a_good_spec_passes_with_recipe_defaults(metadata: MetadataStore, resolv
         ["q_proj", "v_proj"],
     )
     assert spec.learning_rate == 2e-4
-    facts = validate_job_spec("acme", spec, metadata, resolver)
+    facts = validate_job_spec("acme", spec, _catalog(metadata), resolver)
     assert facts["max_seq_len"] == 512 and facts["template_hash"] == "t" * 64
 
 

@@ -15,8 +15,8 @@ import pytest
 from conftest import ACME_KEY, GLOBEX_KEY
 
 from tuneforge.client import TuneforgeClient, TuneforgeError
-from tuneforge.common.server import BackgroundServer
 from tuneforge.inference.engine import Engine, Request
+from tuneforge.platform import BackgroundServer
 from tuneforge.v1 import common_pb2, inference_pb2
 
 pytestmark = pytest.mark.slow

@@ -259,10 +259,10 @@ def _ray_ports() -> list[str]:
 
 @pytest.fixture(scope="module")
 def topology(keys_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
-    from tuneforge.common.server import BackgroundServer
     from tuneforge.common.settings import load_settings
     from tuneforge.curation.server import CurationComponent
     from tuneforge.evaluation.server import EvaluationComponent
+    from tuneforge.platform import BackgroundServer
 
     tag = uuid.uuid4().hex[:8]
     root = Path(tempfile.gettempdir()) / f"tft-{tag}"  # short: Ray's socket paths live under its temp dirs

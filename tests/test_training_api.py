@@ -16,7 +16,7 @@ import pytest
 from conftest import ACME_KEY, make_settings
 
 from tuneforge.client import TuneforgeClient, TuneforgeError
-from tuneforge.common.server import BackgroundServer
+from tuneforge.platform import BackgroundServer
 from tuneforge.services import COMPONENTS
 from tuneforge.training.cluster import RayJobs
 from tuneforge.training.runner import diagnose

@@ -1,12 +1,15 @@
-"""What one Tuneforge process shares between the services it hosts: settings, stores, models."""
+"""What one Tuneforge process shares between the services it hosts (settings, stores, models), and
+the bootstrap that builds a server of service components over one Platform."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import concurrent.futures
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from tuneforge.common.logging import get_logger
+from tuneforge.common.server import TuneforgeServer, key_resolver
 from tuneforge.common.settings import Settings
 from tuneforge.models import ModelResolver
 from tuneforge.store.artifacts import ArtifactStore, use_private_umask
@@ -81,3 +84,47 @@ class PlatformComponent:
     def health_updates(self) -> AsyncIterator[bool] | None:
         """Serving as soon as `start()` returns, unless a subclass follows a backend it depends on."""
         return None
+
+
+async def build_server(settings: Settings, component_types: Sequence[type]) -> tuple[TuneforgeServer, int]:
+    """A server (not yet started) hosting one component of each type over one shared Platform."""
+    platform = Platform(settings)
+    server = TuneforgeServer(
+        settings, [kind(platform) for kind in component_types], key_resolver(settings), platform.metadata.ping
+    )
+    return server, server.port
+
+
+class BackgroundServer:
+    """A server running on its own event loop in a daemon thread, for tests, benchmarks and notebooks.
+
+    Synchronous gRPC clients can then call it from the current thread without blocking its loop.
+    """
+
+    def __init__(
+        self, settings: Settings, component_types: Sequence[type], start_timeout: float | None = 600.0
+    ) -> None:
+        """Builds the server (its port is bound) and, unless `start_timeout` is None, starts it and waits."""
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="tuneforge-server", daemon=True)
+        self._thread.start()
+        self.server, self.port = asyncio.run_coroutine_threadsafe(
+            build_server(settings, component_types), self.loop
+        ).result()
+        if start_timeout is not None:
+            self.begin_start().result(start_timeout)
+
+    def begin_start(self) -> concurrent.futures.Future[None]:
+        """Starts the server; the future completes once every component is SERVING."""
+        return asyncio.run_coroutine_threadsafe(self.server.start(), self.loop)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, grace: float = 0.0) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(grace), self.loop).result(60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)

@@ -1,4 +1,10 @@
-"""Exact and near-duplicate detection at scale: content hashes, MinHash signatures, LSH banding.
+"""Text similarity both services use: content hashes, MinHash signatures, LSH banding, and one
+definition of a conversation's prompt with one leakage threshold.
+
+Curation removes exact and near duplicates with it and keeps evaluation suites' prompts out of
+training data; evaluation flags suite items that copy an adapter's training prompts. Both guards
+compare `prompt_text` at `LEAKAGE_THRESHOLD`, so a dataset built against a suite never trips the
+evaluation's warning for that suite.
 
 MinHash is computed in NumPy for whole batches at once (character k-gram rolling hashes, then
 one-permutation hashing): per-record Python hashing with one hash function per signature slot, as
@@ -28,6 +34,15 @@ _WS = re.compile(r"\s+")
 def dedup_text(messages: list[dict[str, str]]) -> str:
     """The text duplicates are judged on: roles and contents, case-folded, whitespace collapsed."""
     return "\n".join(f"{m['role']}: {_WS.sub(' ', m['content']).strip().casefold()}" for m in messages)
+
+
+#: Estimated Jaccard similarity of prompts at or above which a suite item counts as seen in training.
+LEAKAGE_THRESHOLD = 0.85
+
+
+def prompt_text(messages: list[dict[str, str]]) -> str:
+    """What leakage is judged on: the user's turns (a system prompt shared by many records is no leak)."""
+    return dedup_text([m for m in messages if m["role"] == "user"])
 
 
 def exact_key(text: str) -> bytes:

@@ -11,7 +11,8 @@ from tuneforge.cli.options import client_for, client_options, server_options, se
 
 def _run_server(args: argparse.Namespace, component_names: list[str], **overrides: object) -> int:
     from tuneforge.common.logging import configure_logging
-    from tuneforge.common.server import build_server, exit_process
+    from tuneforge.common.server import exit_process
+    from tuneforge.platform import build_server
     from tuneforge.services import COMPONENTS
 
     settings = settings_from(args, **overrides)

@@ -34,7 +34,10 @@ import pyarrow.parquet as pq
 from tuneforge.chat import ChatRenderer
 from tuneforge.curation import formats
 from tuneforge.curation.clean import clean_text
-from tuneforge.curation.dedup import (
+from tuneforge.curation.pii import scrub_content
+from tuneforge.curation.report import write_report
+from tuneforge.similarity import (
+    LEAKAGE_THRESHOLD,
     NUM_PERM,
     dedup_text,
     exact_duplicates,
@@ -42,9 +45,8 @@ from tuneforge.curation.dedup import (
     leaked,
     minhash_batch,
     near_duplicates,
+    prompt_text,
 )
-from tuneforge.curation.pii import scrub_content
-from tuneforge.curation.report import write_report
 
 PIPELINE_VERSION = 2
 SHARD_ROWS = 100_000
@@ -287,7 +289,7 @@ class RecordProcessor:
         texts = [dedup_text(messages) for _, messages in kept]
         signatures = minhash_batch(texts) if texts else np.zeros((0, NUM_PERM), np.uint32)
         if self.prompt_signatures and kept:
-            prompts = [dedup_text([m for m in messages if m["role"] == "user"]) for _, messages in kept]
+            prompts = [prompt_text(messages) for _, messages in kept]
             prompt_signatures = minhash_batch(prompts)
         for row, ((i, messages), text) in enumerate(zip(kept, texts, strict=True)):
             out["ok"][i] = True
@@ -514,9 +516,9 @@ def curate(
     removed[near.removed] = True
     leaked_rows = np.zeros(0, dtype=np.int64)
     if eval_prompts:
-        eval_signatures = minhash_batch([dedup_text([m for m in c if m["role"] == "user"]) for c in eval_prompts])
+        eval_signatures = minhash_batch([prompt_text(c) for c in eval_prompts])
         candidates = np.flatnonzero(~removed)
-        hits = leaked(staging.signatures("prompts.u32")[candidates], eval_signatures, options.near_duplicate_threshold)
+        hits = leaked(staging.signatures("prompts.u32")[candidates], eval_signatures, LEAKAGE_THRESHOLD)
         leaked_rows = candidates[hits]
         removed[leaked_rows] = True
     seconds["dedup"] += time.perf_counter() - started

@@ -7,14 +7,14 @@ import asyncio
 import grpc
 
 from tuneforge.common.logging import get_logger
-from tuneforge.common.server import TuneforgeServer, build_server
+from tuneforge.common.server import TuneforgeServer
 from tuneforge.common.settings import Settings
 from tuneforge.curation.files import FileCatalog
 from tuneforge.curation.runner import BuildRunner
 from tuneforge.curation.servicer import DatasetServicer
 from tuneforge.curation.versions import DatasetVersions
 from tuneforge.curation.worker import WorkerConfig
-from tuneforge.platform import Platform, PlatformComponent
+from tuneforge.platform import Platform, PlatformComponent, build_server
 from tuneforge.v1 import curation_pb2, curation_pb2_grpc
 
 log = get_logger(__name__)

@@ -1,38 +1,23 @@
 """Leakage guard: suite items whose prompt near-duplicates a training prompt of an adapter's dataset.
 
-Prompts (every message but the assistant's) are compared with the same one-permutation MinHash and
-LSH as curation's near-duplicate removal; an item at or above `threshold` estimated Jaccard
-similarity to any training prompt is reported, since its score says more about memory than skill.
+Prompts are compared as curation's decontamination compares them (`similarity.prompt_text`, the
+same MinHash and LSH, `similarity.LEAKAGE_THRESHOLD`): an item at or above the threshold's
+estimated Jaccard similarity to any training prompt is reported, since its score says more about
+memory than skill.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 
-import pyarrow.parquet as pq
-
-from tuneforge.curation.dedup import dedup_text, leaked, minhash_batch
-
-DEFAULT_THRESHOLD = 0.9
+from tuneforge.similarity import LEAKAGE_THRESHOLD, leaked, minhash_batch, prompt_text
 
 
-def prompt_text(messages: Sequence[dict[str, str]]) -> str:
-    return dedup_text([m for m in messages if m["role"] != "assistant"])
-
-
-def training_prompts(dataset_dir: Path) -> list[str]:
-    prompts = []
-    for shard in sorted(dataset_dir.glob("train-*.parquet")):
-        for value in pq.read_table(shard, columns=["messages"]).column("messages").to_pylist():
-            prompts.append(prompt_text(json.loads(value)))
-    return prompts
-
-
-def leaked_items(items: Sequence, dataset_dir: Path, threshold: float = DEFAULT_THRESHOLD) -> list[str]:
-    """Ids of suite items whose prompt near-duplicates a training prompt in `dataset_dir`."""
-    train = training_prompts(dataset_dir)
+def leaked_items(
+    items: Sequence, training: Iterable[list[dict[str, str]]], threshold: float = LEAKAGE_THRESHOLD
+) -> list[str]:
+    """Ids of suite items whose prompt near-duplicates the prompt of a `training` conversation."""
+    train = [prompt_text(messages) for messages in training]
     if not train or not items:
         return []
     suite_signatures = minhash_batch([prompt_text(item.messages) for item in items])

@@ -30,6 +30,7 @@ from typing import Any
 from sqlalchemy import select
 
 from tuneforge.catalog.adapters import parse_ref
+from tuneforge.catalog.datasets import DatasetCatalog
 from tuneforge.common.errors import FailedPrecondition, InvalidArgument, NotFound, TuneforgeError
 from tuneforge.common.logging import get_logger
 from tuneforge.common.names import check_idempotency_key, check_resource_id, new_id
@@ -136,6 +137,7 @@ class EvalRuns:
     ) -> None:
         self.metadata = metadata
         self.artifacts = artifacts
+        self.datasets = DatasetCatalog(metadata, artifacts)
         self.suites = suites
         self.concurrency = concurrency
         self.leases = leases or (Leases(metadata) if metadata is not None else None)
@@ -454,8 +456,7 @@ class EvalRuns:
         for model in resolved:
             if not model.dataset_version_id:
                 continue
-            directory = self.artifacts.for_tenant(tenant).path(f"datasets/{model.dataset_version_id}")
-            ids = leaked_items(suite.items, directory)
+            ids = leaked_items(suite.items, self.datasets.training_conversations(tenant, model.dataset_version_id))
             if ids:
                 found[model.name] = {"dataset_version_id": model.dataset_version_id, "items": ids}
         if not found:

@@ -13,13 +13,13 @@ import grpc
 
 from tuneforge.catalog.adapters import AdapterRegistry
 from tuneforge.common.logging import get_logger
-from tuneforge.common.server import TuneforgeServer, build_server
+from tuneforge.common.server import TuneforgeServer
 from tuneforge.common.settings import Settings
 from tuneforge.evaluation.answers import AnswerSource, LocalAnswers, RemoteAnswers
 from tuneforge.evaluation.runs import EvalRuns
 from tuneforge.evaluation.servicer import EvaluationServicer
 from tuneforge.evaluation.suite_store import SuiteStore
-from tuneforge.platform import Platform, PlatformComponent
+from tuneforge.platform import Platform, PlatformComponent, build_server
 from tuneforge.v1 import evaluation_pb2, evaluation_pb2_grpc
 
 log = get_logger(__name__)

@@ -1,6 +1,6 @@
 """Suites per tenant (JSONL in the artifact store, a row in the metadata store) and the built-in ones.
 
-Built-in suites ship with the package (`evaluation/builtin/*.jsonl`) and are readable by every
+Built-in suites ship with the catalog (`catalog/builtin_suites/*.jsonl`) and are readable by every
 tenant as `builtin/<name>`; a tenant's own suites are `suite-…` and invisible to other tenants.
 """
 
@@ -9,22 +9,19 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
 
 from sqlalchemy import select
 
-from tuneforge.common.errors import InvalidArgument, NotFound
+from tuneforge.catalog.suites import BUILTIN_DIR, BUILTIN_EPOCH, BUILTIN_PREFIX, SuiteCatalog, builtin_names
+from tuneforge.common.errors import InvalidArgument
 from tuneforge.common.names import check_idempotency_key, check_resource_name, new_id
 from tuneforge.evaluation.suites import Suite, parse_suite
 from tuneforge.store.artifacts import ArtifactStore
 from tuneforge.store.metadata import MetadataStore, find_idempotent, newest_first_page
 from tuneforge.store.tables import EvalSuiteRow, utcnow
 
-BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
-BUILTIN_PREFIX = "builtin/"
 MAX_SUITE_BYTES = 16 * 1024 * 1024
-_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -41,25 +38,14 @@ class SuiteInfo:
 
 
 def _builtin(name: str) -> tuple[SuiteInfo, Suite]:
-    path = BUILTIN_DIR / f"{name}.jsonl"
-    data = path.read_bytes()
+    data = (BUILTIN_DIR / f"{name}.jsonl").read_bytes()
     suite = parse_suite(name, data)
+    digest = hashlib.sha256(data).hexdigest()
     info = SuiteInfo(
-        f"{BUILTIN_PREFIX}{name}",
-        name,
-        len(suite.items),
-        suite.category_counts(),
-        True,
-        hashlib.sha256(data).hexdigest(),
-        len(data),
-        _EPOCH,
-        _EPOCH,
-    )
+        f"{BUILTIN_PREFIX}{name}", name, len(suite.items), suite.category_counts(), True, digest, len(data),
+        BUILTIN_EPOCH, BUILTIN_EPOCH,
+    )  # fmt: skip
     return info, suite
-
-
-def builtin_names() -> list[str]:
-    return sorted(p.stem for p in BUILTIN_DIR.glob("*.jsonl"))
 
 
 def _info(row: EvalSuiteRow) -> SuiteInfo:
@@ -121,19 +107,10 @@ class SuiteStore:
 
     def get(self, tenant: str, suite_id: str) -> tuple[SuiteInfo, Suite]:
         """A built-in suite, or one of the caller's (NOT_FOUND for anyone else's)."""
-        if suite_id.startswith(BUILTIN_PREFIX):
-            name = suite_id.removeprefix(BUILTIN_PREFIX)
-            if name not in builtin_names():
-                raise NotFound("suite", suite_id)
-            return _builtin(name)
-        with self.metadata.session() as session:
-            row = session.get(EvalSuiteRow, suite_id)
-            if row is None or row.tenant != tenant:
-                raise NotFound("suite", suite_id)
-            info = _info(row)
-            key = row.artifact_key
-        data = self.artifacts.for_tenant(tenant).read_bytes(key, expected_sha256=info.sha256)
-        return info, parse_suite(info.name, data)
+        stored = SuiteCatalog(self.metadata, self.artifacts).stored(tenant, suite_id)
+        if stored.row is None:
+            return _builtin(stored.name)
+        return _info(stored.row), parse_suite(stored.name, stored.data)
 
     def list(self, tenant: str, page_size: int = 0, page_token: str = "") -> tuple[list[SuiteInfo], str]:
         """Built-in suites first (on the first page), then the caller's, newest first."""

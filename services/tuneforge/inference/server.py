@@ -14,14 +14,14 @@ import grpc
 
 from tuneforge.catalog.adapters import AdapterRegistry
 from tuneforge.common.logging import get_logger
-from tuneforge.common.server import TuneforgeServer, build_server
+from tuneforge.common.server import TuneforgeServer
 from tuneforge.common.settings import Settings
 from tuneforge.inference.base_model import load_base_model
 from tuneforge.inference.engine import Engine
 from tuneforge.inference.frontend import InferenceFrontend, Limits
 from tuneforge.inference.remote import ServeFrontend, connect
 from tuneforge.inference.servicer import InferenceServicer
-from tuneforge.platform import Platform, PlatformComponent
+from tuneforge.platform import Platform, PlatformComponent, build_server
 from tuneforge.v1 import inference_pb2, inference_pb2_grpc
 
 log = get_logger(__name__)

@@ -10,14 +10,12 @@ template), rows must hold the dataset's longest sample, LoRA targets must exist 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from tuneforge.catalog.datasets import DatasetCatalog
 from tuneforge.common.errors import FieldViolation, InvalidArgument
 from tuneforge.common.names import check_resource_id, check_resource_name
 from tuneforge.models import ModelResolver
-from tuneforge.store.metadata import MetadataStore
-from tuneforge.store.tables import DatasetVersionRow
 from tuneforge.training.spec import JobSpecInput
 
 
@@ -36,7 +34,7 @@ def linear_module_names(resolver: ModelResolver, base_model: str) -> set[str]:
 def validate_job_spec(
     tenant: str,
     spec: JobSpecInput,
-    metadata: MetadataStore,
+    datasets: DatasetCatalog,
     resolver: ModelResolver,
     problems: list[FieldViolation] | None = None,
 ) -> dict[str, Any]:
@@ -51,23 +49,21 @@ def validate_job_spec(
     facts: dict[str, Any] = {}
     try:
         check_resource_id(spec.dataset_version_id, "spec.dataset_version_id", "dsv")
-        with metadata.session() as session:
-            row = session.get(DatasetVersionRow, (tenant, spec.dataset_version_id))
-            if row is None:
-                problems.append(
-                    FieldViolation(
-                        "spec.dataset_version_id", f"no dataset version {spec.dataset_version_id!r} for this tenant"
-                    )
+        version = datasets.get(tenant, spec.dataset_version_id)
+        if version is None:
+            problems.append(
+                FieldViolation(
+                    "spec.dataset_version_id", f"no dataset version {spec.dataset_version_id!r} for this tenant"
                 )
-            elif row.state != "ready":
-                problems.append(FieldViolation("spec.dataset_version_id", f"dataset version is {row.state}, not ready"))
-            else:
-                options = json.loads(row.options_json)
-                facts = {
-                    "dataset_base_model": row.base_model,
-                    "dataset_max_seq_len": options["max_seq_len"],
-                    "template_hash": row.template_hash,
-                }
+            )
+        elif version.state != "ready":
+            problems.append(FieldViolation("spec.dataset_version_id", f"dataset version is {version.state}, not ready"))
+        else:
+            facts = {
+                "dataset_base_model": version.base_model,
+                "dataset_max_seq_len": version.max_seq_len,
+                "template_hash": version.template_hash,
+            }
     except InvalidArgument as exc:
         problems += exc.violations
     if facts:

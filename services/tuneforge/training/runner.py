@@ -35,13 +35,13 @@ from typing import Any
 from urllib.parse import urlparse
 
 from tuneforge.catalog.adapters import AdapterRegistry
+from tuneforge.catalog.datasets import DatasetCatalog
 from tuneforge.common.logging import get_logger
 from tuneforge.common.settings import Settings
 from tuneforge.models import ModelResolver
 from tuneforge.store.artifacts import ArtifactStore
 from tuneforge.store.leases import Leases
 from tuneforge.store.metadata import MetadataStore
-from tuneforge.store.tables import DatasetVersionRow
 from tuneforge.training.cluster import LocalRayHead, RayJobs, SubmissionStatus
 from tuneforge.training.job_store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobInfo, JobStore
 from tuneforge.training.jobs import train_config
@@ -158,6 +158,7 @@ class JobRunner:
         self.registry = registry
         self.metadata = metadata
         self.artifacts = artifacts
+        self.datasets = DatasetCatalog(metadata, artifacts)
         self.models = models
         self.ray: RayJobs | None = None
         self.head: LocalRayHead | None = None
@@ -302,7 +303,7 @@ class JobRunner:
         assert self.ray is not None
         spec = job.spec_input()
         resolved = self.models.resolve(spec.base_model)
-        dataset = self.artifacts.for_tenant(job.tenant).path(f"datasets/{spec.dataset_version_id}")
+        dataset = self.datasets.directory(job.tenant, spec.dataset_version_id)
         out = self.output_dir(job)
         out.mkdir(parents=True, exist_ok=True)
         config = {
@@ -417,9 +418,8 @@ class JobRunner:
             return
         version = self.registry.find_by_job(job.tenant, spec.adapter_name, job.id)
         if version is None:
-            with self.metadata.session() as session:
-                row = session.get(DatasetVersionRow, (job.tenant, spec.dataset_version_id))
-                template = row.template_hash if row is not None else ""
+            dataset_version = self.datasets.get(job.tenant, spec.dataset_version_id)
+            template = dataset_version.template_hash if dataset_version is not None else ""
             resolved = self.models.resolve(spec.base_model)
             state = json.loads((final / CHECKPOINT_STATE).read_text())
             version = self.registry.register(

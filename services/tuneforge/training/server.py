@@ -9,9 +9,10 @@ from __future__ import annotations
 import grpc
 
 from tuneforge.catalog.adapters import AdapterRegistry
-from tuneforge.common.server import TuneforgeServer, build_server
+from tuneforge.catalog.datasets import DatasetCatalog
+from tuneforge.common.server import TuneforgeServer
 from tuneforge.common.settings import Settings
-from tuneforge.platform import Platform, PlatformComponent
+from tuneforge.platform import Platform, PlatformComponent, build_server
 from tuneforge.training.job_store import JobStore
 from tuneforge.training.runner import JobRunner
 from tuneforge.training.servicer import AdapterServicer, TrainingServicer
@@ -37,7 +38,8 @@ class TrainingComponent(PlatformComponent):
         self.servicer: TrainingServicer | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
-        self.servicer = TrainingServicer(self.jobs, self.runner, self.platform.metadata, self.platform.models)
+        datasets = DatasetCatalog(self.platform.metadata, self.platform.artifacts)
+        self.servicer = TrainingServicer(self.jobs, self.runner, datasets, self.platform.models)
         training_pb2_grpc.add_TrainingServiceServicer_to_server(self.servicer, server)
         training_pb2_grpc.add_AdapterServiceServicer_to_server(AdapterServicer(self.registry), server)
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import grpc
 
 from tuneforge.catalog.adapters import AdapterInfo, AdapterRegistry, AdapterVersionInfo
+from tuneforge.catalog.datasets import DatasetCatalog
 from tuneforge.common.auth import current_principal
 from tuneforge.common.convert import resource_times, timestamp
 from tuneforge.common.errors import InvalidArgument, Unavailable
 from tuneforge.models import ModelResolver
-from tuneforge.store.metadata import MetadataStore
 from tuneforge.training.job_store import FINAL, JobEvent, JobInfo, JobStore
 from tuneforge.training.jobs import validate_job_spec
 from tuneforge.training.runner import JobRunner, list_checkpoints
@@ -65,10 +65,10 @@ def _state_name(value: int, field: str) -> str:
 class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
     """Creates, reads and cancels jobs and streams their events; the JobRunner does the running."""
 
-    def __init__(self, jobs: JobStore, runner: JobRunner, metadata: MetadataStore, models: ModelResolver) -> None:
+    def __init__(self, jobs: JobStore, runner: JobRunner, datasets: DatasetCatalog, models: ModelResolver) -> None:
         self.jobs = jobs
         self.runner = runner
-        self.metadata = metadata
+        self.datasets = datasets
         self.models = models
         #: Set when the server drains: streams following a job end at once instead of holding the drain.
         self.draining = asyncio.Event()
@@ -82,7 +82,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
     ) -> training_pb2.CreateJobResponse:
         tenant = current_principal().tenant
         spec, problems = spec_input(request.spec)
-        facts = await asyncio.to_thread(validate_job_spec, tenant, spec, self.metadata, self.models, problems)
+        facts = await asyncio.to_thread(validate_job_spec, tenant, spec, self.datasets, self.models, problems)
         spec.max_seq_len = facts["max_seq_len"]  # as accepted: the row length the job will use
         info = await asyncio.to_thread(self.jobs.create, tenant, spec, request.idempotency_key)
         return training_pb2.CreateJobResponse(job=job_message(info))
