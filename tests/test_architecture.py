@@ -154,3 +154,14 @@ def test_evaluation_generates_through_its_own_platform_s_inference(tmp_path: Pat
     assert isinstance(source, LocalAnswers) and source.frontend is frontend
     ours.close()
     theirs.close()
+
+
+def test_the_architecture_note_names_every_layer_and_every_table() -> None:
+    """docs/architecture.md stays in step with the code: each package of LAYERS and each table of the
+    metadata store appears in it (who owns it, who reads it)."""
+    from tuneforge.store.tables import Base
+
+    note = (ROOT.parents[1] / "docs" / "architecture.md").read_text()
+    missing = [f"tuneforge.{p}" for layer in LAYERS for p in layer if p != "__init__" and p not in note]
+    missing += [f"table {t}" for t in Base.metadata.tables if f"`{t}`" not in note]
+    assert missing == [], missing
