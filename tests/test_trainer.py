@@ -64,6 +64,33 @@ def test_lora_training_reduces_the_loss_and_saves_safetensors(dataset_dir: Path,
     assert not list(checkpoint.glob("*.bin"))
 
 
+def test_checkpoint_digests_are_recorded_at_save_time_and_listing_reads_no_weights(
+    dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tuneforge.training import runner
+
+    train_worker(_config(dataset_dir, tmp_path, max_steps=2, checkpoint_every_steps=1), report=lambda m, c: None)
+    weights = tmp_path / "checkpoint-000002" / "adapter_model.safetensors"
+    recorded = json.loads((weights.parent / "trainer_state.json").read_text())["weights"]
+    assert recorded == {
+        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "size_bytes": weights.stat().st_size,
+    }
+
+    def rehash(path: Path) -> dict:
+        raise AssertionError(f"{path} re-read to list it")
+
+    monkeypatch.setattr(runner, "weights_digest", rehash)
+    listed = runner.list_checkpoints(tmp_path)
+    assert [(c["step"], c["sha256"]) for c in listed][-1] == (2, recorded["sha256"])
+    # a checkpoint saved before digests were recorded is still listed (hashed once more)
+    state = json.loads((weights.parent / "trainer_state.json").read_text())
+    del state["weights"]
+    (weights.parent / "trainer_state.json").write_text(json.dumps(state))
+    monkeypatch.undo()
+    assert runner.list_checkpoints(tmp_path)[-1]["sha256"] == recorded["sha256"]
+
+
 def test_an_fp8_base_trains_the_same_adapter_files_and_the_loss_goes_down(dataset_dir: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 

@@ -47,7 +47,7 @@ from tuneforge.training.job_store import CANCELLED, FAILED, QUEUED, RUNNING, SUC
 from tuneforge.training.jobs import train_config
 from tuneforge.training.ray_train import METRICS_LOG
 from tuneforge.training.spec_proto import spec_dict
-from tuneforge.training.trainer import CHECKPOINT_STATE, checkpoint_step, latest_checkpoint
+from tuneforge.training.trainer import CHECKPOINT_STATE, checkpoint_step, latest_checkpoint, weights_digest
 
 log = get_logger(__name__)
 
@@ -447,24 +447,17 @@ def list_checkpoints(output_dir: Path) -> list[dict[str, Any]]:
         step = checkpoint_step(path)
         if step < 0:
             continue
-        names = ("adapter_model.safetensors", "model.safetensors")
-        weights = next((path / n for n in names if (path / n).exists()), None)
-        digest, size = "", 0
-        if weights is not None:
-            hasher = hashlib.sha256()
-            with weights.open("rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    hasher.update(chunk)
-            digest, size = hasher.hexdigest(), weights.stat().st_size
         state = json.loads((path / CHECKPOINT_STATE).read_text())
+        # recorded at save time; a checkpoint saved before the trainer recorded it is hashed here once more
+        weights = state.get("weights") or weights_digest(path)
         found.append(
             {
                 "id": f"ckpt-{step:06d}",
                 "step": step,
                 "metrics": {k: float(v) for k, v in state.get("metrics", {}).items()},
                 "created_at": (path / CHECKPOINT_STATE).stat().st_mtime,
-                "sha256": digest,
-                "size_bytes": size,
+                "sha256": weights["sha256"],
+                "size_bytes": weights["size_bytes"],
             }
         )
     return sorted(found, key=lambda c: c["step"])

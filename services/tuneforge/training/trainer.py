@@ -22,6 +22,7 @@ autocast, and AdamW is the fused CUDA kernel.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -392,8 +393,24 @@ def save_checkpoint(
     if not config.deepspeed_stage:
         state["optimizer"] = optimizer.state_dict()
     torch.save(state, path / OPTIMIZER_STATE)
-    (path / CHECKPOINT_STATE).write_text(json.dumps({"step": step, "metrics": metrics, "config": asdict(config)}))
+    record = {"step": step, "metrics": metrics, "config": asdict(config), "weights": weights_digest(path)}
+    (path / CHECKPOINT_STATE).write_text(json.dumps(record))  # last: its presence marks the checkpoint complete
     return path
+
+
+def weights_digest(path: Path) -> dict[str, Any]:
+    """SHA-256 and size of a checkpoint's weights (its safetensors files in name order, one or sharded).
+
+    Computed once, when the checkpoint is saved (the files are still in the page cache), and kept in
+    its state file, so listing checkpoints never re-reads gigabytes of weights.
+    """
+    hasher, size = hashlib.sha256(), 0
+    for weights in sorted(path.glob("*.safetensors")):
+        with weights.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                hasher.update(chunk)
+        size += weights.stat().st_size
+    return {"sha256": hasher.hexdigest() if size else "", "size_bytes": size}
 
 
 def checkpoint_step(path: Path) -> int:
