@@ -80,8 +80,6 @@ def make_settings(home: Path, keys_file: Path, **overrides: object) -> Settings:
         "auth": {"mode": "api_keys", "keys_file": str(keys_file)},
         "models": {"cache_dir": str(MODEL_CACHE), "hub_timeout_s": 3},  # no hub here: fail fast
         "inference": {"base_model": "tiny-qwen2", "max_adapters": 3, "http_port": 0},
-        # the session head, started by the first job that reaches Ray (see `session_ray_head`)
-        "training": {"ray_address": SESSION_RAY, "poll_interval_s": 0.3},
         "log_format": "console",
     }
     values.update(overrides)
@@ -225,7 +223,12 @@ def ray_head(ray_cluster: LocalRayHead) -> str:
 @pytest.fixture(scope="session")
 def server_settings(tmp_path_factory: pytest.TempPathFactory, keys_file: Path, lazy_session_ray: None) -> Settings:
     """The session server's settings; its jobs go to the session head (`SESSION_RAY`), started by the first one."""
-    return make_settings(tmp_path_factory.mktemp("home"), keys_file, max_upload_bytes=256 * 1024)
+    return make_settings(
+        tmp_path_factory.mktemp("home"),
+        keys_file,
+        max_upload_bytes=256 * 1024,
+        training={"ray_address": SESSION_RAY, "poll_interval_s": 0.3},
+    )
 
 
 @pytest.fixture(scope="session")
