@@ -21,14 +21,14 @@ from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import tuneforge.evaluation
+from tuneforge.catalog.suites import BUILTIN_DIR
 from tuneforge.client import TuneforgeClient
 from tuneforge.platform import BackgroundServer
 from tuneforge.v1 import common_pb2, curation_pb2, evaluation_pb2, inference_pb2, training_pb2
 
 AUTH = (("authorization", f"Bearer {ACME_KEY}"),)
 NESTED = "[" * 100_000
-BUILTIN_SUITE = Path(tuneforge.evaluation.__file__).parent / "builtin" / "core-zh-en.jsonl"
+BUILTIN_SUITE = BUILTIN_DIR / "core-zh-en.jsonl"
 NESTED_JSONL = ('{"prompt": ' + "[" * 100_000 + "}\n").encode()
 
 

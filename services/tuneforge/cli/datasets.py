@@ -30,16 +30,24 @@ def cmd_datasets(args: argparse.Namespace) -> int:
                 with tqdm(total=size, unit="B", unit_scale=True, desc=f"upload {Path(path).name}") as bar:
                     stored = client.upload_file(path, data_format=_format_value(args.format), on_progress=bar.update)
                 file_ids.append(stored.id)
-            settings = {
-                "max_seq_len": args.max_seq_len,
-                "length_policy": curation_pb2.LengthPolicy.Value(f"LENGTH_POLICY_{args.length_policy.upper()}"),
-                "validation_fraction": args.validation_fraction,
-                "near_duplicate_threshold": args.near_duplicate_threshold,
-                "scrub_pii": not args.keep_pii,
-                "seed": args.seed,
+            # only the flags given: the defaults are the service's (CurationOptions, curation.max_invalid_fraction)
+            settings: dict[str, object] = {
+                name: value
+                for name, value in (
+                    ("max_seq_len", args.max_seq_len),
+                    ("validation_fraction", args.validation_fraction),
+                    ("near_duplicate_threshold", args.near_duplicate_threshold),
+                    ("seed", args.seed),
+                    ("max_invalid_fraction", args.max_invalid),
+                )
+                if value is not None
             }
-            if args.max_invalid is not None:  # unset: the service's curation.max_invalid_fraction
-                settings["max_invalid_fraction"] = args.max_invalid
+            if args.length_policy:
+                settings["length_policy"] = curation_pb2.LengthPolicy.Value(
+                    f"LENGTH_POLICY_{args.length_policy.upper()}"
+                )
+            if args.keep_pii:
+                settings["scrub_pii"] = False
             version = client.create_dataset_version(
                 args.dataset, file_ids, args.base_model, data_format=_format_value(args.format), **settings
             )
@@ -119,12 +127,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--dataset", required=True, help="dataset name (lower-case letters, digits, '-', '_')")
     up.add_argument("--base-model", dest="base_model", required=True, help="model whose chat template renders it")
     up.add_argument("--format", choices=["alpaca", "sharegpt", "openai_chat"], help="override format detection")
-    up.add_argument("--max-seq-len", dest="max_seq_len", type=int, default=4096)
-    up.add_argument("--length-policy", dest="length_policy", choices=["drop", "truncate"], default="drop")
-    up.add_argument("--validation-fraction", dest="validation_fraction", type=float, default=0.05)
-    up.add_argument("--near-duplicate-threshold", dest="near_duplicate_threshold", type=float, default=0.85)
+    up.add_argument("--max-seq-len", dest="max_seq_len", type=int, help="longest sample in tokens (default 4096)")
+    up.add_argument("--length-policy", dest="length_policy", choices=["drop", "truncate"], help="default drop")
+    up.add_argument("--validation-fraction", dest="validation_fraction", type=float, help="default 0.05")
+    up.add_argument("--near-duplicate-threshold", dest="near_duplicate_threshold", type=float, help="default 0.85")
     up.add_argument("--keep-pii", dest="keep_pii", action="store_true", help="do not scrub PII")
-    up.add_argument("--seed", type=int, default=0)
+    up.add_argument("--seed", type=int)
     up.add_argument(
         "--max-invalid",
         dest="max_invalid",

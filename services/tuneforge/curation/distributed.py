@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
 from typing import Any
 
 from tuneforge.curation.pipeline import CurationOptions, RecordProcessor
@@ -54,7 +53,7 @@ def ray_data_batches(
             del window
             dataset = ray.data.from_arrow(blocks).map_batches(
                 _RayProcessor,
-                fn_constructor_args=(tokenizer_dir, asdict(options), local.prompt_signatures),
+                fn_constructor_args=(tokenizer_dir, options.model_dump(), local.prompt_signatures),
                 batch_size=options.batch_size,
                 concurrency=concurrency,
                 batch_format="numpy",
@@ -105,7 +104,7 @@ class ProcessPoolBatches:
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")  # no fork: tokenizer thread pools do not survive it
-        initargs = (self.tokenizer_source, asdict(self.options), local.prompt_signatures)
+        initargs = (self.tokenizer_source, self.options.model_dump(), local.prompt_signatures)
         with context.Pool(self.processes, initializer=_pool_init, initargs=initargs) as pool:
             self.worker_pids = {process.pid for process in pool._pool}  # type: ignore[attr-defined]
             pending: collections.deque[Any] = collections.deque()

@@ -22,16 +22,18 @@ import time
 from array import array
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuneforge.chat import ChatRenderer
+from tuneforge.common.errors import FieldViolation
 from tuneforge.curation import formats
 from tuneforge.curation.clean import clean_text
 from tuneforge.curation.pii import scrub_content
@@ -68,24 +70,66 @@ STAGING_SCHEMA = pa.schema(
 OUTPUT_SCHEMA = STAGING_SCHEMA
 
 
-@dataclass(frozen=True)
-class CurationOptions:
-    """Pipeline settings; `canonical()` is part of a version's content address."""
+#: Each option's name in a CreateDatasetVersion request, for errors.
+OPTION_FIELDS = {
+    name: f"settings.{name}"
+    for name in (
+        "max_seq_len",
+        "length_policy",
+        "validation_fraction",
+        "near_duplicate_threshold",
+        "scrub_pii",
+        "seed",
+        "max_invalid_fraction",
+    )
+}
 
-    max_seq_len: int = 4096
-    length_policy: str = "drop"
-    validation_fraction: float = 0.05
-    near_duplicate_threshold: float = 0.85
+
+class CurationOptions(BaseModel):
+    """How a dataset version is built: every default and range, in one place.
+
+    `canonical()` is part of a version's content address. The request maps only the settings it
+    sets (`curation/servicer.py`), the CLI sends only the flags given, and the service's own
+    default for `max_invalid_fraction` (`curation.max_invalid_fraction`) fills that one when unset.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Longest sample in tokens (longer ones are dropped or truncated).
+    max_seq_len: int = Field(4096, ge=16, le=131072)
+    length_policy: Literal["drop", "truncate"] = "drop"
+    validation_fraction: float = Field(0.05, ge=0, le=0.5)
+    #: Estimated Jaccard similarity at or above which records are near duplicates; 1 disables it.
+    near_duplicate_threshold: float = Field(0.85, gt=0, le=1)
     scrub_pii: bool = True
-    seed: int = 0
-    max_invalid_fraction: float = 0.5
-    max_line_bytes: int = formats.DEFAULT_MAX_LINE_BYTES
-    batch_size: int = 2000
+    seed: int = Field(0, ge=-(2**63), le=2**63 - 1)
+    #: Share of invalid records above which the version fails (1 never fails).
+    max_invalid_fraction: float = Field(0.5, ge=0, le=1)
+    max_line_bytes: int = Field(formats.DEFAULT_MAX_LINE_BYTES, ge=1)
+    batch_size: int = Field(2000, ge=1)
 
     def canonical(self) -> dict[str, Any]:
-        values = asdict(self)
+        values = self.model_dump()
         values.pop("batch_size")  # how work is chunked does not change the result
         return values
+
+
+def parse_options(values: dict[str, Any]) -> tuple[CurationOptions, list[FieldViolation]]:
+    """The options `values` set (others take their defaults) and every problem with them, named as
+    the request's fields; a bad option's default stands in so the rest of a request is still checked."""
+    values = dict(values)
+    problems: list[FieldViolation] = []
+    while True:
+        try:
+            return CurationOptions(**values), problems
+        except ValidationError as exc:
+            for error in exc.errors():
+                name = str(error["loc"][0]) if error["loc"] else ""
+                described = error["msg"].replace("Input should be", "must be")
+                problems.append(FieldViolation(OPTION_FIELDS.get(name, f"settings.{name}"), described))
+                if name not in values:
+                    raise
+                values.pop(name)
 
 
 @dataclass

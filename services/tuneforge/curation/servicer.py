@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -12,7 +13,7 @@ from tuneforge.common.auth import current_principal
 from tuneforge.common.convert import resource_times
 from tuneforge.common.errors import InvalidArgument
 from tuneforge.curation.files import DATA_FORMATS, FileCatalog, StoredFile
-from tuneforge.curation.pipeline import CurationOptions
+from tuneforge.curation.pipeline import CurationOptions, parse_options
 from tuneforge.curation.versions import DatasetVersions, VersionInfo, VersionSpec
 from tuneforge.v1 import common_pb2, curation_pb2, curation_pb2_grpc
 
@@ -44,7 +45,7 @@ _VERSION_STATES = {
     "failed": curation_pb2.DATASET_VERSION_STATE_FAILED,
     "cancelled": curation_pb2.DATASET_VERSION_STATE_CANCELLED,
 }
-_LENGTH_POLICIES = {0: "drop", curation_pb2.LENGTH_POLICY_DROP: "drop", curation_pb2.LENGTH_POLICY_TRUNCATE: "truncate"}
+_LENGTH_POLICIES = {curation_pb2.LENGTH_POLICY_DROP: "drop", curation_pb2.LENGTH_POLICY_TRUNCATE: "truncate"}
 _COUNT_FIELDS = (
     "records_in",
     "invalid",
@@ -77,7 +78,7 @@ def version_message(info: VersionInfo) -> curation_pb2.DatasetVersion:
             scrub_pii=options["scrub_pii"],
             seed=options["seed"],
             leakage_suite_id=options.get("leakage_suite_id", ""),
-            max_invalid_fraction=options.get("max_invalid_fraction", 0.5),
+            max_invalid_fraction=options.get("max_invalid_fraction", CurationOptions().max_invalid_fraction),
         ),
         file_ids=[i["file_id"] for i in info.inputs],
         counts=curation_pb2.DatasetCounts(
@@ -98,28 +99,27 @@ def version_message(info: VersionInfo) -> curation_pb2.DatasetVersion:
 def version_spec(request: curation_pb2.CreateDatasetVersionRequest, max_invalid_fraction: float = 0.5) -> VersionSpec:
     """The domain's request; `max_invalid_fraction` is the service's default for requests that leave it unset."""
     settings = request.settings
-    if settings.length_policy not in _LENGTH_POLICIES:
-        raise InvalidArgument.for_field("settings.length_policy", f"unknown policy {settings.length_policy}")
+    values: dict[str, Any] = {}  # only what the request sets: defaults live in CurationOptions
+    if settings.max_seq_len:
+        values["max_seq_len"] = settings.max_seq_len
+    if settings.length_policy:
+        values["length_policy"] = _LENGTH_POLICIES.get(settings.length_policy, f"LengthPolicy {settings.length_policy}")
+    if settings.seed:
+        values["seed"] = settings.seed
+    for name in ("validation_fraction", "near_duplicate_threshold", "scrub_pii", "max_invalid_fraction"):
+        if settings.HasField(name):
+            values[name] = getattr(settings, name)
+    values.setdefault("max_invalid_fraction", max_invalid_fraction)  # the service's own default
+    options, problems = parse_options(values)
     return VersionSpec(
         dataset=request.dataset,
         file_ids=tuple(request.file_ids),
         source_uri=request.source_uri,
         data_format=_format_name(request.format, "format"),
         base_model=settings.base_model,
-        options=CurationOptions(
-            max_seq_len=settings.max_seq_len or 4096,
-            length_policy=_LENGTH_POLICIES[settings.length_policy],
-            validation_fraction=settings.validation_fraction if settings.HasField("validation_fraction") else 0.05,
-            near_duplicate_threshold=settings.near_duplicate_threshold
-            if settings.HasField("near_duplicate_threshold")
-            else 0.85,
-            scrub_pii=settings.scrub_pii if settings.HasField("scrub_pii") else True,
-            seed=settings.seed,
-            max_invalid_fraction=settings.max_invalid_fraction
-            if settings.HasField("max_invalid_fraction")
-            else max_invalid_fraction,
-        ),
+        options=options,
         leakage_suite_id=settings.leakage_suite_id,
+        option_problems=tuple(problems),
     )
 
 

@@ -50,9 +50,6 @@ def leakage_options(leakage: dict[str, str]) -> dict[str, str]:
     return {"leakage_suite_id": leakage["id"], "leakage_suite_sha256": leakage["sha256"]} if leakage else {}
 
 
-LENGTH_POLICIES = ("drop", "truncate")
-
-
 @dataclass(frozen=True)
 class VersionSpec:
     """What a client asks to build."""
@@ -64,9 +61,12 @@ class VersionSpec:
     base_model: str
     options: CurationOptions
     leakage_suite_id: str = ""
+    #: Problems with the request's settings found while reading them (`parse_options`).
+    option_problems: tuple[FieldViolation, ...] = ()
 
     def request_hash(self) -> str:
         payload = {**asdict(self), "options": self.options.canonical()}
+        payload.pop("option_problems")
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()
 
 
@@ -134,20 +134,7 @@ def validate_spec(spec: VersionSpec, idempotency_key: str) -> None:
     check(len(set(spec.file_ids)) == len(spec.file_ids), "file_ids", "lists a file more than once")
     check(spec.data_format in ("auto", *FORMATS), "format", f"unknown format {spec.data_format!r}")
     check(bool(spec.base_model), "settings.base_model", "name the base model whose chat template renders the data")
-    options = spec.options
-    check(16 <= options.max_seq_len <= 131072, "settings.max_seq_len", "must be between 16 and 131072 (0 = 4096)")
-    check(options.length_policy in LENGTH_POLICIES, "settings.length_policy", "must be drop or truncate")
-    check(0 <= options.validation_fraction <= 0.5, "settings.validation_fraction", "must be between 0 and 0.5")
-    check(
-        0 < options.near_duplicate_threshold <= 1,
-        "settings.near_duplicate_threshold",
-        "must be in (0, 1]; 1 disables near-duplicate removal",
-    )
-    check(
-        0 <= options.max_invalid_fraction <= 1,
-        "settings.max_invalid_fraction",
-        "must be in [0, 1]: the share of invalid records above which the version fails (1 never fails)",
-    )
+    problems += spec.option_problems  # ranges and choices live in CurationOptions
     if problems:
         raise InvalidArgument(
             "invalid dataset version request: " + "; ".join(f"{p.field}: {p.description}" for p in problems), problems
