@@ -44,9 +44,9 @@ def _upload(catalog: FileCatalog, tenant: str, data: bytes, name: str = "f.jsonl
 
 
 def test_migrations_bring_an_empty_database_to_head(store: MetadataStore) -> None:
-    assert store.current_revision() == store.head_revision() == "0010_job_event_counter"
+    assert store.current_revision() == store.head_revision() == "0011_promotion_gates"
     assert {"files", "dataset_versions", "leases"} <= set(inspect(store.engine).get_table_names())
-    assert store.migrate() == "0010_job_event_counter"  # running again is a no-op
+    assert store.migrate() == "0011_promotion_gates"  # running again is a no-op
     store.ping()
 
 

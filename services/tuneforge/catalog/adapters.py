@@ -253,14 +253,24 @@ class AdapterRegistry:
             rows
         ) > size else ""
 
-    def set_alias(self, tenant: str, name: str, alias: str, version: int) -> AdapterInfo:
-        """Points `alias` at `version` in one update: new requests see the new version at once."""
+    def set_alias(
+        self, tenant: str, name: str, alias: str, version: int, promotion: dict[str, Any] | None = None
+    ) -> AdapterInfo:
+        """Points `alias` at `version` in one update: new requests see the new version at once.
+
+        `promotion` (a promotion gate's verdict, see `training/promotion.py`) is appended to the
+        version's lineage under `promotions` in the same transaction.
+        """
         check_alias(alias)
         with self.metadata.session() as session:
             adapter = self._adapter(session, tenant, name)
-            target = session.get(AdapterVersionRow, (tenant, name, version))
+            target = session.get(AdapterVersionRow, (tenant, name, version), with_for_update=promotion is not None)
             if target is None or target.state != READY:
                 raise NotFound("adapter version", f"{name}:{version}")
+            if promotion is not None:
+                lineage = json.loads(target.lineage_json)
+                lineage.setdefault("promotions", []).append(promotion)
+                target.lineage_json = json.dumps(lineage, sort_keys=True)
             row = session.get(AdapterAliasRow, (tenant, name, alias))
             if row is None:
                 session.add(

@@ -131,6 +131,21 @@ class CurationSettings(BaseModel):
     max_invalid_fraction: float = Field(default=0.5, ge=0, le=1)
 
 
+class PromotionGateSettings(BaseModel):
+    """A platform default promotion gate (see `TrainingSettings.promotion_gates`)."""
+
+    model_config = {"extra": "forbid"}
+
+    #: Suites a version needs a finished evaluation run on, against its base model, e.g. `builtin/core-zh-en`.
+    suite_ids: list[str] = Field(min_length=1, max_length=8)
+    #: Categories whose 95% interval of the difference must lie above zero (`overall` may be one).
+    target_categories: list[str] = Field(default_factory=list)
+    #: Largest drop of the pass rate (0-1) any other category may show.
+    max_drop: float = Field(default=0.0, ge=0, le=1)
+    #: Least mean 1-5 judge score over the suite, when set (the run needs a judge model).
+    min_judge_score: float | None = Field(default=None, ge=1, le=5)
+
+
 class TrainingSettings(BaseModel):
     """Where training jobs run and how many each tenant may have."""
 
@@ -153,6 +168,9 @@ class TrainingSettings(BaseModel):
     max_running_jobs_per_tenant: int = Field(default=2, ge=1)
     #: Seconds between reconciliations of jobs with Ray.
     poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    #: Platform default promotion gates by alias (e.g. `prod`), for every adapter whose tenant set no
+    #: gate of its own on that alias (AdapterService.SetPromotionGate). Empty: aliases move freely.
+    promotion_gates: dict[str, PromotionGateSettings] = Field(default_factory=dict)
 
 
 class EvaluationSettings(BaseModel):

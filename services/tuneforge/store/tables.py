@@ -154,6 +154,20 @@ class AdapterAliasRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
 
 
+class PromotionGateRow(Base):
+    """What a version must show before an alias of an adapter may point to it (a tenant's gate)."""
+
+    __tablename__ = "promotion_gates"
+
+    tenant: Mapped[str] = mapped_column(String(63), primary_key=True)
+    adapter: Mapped[str] = mapped_column(String(63), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(63), primary_key=True)
+    gate_json: Mapped[str] = mapped_column(Text, nullable=False)
+    updated_by: Mapped[str] = mapped_column(String(128), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+
+
 class JobRow(Base):
     """A training job and its lifecycle state."""
 

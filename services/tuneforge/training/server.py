@@ -10,10 +10,13 @@ import grpc
 
 from tuneforge.catalog.adapters import AdapterRegistry
 from tuneforge.catalog.datasets import DatasetCatalog
+from tuneforge.catalog.evaluations import EvaluationCatalog
+from tuneforge.catalog.suites import SuiteCatalog
 from tuneforge.common.server import TuneforgeServer
 from tuneforge.common.settings import Settings
 from tuneforge.platform import Platform, PlatformComponent, build_server
 from tuneforge.training.job_store import JobStore
+from tuneforge.training.promotion import PromotionGates
 from tuneforge.training.runner import JobRunner
 from tuneforge.training.servicer import AdapterServicer, TrainingServicer
 from tuneforge.v1 import training_pb2, training_pb2_grpc
@@ -41,7 +44,14 @@ class TrainingComponent(PlatformComponent):
         datasets = DatasetCatalog(self.platform.metadata, self.platform.artifacts)
         self.servicer = TrainingServicer(self.jobs, self.runner, datasets, self.platform.models)
         training_pb2_grpc.add_TrainingServiceServicer_to_server(self.servicer, server)
-        training_pb2_grpc.add_AdapterServiceServicer_to_server(AdapterServicer(self.registry), server)
+        gates = PromotionGates(
+            self.platform.metadata,
+            self.registry,
+            EvaluationCatalog(self.platform.metadata, self.platform.artifacts),
+            SuiteCatalog(self.platform.metadata, self.platform.artifacts),
+            self.platform.settings.training.promotion_gates,
+        )
+        training_pb2_grpc.add_AdapterServiceServicer_to_server(AdapterServicer(self.registry, gates), server)
 
     async def start(self) -> None:
         await super().start()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -14,10 +16,11 @@ from tuneforge.catalog.adapters import AdapterInfo, AdapterRegistry, AdapterVers
 from tuneforge.catalog.datasets import DatasetCatalog
 from tuneforge.common.auth import current_principal
 from tuneforge.common.convert import resource_times, timestamp
-from tuneforge.common.errors import InvalidArgument, Unavailable
+from tuneforge.common.errors import InvalidArgument, NotFound, Unavailable
 from tuneforge.models import ModelResolver
 from tuneforge.training.job_store import FINAL, JobEvent, JobInfo, JobStore
 from tuneforge.training.jobs import validate_job_spec
+from tuneforge.training.promotion import PLATFORM, TENANT, GateSpec, PromotionGate, PromotionGates
 from tuneforge.training.runner import JobRunner, list_checkpoints
 from tuneforge.training.spec import JobSpecInput
 from tuneforge.training.spec_proto import spec_input, spec_message
@@ -170,6 +173,62 @@ def adapter_message(info: AdapterInfo) -> training_pb2.Adapter:
     )
 
 
+_GATE_SOURCES = {
+    TENANT: training_pb2.PROMOTION_GATE_SOURCE_TENANT,
+    PLATFORM: training_pb2.PROMOTION_GATE_SOURCE_PLATFORM,
+}
+
+
+def promotion_message(record: dict[str, Any]) -> training_pb2.Promotion:
+    """A promotion record of a version's lineage (see `PromotionGates.promote`) as the contract shows it."""
+    message = training_pb2.Promotion(
+        alias=record["alias"],
+        passed=record["passed"],
+        forced=record["forced"],
+        reason=record["reason"],
+        moved_by=record["by"],
+        move_time=timestamp(datetime.fromisoformat(record["at"])),
+        run_ids=record["run_ids"],
+        categories=[
+            training_pb2.GateCategoryResult(
+                suite_id=c["suite_id"],
+                run_id=c["run_id"],
+                category=c["category"],
+                target=c["target"],
+                difference=c["estimate"],
+                difference_ci_low=c["low"],
+                difference_ci_high=c["high"],
+                passed=c["passed"],
+                reason=c["reason"],
+            )
+            for c in record["categories"]
+        ],
+        failures=record["failures"],
+        gate_source=_GATE_SOURCES[record["gate_source"]],
+    )
+    if record.get("judge_mean") is not None:
+        message.judge_score = record["judge_mean"]
+    return message
+
+
+def gate_message(gate: PromotionGate) -> training_pb2.PromotionGate:
+    spec = gate.spec
+    message = training_pb2.PromotionGate(
+        adapter=gate.adapter,
+        alias=gate.alias,
+        suite_ids=spec.suite_ids,
+        target_categories=spec.target_categories,
+        max_drop=spec.max_drop,
+        source=_GATE_SOURCES[gate.source],
+        updated_by=gate.updated_by,
+    )
+    if spec.min_judge_score is not None:
+        message.min_judge_score = spec.min_judge_score
+    if gate.created_at is not None and gate.updated_at is not None:
+        message.times.CopyFrom(resource_times(gate.created_at, gate.updated_at))
+    return message
+
+
 def version_message(info: AdapterVersionInfo) -> training_pb2.AdapterVersion:
     lineage = info.lineage
     spec = training_pb2.JobSpec()
@@ -192,6 +251,7 @@ def version_message(info: AdapterVersionInfo) -> training_pb2.AdapterVersion:
             dataset_version_id=lineage.get("dataset_version_id", ""),
             job_id=lineage.get("job_id", ""),
             spec=spec,
+            promotions=[promotion_message(p) for p in lineage.get("promotions", [])],
         ),
         metrics={k: float(v) for k, v in info.metrics.items()},
         files=[
@@ -207,8 +267,9 @@ def version_message(info: AdapterVersionInfo) -> training_pb2.AdapterVersion:
 class AdapterServicer(training_pb2_grpc.AdapterServiceServicer):
     """Reads the registry and moves aliases; versions are registered by successful training jobs."""
 
-    def __init__(self, registry: AdapterRegistry) -> None:
+    def __init__(self, registry: AdapterRegistry, gates: PromotionGates) -> None:
         self.registry = registry
+        self.gates = gates
 
     async def GetAdapter(
         self, request: training_pb2.GetAdapterRequest, context: grpc.aio.ServicerContext
@@ -254,10 +315,53 @@ class AdapterServicer(training_pb2_grpc.AdapterServiceServicer):
     async def SetAdapterAlias(
         self, request: training_pb2.SetAdapterAliasRequest, context: grpc.aio.ServicerContext
     ) -> training_pb2.SetAdapterAliasResponse:
-        info = await asyncio.to_thread(
-            self.registry.set_alias, current_principal().tenant, request.adapter, request.alias, request.version
+        principal = current_principal()
+        info, record = await asyncio.to_thread(
+            functools.partial(
+                self.gates.promote,
+                principal.tenant,
+                request.adapter,
+                request.alias,
+                request.version,
+                by=principal.key_name,
+                force=request.force,
+                reason=request.reason,
+            )
         )
-        return training_pb2.SetAdapterAliasResponse(adapter=adapter_message(info))
+        response = training_pb2.SetAdapterAliasResponse(adapter=adapter_message(info))
+        if record is not None:
+            response.promotion.CopyFrom(promotion_message(record))
+        return response
+
+    async def SetPromotionGate(
+        self, request: training_pb2.SetPromotionGateRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.SetPromotionGateResponse:
+        principal = current_principal()
+        g = request.gate
+        spec = GateSpec(
+            list(g.suite_ids),
+            list(g.target_categories),
+            g.max_drop,
+            g.min_judge_score if g.HasField("min_judge_score") else None,
+        )
+        gate = await asyncio.to_thread(
+            self.gates.set_gate, principal.tenant, request.adapter, request.alias, spec, principal.key_name
+        )
+        return training_pb2.SetPromotionGateResponse(gate=gate_message(gate))
+
+    async def GetPromotionGate(
+        self, request: training_pb2.GetPromotionGateRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.GetPromotionGateResponse:
+        gate = await asyncio.to_thread(self.gates.get_gate, current_principal().tenant, request.adapter, request.alias)
+        if gate is None:
+            raise NotFound("promotion gate", f"{request.adapter}:{request.alias}")
+        return training_pb2.GetPromotionGateResponse(gate=gate_message(gate))
+
+    async def DeletePromotionGate(
+        self, request: training_pb2.DeletePromotionGateRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.DeletePromotionGateResponse:
+        await asyncio.to_thread(self.gates.delete_gate, current_principal().tenant, request.adapter, request.alias)
+        return training_pb2.DeletePromotionGateResponse()
 
     async def DeleteAdapterVersion(
         self, request: training_pb2.DeleteAdapterVersionRequest, context: grpc.aio.ServicerContext

@@ -1,3 +1,3 @@
 """Digest of the .proto sources this package was generated from (written by `make proto`)."""
 
-PROTO_SOURCES_SHA256 = "235faf032b9c550606ab30d1601a85587b66358570d5ccca0403d3fee09bbd66"
+PROTO_SOURCES_SHA256 = "f12552bdffb4318faa3e99b6cf182c17060c09df376138da6588598dca4c1df6"

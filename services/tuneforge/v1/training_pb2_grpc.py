@@ -373,6 +373,21 @@ class AdapterServiceStub:
                 request_serializer=tuneforge_dot_v1_dot_training__pb2.DeleteAdapterVersionRequest.SerializeToString,
                 response_deserializer=tuneforge_dot_v1_dot_training__pb2.DeleteAdapterVersionResponse.FromString,
                 _registered_method=True)
+        self.SetPromotionGate = channel.unary_unary(
+                '/tuneforge.v1.AdapterService/SetPromotionGate',
+                request_serializer=tuneforge_dot_v1_dot_training__pb2.SetPromotionGateRequest.SerializeToString,
+                response_deserializer=tuneforge_dot_v1_dot_training__pb2.SetPromotionGateResponse.FromString,
+                _registered_method=True)
+        self.GetPromotionGate = channel.unary_unary(
+                '/tuneforge.v1.AdapterService/GetPromotionGate',
+                request_serializer=tuneforge_dot_v1_dot_training__pb2.GetPromotionGateRequest.SerializeToString,
+                response_deserializer=tuneforge_dot_v1_dot_training__pb2.GetPromotionGateResponse.FromString,
+                _registered_method=True)
+        self.DeletePromotionGate = channel.unary_unary(
+                '/tuneforge.v1.AdapterService/DeletePromotionGate',
+                request_serializer=tuneforge_dot_v1_dot_training__pb2.DeletePromotionGateRequest.SerializeToString,
+                response_deserializer=tuneforge_dot_v1_dot_training__pb2.DeletePromotionGateResponse.FromString,
+                _registered_method=True)
 
 
 class AdapterServiceServicer:
@@ -409,6 +424,9 @@ class AdapterServiceServicer:
 
     def SetAdapterAlias(self, request, context):
         """Points an alias (e.g. `prod`) at a version; serving picks it up for new requests without restart.
+        When a promotion gate applies to the alias (see SetPromotionGate), the version must pass it:
+        otherwise FAILED_PRECONDITION names the failing categories and the evaluation runs, unless the
+        request sets `force` with a `reason`. A gated move is recorded in the version's lineage.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -416,6 +434,31 @@ class AdapterServiceServicer:
 
     def DeleteAdapterVersion(self, request, context):
         """Deletes a version; it is unloaded from serving. A version an alias points to is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPromotionGate(self, request, context):
+        """Sets (or replaces) the caller's promotion gate on one alias of an adapter: from then on the
+        alias moves only to a version with finished evaluation runs against its base model that pass it.
+        The suites must be the caller's or built in. Another tenant's adapter is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPromotionGate(self, request, context):
+        """Returns the gate that applies to an alias: the caller's own, else the platform default
+        (`training.promotion_gates`); NOT_FOUND when none applies or the adapter is not the caller's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeletePromotionGate(self, request, context):
+        """Removes the caller's gate on an alias (a platform default for the alias applies again).
+        NOT_FOUND when the caller set none.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -453,6 +496,21 @@ def add_AdapterServiceServicer_to_server(servicer, server):
                     servicer.DeleteAdapterVersion,
                     request_deserializer=tuneforge_dot_v1_dot_training__pb2.DeleteAdapterVersionRequest.FromString,
                     response_serializer=tuneforge_dot_v1_dot_training__pb2.DeleteAdapterVersionResponse.SerializeToString,
+            ),
+            'SetPromotionGate': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPromotionGate,
+                    request_deserializer=tuneforge_dot_v1_dot_training__pb2.SetPromotionGateRequest.FromString,
+                    response_serializer=tuneforge_dot_v1_dot_training__pb2.SetPromotionGateResponse.SerializeToString,
+            ),
+            'GetPromotionGate': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPromotionGate,
+                    request_deserializer=tuneforge_dot_v1_dot_training__pb2.GetPromotionGateRequest.FromString,
+                    response_serializer=tuneforge_dot_v1_dot_training__pb2.GetPromotionGateResponse.SerializeToString,
+            ),
+            'DeletePromotionGate': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePromotionGate,
+                    request_deserializer=tuneforge_dot_v1_dot_training__pb2.DeletePromotionGateRequest.FromString,
+                    response_serializer=tuneforge_dot_v1_dot_training__pb2.DeletePromotionGateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -618,6 +676,87 @@ class AdapterService:
             '/tuneforge.v1.AdapterService/DeleteAdapterVersion',
             tuneforge_dot_v1_dot_training__pb2.DeleteAdapterVersionRequest.SerializeToString,
             tuneforge_dot_v1_dot_training__pb2.DeleteAdapterVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPromotionGate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneforge.v1.AdapterService/SetPromotionGate',
+            tuneforge_dot_v1_dot_training__pb2.SetPromotionGateRequest.SerializeToString,
+            tuneforge_dot_v1_dot_training__pb2.SetPromotionGateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPromotionGate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneforge.v1.AdapterService/GetPromotionGate',
+            tuneforge_dot_v1_dot_training__pb2.GetPromotionGateRequest.SerializeToString,
+            tuneforge_dot_v1_dot_training__pb2.GetPromotionGateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeletePromotionGate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneforge.v1.AdapterService/DeletePromotionGate',
+            tuneforge_dot_v1_dot_training__pb2.DeletePromotionGateRequest.SerializeToString,
+            tuneforge_dot_v1_dot_training__pb2.DeletePromotionGateResponse.FromString,
             options,
             channel_credentials,
             insecure,
