@@ -14,7 +14,7 @@ import json
 import pytest
 
 from tuneforge.client import TuneforgeClient, TuneforgeError
-from tuneforge.v1 import evaluation_pb2, training_pb2
+from tuneforge.v1 import common_pb2, evaluation_pb2, training_pb2
 
 PROMPTS = [
     "Name a colour.",
@@ -139,7 +139,7 @@ def test_a_gate_refuses_a_regressing_version_and_accepts_an_improving_one(
         training_pb2.SetPromotionGateRequest(adapter="gated", alias="prod", gate=gate),
     ).gate
     assert (stored.source, stored.updated_by, list(stored.suite_ids)) == (
-        training_pb2.PROMOTION_GATE_SOURCE_TENANT,
+        common_pb2.PROMOTION_GATE_SOURCE_TENANT,
         "acme-ci",
         [suite_id],
     )
@@ -166,6 +166,8 @@ def test_a_gate_refuses_a_regressing_version_and_accepts_an_improving_one(
         acme.adapters.GetAdapterVersion, training_pb2.GetAdapterVersionRequest(adapter="gated", version=2)
     ).adapter_version.lineage
     assert list(lineage.promotions) == [verdict]
+    listed = {m.name: m for m in acme.list_models()}
+    assert listed["gated:prod"].version == 2 and listed["gated:prod"].promotion == verdict
 
     code, _ = _code(lambda: _alias(acme, 1, force=True))  # an override needs a reason
     assert code == "INVALID_ARGUMENT"
@@ -182,6 +184,8 @@ def test_a_gate_refuses_a_regressing_version_and_accepts_an_improving_one(
         acme.adapters.GetAdapterVersion, training_pb2.GetAdapterVersionRequest(adapter="gated", alias="prod")
     ).adapter_version
     assert v1_lineage.version == 1 and list(v1_lineage.lineage.promotions) == [forced]
+    listed = {m.name: m for m in acme.list_models()}
+    assert listed["gated:prod"].version == 1 and listed["gated:prod"].promotion == forced
 
     # another tenant sees none of it: every call on acme's adapter is NOT_FOUND
     for call in (
@@ -209,6 +213,9 @@ def test_a_gate_refuses_a_regressing_version_and_accepts_an_improving_one(
     assert code == "NOT_FOUND"
     moved = _alias(acme, 2)  # without a gate the alias moves freely, and nothing is recorded
     assert moved.adapter.aliases["prod"] == 2 and not moved.HasField("promotion")
+    listed = {m.name: m for m in acme.list_models()}  # the earlier gated move to 2 is not this move
+    assert listed["gated:prod"].version == 2 and not listed["gated:prod"].HasField("promotion")
+    assert listed["gated"].version == 0 and not listed["gated"].HasField("promotion")
 
 
 def test_a_gate_is_validated_and_names_only_suites_the_tenant_can_read(acme: TuneforgeClient, gated: None) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,8 @@ class AdapterInfo:
     aliases: dict[str, int]
     created_at: datetime
     updated_at: datetime
+    #: When each alias last moved (a gated move's lineage record carries the same time).
+    alias_moved_at: dict[str, datetime] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -172,13 +174,20 @@ class AdapterRegistry:
         return row
 
     def _info(self, session: Any, row: AdapterRow) -> AdapterInfo:
-        aliases = {
-            a.alias: a.version
-            for a in session.scalars(
+        rows = list(
+            session.scalars(
                 select(AdapterAliasRow).where(AdapterAliasRow.tenant == row.tenant, AdapterAliasRow.adapter == row.name)
             )
-        }
-        return AdapterInfo(row.name, row.base_model, row.latest_version, aliases, row.created_at, row.updated_at)
+        )
+        return AdapterInfo(
+            row.name,
+            row.base_model,
+            row.latest_version,
+            {a.alias: a.version for a in rows},
+            row.created_at,
+            row.updated_at,
+            {a.alias: a.updated_at for a in rows},
+        )
 
     def get_adapter(self, tenant: str, name: str) -> AdapterInfo:
         with self.metadata.session() as session:
@@ -259,9 +268,10 @@ class AdapterRegistry:
         """Points `alias` at `version` in one update: new requests see the new version at once.
 
         `promotion` (a promotion gate's verdict, see `training/promotion.py`) is appended to the
-        version's lineage under `promotions` in the same transaction.
+        version's lineage under `promotions` in the same transaction, stamped `at` the alias's move.
         """
         check_alias(alias)
+        now = utcnow()
         with self.metadata.session() as session:
             adapter = self._adapter(session, tenant, name)
             target = session.get(AdapterVersionRow, (tenant, name, version), with_for_update=promotion is not None)
@@ -269,15 +279,13 @@ class AdapterRegistry:
                 raise NotFound("adapter version", f"{name}:{version}")
             if promotion is not None:
                 lineage = json.loads(target.lineage_json)
-                lineage.setdefault("promotions", []).append(promotion)
+                lineage.setdefault("promotions", []).append({**promotion, "at": now.isoformat()})
                 target.lineage_json = json.dumps(lineage, sort_keys=True)
             row = session.get(AdapterAliasRow, (tenant, name, alias))
             if row is None:
-                session.add(
-                    AdapterAliasRow(tenant=tenant, adapter=name, alias=alias, version=version, updated_at=utcnow())
-                )
+                session.add(AdapterAliasRow(tenant=tenant, adapter=name, alias=alias, version=version, updated_at=now))
             else:
-                row.version, row.updated_at = version, utcnow()
+                row.version, row.updated_at = version, now
             session.flush()
             return self._info(session, adapter)
 

@@ -25,8 +25,9 @@ import functools
 import hashlib
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tuneforge.catalog.adapters import AdapterRegistry, AdapterVersionInfo
 from tuneforge.chat import ChatRenderer
@@ -43,6 +44,24 @@ ROLES = ("system", "user", "assistant")
 #: before tokenization: real text averages 3-5 bytes a token, so only a prompt that could never fit
 #: is refused unread.
 BYTES_PER_TOKEN_BOUND = 16
+
+
+def _same_time(stamp: str, moved: datetime) -> bool:
+    """Whether an ISO time written into a lineage record is `moved` (as the store read it back)."""
+    try:
+        return abs((datetime.fromisoformat(stamp) - moved).total_seconds()) < 0.001
+    except (TypeError, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model a tenant can name: the base model, an adapter (its latest version) or an alias."""
+
+    name: str
+    is_base: bool
+    version: int = 0  # an alias's version; 0 for the others
+    promotion: dict[str, Any] | None = None  # the newest gated move of the alias to `version` (lineage record)
 
 
 @dataclass(frozen=True)
@@ -176,17 +195,37 @@ class InferenceFrontend:
 
     async def list_models(self, tenant: str) -> list[tuple[str, bool]]:
         """(name, is_base): the base model, each adapter (its latest version) and each alias."""
-        names: list[tuple[str, bool]] = [(self.base_name, True)]
+        return [(entry.name, entry.is_base) for entry in await self.model_entries(tenant)]
+
+    async def model_entries(self, tenant: str) -> list[ModelEntry]:
+        """What ListModels shows: `list_models` with, per alias, its version and how a gate let it move there."""
+        entries = [ModelEntry(self.base_name, True)]
         token = ""
         while True:
             page, token = await run_in(self.executors.metadata, self.registry.list_adapters, tenant, 1000, token)
             for adapter in page:
                 if adapter.base_model != self.base_name:
                     continue
-                names.append((adapter.name, False))
-                names += [(f"{adapter.name}:{alias}", False) for alias in sorted(adapter.aliases)]
+                entries.append(ModelEntry(adapter.name, False))
+                for alias in sorted(adapter.aliases):
+                    version = adapter.aliases[alias]
+                    try:
+                        info = await run_in(
+                            self.executors.metadata, self.registry.get_version, tenant, adapter.name, version
+                        )
+                    except NotFound:  # deleted since the listing: the alias moved meanwhile
+                        continue
+                    moved = adapter.alias_moved_at.get(alias)
+                    records = [  # only the record of the alias's latest move: a later ungated move has none
+                        p
+                        for p in info.lineage.get("promotions", [])
+                        if p.get("alias") == alias and moved is not None and _same_time(p.get("at", ""), moved)
+                    ]
+                    entries.append(
+                        ModelEntry(f"{adapter.name}:{alias}", False, version, records[-1] if records else None)
+                    )
             if not token:
-                return names
+                return entries
 
     async def sweep_deleted(self) -> int:
         """Evicts loaded adapter versions that were deleted from the registry."""

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from tuneforge.common.auth import current_principal
+from tuneforge.common.convert import promotion_message
 from tuneforge.common.errors import Unavailable
 from tuneforge.inference.frontend import InferenceFrontend, Target
 from tuneforge.v1 import inference_pb2, inference_pb2_grpc
@@ -92,13 +93,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self, request: inference_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.ListModelsResponse:
         frontend = self._ready()
-        names = await frontend.list_models(current_principal().tenant)
-        return inference_pb2.ListModelsResponse(
-            models=[
-                inference_pb2.ModelInfo(name=name, base_model=frontend.base_name, is_base=is_base)
-                for name, is_base in names
-            ]
-        )
+        entries = await frontend.model_entries(current_principal().tenant)
+        models = []
+        for entry in entries:
+            model = inference_pb2.ModelInfo(
+                name=entry.name, base_model=frontend.base_name, is_base=entry.is_base, version=entry.version
+            )
+            if entry.promotion is not None:
+                model.promotion.CopyFrom(promotion_message(entry.promotion))
+            models.append(model)
+        return inference_pb2.ListModelsResponse(models=models)
 
 
 def _raise_if_failed(event) -> None:

@@ -270,7 +270,6 @@ class PromotionGates:
             "forced": force and not verdict.passed,
             "reason": reason if force and not verdict.passed else "",
             "by": by,
-            "at": utcnow().isoformat(),
             "run_ids": verdict.run_ids,
             "categories": [asdict(c) for c in verdict.categories],
             "failures": verdict.failures,
@@ -278,4 +277,5 @@ class PromotionGates:
         }
         if record["judge_mean"] is not None and not math.isfinite(record["judge_mean"]):
             record["judge_mean"] = None
-        return self.registry.set_alias(tenant, adapter, alias, version, promotion=record), record
+        info = self.registry.set_alias(tenant, adapter, alias, version, promotion=record)
+        return info, {**record, "at": info.alias_moved_at[alias].isoformat()}

@@ -8,19 +8,18 @@ import functools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import grpc
 
 from tuneforge.catalog.adapters import AdapterInfo, AdapterRegistry, AdapterVersionInfo
 from tuneforge.catalog.datasets import DatasetCatalog
 from tuneforge.common.auth import current_principal
-from tuneforge.common.convert import resource_times, timestamp
+from tuneforge.common.convert import GATE_SOURCES, promotion_message, resource_times, timestamp
 from tuneforge.common.errors import InvalidArgument, NotFound, Unavailable
 from tuneforge.models import ModelResolver
 from tuneforge.training.job_store import FINAL, JobEvent, JobInfo, JobStore
 from tuneforge.training.jobs import validate_job_spec
-from tuneforge.training.promotion import PLATFORM, TENANT, GateSpec, PromotionGate, PromotionGates
+from tuneforge.training.promotion import GateSpec, PromotionGate, PromotionGates
 from tuneforge.training.runner import JobRunner, list_checkpoints
 from tuneforge.training.spec import JobSpecInput
 from tuneforge.training.spec_proto import spec_input, spec_message
@@ -173,44 +172,6 @@ def adapter_message(info: AdapterInfo) -> training_pb2.Adapter:
     )
 
 
-_GATE_SOURCES = {
-    TENANT: training_pb2.PROMOTION_GATE_SOURCE_TENANT,
-    PLATFORM: training_pb2.PROMOTION_GATE_SOURCE_PLATFORM,
-}
-
-
-def promotion_message(record: dict[str, Any]) -> training_pb2.Promotion:
-    """A promotion record of a version's lineage (see `PromotionGates.promote`) as the contract shows it."""
-    message = training_pb2.Promotion(
-        alias=record["alias"],
-        passed=record["passed"],
-        forced=record["forced"],
-        reason=record["reason"],
-        moved_by=record["by"],
-        move_time=timestamp(datetime.fromisoformat(record["at"])),
-        run_ids=record["run_ids"],
-        categories=[
-            training_pb2.GateCategoryResult(
-                suite_id=c["suite_id"],
-                run_id=c["run_id"],
-                category=c["category"],
-                target=c["target"],
-                difference=c["estimate"],
-                difference_ci_low=c["low"],
-                difference_ci_high=c["high"],
-                passed=c["passed"],
-                reason=c["reason"],
-            )
-            for c in record["categories"]
-        ],
-        failures=record["failures"],
-        gate_source=_GATE_SOURCES[record["gate_source"]],
-    )
-    if record.get("judge_mean") is not None:
-        message.judge_score = record["judge_mean"]
-    return message
-
-
 def gate_message(gate: PromotionGate) -> training_pb2.PromotionGate:
     spec = gate.spec
     message = training_pb2.PromotionGate(
@@ -219,7 +180,7 @@ def gate_message(gate: PromotionGate) -> training_pb2.PromotionGate:
         suite_ids=spec.suite_ids,
         target_categories=spec.target_categories,
         max_drop=spec.max_drop,
-        source=_GATE_SOURCES[gate.source],
+        source=GATE_SOURCES[gate.source],
         updated_by=gate.updated_by,
     )
     if spec.min_judge_score is not None:

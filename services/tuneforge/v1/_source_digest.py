@@ -1,3 +1,3 @@
 """Digest of the .proto sources this package was generated from (written by `make proto`)."""
 
-PROTO_SOURCES_SHA256 = "f12552bdffb4318faa3e99b6cf182c17060c09df376138da6588598dca4c1df6"
+PROTO_SOURCES_SHA256 = "9b5f8b95e263d44cd9862b62d4753414366388124f2377b6c763dd6c49c2ab56"

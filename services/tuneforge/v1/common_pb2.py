@@ -25,15 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tuneforge/v1/common.proto\x12\x0ctuneforge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x82\x01\n\nInputIssue\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0c\n\x04line\x18\x04 \x01(\x03\x12\r\n\x05\x66ield\x18\x05 \x01(\t\x12(\n\x08severity\x18\x06 \x01(\x0e\x32\x16.tuneforge.v1.Severity\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"q\n\rResourceTimes\x12/\n\x0b\x63reate_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"3\n\rContentDigest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03*u\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x12\n\x0eSEVERITY_DEBUG\x10\x01\x12\x11\n\rSEVERITY_INFO\x10\x02\x12\x14\n\x10SEVERITY_WARNING\x10\x03\x12\x12\n\x0eSEVERITY_ERROR\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tuneforge/v1/common.proto\x12\x0ctuneforge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x82\x01\n\nInputIssue\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0c\n\x04line\x18\x04 \x01(\x03\x12\r\n\x05\x66ield\x18\x05 \x01(\t\x12(\n\x08severity\x18\x06 \x01(\x0e\x32\x16.tuneforge.v1.Severity\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"q\n\rResourceTimes\x12/\n\x0b\x63reate_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"3\n\rContentDigest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\"\xc3\x01\n\x12GateCategoryResult\x12\x10\n\x08suite_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x0e\n\x06target\x18\x04 \x01(\x08\x12\x12\n\ndifference\x18\x05 \x01(\x01\x12\x19\n\x11\x64ifference_ci_low\x18\x06 \x01(\x01\x12\x1a\n\x12\x64ifference_ci_high\x18\x07 \x01(\x01\x12\x0e\n\x06passed\x18\x08 \x01(\x08\x12\x0e\n\x06reason\x18\t \x01(\t\"\xc6\x02\n\tPromotion\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x0e\n\x06\x66orced\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x10\n\x08moved_by\x18\x05 \x01(\t\x12-\n\tmove_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07run_ids\x18\x07 \x03(\t\x12\x34\n\ncategories\x18\x08 \x03(\x0b\x32 .tuneforge.v1.GateCategoryResult\x12\x10\n\x08\x66\x61ilures\x18\t \x03(\t\x12\x36\n\x0bgate_source\x18\n \x01(\x0e\x32!.tuneforge.v1.PromotionGateSource\x12\x18\n\x0bjudge_score\x18\x0b \x01(\x01H\x00\x88\x01\x01\x42\x0e\n\x0c_judge_score*u\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x12\n\x0eSEVERITY_DEBUG\x10\x01\x12\x11\n\rSEVERITY_INFO\x10\x02\x12\x14\n\x10SEVERITY_WARNING\x10\x03\x12\x12\n\x0eSEVERITY_ERROR\x10\x04*\x82\x01\n\x13PromotionGateSource\x12%\n!PROMOTION_GATE_SOURCE_UNSPECIFIED\x10\x00\x12 \n\x1cPROMOTION_GATE_SOURCE_TENANT\x10\x01\x12\"\n\x1ePROMOTION_GATE_SOURCE_PLATFORM\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tuneforge.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SEVERITY']._serialized_start=423
-  _globals['_SEVERITY']._serialized_end=540
+  _globals['_SEVERITY']._serialized_start=950
+  _globals['_SEVERITY']._serialized_end=1067
+  _globals['_PROMOTIONGATESOURCE']._serialized_start=1070
+  _globals['_PROMOTIONGATESOURCE']._serialized_end=1200
   _globals['_INPUTISSUE']._serialized_start=77
   _globals['_INPUTISSUE']._serialized_end=207
   _globals['_CHATMESSAGE']._serialized_start=209
@@ -42,4 +44,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESOURCETIMES']._serialized_end=368
   _globals['_CONTENTDIGEST']._serialized_start=370
   _globals['_CONTENTDIGEST']._serialized_end=421
+  _globals['_GATECATEGORYRESULT']._serialized_start=424
+  _globals['_GATECATEGORYRESULT']._serialized_end=619
+  _globals['_PROMOTION']._serialized_start=622
+  _globals['_PROMOTION']._serialized_end=948
 # @@protoc_insertion_point(module_scope)

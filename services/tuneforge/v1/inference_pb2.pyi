@@ -90,14 +90,18 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "base_model", "is_base")
+    __slots__ = ("name", "base_model", "is_base", "version", "promotion")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     IS_BASE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROMOTION_FIELD_NUMBER: _ClassVar[int]
     name: str
     base_model: str
     is_base: bool
-    def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., is_base: _Optional[bool] = ...) -> None: ...
+    version: int
+    promotion: _common_pb2.Promotion
+    def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., is_base: _Optional[bool] = ..., version: _Optional[int] = ..., promotion: _Optional[_Union[_common_pb2.Promotion, _Mapping]] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)

@@ -42,12 +42,6 @@ class JobEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_EVENT_TYPE_CHECKPOINT_SAVED: _ClassVar[JobEventType]
     JOB_EVENT_TYPE_LOG: _ClassVar[JobEventType]
 
-class PromotionGateSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-    __slots__ = ()
-    PROMOTION_GATE_SOURCE_UNSPECIFIED: _ClassVar[PromotionGateSource]
-    PROMOTION_GATE_SOURCE_TENANT: _ClassVar[PromotionGateSource]
-    PROMOTION_GATE_SOURCE_PLATFORM: _ClassVar[PromotionGateSource]
-
 class AdapterVersionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ADAPTER_VERSION_STATE_UNSPECIFIED: _ClassVar[AdapterVersionState]
@@ -72,9 +66,6 @@ JOB_EVENT_TYPE_METRICS: JobEventType
 JOB_EVENT_TYPE_EVALUATION: JobEventType
 JOB_EVENT_TYPE_CHECKPOINT_SAVED: JobEventType
 JOB_EVENT_TYPE_LOG: JobEventType
-PROMOTION_GATE_SOURCE_UNSPECIFIED: PromotionGateSource
-PROMOTION_GATE_SOURCE_TENANT: PromotionGateSource
-PROMOTION_GATE_SOURCE_PLATFORM: PromotionGateSource
 ADAPTER_VERSION_STATE_UNSPECIFIED: AdapterVersionState
 ADAPTER_VERSION_STATE_READY: AdapterVersionState
 ADAPTER_VERSION_STATE_DELETED: AdapterVersionState
@@ -361,8 +352,8 @@ class AdapterLineage(_message.Message):
     dataset_version_id: str
     job_id: str
     spec: JobSpec
-    promotions: _containers.RepeatedCompositeFieldContainer[Promotion]
-    def __init__(self, base_model: _Optional[str] = ..., base_model_revision: _Optional[str] = ..., template_hash: _Optional[str] = ..., dataset_version_id: _Optional[str] = ..., job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., promotions: _Optional[_Iterable[_Union[Promotion, _Mapping]]] = ...) -> None: ...
+    promotions: _containers.RepeatedCompositeFieldContainer[_common_pb2.Promotion]
+    def __init__(self, base_model: _Optional[str] = ..., base_model_revision: _Optional[str] = ..., template_hash: _Optional[str] = ..., dataset_version_id: _Optional[str] = ..., job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., promotions: _Optional[_Iterable[_Union[_common_pb2.Promotion, _Mapping]]] = ...) -> None: ...
 
 class PromotionGate(_message.Message):
     __slots__ = ("adapter", "alias", "suite_ids", "target_categories", "max_drop", "min_judge_score", "source", "updated_by", "times")
@@ -381,58 +372,10 @@ class PromotionGate(_message.Message):
     target_categories: _containers.RepeatedScalarFieldContainer[str]
     max_drop: float
     min_judge_score: float
-    source: PromotionGateSource
+    source: _common_pb2.PromotionGateSource
     updated_by: str
     times: _common_pb2.ResourceTimes
-    def __init__(self, adapter: _Optional[str] = ..., alias: _Optional[str] = ..., suite_ids: _Optional[_Iterable[str]] = ..., target_categories: _Optional[_Iterable[str]] = ..., max_drop: _Optional[float] = ..., min_judge_score: _Optional[float] = ..., source: _Optional[_Union[PromotionGateSource, str]] = ..., updated_by: _Optional[str] = ..., times: _Optional[_Union[_common_pb2.ResourceTimes, _Mapping]] = ...) -> None: ...
-
-class GateCategoryResult(_message.Message):
-    __slots__ = ("suite_id", "run_id", "category", "target", "difference", "difference_ci_low", "difference_ci_high", "passed", "reason")
-    SUITE_ID_FIELD_NUMBER: _ClassVar[int]
-    RUN_ID_FIELD_NUMBER: _ClassVar[int]
-    CATEGORY_FIELD_NUMBER: _ClassVar[int]
-    TARGET_FIELD_NUMBER: _ClassVar[int]
-    DIFFERENCE_FIELD_NUMBER: _ClassVar[int]
-    DIFFERENCE_CI_LOW_FIELD_NUMBER: _ClassVar[int]
-    DIFFERENCE_CI_HIGH_FIELD_NUMBER: _ClassVar[int]
-    PASSED_FIELD_NUMBER: _ClassVar[int]
-    REASON_FIELD_NUMBER: _ClassVar[int]
-    suite_id: str
-    run_id: str
-    category: str
-    target: bool
-    difference: float
-    difference_ci_low: float
-    difference_ci_high: float
-    passed: bool
-    reason: str
-    def __init__(self, suite_id: _Optional[str] = ..., run_id: _Optional[str] = ..., category: _Optional[str] = ..., target: _Optional[bool] = ..., difference: _Optional[float] = ..., difference_ci_low: _Optional[float] = ..., difference_ci_high: _Optional[float] = ..., passed: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
-
-class Promotion(_message.Message):
-    __slots__ = ("alias", "passed", "forced", "reason", "moved_by", "move_time", "run_ids", "categories", "failures", "gate_source", "judge_score")
-    ALIAS_FIELD_NUMBER: _ClassVar[int]
-    PASSED_FIELD_NUMBER: _ClassVar[int]
-    FORCED_FIELD_NUMBER: _ClassVar[int]
-    REASON_FIELD_NUMBER: _ClassVar[int]
-    MOVED_BY_FIELD_NUMBER: _ClassVar[int]
-    MOVE_TIME_FIELD_NUMBER: _ClassVar[int]
-    RUN_IDS_FIELD_NUMBER: _ClassVar[int]
-    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
-    FAILURES_FIELD_NUMBER: _ClassVar[int]
-    GATE_SOURCE_FIELD_NUMBER: _ClassVar[int]
-    JUDGE_SCORE_FIELD_NUMBER: _ClassVar[int]
-    alias: str
-    passed: bool
-    forced: bool
-    reason: str
-    moved_by: str
-    move_time: _timestamp_pb2.Timestamp
-    run_ids: _containers.RepeatedScalarFieldContainer[str]
-    categories: _containers.RepeatedCompositeFieldContainer[GateCategoryResult]
-    failures: _containers.RepeatedScalarFieldContainer[str]
-    gate_source: PromotionGateSource
-    judge_score: float
-    def __init__(self, alias: _Optional[str] = ..., passed: _Optional[bool] = ..., forced: _Optional[bool] = ..., reason: _Optional[str] = ..., moved_by: _Optional[str] = ..., move_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_ids: _Optional[_Iterable[str]] = ..., categories: _Optional[_Iterable[_Union[GateCategoryResult, _Mapping]]] = ..., failures: _Optional[_Iterable[str]] = ..., gate_source: _Optional[_Union[PromotionGateSource, str]] = ..., judge_score: _Optional[float] = ...) -> None: ...
+    def __init__(self, adapter: _Optional[str] = ..., alias: _Optional[str] = ..., suite_ids: _Optional[_Iterable[str]] = ..., target_categories: _Optional[_Iterable[str]] = ..., max_drop: _Optional[float] = ..., min_judge_score: _Optional[float] = ..., source: _Optional[_Union[_common_pb2.PromotionGateSource, str]] = ..., updated_by: _Optional[str] = ..., times: _Optional[_Union[_common_pb2.ResourceTimes, _Mapping]] = ...) -> None: ...
 
 class AdapterFile(_message.Message):
     __slots__ = ("name", "digest")
@@ -573,8 +516,8 @@ class SetAdapterAliasResponse(_message.Message):
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     PROMOTION_FIELD_NUMBER: _ClassVar[int]
     adapter: Adapter
-    promotion: Promotion
-    def __init__(self, adapter: _Optional[_Union[Adapter, _Mapping]] = ..., promotion: _Optional[_Union[Promotion, _Mapping]] = ...) -> None: ...
+    promotion: _common_pb2.Promotion
+    def __init__(self, adapter: _Optional[_Union[Adapter, _Mapping]] = ..., promotion: _Optional[_Union[_common_pb2.Promotion, _Mapping]] = ...) -> None: ...
 
 class SetPromotionGateRequest(_message.Message):
     __slots__ = ("adapter", "alias", "gate")
