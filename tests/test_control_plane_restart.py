@@ -136,7 +136,7 @@ def test_sigterm_drains_in_bound_leaves_the_ray_job_running_and_a_restart_reatta
 
             def follow() -> None:
                 try:
-                    for event in client.job_events(job.id):
+                    for event in client.job_events(job.id, reconnect_s=0):  # see the stream end
                         seen.append(event)
                 except Exception as exc:  # the server going away ends the stream; the reader reconnects
                     ended.append(exc)

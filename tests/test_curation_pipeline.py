@@ -851,3 +851,28 @@ def test_cleaning_is_idempotent_and_leaves_no_stray_format_character(text: str) 
             assert character in (ZWNJ, ZWJ) and 0 < index < len(cleaned) - 1, (text, cleaned)
             for neighbour in (cleaned[index - 1], cleaned[index + 1]):
                 assert unicodedata.category(neighbour)[0] in "LM" or unicodedata.category(neighbour) in ("So", "Sk")
+
+
+def test_a_pool_process_killed_mid_build_fails_the_build_instead_of_hanging_it(tokenizer) -> None:
+    """The OOM killer takes a pool process: the batch it held raises, so the worker fails the version
+    with the cause (a multiprocessing.Pool waited for that batch forever, lease renewed all along)."""
+    import os
+    import signal
+    from concurrent.futures.process import BrokenProcessPool
+
+    from tuneforge.curation import distributed
+    from tuneforge.curation.pipeline import RecordProcessor
+
+    source = str(ModelResolver(MODEL_CACHE).resolve("tiny-qwen2").source)
+    pool = distributed.ProcessPoolBatches(source, CurationOptions(), 2)
+    record = json.dumps({"instruction": "Say hi.", "output": "hi"}).encode()
+
+    def batches():
+        for index in range(20):
+            if index == 4:  # the pool is busy: one of its processes dies as the OOM killer kills
+                os.kill(next(iter(pool.worker_pids)), signal.SIGKILL)
+            yield {"source": ["a.jsonl"] * 4, "line": [1, 2, 3, 4], "raw": [record] * 4, "format": ["auto"] * 4}
+
+    with pytest.raises(BrokenProcessPool):
+        for _ in pool(batches(), RecordProcessor(tokenizer, CurationOptions())):
+            pass

@@ -182,3 +182,26 @@ def test_jobs_from_before_the_event_counter_go_on_numbering_after_their_last_eve
     old.cancel("acme", "job-aaaaaaaaaaaaaaaaaaaaaaaa")
     assert [e.sequence for e in old.events("acme", "job-aaaaaaaaaaaaaaaaaaaaaaaa")] == [1, 2, 3, 4]
     store.close()
+
+
+def test_events_an_old_replica_adds_during_a_rolling_upgrade_do_not_block_the_counter(database_url: str) -> None:
+    """A replica of the code before the counter numbers events max(sequence) + 1 and leaves the counter
+    behind; the next event of this code follows whichever is newer instead of colliding."""
+    from sqlalchemy import text
+
+    store = MetadataStore(database_url)
+    store.migrate()
+    jobs = JobStore(store)
+    job = jobs.create("acme", SPEC)
+    before = [e.sequence for e in jobs.events("acme", job.id)]
+    with store.engine.begin() as connection:  # the old replica's insert
+        connection.execute(
+            text(
+                "INSERT INTO job_events (job_id, sequence, created_at, type, level, message, state, step, "
+                "metrics_json) VALUES (:job, :sequence, :now, 'log', 'info', 'old replica', '', 0, '{}')"
+            ),
+            {"job": job.id, "sequence": before[-1] + 1, "now": datetime.now(UTC)},
+        )
+    jobs.cancel("acme", job.id)
+    assert [e.sequence for e in jobs.events("acme", job.id)] == list(range(1, before[-1] + 3))
+    store.close()

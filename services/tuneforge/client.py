@@ -261,14 +261,36 @@ class TuneforgeClient:
         return self.call(self.training.CancelJob, training_pb2.CancelJobRequest(job_id=job_id)).job
 
     def job_events(
-        self, job_id: str, after_sequence: int = 0, follow: bool = True, timeout: float | None = None
+        self,
+        job_id: str,
+        after_sequence: int = 0,
+        follow: bool = True,
+        timeout: float | None = None,
+        reconnect_s: float = 120.0,
     ) -> Iterator[training_pb2.JobEvent]:
-        """The job's events after `after_sequence`; with `follow`, until the job finishes."""
-        request = training_pb2.StreamJobEventsRequest(
-            job_id=job_id, after_sequence=after_sequence, no_follow=not follow
-        )
-        for message in self.stream(self.training.StreamJobEvents, request, timeout=timeout):
-            yield message.event
+        """The job's events after `after_sequence`; with `follow`, until the job finishes.
+
+        A followed stream the server ends with UNAVAILABLE (it drains for a restart, or the
+        connection drops) is resumed after the last event seen, with backoff, for up to
+        `reconnect_s` without an answer: the job goes on training meanwhile, and no event is missed
+        or repeated.
+        """
+        cursor, wait, gave_up_at = after_sequence, 0.25, None
+        while True:
+            request = training_pb2.StreamJobEventsRequest(job_id=job_id, after_sequence=cursor, no_follow=not follow)
+            try:
+                for message in self.stream(self.training.StreamJobEvents, request, timeout=timeout):
+                    cursor, wait, gave_up_at = message.event.sequence, 0.25, None
+                    yield message.event
+                return
+            except TuneforgeError as exc:
+                if not follow or exc.code != "UNAVAILABLE":
+                    raise
+                gave_up_at = gave_up_at or time.monotonic() + reconnect_s
+                if time.monotonic() + wait > gave_up_at:
+                    raise
+            time.sleep(wait)
+            wait = min(wait * 2, 5.0)
 
     def wait_for_job(self, job_id: str, timeout: float = 900.0) -> training_pb2.Job:
         """Polls until the job is SUCCEEDED, FAILED or CANCELLED; returns it."""

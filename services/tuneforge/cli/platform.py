@@ -21,9 +21,12 @@ def _run_server(args: argparse.Namespace, component_names: list[str], **override
     async def main() -> None:
         server, _ = await build_server(settings, [COMPONENTS[name] for name in component_names])
         await server.serve_until_signal()
+        # stopped and drained: exit here, not after asyncio.run has waited for every executor thread
+        # (a call abandoned at the drain bound may still be running in one) and the interpreter's teardown
+        exit_process(0)
 
     asyncio.run(main())
-    exit_process(0)  # stopped and drained: exit now rather than after seconds of interpreter teardown
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

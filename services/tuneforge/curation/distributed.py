@@ -102,18 +102,21 @@ class ProcessPoolBatches:
     ) -> Iterator[dict[str, Any]]:
         import collections
         import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
         context = multiprocessing.get_context("spawn")  # no fork: tokenizer thread pools do not survive it
         initargs = (self.tokenizer_source, self.options.model_dump(), local.prompt_signatures)
-        with context.Pool(self.processes, initializer=_pool_init, initargs=initargs) as pool:
-            self.worker_pids = {process.pid for process in pool._pool}  # type: ignore[attr-defined]
+        # a pool process killed (the OOM killer) breaks the executor: its batch's result raises
+        # BrokenProcessPool, which fails the build with the cause, instead of waiting for it forever
+        with ProcessPoolExecutor(self.processes, mp_context=context, initializer=_pool_init, initargs=initargs) as pool:
             pending: collections.deque[Any] = collections.deque()
             for batch in line_batches:
-                pending.append(pool.apply_async(_pool_process, (batch,)))
+                pending.append(pool.submit(_pool_process, batch))
+                self.worker_pids |= set(pool._processes)  # type: ignore[attr-defined]
                 while len(pending) >= 2 * self.processes:
-                    yield self._collect(pending.popleft().get(), local)
+                    yield self._collect(pending.popleft().result(), local)
             while pending:
-                yield self._collect(pending.popleft().get(), local)
+                yield self._collect(pending.popleft().result(), local)
 
     def _collect(
         self, result: tuple[dict[str, list[Any]], dict[str, float], int], local: RecordProcessor

@@ -50,7 +50,9 @@ from tuneforge.similarity import (
     prompt_text,
 )
 
-PIPELINE_VERSION = 2
+#: Part of every version's content address: raised whenever the same inputs and settings build other data
+#: (3: leakage compares the user's turns at similarity.LEAKAGE_THRESHOLD, not the near-duplicate threshold).
+PIPELINE_VERSION = 3
 SHARD_ROWS = 100_000
 TOO_LONG = "too_long"
 TRUNCATED = "truncated"

@@ -131,6 +131,10 @@ class BuildRunner:
             build.process = subprocess.Popen(
                 [sys.executable, "-m", "tuneforge.curation.worker", build.tenant, build.version_id],
                 stdin=subprocess.PIPE,
+                # a session of its own: Ctrl-C in the terminal or a unit-wide SIGTERM reaches the server,
+                # whose drain stops the build (the version stays PROCESSING and is built again on the
+                # next start), instead of killing the worker first and failing the version
+                start_new_session=True,
             )
         # the runner names the worker's lease holder, so it can still act on the lease once the worker is dead
         build.holder = f"{socket.gethostname()}:{build.process.pid}:build-{uuid.uuid4().hex[:8]}"

@@ -263,7 +263,7 @@ class JobRunner:
         live = {JOB_LEASE + job.id for job in unfinished}
         for name in [n for n in self.leases.held if n.startswith(JOB_LEASE) and n not in live]:
             self.leases.release(name)  # its job finished
-        scheduler = self.leases.acquire(SCHEDULER_LEASE)
+        scheduler = self._acquire(SCHEDULER_LEASE)
         submitted: dict[str, int] = {}
         for job in unfinished:
             if job.runner_id:
@@ -273,12 +273,12 @@ class JobRunner:
                 return  # the service stops: the next start (or another replica) goes on from here
             try:
                 if job.runner_id:
-                    if self.leases.acquire(JOB_LEASE + job.id):
+                    if self._acquire(JOB_LEASE + job.id):
                         self._follow(job)
                 elif (
                     scheduler
                     and submitted.get(job.tenant, 0) < self.settings.training.max_running_jobs_per_tenant
-                    and self.leases.acquire(JOB_LEASE + job.id)
+                    and self._acquire(JOB_LEASE + job.id)
                 ):
                     self._submit(job)
                     submitted[job.tenant] = submitted.get(job.tenant, 0) + 1
@@ -288,6 +288,11 @@ class JobRunner:
                 log.error("job_reconcile_failed", job_id=job.id, error=repr(exc))
             else:
                 self._agentless_since = None
+
+    def _acquire(self, name: str) -> bool:
+        """Takes or renews a lease, unless the service stops: a tick abandoned at the drain bound must
+        not take a lease after `stop` released them all (the restarted server would wait out its TTL)."""
+        return not self._stopping.is_set() and self.leases.acquire(name)
 
     def stop_submission(self, runner_id: str) -> None:
         """Stops a submission at once (a QUEUED job cancelled after it was submitted)."""
