@@ -2,20 +2,20 @@
 
 acme's row carries sampling at the edge of what validation lets through (or a row whose sampling
 fails); globex's rows decode beside it in the same batch and must end exactly as they do alone.
-The session server's engine waits long enough for the concurrent calls to land in one batch, and a
-recorder on `Engine._decode` proves they did.
+The session server's engine is held until every call is queued, and its own record of each batch
+proves they decoded together.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 from conftest import ACME_KEY, GLOBEX_KEY
+from test_inference_api import _one_batch
 
 from tuneforge.client import TuneforgeClient, TuneforgeError
-from tuneforge.inference.engine import Engine, Request
+from tuneforge.inference.engine import Engine
 from tuneforge.platform import BackgroundServer
 from tuneforge.v1 import common_pb2, inference_pb2
 
@@ -33,42 +33,35 @@ def _request(question: str, **sampling: object) -> inference_pb2.GenerateRequest
 
 
 @pytest.fixture()
-def engine(platform_server: BackgroundServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
-    """The session server's engine, waiting up to 2 s to fill a batch while a test runs."""
-    component = next(c for c in platform_server.server.components if getattr(c, "engine", None) is not None)
-    monkeypatch.setattr(component.engine, "batch_wait_s", 2.0)
-    yield component.engine
+def engine(platform_server: BackgroundServer) -> Engine:
+    """The session server's engine."""
+    return next(c for c in platform_server.server.components if getattr(c, "engine", None) is not None).engine
 
 
 def _together(
-    address: str, calls: list[tuple[str, inference_pb2.GenerateRequest]], monkeypatch: pytest.MonkeyPatch
+    address: str, engine: Engine, calls: list[tuple[str, inference_pb2.GenerateRequest]]
 ) -> list[inference_pb2.GenerateResponse | TuneforgeError]:
-    """Runs the (api key, request) calls at once; returns each answer and checks they shared one batch."""
-    batches: list[int] = []
-    real = Engine._decode
+    """Runs the (api key, request) calls at once; returns each answer and checks they shared one batch.
 
-    def recording(self: Engine, batch: list[Request]) -> None:
-        batches.append(len(batch))
-        real(self, batch)
-
-    monkeypatch.setattr(Engine, "_decode", recording)
+    The engine is held on a request of the test's own until every call is queued, so they all wait
+    when it forms its next batch; its own record (`_decode`) says what decoded together.
+    """
     results: list[inference_pb2.GenerateResponse | TuneforgeError | None] = [None] * len(calls)
-    start = threading.Barrier(len(calls))
 
     def call(index: int, key: str, request: inference_pb2.GenerateRequest) -> None:
         with TuneforgeClient(address, api_key=key) as client:
-            start.wait()
             try:
                 results[index] = client.call(client.inference.Generate, request)
             except TuneforgeError as exc:
                 results[index] = exc
 
-    threads = [threading.Thread(target=call, args=(i, key, request)) for i, (key, request) in enumerate(calls)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(300)
-    assert batches == [len(calls)], batches  # every call decoded in one batch
+    with _one_batch(engine, len(calls)) as batches:
+        threads = [threading.Thread(target=call, args=(i, key, request)) for i, (key, request) in enumerate(calls)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(300)
+    assert [len(batch) for batch in batches] == [len(calls)], batches  # every call decoded in one batch
     return results  # type: ignore[return-value]
 
 
@@ -79,18 +72,18 @@ def _alone(address: str, key: str, question: str) -> str:
 
 @pytest.mark.parametrize("temperature", [1e-300, 1e-40])
 def test_one_tenants_tiny_temperature_leaves_the_other_tenants_rows_in_its_batch_intact(
-    platform_server: BackgroundServer, engine: Engine, monkeypatch: pytest.MonkeyPatch, temperature: float
+    platform_server: BackgroundServer, engine: Engine, temperature: float
 ) -> None:
     alone = [_alone(platform_server.address, GLOBEX_KEY, q) for q in QUESTIONS[1:]]
     acme_alone = _alone(platform_server.address, ACME_KEY, QUESTIONS[0])
     answers = _together(
         platform_server.address,
+        engine,
         [
             (ACME_KEY, _request(QUESTIONS[0], temperature=temperature, seed=7)),
             (GLOBEX_KEY, _request(QUESTIONS[1])),
             (GLOBEX_KEY, _request(QUESTIONS[2])),
         ],
-        monkeypatch,
     )
     assert all(isinstance(a, inference_pb2.GenerateResponse) for a in answers), answers
     assert [a.text for a in answers[1:]] == alone  # type: ignore[union-attr]
@@ -111,12 +104,12 @@ def test_a_row_whose_sampling_fails_fails_that_tenants_call_only(
     monkeypatch.setattr(Engine, "_sample", staticmethod(failing))
     answers = _together(
         platform_server.address,
+        engine,
         [
             (ACME_KEY, _request(QUESTIONS[0], temperature=0.7, seed=666)),
             (GLOBEX_KEY, _request(QUESTIONS[1])),
             (GLOBEX_KEY, _request(QUESTIONS[2])),
         ],
-        monkeypatch,
     )
     failed, *others = answers
     assert isinstance(failed, TuneforgeError) and failed.code == "UNAVAILABLE", failed
