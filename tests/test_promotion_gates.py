@@ -265,3 +265,25 @@ def test_the_platform_default_gate_applies_where_a_tenant_set_none(server_settin
         gates.promote("acme", "gated", "stable", 2, by="acme-ci")
     assert "platform promotion gate" in refused.value.message and "builtin/core-zh-en" in refused.value.message
     assert "stable" not in registry.get_adapter("acme", "gated").aliases
+
+
+def test_the_cli_sets_shows_and_forces_through_a_gate(platform_server, gated: None, capsys) -> None:
+    from conftest import ACME_KEY
+
+    from tuneforge.cli import main
+
+    def cli(*args: str) -> tuple[int, str, str]:
+        code = main(["adapters", "--address", platform_server.address, "--api-key", ACME_KEY, *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, _ = cli("gate", "set", "gated", "cli", "--suite", "builtin/core-zh-en", "--target", "overall")
+    assert code == 0 and "gate on gated:cli (set by acme-ci)" in out and "builtin/core-zh-en" in out
+    assert "gated:cli" in cli("gate", "show", "gated", "cli")[1]
+    code, _, err = cli("alias", "gated", "cli", "2")
+    assert code == 1 and "FAILED_PRECONDITION" in err and "no finished evaluation run" in err
+    assert cli("alias", "gated", "cli", "2", "--force")[0] == 2  # a reason is required
+    code, out, _ = cli("alias", "gated", "cli", "2", "--force", "--reason", "smoke test")
+    assert code == 0 and "gated:cli → 2" in out and "gate FAILED, forced by acme-ci: smoke test" in out
+    assert cli("gate", "delete", "gated", "cli")[0] == 0
+    assert cli("gate", "show", "gated", "cli")[0] == 1

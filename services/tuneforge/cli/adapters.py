@@ -26,11 +26,18 @@ def cmd_adapters(args: argparse.Namespace) -> int:
         elif command == "show":
             print(client.call(client.adapters.GetAdapterVersion, adapter_version_request(args.ref)).adapter_version)
         elif command == "alias":
-            adapter = client.call(
-                client.adapters.SetAdapterAlias,
-                training_pb2.SetAdapterAliasRequest(adapter=args.adapter, alias=args.alias, version=args.version),
-            ).adapter
-            print(f"{args.adapter}:{args.alias} → {adapter.aliases[args.alias]}")
+            if args.force and not args.reason:
+                print("tuneforge: --force needs --reason (it is recorded with your key name)", file=sys.stderr)
+                return 2
+            request = training_pb2.SetAdapterAliasRequest(
+                adapter=args.adapter, alias=args.alias, version=args.version, force=args.force, reason=args.reason or ""
+            )
+            moved = client.call(client.adapters.SetAdapterAlias, request)
+            print(f"{args.adapter}:{args.alias} → {moved.adapter.aliases[args.alias]}")
+            if moved.HasField("promotion"):
+                print(describe_promotion(moved.promotion))
+        elif command == "gate":
+            return _gate(client, args)
         elif command == "delete":
             name, _, version = args.ref.partition(":")
             if not version.isdigit():
@@ -42,6 +49,64 @@ def cmd_adapters(args: argparse.Namespace) -> int:
             )
             print(f"deleted {args.ref}")
     return 0
+
+
+def _gate(client, args: argparse.Namespace) -> int:  # client: TuneforgeClient
+    from tuneforge.v1 import training_pb2
+
+    if args.gate_command == "set":
+        gate = training_pb2.PromotionGate(
+            suite_ids=args.suite, target_categories=args.target or [], max_drop=args.max_drop
+        )
+        if args.min_judge_score is not None:
+            gate.min_judge_score = args.min_judge_score
+        request = training_pb2.SetPromotionGateRequest(adapter=args.adapter, alias=args.alias, gate=gate)
+        print(describe_gate(client.call(client.adapters.SetPromotionGate, request).gate))
+    elif args.gate_command == "show":
+        request = training_pb2.GetPromotionGateRequest(adapter=args.adapter, alias=args.alias)
+        print(describe_gate(client.call(client.adapters.GetPromotionGate, request).gate))
+    else:
+        request = training_pb2.DeletePromotionGateRequest(adapter=args.adapter, alias=args.alias)
+        client.call(client.adapters.DeletePromotionGate, request)
+        print(f"removed the gate of {args.adapter}:{args.alias}")
+    return 0
+
+
+def describe_gate(gate) -> str:  # gate: training_pb2.PromotionGate
+    """A gate in a few lines: what the alias's next version must show."""
+    from tuneforge.v1 import common_pb2
+
+    source = (
+        "platform default" if gate.source == common_pb2.PROMOTION_GATE_SOURCE_PLATFORM else "set by " + gate.updated_by
+    )
+    lines = [
+        f"gate on {gate.adapter}:{gate.alias} ({source})",
+        f"  suites:  {', '.join(gate.suite_ids)}",
+        f"  improve: {', '.join(gate.target_categories) or '(nothing required)'} (95% interval above zero)",
+        f"  others may drop at most {gate.max_drop:.1%}",
+    ]
+    if gate.HasField("min_judge_score"):
+        lines.append(f"  mean judge score at least {gate.min_judge_score:.2f}")
+    return "\n".join(lines)
+
+
+def describe_promotion(promotion) -> str:  # promotion: common_pb2.Promotion
+    """A gate's verdict on a move: pass/fail, the runs, each category's difference and interval."""
+    if promotion.passed:
+        head = "gate PASSED"
+    elif promotion.forced:
+        head = f"gate FAILED, forced by {promotion.moved_by}: {promotion.reason}"
+    else:
+        head = "gate FAILED"
+    lines = [f"{head} (runs: {', '.join(promotion.run_ids) or 'none'})"]
+    for c in promotion.categories:
+        role = "target" if c.target else "other "
+        lines.append(
+            f"  {'ok  ' if c.passed else 'FAIL'} {role} {c.category:24s} {c.difference:+.1%} "
+            f"[{c.difference_ci_low:+.1%}, {c.difference_ci_high:+.1%}]  {c.run_id}"
+        )
+    lines += [f"  - {failure}" for failure in promotion.failures]
+    return "\n".join(lines)
 
 
 def adapter_version_request(ref: str):  # -> training_pb2.GetAdapterVersionRequest
@@ -67,5 +132,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     alias.add_argument("adapter")
     alias.add_argument("alias")
     alias.add_argument("version", type=int)
+    alias.add_argument("--force", action="store_true", help="move even though the version fails the alias's gate")
+    alias.add_argument("--reason", help="why a forced move is justified (recorded in the version's lineage)")
+    gate = adapters.add_parser("gate", help="promotion gates: what a version must show before ALIAS moves to it")
+    gates = gate.add_subparsers(dest="gate_command", required=True)
+    set_gate = gates.add_parser("set", help="set the gate on ADAPTER's ALIAS")
+    for parser in (set_gate, gates.add_parser("show"), gates.add_parser("delete")):
+        parser.add_argument("adapter")
+        parser.add_argument("alias")
+    set_gate.add_argument("--suite", action="append", required=True, help="suite id to be evaluated on (repeatable)")
+    set_gate.add_argument("--target", action="append", help="category that must improve (repeatable)")
+    set_gate.add_argument(
+        "--max-drop", dest="max_drop", type=float, default=0.0, help="largest drop of another category (0-1)"
+    )
+    set_gate.add_argument("--min-judge-score", dest="min_judge_score", type=float, help="least mean judge score (1-5)")
     adapters.add_parser("delete", help="NAME:VERSION").add_argument("ref")
     p.set_defaults(func=cmd_adapters)
