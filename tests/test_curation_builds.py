@@ -358,3 +358,30 @@ def test_supervision_removes_only_the_staging_of_builds_whose_lease_expired(tmp_
     assert not dead_staging.exists()  # not after 24 hours: at the first pass that finds the lease expired
     assert Leases(metadata).holder_of(build_lease_name("globex", dead)) is None  # the cleanup's lease is given back
     metadata.close()
+
+
+def test_a_database_blip_does_not_stop_a_build_but_a_lease_unrenewed_past_its_ttl_does(tmp_path: Path) -> None:
+    """The build checks its lease every progress step: a moment without the database goes by (the lease
+    outlives it), a database gone for the lease's whole TTL stops the build (another replica may
+    have taken the version over by then)."""
+    from sqlalchemy.exc import OperationalError
+
+    from tuneforge.curation.worker import BuildStopped, LeaseKeeper, build_lease_name
+    from tuneforge.store.leases import Leases
+    from tuneforge.store.metadata import MetadataStore
+
+    metadata = MetadataStore(f"sqlite:///{tmp_path / 'm.db'}")
+    metadata.migrate()
+    leases = Leases(metadata, ttl_s=30)
+    assert leases.acquire(build_lease_name("acme", "dsv-" + "a" * 24))
+    keeper = LeaseKeeper(leases, metadata, "acme", "dsv-" + "a" * 24)
+
+    def unreachable(name: str) -> bool:
+        raise OperationalError("SELECT 1", {}, Exception("could not connect to server"))
+
+    leases.acquire = unreachable  # type: ignore[method-assign]
+    keeper.check()  # a blip: the build goes on
+    keeper._renewed_at -= 31  # as if the database had been gone for longer than the lease lasts
+    with pytest.raises(BuildStopped, match=r"could not be renewed for 3\d s"):
+        keeper.check()
+    metadata.close()

@@ -126,6 +126,8 @@ class LeaseKeeper:
         self.version_id = version_id
         self.name = build_lease_name(tenant, version_id)
         self.stop_reason = ""
+        #: When the lease was last renewed (the build holds it when the keeper is made).
+        self._renewed_at = time.monotonic()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="build-lease", daemon=True)
 
@@ -139,15 +141,31 @@ class LeaseKeeper:
             self._thread.join()
 
     def check(self) -> None:
-        """Raises BuildStopped unless this build still holds the lease and its version is PROCESSING."""
+        """Raises BuildStopped unless this build still holds the lease and its version is PROCESSING.
+
+        A database that does not answer for a moment is no reason to stop; one that has not let the
+        lease be renewed for its whole TTL is (another replica may have taken the version over).
+        """
         if not self.stop_reason:
-            self.stop_reason = self._why_stop()
+            try:
+                self.stop_reason = self._why_stop()
+            except Exception:
+                self.stop_reason = self._unrenewed_too_long()
+                if not self.stop_reason:
+                    log.warning("dataset_build_check_failed", version=self.version_id, exc_info=True)
         if self.stop_reason:
             raise BuildStopped(self.stop_reason)
+
+    def _unrenewed_too_long(self) -> str:
+        unrenewed = time.monotonic() - self._renewed_at
+        if unrenewed <= self.leases.ttl_s:
+            return ""
+        return f"its lease could not be renewed for {unrenewed:.0f} s (the metadata database did not answer)"
 
     def _why_stop(self) -> str:
         if not self.leases.acquire(self.name):
             return "another build took the version's lease over"
+        self._renewed_at = time.monotonic()
         with self.metadata.session() as session:
             row = session.get(DatasetVersionRow, (self.tenant, self.version_id))
             if row is None:
@@ -162,7 +180,9 @@ class LeaseKeeper:
                 reason = self._why_stop()
             except Exception:  # the database may be briefly unreachable: the lease outlives a few misses
                 log.warning("dataset_build_lease_not_renewed", version=self.version_id, exc_info=True)
-                continue
+                reason = self._unrenewed_too_long()  # past its TTL another replica may build it: stop
+                if not reason:
+                    continue
             if reason and not self._done.is_set():
                 self.stop_reason = reason
                 log.info("dataset_build_stopping", tenant=self.tenant, version=self.version_id, reason=reason)
