@@ -876,3 +876,35 @@ def test_a_pool_process_killed_mid_build_fails_the_build_instead_of_hanging_it(t
     with pytest.raises(BrokenProcessPool):
         for _ in pool(batches(), RecordProcessor(tokenizer, CurationOptions())):
             pass
+
+
+def test_a_version_cancelled_while_it_publishes_keeps_no_published_files(tmp_path: Path, monkeypatch) -> None:
+    """Cancel lands between the build's last lease check and its READY: the build takes back what it
+    published, so a CANCELLED version never holds a dataset."""
+    from tuneforge.curation import worker
+    from tuneforge.curation.files import FileCatalog
+    from tuneforge.curation.versions import DatasetVersions, VersionSpec
+    from tuneforge.store.artifacts import ArtifactStore, TenantArtifacts
+    from tuneforge.store.metadata import MetadataStore
+
+    demo = Path(__file__).resolve().parents[1] / "services" / "tuneforge" / "demo_data"
+    metadata = MetadataStore(f"sqlite:///{tmp_path / 'metadata.db'}")
+    metadata.migrate()
+    artifacts = ArtifactStore(tmp_path / "artifacts")
+    files = FileCatalog(metadata, artifacts, 2**30)
+    versions = DatasetVersions(metadata, artifacts, files, ModelResolver(MODEL_CACHE), [demo], lambda t, v: None)
+    spec = VersionSpec("raced", (), "translation_alpaca.jsonl", "auto", "tiny-qwen2", CurationOptions())
+    vid = versions.create("acme", spec).id
+    real_publish = TenantArtifacts.publish_dir
+
+    def publish_then_cancelled(self, key, source):  # type: ignore[no-untyped-def]
+        published = real_publish(self, key, source)
+        worker.finish_version(metadata, "acme", vid, state="cancelled", failure_reason="cancelled by acme-ci")
+        return published
+
+    monkeypatch.setattr(TenantArtifacts, "publish_dir", publish_then_cancelled)
+    config = worker.WorkerConfig(f"sqlite:///{tmp_path / 'metadata.db'}", str(artifacts.root), str(MODEL_CACHE))
+    assert worker.build_version(config, "acme", vid) == "stopped"
+    assert versions.get("acme", vid).state == "cancelled"
+    assert not artifacts.for_tenant("acme").path(f"datasets/{vid}").exists()
+    metadata.close()

@@ -196,6 +196,8 @@ class BuildRunner:
                     continue
             holder = self.leases.holder_of(build_lease_name(tenant, version_id))
             if holder is None:
+                if not self._still_processing(tenant, version_id):
+                    continue  # its build finished since the list was read (and left our _builds)
                 log.info("dataset_build_resumed", tenant=tenant, version=version_id)
                 self.submit(tenant, version_id)
             elif (tenant, version_id) not in self._adopted:
@@ -212,6 +214,11 @@ class BuildRunner:
                         log.info("dataset_build_stale_staging_removed", tenant=tenant, version=version_id)
                 finally:
                     self.leases.release(name)
+
+    def _still_processing(self, tenant: str, version_id: str) -> bool:
+        with self.metadata.session() as session:
+            row = session.get(DatasetVersionRow, (tenant, version_id))
+            return row is not None and row.state == "processing"
 
     def start(self) -> None:
         """Supervises once now (before the service reports SERVING), then every third of the lease TTL."""

@@ -233,6 +233,15 @@ def finish_version(metadata: MetadataStore, tenant: str, version_id: str, **valu
     return bool(changed)
 
 
+def _withdraw(metadata: MetadataStore, artifacts: ArtifactStore, tenant: str, version_id: str) -> None:
+    """Removes a version's published files unless the version is READY (then they are its content)."""
+    with metadata.session() as session:
+        row = session.get(DatasetVersionRow, (tenant, version_id))
+        keep = row is not None and row.state == "ready"
+    if not keep:
+        artifacts.for_tenant(tenant).delete_tree(f"datasets/{version_id}")
+
+
 def _report_progress(metadata: MetadataStore, tenant: str, version_id: str, processed: int) -> None:
     """Raises the version's bytes_processed to `processed`; never lowers it (a restarted build starts at 0)."""
     with metadata.session() as session:
@@ -340,7 +349,7 @@ def _build(
         artifacts.for_tenant(tenant).publish_dir(f"datasets/{version_id}", out)
         keeper.stop()
         state = "ready" if result.ok else "failed"
-        finish_version(
+        if not finish_version(
             metadata,
             tenant,
             version_id,
@@ -348,7 +357,11 @@ def _build(
             counts_json=json.dumps(result.counts),
             failure_reason=result.failure_reason,
             bytes_processed=bytes_total,
-        )
+        ):
+            # cancelled or deleted between the last check and publishing: take back what was published
+            _withdraw(metadata, artifacts, tenant, version_id)
+            log.info("dataset_build_stopped", tenant=tenant, version=version_id, reason="no longer processing")
+            return "stopped"
         log.info(
             "dataset_version_built",
             tenant=tenant,
