@@ -47,10 +47,22 @@ def tokenizer() -> Any:
 class QuickEngine:
     """What InferenceFrontend needs of an engine: answers at once; adapter loads wait for `loads_may_finish`."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, resident: tuple[str, ...] = ()) -> None:
         self.tokenizer = tokenizer
         self.loads_started = threading.Semaphore(0)
         self.loads_may_finish = threading.Event()
+        self.resident = set(resident)
+        self.pins: dict[str, int] = {}
+
+    def pin_if_loaded(self, key: str) -> int | None:
+        if key not in self.resident:
+            return None
+        self.pins[key] = self.pins.get(key, 0) + 1
+        return 1
+
+    def release(self, key: str | None) -> None:
+        if key is not None:
+            self.pins[key] -= 1
 
     def has_adapter(self, key: str) -> bool:
         return False
@@ -61,9 +73,12 @@ class QuickEngine:
     def acquire(self, key: str, directory: Path | None = None) -> int:
         self.loads_started.release()
         self.loads_may_finish.wait()
-        return 1
+        self.resident.add(key)
+        return self.pin_if_loaded(key)  # type: ignore[return-value]
 
     def submit(self, request: Request) -> None:
+        if request.adapter_key is not None:
+            self.release(request.adapter_key)  # as the engine does when a row ends
         request.emit(Event(delta="Hi.", finish_reason="stop", prompt_tokens=len(request.prompt_ids)))
 
 
@@ -179,7 +194,7 @@ def test_adapter_loads_stuck_in_a_copy_do_not_delay_a_metadata_call(tokenizer: A
             listed = await asyncio.wait_for(  # a hang guard only: before the fix this call never returned
                 servicer.ListModels(inference_pb2.ListModelsRequest(), None), timeout=120
             )
-            assert not engine.loads_may_finish.is_set()  # ... while every load was still stuck
+            assert not any(task.done() for task in loads)  # ... while every load was still stuck
         finally:
             engine.loads_may_finish.set()  # (threads still stuck would keep the loop from closing)
         await asyncio.gather(*loads)
@@ -187,6 +202,67 @@ def test_adapter_loads_stuck_in_a_copy_do_not_delay_a_metadata_call(tokenizer: A
 
     try:
         assert asyncio.run(scenario()) == ["tiny-qwen2"]
+    finally:
+        frontend.close()
+
+
+def test_requests_for_a_resident_adapter_never_wait_behind_stuck_loads(tokenizer: Any, as_acme: None) -> None:
+    frontend = _frontend(tokenizer, Limits(max_concurrent_per_tenant=1000))
+    engine: QuickEngine = frontend.engine  # type: ignore[assignment]
+    engine.resident.add("acme/ready:1")
+    cold = Target("cold:1", "acme/cold:1", None, Path("/nonexistent"))
+    ready = Target("ready:1", "acme/ready:1", None, Path("/nonexistent"))
+
+    async def generate(target: Target) -> str:
+        async for event in frontend.stream("acme", target, [1, 2, 3], frontend.sampling(max_tokens=1)):
+            if event.finish_reason:
+                return event.finish_reason
+        return ""
+
+    async def scenario() -> str:
+        loads = [asyncio.create_task(generate(cold)) for _ in range(8)]  # more than the loads pool's threads
+        try:
+            for _ in range(2):
+                await asyncio.to_thread(engine.loads_started.acquire)  # the loads pool is full of stuck loads
+            # a hang guard only: with the slot pinned on the pool, this queued behind the stuck loads
+            answer = await asyncio.wait_for(generate(ready), timeout=120)
+            assert not any(task.done() for task in loads)
+        finally:
+            engine.loads_may_finish.set()
+        await asyncio.gather(*loads)
+        return answer
+
+    try:
+        assert asyncio.run(scenario()) == "stop"
+        assert engine.pins["acme/ready:1"] == 0
+    finally:
+        frontend.close()
+
+
+def test_a_caller_gone_during_a_load_leaves_no_slot_pinned(tokenizer: Any, as_acme: None) -> None:
+    frontend = _frontend(tokenizer)
+    engine: QuickEngine = frontend.engine  # type: ignore[assignment]
+    cold = Target("cold:1", "acme/cold:1", None, Path("/nonexistent"))
+
+    async def scenario() -> None:
+        async def generate() -> None:
+            async for _ in frontend.stream("acme", cold, [1, 2, 3], frontend.sampling(max_tokens=1)):
+                pass
+
+        task = asyncio.create_task(generate())
+        await asyncio.to_thread(engine.loads_started.acquire)  # the load is under way
+        task.cancel()  # the client went away
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        engine.loads_may_finish.set()  # the load ends after its caller: what it pinned is released
+        for _ in range(600):
+            if engine.pins.get("acme/cold:1") == 0:
+                return
+            await asyncio.sleep(0.05)
+
+    try:
+        asyncio.run(scenario())
+        assert engine.pins == {"acme/cold:1": 0}, engine.pins  # pinned by the load, released for nobody
     finally:
         frontend.close()
 
@@ -221,7 +297,7 @@ def test_the_slot_table_lock_is_free_while_an_adapter_is_copied_to_the_device(
     loader = threading.Thread(target=tiny_engine.acquire, args=("acme/helper:1", Path("/unused")))
     loader.start()
     try:
-        copying.wait()
+        assert copying.wait(60), "the load never reached the copy"
         # what the event loop asks meanwhile must not wait for the copy
         free = tiny_engine._lock.acquire(blocking=False)
         if free:

@@ -167,16 +167,15 @@ class Engine:
         The adapter is read and validated before any slot changes: FAILED_PRECONDITION if it does not
         fit; RESOURCE_EXHAUSTED if every slot is pinned by requests in flight. Pair with `release`.
         """
-        slot = self._pin_if_loaded(key)
+        slot = self.pin_if_loaded(key)
         if slot is not None:
-            ADAPTER_HITS.inc()
             return slot
         if directory is None:
             raise FailedPrecondition(f"adapter {key} is not loaded on this replica")
         ADAPTER_MISSES.inc()
         weights = read_adapter(directory, self.layers, self.max_rank)
         with self._load_lock:
-            slot = self._pin_if_loaded(key)
+            slot = self.pin_if_loaded(key)
             if slot is not None:  # a concurrent call loaded it meanwhile
                 return slot
             slot = self._take_slot()
@@ -195,14 +194,16 @@ class Engine:
             log.info("adapter_loaded", adapter=key, slot=slot, rank=weights.rank)
             return slot
 
-    def _pin_if_loaded(self, key: str) -> int | None:
-        """Pins `key` and returns its slot if it is resident."""
+    def pin_if_loaded(self, key: str) -> int | None:
+        """Pins `key` and returns its slot if it is resident (never blocks on a load: safe on the loop)."""
         with self._lock:
             slot = self._slots.get(key)
             if slot is not None:
                 self._slots.move_to_end(key)
                 self._pins[key] = self._pins.get(key, 0) + 1
-            return slot
+        if slot is not None:
+            ADAPTER_HITS.inc()
+        return slot
 
     def _take_slot(self) -> int:
         """A free slot, or the least recently used unpinned one (evicted); RESOURCE_EXHAUSTED if none."""

@@ -342,6 +342,30 @@ class InferenceFrontend:
             else:
                 self._in_flight.pop(tenant, None)
 
+    async def _pin(self, target: Target) -> int:
+        """The adapter's slot, pinned until the request ends; loaded first if it was evicted since `resolve`.
+
+        A resident adapter is pinned here on the loop (a dict lookup under a lock no thread holds for
+        long), so requests for it never queue behind loads stuck in the loads pool. A load runs on
+        that pool; if the caller goes away meanwhile, the slot the load pins is released when it ends.
+        """
+        assert target.adapter_key is not None
+        slot = self.engine.pin_if_loaded(target.adapter_key)
+        if slot is not None:
+            return slot
+        load = self.executors.loads.submit(self.engine.acquire, target.adapter_key, target.directory)
+        try:
+            return await asyncio.wrap_future(load)
+        except asyncio.CancelledError:
+            key = target.adapter_key
+
+            def unpin(done: concurrent.futures.Future[int]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    self.engine.release(key)
+
+            load.add_done_callback(unpin)
+            raise
+
     async def stream(
         self, tenant: str, target: Target, prompt_ids: list[int], sampling: Sampling
     ) -> AsyncIterator[Event]:
@@ -354,10 +378,7 @@ class InferenceFrontend:
             )
             try:
                 if target.adapter_key is not None:
-                    # loads it if it was evicted since `resolve`, and pins it until the request ends
-                    request.slot = await run_in(
-                        self.executors.loads, self.engine.acquire, target.adapter_key, target.directory
-                    )
+                    request.slot = await self._pin(target)
                 self.engine.submit(request)
                 while True:
                     event = await events.get()
