@@ -61,6 +61,8 @@ def _imports(path: Path) -> set[str]:
                 found.add(".".join([*base, node.module] if node.module else base))
             elif node.module:
                 found.add(node.module)
+                # `from tuneforge import evaluation` imports the package tuneforge.evaluation
+                found.update(f"{node.module}.{alias.name}" for alias in node.names if node.module == "tuneforge")
     return {module for module in found if module.startswith("tuneforge")}
 
 
@@ -123,6 +125,8 @@ def test_the_check_sees_lazy_imports(tmp_path: Path) -> None:
     module.parent.mkdir(parents=True)
     module.write_text("def f():\n    from tuneforge.evaluation.suite_store import SuiteStore\n    return SuiteStore\n")
     assert "tuneforge.evaluation.suite_store" in _imports_at(module, tmp_path)
+    module.write_text("def f():\n    from tuneforge import evaluation\n    return evaluation\n")
+    assert "tuneforge.evaluation" in _imports_at(module, tmp_path)
 
 
 def _imports_at(path: Path, root: Path) -> set[str]:
