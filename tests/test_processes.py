@@ -124,6 +124,7 @@ def test_demo_runs_to_the_end(tmp_path: Path) -> None:
     assert "demo-dates:1 → '" in result.stdout and "smollm2-135m-instruct → '" in result.stdout
     assert "structured output pass rate: base" in result.stdout and "95% CI" in result.stdout
     assert (tmp_path / "demo" / "eval-report" / "report.html").read_text().startswith("<!doctype html>")
+    assert "demo-dates:prod → 1: gate PASSED on run eval-" in result.stdout
     assert "exited with code 0" in result.stdout
 
 

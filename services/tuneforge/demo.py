@@ -4,7 +4,8 @@ Stages so far: contracts and auth (an authenticated call), data upload (DatasetS
 hash-verified, idempotent), curation (a dataset version with its report), training (a LoRA job on
 the platform's local Ray, its progress streamed, the adapter registered), inference (the adapter
 answers next to the base model from one replica), evaluation (the adapter against the base model
-on held-out items, with a 95% interval). The platform runs as `tuneforge up` in a child process
+on held-out items, with a 95% interval), promotion (a gate on `prod`, then `prod` moved through it
+with the gate's verdict). The platform runs as `tuneforge up` in a child process
 and is stopped with SIGTERM at the end, which must drain and exit cleanly.
 """
 
@@ -80,7 +81,8 @@ def run_demo(workdir: Path, timeout: float = 600.0) -> int:
             version_id = _curate(client, uploaded.id, workdir)
             adapter = _train(client, version_id)
             _serve(client, adapter)
-            _evaluate(client, adapter, workdir)
+            suite_id = _evaluate(client, adapter, workdir)
+            _promote(client, adapter, suite_id)
 
     except Exception as exc:
         _say("demo", f"FAILED: {exc}")
@@ -203,8 +205,8 @@ def _serve(client: TuneforgeClient, adapter: str) -> None:
         _say("inference", f"{response.resolved_model:>24s} → {response.text.strip()!r}")
 
 
-def _evaluate(client: TuneforgeClient, adapter: str, workdir: Path) -> None:
-    """Evaluation stage: the adapter against the base model on held-out items, with a 95% interval."""
+def _evaluate(client: TuneforgeClient, adapter: str, workdir: Path) -> str:
+    """Evaluation stage: the adapter against the base model on held-out items, with a 95% interval; the suite's id."""
     import json
 
     from tuneforge.console import follow_eval
@@ -245,6 +247,39 @@ def _evaluate(client: TuneforgeClient, adapter: str, workdir: Path) -> None:
     _say("evaluation", f"report: {out / 'report.html'} (also report.md, report.json)")
     if not diff["low"] > 0:
         raise RuntimeError("the adapter's gain on the held-out items is not significant (its 95% interval reaches 0)")
+    return suite.id
+
+
+def _promote(client: TuneforgeClient, adapter: str, suite_id: str) -> None:
+    """Promotion stage: `prod` of the adapter gets a gate, then moves through it on the evaluation run's evidence."""
+    from tuneforge.v1 import training_pb2
+
+    name, _, version = adapter.partition(":")
+    gate = training_pb2.PromotionGate(suite_ids=[suite_id], target_categories=["structured_output"], max_drop=0.05)
+    request = training_pb2.SetPromotionGateRequest(adapter=name, alias="prod", gate=gate)
+    client.call(client.adapters.SetPromotionGate, request)
+    _say(
+        "promotion",
+        f"gate on {name}:prod: a finished run on {suite_id} against the base model where structured_output "
+        "improves (95% interval above 0) and nothing else drops more than 5%",
+    )
+    moved = client.call(
+        client.adapters.SetAdapterAlias,
+        training_pb2.SetAdapterAliasRequest(adapter=name, alias="prod", version=int(version)),
+    )
+    verdict = moved.promotion
+    _say(
+        "promotion",
+        f"{name}:prod → {moved.adapter.aliases['prod']}: gate {'PASSED' if verdict.passed else 'FAILED'} "
+        f"on run {', '.join(verdict.run_ids)}",
+    )
+    for c in verdict.categories:
+        _say(
+            "promotion",
+            f"  {c.category}: {c.difference:+.0%} [{c.difference_ci_low:+.0%}, {c.difference_ci_high:+.0%}] "
+            f"{'ok' if c.passed else 'FAIL'} ({c.reason})",
+        )
+    _say("promotion", "the verdict and the run are in the version's lineage (tuneforge adapters show, ListModels)")
 
 
 def _wait(client: TuneforgeClient, platform: subprocess.Popen, names: list[str], timeout: float, log: Path) -> None:
