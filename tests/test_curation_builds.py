@@ -242,9 +242,11 @@ def test_a_build_whose_worker_died_with_its_server_is_built_again_cleanly(
     first = servers("first", build_lease_ttl_s="2")
     with first.client() as client:
         version = create(client, "orphaned")
-    wait_for("the build to reach the gate", lambda: held_builds(gate, version.id))
+    [worker] = wait_for("the build to reach the gate", lambda: held_builds(gate, version.id))
     [stale] = staging(first.home, version.id)
-    os.killpg(first.process.pid, signal.SIGKILL)  # server and worker at once: the lease is left to expire
+    # server and worker at once (the worker leads a process group of its own): the lease is left to expire
+    os.killpg(first.process.pid, signal.SIGKILL)
+    os.killpg(worker, signal.SIGKILL)
     first.process.wait()
     (gate / "open").touch()
 
