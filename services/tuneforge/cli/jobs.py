@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tuneforge.cli.options import client_for, client_options
 from tuneforge.console import follow_job, job_line
+from tuneforge.training.spec import HYPERPARAMETER_FIELDS
 
 
 def _job_spec(args: argparse.Namespace):  # -> training_pb2.JobSpec
@@ -41,22 +42,9 @@ def _job_spec(args: argparse.Namespace):  # -> training_pb2.JobSpec
             setattr(spec.lora, name, value)
     if args.target_modules:
         spec.lora.target_modules[:] = [m.strip() for m in args.target_modules.split(",") if m.strip()]
-    hyper = (
-        "learning_rate",
-        "epochs",
-        "max_steps",
-        "micro_batch_size",
-        "gradient_accumulation_steps",
-        "warmup_ratio",
-        "weight_decay",
-        "max_seq_len",
-        "seed",
-        "eval_every_steps",
-        "checkpoint_every_steps",
-    )
-    for name in hyper:
-        value = getattr(args, name)
-        if value is not None:
+    for name in HYPERPARAMETER_FIELDS:  # the numeric flags; the switches follow
+        value = getattr(args, name, None)
+        if value is not None and not isinstance(value, bool):
             setattr(spec.hyperparameters, name, value)
     if args.no_packing:
         spec.hyperparameters.packing = False
@@ -191,11 +179,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     events.add_argument("--after", type=int, default=0, help="only events after this sequence")
     jobs.add_parser("checkpoints").add_argument("job_id")
     p.set_defaults(func=cmd_jobs)
-
-    def sampling_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--system", help="system message")
-        p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-        p.add_argument("--top-p", dest="top_p", type=float, default=0.0)
-        p.add_argument("--max-tokens", dest="max_tokens", type=int, default=256)
-        p.add_argument("--stop", action="append", help="stop sequence (repeatable)")
-        p.add_argument("--seed", type=int)

@@ -21,6 +21,26 @@ DEFAULT_LORA_TARGETS = ("q_proj", "v_proj")
 #: Peak learning rate when the spec gives none, by method.
 DEFAULT_LEARNING_RATE = {"lora": 2e-4, "full": 1e-5}
 
+#: The fields of the JobSpec's Hyperparameters and ResourceSpec messages (JobSpecInput names them alike).
+HYPERPARAMETER_FIELDS = (
+    "learning_rate",
+    "epochs",
+    "max_steps",
+    "micro_batch_size",
+    "gradient_accumulation_steps",
+    "warmup_ratio",
+    "weight_decay",
+    "max_seq_len",
+    "seed",
+    "packing",
+    "train_on_prompt",
+    "gradient_checkpointing",
+    "torch_compile",
+    "eval_every_steps",
+    "checkpoint_every_steps",
+)
+RESOURCE_FIELDS = ("num_workers", "use_gpu", "gpus_per_worker", "cpus_per_worker", "max_failures")
+
 #: Each field's name in the JobSpec message, for errors.
 FIELD_PATHS: dict[str, str] = {
     "base_model": "spec.base_model",
@@ -32,34 +52,12 @@ FIELD_PATHS: dict[str, str] = {
     "lora_dropout": "spec.lora.dropout",
     "target_modules": "spec.lora.target_modules",
     "base_precision": "spec.lora.base_precision",
-    **{
-        name: f"spec.hyperparameters.{name}"
-        for name in (
-            "learning_rate",
-            "epochs",
-            "max_steps",
-            "micro_batch_size",
-            "gradient_accumulation_steps",
-            "warmup_ratio",
-            "weight_decay",
-            "max_seq_len",
-            "seed",
-            "train_on_prompt",
-            "gradient_checkpointing",
-            "torch_compile",
-            "packing",
-            "eval_every_steps",
-            "checkpoint_every_steps",
-        )
-    },
+    **{name: f"spec.hyperparameters.{name}" for name in HYPERPARAMETER_FIELDS},
     "deepspeed_stage": "spec.deepspeed.stage",
     "offload_optimizer": "spec.deepspeed.offload_optimizer",
     "offload_parameters": "spec.deepspeed.offload_parameters",
     "optimizer_precision": "spec.deepspeed.optimizer_precision",
-    **{
-        name: f"spec.resources.{name}"
-        for name in ("num_workers", "use_gpu", "gpus_per_worker", "cpus_per_worker", "max_failures")
-    },
+    **{name: f"spec.resources.{name}" for name in RESOURCE_FIELDS},
 }
 
 _INT64 = 2**63 - 1

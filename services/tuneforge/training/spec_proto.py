@@ -13,7 +13,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from tuneforge.common.errors import FieldViolation
-from tuneforge.training.spec import JobSpecInput, parse_spec
+from tuneforge.training.spec import HYPERPARAMETER_FIELDS, RESOURCE_FIELDS, JobSpecInput, parse_spec
 from tuneforge.v1 import training_pb2
 
 _METHODS = {training_pb2.TRAINING_METHOD_LORA: "lora", training_pb2.TRAINING_METHOD_FULL: "full"}
@@ -27,33 +27,11 @@ _FIELDS: tuple[tuple[str, str, str], ...] = (
     ("lora", "alpha", "lora_alpha"),
     ("lora", "dropout", "lora_dropout"),
     ("lora", "base_precision", "base_precision"),
-    *(
-        ("hyperparameters", name, name)
-        for name in (
-            "learning_rate",
-            "epochs",
-            "max_steps",
-            "micro_batch_size",
-            "gradient_accumulation_steps",
-            "warmup_ratio",
-            "weight_decay",
-            "max_seq_len",
-            "seed",
-            "packing",
-            "train_on_prompt",
-            "gradient_checkpointing",
-            "torch_compile",
-            "eval_every_steps",
-            "checkpoint_every_steps",
-        )
-    ),
+    *(("hyperparameters", name, name) for name in HYPERPARAMETER_FIELDS),
     ("deepspeed", "offload_optimizer", "offload_optimizer"),
     ("deepspeed", "offload_parameters", "offload_parameters"),
     ("deepspeed", "optimizer_precision", "optimizer_precision"),
-    *(
-        ("resources", name, name)
-        for name in ("num_workers", "use_gpu", "gpus_per_worker", "cpus_per_worker", "max_failures")
-    ),
+    *(("resources", name, name) for name in RESOURCE_FIELDS),
 )
 
 
