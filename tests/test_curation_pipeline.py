@@ -856,6 +856,7 @@ def test_cleaning_is_idempotent_and_leaves_no_stray_format_character(text: str) 
 def test_a_pool_process_killed_mid_build_fails_the_build_instead_of_hanging_it(tokenizer) -> None:
     """The OOM killer takes a pool process: the batch it held raises, so the worker fails the version
     with the cause (a multiprocessing.Pool waited for that batch forever, lease renewed all along)."""
+    import contextlib
     import os
     import signal
     from concurrent.futures.process import BrokenProcessPool
@@ -869,8 +870,12 @@ def test_a_pool_process_killed_mid_build_fails_the_build_instead_of_hanging_it(t
 
     def batches():
         for index in range(20):
-            if index == 4:  # the pool is busy: one of its processes dies as the OOM killer kills
-                os.kill(next(iter(pool.worker_pids)), signal.SIGKILL)
+            # from the fifth batch on the OOM killer takes every pool process there is. Killing only one
+            # was a race: when it held no batch, the other finished them all and the build (rightly) did
+            # not fail. With every process gone, the batches still to come can never complete.
+            for pid in pool.worker_pids if index >= 4 else ():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             yield {"source": ["a.jsonl"] * 4, "line": [1, 2, 3, 4], "raw": [record] * 4, "format": ["auto"] * 4}
 
     with pytest.raises(BrokenProcessPool):
