@@ -1,5 +1,8 @@
-"""The adapter registry: tenant-scoped names, immutable numbered versions with lineage, movable aliases.
+"""The registry: tenant-scoped names, immutable numbered versions with lineage, movable aliases.
 
+One mechanism for every kind of version a tenant can serve: a line (`name`) holds LoRA adapters
+(`register`), whole models from full fine-tuning jobs (`register_model`) or models merged from an
+adapter version (`register_merged`); all versions of a line are of one kind and one base model.
 A version's files are copied into the artifact store (`adapters/<name>/<version>/`) with their
 SHA-256, so serving can verify what it loads. Aliases (e.g. `prod`) move atomically in one row
 update; a version an alias points to cannot be deleted. `resolve("name[:version|alias]")` is what
@@ -28,6 +31,14 @@ READY, DELETED = "ready", "deleted"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 RESERVED_ALIASES = {"latest"}
 
+#: Kinds of registry lines: a LoRA adapter (served on its base model), a whole model from a full
+#: fine-tuning job, a whole model merged from an adapter version (both served by an engine of their own).
+ADAPTER, FULL_FINE_TUNE, MERGED = "adapter", "full_fine_tune", "merged"
+KINDS = (ADAPTER, FULL_FINE_TUNE, MERGED)
+MODEL_KINDS = (FULL_FINE_TUNE, MERGED)
+#: Files of a model directory the registry keeps (weights as safetensors only: pickles are never stored).
+MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".txt", ".jinja", ".model", ".tiktoken")
+
 
 @dataclass(frozen=True)
 class AdapterInfo:
@@ -39,6 +50,8 @@ class AdapterInfo:
     updated_at: datetime
     #: When each alias last moved (a gated move's lineage record carries the same time).
     alias_moved_at: dict[str, datetime] = field(default_factory=dict)
+    #: `adapter`, `full_fine_tune` or `merged` (every version of the line is of this kind).
+    kind: str = ADAPTER
 
 
 @dataclass(frozen=True)
@@ -54,13 +67,20 @@ class AdapterVersionInfo:
     artifact_key: str
     created_at: datetime
     updated_at: datetime
+    #: `adapter`, `full_fine_tune` or `merged`: a model version (not an adapter) is a whole model.
+    kind: str = ADAPTER
 
     @property
     def ref(self) -> str:
         return f"{self.adapter}:{self.version}"
 
+    @property
+    def is_model(self) -> bool:
+        """A whole model (full fine-tune or merged), served by an engine of its own rather than in a slot."""
+        return self.kind in MODEL_KINDS
 
-def _version(row: AdapterVersionRow) -> AdapterVersionInfo:
+
+def _version(row: AdapterVersionRow, kind: str = ADAPTER) -> AdapterVersionInfo:
     return AdapterVersionInfo(
         row.adapter,
         row.version,
@@ -73,7 +93,37 @@ def _version(row: AdapterVersionRow) -> AdapterVersionInfo:
         row.artifact_key,
         row.created_at,
         row.updated_at,
+        kind,
     )
+
+
+def _copy_hashed(source: Path, target: Path) -> dict[str, Any]:
+    """Copies one file, hashing it on the way (model weights may be gigabytes: read once, in chunks)."""
+    digest, size = hashlib.sha256(), 0
+    with source.open("rb") as reader, target.open("wb") as writer:
+        for chunk in iter(lambda: reader.read(1 << 20), b""):
+            digest.update(chunk)
+            writer.write(chunk)
+            size += len(chunk)
+    return {"name": source.name, "sha256": digest.hexdigest(), "size_bytes": size}
+
+
+def model_files(directory: Path) -> list[Path]:
+    """The files of a model directory the registry stores; FAILED_PRECONDITION when it is not a whole model.
+
+    A model is its `config.json`, its safetensors weights (one file or shards with their index), its
+    tokenizer and chat template files; anything else (optimizer state, pickled weights) is left out.
+    """
+    if not directory.is_dir():
+        raise FailedPrecondition(f"model directory {directory} does not exist")
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in MODEL_FILE_SUFFIXES)
+    names = {p.name for p in files}
+    if "config.json" not in names or not any(p.suffix == ".safetensors" for p in files):
+        raise FailedPrecondition(
+            f"{directory} is not a model directory: it needs config.json and safetensors weights "
+            f"(found {', '.join(sorted(names)) or 'nothing'})"
+        )
+    return files
 
 
 def check_alias(alias: str, field: str = "alias") -> str:
@@ -115,46 +165,121 @@ class AdapterRegistry:
         check_resource_name(name, "adapter_name")
         config = json.loads((source / "adapter_config.json").read_text())
         base_model = str(lineage.get("base_model") or config.get("base_model_name_or_path") or "")
-        staging = self.artifacts.make_temp_dir(f"adapter-{name}")
+        target_modules = config.get("target_modules") or []
+        return self._store(
+            tenant,
+            name,
+            ADAPTER,
+            [source / file_name for file_name in ADAPTER_FILES],
+            {**lineage, "base_model": base_model},
+            metrics,
+            rank=int(config.get("r", 0)),
+            target_modules=sorted(target_modules) if isinstance(target_modules, list) else [target_modules],
+        )
+
+    def register_model(
+        self,
+        tenant: str,
+        name: str,
+        source: Path,
+        lineage: dict[str, Any],
+        metrics: dict[str, float] | None = None,
+        *,
+        kind: str = FULL_FINE_TUNE,
+    ) -> AdapterVersionInfo:
+        """Copies a whole model directory (config, safetensors, tokenizer) into the store as the next version of `name`.
+
+        `lineage` is the adapter's (`base_model`, `base_model_revision`, `template_hash`,
+        `dataset_version_id`, `job_id`, `spec`): `base_model` names the model it was tuned from.
+        """
+        check_resource_name(name, "model_name")
+        if kind not in MODEL_KINDS:
+            raise InvalidArgument.for_field("kind", f"must be one of {', '.join(MODEL_KINDS)}")
+        if not lineage.get("base_model"):
+            raise InvalidArgument.for_field("lineage.base_model", "names the model this one was tuned from")
+        return self._store(tenant, name, kind, model_files(source), dict(lineage), metrics)
+
+    def register_merged(
+        self,
+        tenant: str,
+        name: str,
+        source_adapter_version: AdapterVersionInfo,
+        directory: Path,
+        metrics: dict[str, float] | None = None,
+        lineage: dict[str, Any] | None = None,
+    ) -> AdapterVersionInfo:
+        """Registers `directory` (the adapter merged into its base) as the next version of model `name`.
+
+        The version inherits the adapter version's lineage (base, template hash, dataset, job, spec)
+        and records `source_adapter_version` (`adapter:version`); `lineage` adds keys of the merge's own
+        (e.g. `dtype`). `metrics` default to the adapter's.
+        """
+        if source_adapter_version.kind != ADAPTER:
+            raise FailedPrecondition(
+                f"{source_adapter_version.ref} is a {source_adapter_version.kind} model, not an adapter"
+            )
+        inherited = {k: v for k, v in source_adapter_version.lineage.items() if k != "promotions"}
+        record = {**inherited, **(lineage or {}), "source_adapter_version": source_adapter_version.ref}
+        return self.register_model(
+            tenant,
+            name,
+            directory,
+            record,
+            source_adapter_version.metrics if metrics is None else metrics,
+            kind=MERGED,
+        )
+
+    def _store(
+        self,
+        tenant: str,
+        name: str,
+        kind: str,
+        sources: list[Path],
+        lineage: dict[str, Any],
+        metrics: dict[str, float] | None,
+        rank: int = 0,
+        target_modules: list[str] | None = None,
+    ) -> AdapterVersionInfo:
+        """Copies `sources` into a new version of line `name` (created with `kind` when new) in one transaction."""
+        base_model = str(lineage.get("base_model") or "")
+        staging = self.artifacts.make_temp_dir(f"{kind}-{name}")
         try:
-            files = []
-            for file_name in ADAPTER_FILES:
-                shutil.copyfile(source / file_name, staging / file_name)
-                data = (staging / file_name).read_bytes()
-                files.append({"name": file_name, "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)})
+            files = [_copy_hashed(path, staging / path.name) for path in sources]
             now = utcnow()
             with self.metadata.session() as session:
-                adapter = session.get(AdapterRow, (tenant, name), with_for_update=True)
-                if adapter is None:
-                    adapter = AdapterRow(
+                line = session.get(AdapterRow, (tenant, name), with_for_update=True)
+                if line is None:
+                    line = AdapterRow(
                         tenant=tenant,
                         name=name,
                         base_model=base_model,
+                        kind=kind,
                         latest_version=0,
                         created_at=now,
                         updated_at=now,
                     )
-                    session.add(adapter)
-                elif adapter.base_model != base_model:
+                    session.add(line)
+                elif line.kind != kind:
                     raise FailedPrecondition(
-                        f"adapter {name!r} holds versions for base model {adapter.base_model!r}, not {base_model!r}; "
+                        f"{name!r} holds {line.kind} versions, not {kind} ones; register it under another name"
+                    )
+                elif line.base_model != base_model:
+                    raise FailedPrecondition(
+                        f"{name!r} holds versions for base model {line.base_model!r}, not {base_model!r}; "
                         "register it under another name"
                     )
-                version = adapter.latest_version + 1
+                version = line.latest_version + 1
                 key = f"adapters/{name}/{version}"
                 self.artifacts.for_tenant(tenant).publish_dir(key, staging)
-                adapter.latest_version, adapter.updated_at = version, now
-                target_modules = config.get("target_modules") or []
+                line.latest_version, line.updated_at = version, now
                 row = AdapterVersionRow(
                     tenant=tenant,
                     adapter=name,
                     version=version,
                     state=READY,
-                    rank=int(config.get("r", 0)),
-                    target_modules_json=json.dumps(
-                        sorted(target_modules) if isinstance(target_modules, list) else [target_modules]
-                    ),
-                    lineage_json=json.dumps({**lineage, "base_model": base_model}, sort_keys=True),
+                    rank=rank,
+                    target_modules_json=json.dumps(target_modules or []),
+                    lineage_json=json.dumps(lineage, sort_keys=True),
                     metrics_json=json.dumps(metrics or {}),
                     files_json=json.dumps(files),
                     artifact_key=key,
@@ -162,7 +287,7 @@ class AdapterRegistry:
                     updated_at=now,
                 )
                 session.add(row)
-                return _version(row)
+                return _version(row, kind)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -187,15 +312,19 @@ class AdapterRegistry:
             row.created_at,
             row.updated_at,
             {a.alias: a.updated_at for a in rows},
+            row.kind,
         )
 
     def get_adapter(self, tenant: str, name: str) -> AdapterInfo:
         with self.metadata.session() as session:
             return self._info(session, self._adapter(session, tenant, name))
 
-    def list_adapters(self, tenant: str, page_size: int = 0, page_token: str = "") -> tuple[list[AdapterInfo], str]:
+    def list_adapters(
+        self, tenant: str, page_size: int = 0, page_token: str = "", kinds: tuple[str, ...] = (ADAPTER,)
+    ) -> tuple[list[AdapterInfo], str]:
+        """The tenant's lines of the given kinds (adapters only by default), by name."""
         size = page_size_of(page_size)
-        query = select(AdapterRow).where(AdapterRow.tenant == tenant)
+        query = select(AdapterRow).where(AdapterRow.tenant == tenant, AdapterRow.kind.in_(kinds))
         if page_token:
             query = query.where(AdapterRow.name > decode_cursor(page_token, "adapters", (str,))[0])
         with self.metadata.session() as session:
@@ -227,17 +356,18 @@ class AdapterRegistry:
             found = session.get(AdapterVersionRow, (tenant, name, version))
             if found is None or found.state != READY:
                 raise NotFound("adapter version", f"{name}:{version}")
-            return _version(found)
+            return _version(found, adapter.kind)
 
     def find_by_job(self, tenant: str, name: str, job_id: str) -> AdapterVersionInfo | None:
         """The version a job registered, if it did (so a retried registration does not add another)."""
         with self.metadata.session() as session:
+            line = session.get(AdapterRow, (tenant, name))
             rows = session.scalars(
                 select(AdapterVersionRow).where(AdapterVersionRow.tenant == tenant, AdapterVersionRow.adapter == name)
             )
             for row in rows:
                 if json.loads(row.lineage_json).get("job_id") == job_id:
-                    return _version(row)
+                    return _version(row, line.kind if line is not None else ADAPTER)
         return None
 
     def resolve(self, tenant: str, ref: str, field: str = "model") -> AdapterVersionInfo:
@@ -256,11 +386,11 @@ class AdapterRegistry:
             (before,) = decode_cursor(page_token, "adapter-versions", (int,))
             query = query.where(AdapterVersionRow.version < before)
         with self.metadata.session() as session:
-            self._adapter(session, tenant, name)
+            kind = self._adapter(session, tenant, name).kind
             rows = list(session.scalars(query.order_by(AdapterVersionRow.version.desc()).limit(size + 1)))
-        return [_version(r) for r in rows[:size]], encode_cursor("adapter-versions", rows[size - 1].version) if len(
-            rows
-        ) > size else ""
+        return [_version(r, kind) for r in rows[:size]], encode_cursor(
+            "adapter-versions", rows[size - 1].version
+        ) if len(rows) > size else ""
 
     def set_alias(
         self, tenant: str, name: str, alias: str, version: int, promotion: dict[str, Any] | None = None
@@ -313,3 +443,7 @@ class AdapterRegistry:
             row.state, row.updated_at = DELETED, utcnow()
             key = row.artifact_key
         self.artifacts.for_tenant(tenant).delete_tree(key)
+
+
+#: The registry under the name model versions are spoken of by (one class, one mechanism).
+ModelRegistry = AdapterRegistry

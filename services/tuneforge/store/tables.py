@@ -111,13 +111,15 @@ class DatasetVersionRow(Base):
 
 
 class AdapterRow(Base):
-    """A tenant's named line of adapter versions."""
+    """A tenant's named line of registry versions: LoRA adapters, full fine-tunes or merged models."""
 
     __tablename__ = "adapters"
 
     tenant: Mapped[str] = mapped_column(String(63), primary_key=True)
     name: Mapped[str] = mapped_column(String(63), primary_key=True)
     base_model: Mapped[str] = mapped_column(String(512), nullable=False)
+    #: What every version of the line is: `adapter`, `full_fine_tune` or `merged` (catalog/adapters.py).
+    kind: Mapped[str] = mapped_column(String(16), nullable=False, default="adapter", server_default="adapter")
     latest_version: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
@@ -310,3 +312,69 @@ class LeaseRow(Base):
     holder: Mapped[str] = mapped_column(String(200), nullable=False)
     acquired_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+
+
+class ServedResponseRow(Base):
+    """An answer the inference front served, kept for `inference.feedback_window_s` so that feedback on it
+    is stored with what produced it (the prompt, model and sampling as the server knew them)."""
+
+    __tablename__ = "served_responses"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(63), nullable=False)
+    #: The exact model that answered (`support-bot:7`, or the base model id).
+    model: Mapped[str] = mapped_column(String(200), nullable=False)
+    base_model: Mapped[str] = mapped_column(String(512), nullable=False)
+    messages_json: Mapped[str] = mapped_column(Text, nullable=False)
+    sampling_json: Mapped[str] = mapped_column(Text, nullable=False)
+    answer: Mapped[str] = mapped_column(Text, nullable=False)
+    finish_reason: Mapped[str] = mapped_column(String(32), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+
+    __table_args__ = (Index("ix_served_responses_expires_at", "expires_at"),)
+
+
+class FeedbackRow(Base):
+    """A tenant's rating of one served answer (one item per response; a later submit replaces it)."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(63), nullable=False)
+    response_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    #: `up`, `down`, or '' for none.
+    rating: Mapped[str] = mapped_column(String(8), nullable=False, default="")
+    #: 1-5, or 0 for none.
+    score: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    corrected_answer: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    comment: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    model: Mapped[str] = mapped_column(String(200), nullable=False)
+    base_model: Mapped[str] = mapped_column(String(512), nullable=False)
+    messages_json: Mapped[str] = mapped_column(Text, nullable=False)
+    sampling_json: Mapped[str] = mapped_column(Text, nullable=False)
+    answer: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+
+    __table_args__ = (
+        UniqueConstraint("tenant", "response_id", name="uq_feedback_tenant_response_id"),
+        Index("ix_feedback_tenant_created", "tenant", "created_at", "id"),
+    )
+
+
+class FeedbackExportLineRow(Base):
+    """Lineage of a file an export of feedback wrote: which feedback item each of its lines came from."""
+
+    __tablename__ = "feedback_export_lines"
+
+    file_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: 1-based line of the file.
+    line: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(63), nullable=False)
+    feedback_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    #: `instruction` (a corrected or approved answer) or `preference` (a chosen/rejected pair).
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+
+    __table_args__ = (Index("ix_feedback_export_lines_tenant_feedback", "tenant", "feedback_id"),)
