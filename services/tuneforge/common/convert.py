@@ -7,7 +7,7 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from tuneforge.v1 import common_pb2
+from tuneforge.v1 import common_pb2, inference_pb2
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:
@@ -22,6 +22,15 @@ def timestamp(value: datetime | None) -> Timestamp | None:
 def resource_times(created: datetime, updated: datetime) -> common_pb2.ResourceTimes:
     """The ResourceTimes message of a resource."""
     return common_pb2.ResourceTimes(create_time=timestamp(created), update_time=timestamp(updated))
+
+
+#: A registry line's kind (catalog/adapters.py) as the ModelKind enum, and back.
+MODEL_KINDS = {
+    "adapter": inference_pb2.MODEL_KIND_ADAPTER,
+    "full_fine_tune": inference_pb2.MODEL_KIND_FULL_FINE_TUNE,
+    "merged": inference_pb2.MODEL_KIND_MERGED,
+}
+MODEL_KIND_NAMES = {value: name for name, value in MODEL_KINDS.items()}
 
 
 #: Where a promotion gate came from, as the promotion records of a version's lineage name it.

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import sys
 import threading
 import time
@@ -34,11 +35,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from tuneforge.catalog.adapters import AdapterRegistry
+from tuneforge.catalog.adapters import ADAPTER, FULL_FINE_TUNE, AdapterRegistry, AdapterVersionInfo
 from tuneforge.catalog.datasets import DatasetCatalog
 from tuneforge.common.logging import get_logger
 from tuneforge.common.settings import Settings
-from tuneforge.models import ModelResolver
+from tuneforge.models import ModelResolver, ResolvedModel
 from tuneforge.store.artifacts import ArtifactStore
 from tuneforge.store.leases import Leases
 from tuneforge.store.metadata import MetadataStore
@@ -418,31 +419,62 @@ class JobRunner:
             return
         if job.state == QUEUED:  # finished before a tick saw its start record
             self.jobs.transition(job.id, RUNNING, "workers started")
-        if spec.method != "lora":
-            self.jobs.transition(job.id, SUCCEEDED, f"full fine-tune saved as {final.name} of the job's output")
-            return
         version = self.registry.find_by_job(job.tenant, spec.adapter_name, job.id)
         if version is None:
             dataset_version = self.datasets.get(job.tenant, spec.dataset_version_id)
             template = dataset_version.template_hash if dataset_version is not None else ""
             resolved = self.models.resolve(spec.base_model)
             state = json.loads((final / CHECKPOINT_STATE).read_text())
-            version = self.registry.register(
-                job.tenant,
-                spec.adapter_name,
-                final,
-                {
-                    "base_model": spec.base_model,
-                    "base_model_revision": model_revision(Path(resolved.source), spec.base_model),
-                    "template_hash": template,
-                    "dataset_version_id": spec.dataset_version_id,
-                    "job_id": job.id,
-                    "spec": spec_dict(spec),
-                },
-                {k: float(v) for k, v in state.get("metrics", {}).items() if k not in ("step", "total_steps")},
-            )
-        self.jobs.transition(job.id, SUCCEEDED, f"registered adapter {version.ref}", adapter_version=version.ref)
-        log.info("job_succeeded", job_id=job.id, adapter=version.ref)
+            lineage = {
+                "base_model": spec.base_model,
+                "base_model_revision": model_revision(Path(resolved.source), spec.base_model),
+                "template_hash": template,
+                "dataset_version_id": spec.dataset_version_id,
+                "job_id": job.id,
+                "spec": spec_dict(spec),
+                "checkpoint": final.name,
+            }
+            metrics = {k: float(v) for k, v in state.get("metrics", {}).items() if k not in ("step", "total_steps")}
+            if spec.method == "lora":
+                version = self.registry.register(job.tenant, spec.adapter_name, final, lineage, metrics)
+            else:
+                version = self._register_full(job.tenant, spec.adapter_name, final, resolved, lineage, metrics)
+        what = "adapter" if version.kind == ADAPTER else "model"
+        self.jobs.transition(job.id, SUCCEEDED, f"registered {what} {version.ref}", adapter_version=version.ref)
+        log.info("job_succeeded", job_id=job.id, adapter=version.ref, kind=version.kind)
+
+    def _register_full(
+        self,
+        tenant: str,
+        name: str,
+        checkpoint: Path,
+        base: ResolvedModel,
+        lineage: dict[str, Any],
+        metrics: dict[str, float],
+    ) -> AdapterVersionInfo:
+        """A full fine-tune's final checkpoint as a model version: its weights and config with the base's tokenizer.
+
+        The checkpoint holds the weights (and optimizer state, left out); the tokenizer and chat
+        template the job trained with are the base model's, written beside them so the version is a
+        whole model that serving and export load on their own. Weights are hard-linked where the
+        filesystem allows (the registry copies them once more into its own directory).
+        """
+        staging = self.artifacts.make_temp_dir(f"full-{name}")
+        try:
+            for file in checkpoint.iterdir():
+                if (
+                    file.suffix == ".safetensors"
+                    or file.name in ("config.json", "generation_config.json")
+                    or (file.name.endswith(".safetensors.index.json"))
+                ):
+                    try:
+                        os.link(file, staging / file.name)
+                    except OSError:
+                        shutil.copyfile(file, staging / file.name)
+            self.models.load_tokenizer(base).save_pretrained(staging)
+            return self.registry.register_model(tenant, name, staging, lineage, metrics, kind=FULL_FINE_TUNE)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def list_checkpoints(output_dir: Path) -> list[dict[str, Any]]:

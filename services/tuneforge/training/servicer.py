@@ -14,7 +14,14 @@ import grpc
 from tuneforge.catalog.adapters import AdapterInfo, AdapterRegistry, AdapterVersionInfo
 from tuneforge.catalog.datasets import DatasetCatalog
 from tuneforge.common.auth import current_principal
-from tuneforge.common.convert import GATE_SOURCES, promotion_message, resource_times, timestamp
+from tuneforge.common.convert import (
+    GATE_SOURCES,
+    MODEL_KIND_NAMES,
+    MODEL_KINDS,
+    promotion_message,
+    resource_times,
+    timestamp,
+)
 from tuneforge.common.errors import InvalidArgument, NotFound, Unavailable
 from tuneforge.models import ModelResolver
 from tuneforge.training.job_store import FINAL, JobEvent, JobInfo, JobStore
@@ -169,6 +176,7 @@ def adapter_message(info: AdapterInfo) -> training_pb2.Adapter:
         aliases=info.aliases,
         base_model=info.base_model,
         times=resource_times(info.created_at, info.updated_at),
+        kind=MODEL_KINDS[info.kind],
     )
 
 
@@ -213,7 +221,9 @@ def version_message(info: AdapterVersionInfo) -> training_pb2.AdapterVersion:
             job_id=lineage.get("job_id", ""),
             spec=spec,
             promotions=[promotion_message(p) for p in lineage.get("promotions", [])],
+            source_adapter_version=lineage.get("source_adapter_version", ""),
         ),
+        kind=MODEL_KINDS[info.kind],
         metrics={k: float(v) for k, v in info.metrics.items()},
         files=[
             training_pb2.AdapterFile(
@@ -241,8 +251,12 @@ class AdapterServicer(training_pb2_grpc.AdapterServiceServicer):
     async def ListAdapters(
         self, request: training_pb2.ListAdaptersRequest, context: grpc.aio.ServicerContext
     ) -> training_pb2.ListAdaptersResponse:
+        unknown = [k for k in request.kinds if k not in MODEL_KIND_NAMES]
+        if unknown:
+            raise InvalidArgument.for_field("kinds", f"{unknown[0]} is not a model kind")
+        kinds = tuple(MODEL_KIND_NAMES[k] for k in request.kinds) or ("adapter",)
         page, token = await asyncio.to_thread(
-            self.registry.list_adapters, current_principal().tenant, request.page_size, request.page_token
+            self.registry.list_adapters, current_principal().tenant, request.page_size, request.page_token, kinds
         )
         return training_pb2.ListAdaptersResponse(adapters=[adapter_message(a) for a in page], next_page_token=token)
 

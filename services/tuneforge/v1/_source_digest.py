@@ -1,3 +1,3 @@
 """Digest of the .proto sources this package was generated from (written by `make proto`)."""
 
-PROTO_SOURCES_SHA256 = "9b5f8b95e263d44cd9862b62d4753414366388124f2377b6c763dd6c49c2ab56"
+PROTO_SOURCES_SHA256 = "bc9ff54b5904b7495cc6659c5cbe0f98d4eaaaff169f83e62a066dcf3810b6c9"

@@ -8,12 +8,23 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODEL_KIND_UNSPECIFIED: _ClassVar[ModelKind]
+    MODEL_KIND_ADAPTER: _ClassVar[ModelKind]
+    MODEL_KIND_FULL_FINE_TUNE: _ClassVar[ModelKind]
+    MODEL_KIND_MERGED: _ClassVar[ModelKind]
+
 class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FINISH_REASON_UNSPECIFIED: _ClassVar[FinishReason]
     FINISH_REASON_STOP: _ClassVar[FinishReason]
     FINISH_REASON_LENGTH: _ClassVar[FinishReason]
     FINISH_REASON_STOP_SEQUENCE: _ClassVar[FinishReason]
+MODEL_KIND_UNSPECIFIED: ModelKind
+MODEL_KIND_ADAPTER: ModelKind
+MODEL_KIND_FULL_FINE_TUNE: ModelKind
+MODEL_KIND_MERGED: ModelKind
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
@@ -52,16 +63,18 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("text", "finish_reason", "usage", "resolved_model")
+    __slots__ = ("text", "finish_reason", "usage", "resolved_model", "response_id")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     RESOLVED_MODEL_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_ID_FIELD_NUMBER: _ClassVar[int]
     text: str
     finish_reason: FinishReason
     usage: Usage
     resolved_model: str
-    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., resolved_model: _Optional[str] = ...) -> None: ...
+    response_id: str
+    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., resolved_model: _Optional[str] = ..., response_id: _Optional[str] = ...) -> None: ...
 
 class GenerateStreamRequest(_message.Message):
     __slots__ = ("model", "messages", "sampling")
@@ -74,34 +87,40 @@ class GenerateStreamRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ...) -> None: ...
 
 class GenerateStreamResponse(_message.Message):
-    __slots__ = ("delta", "finish_reason", "usage", "resolved_model")
+    __slots__ = ("delta", "finish_reason", "usage", "resolved_model", "response_id")
     DELTA_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     RESOLVED_MODEL_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_ID_FIELD_NUMBER: _ClassVar[int]
     delta: str
     finish_reason: FinishReason
     usage: Usage
     resolved_model: str
-    def __init__(self, delta: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., resolved_model: _Optional[str] = ...) -> None: ...
+    response_id: str
+    def __init__(self, delta: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., resolved_model: _Optional[str] = ..., response_id: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "base_model", "is_base", "version", "promotion")
+    __slots__ = ("name", "base_model", "is_base", "version", "promotion", "kind", "loaded")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     IS_BASE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PROMOTION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    LOADED_FIELD_NUMBER: _ClassVar[int]
     name: str
     base_model: str
     is_base: bool
     version: int
     promotion: _common_pb2.Promotion
-    def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., is_base: _Optional[bool] = ..., version: _Optional[int] = ..., promotion: _Optional[_Union[_common_pb2.Promotion, _Mapping]] = ...) -> None: ...
+    kind: ModelKind
+    loaded: bool
+    def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., is_base: _Optional[bool] = ..., version: _Optional[int] = ..., promotion: _Optional[_Union[_common_pb2.Promotion, _Mapping]] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., loaded: _Optional[bool] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)

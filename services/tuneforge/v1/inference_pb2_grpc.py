@@ -78,7 +78,8 @@ class InferenceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListModels(self, request, context):
-        """Lists the models the caller can use: the base model and the caller's servable adapters.
+        """Lists the models the caller can use: the base model, the caller's servable adapters and model
+        versions (full fine-tunes, merged models), each with whether it is loaded now.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

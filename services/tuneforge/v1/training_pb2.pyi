@@ -2,6 +2,7 @@ import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from tuneforge.v1 import common_pb2 as _common_pb2
+from tuneforge.v1 import inference_pb2 as _inference_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -338,7 +339,7 @@ class ListCheckpointsResponse(_message.Message):
     def __init__(self, checkpoints: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ...) -> None: ...
 
 class AdapterLineage(_message.Message):
-    __slots__ = ("base_model", "base_model_revision", "template_hash", "dataset_version_id", "job_id", "spec", "promotions")
+    __slots__ = ("base_model", "base_model_revision", "template_hash", "dataset_version_id", "job_id", "spec", "promotions", "source_adapter_version")
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_REVISION_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_HASH_FIELD_NUMBER: _ClassVar[int]
@@ -346,6 +347,7 @@ class AdapterLineage(_message.Message):
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     PROMOTIONS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ADAPTER_VERSION_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     base_model_revision: str
     template_hash: str
@@ -353,7 +355,8 @@ class AdapterLineage(_message.Message):
     job_id: str
     spec: JobSpec
     promotions: _containers.RepeatedCompositeFieldContainer[_common_pb2.Promotion]
-    def __init__(self, base_model: _Optional[str] = ..., base_model_revision: _Optional[str] = ..., template_hash: _Optional[str] = ..., dataset_version_id: _Optional[str] = ..., job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., promotions: _Optional[_Iterable[_Union[_common_pb2.Promotion, _Mapping]]] = ...) -> None: ...
+    source_adapter_version: str
+    def __init__(self, base_model: _Optional[str] = ..., base_model_revision: _Optional[str] = ..., template_hash: _Optional[str] = ..., dataset_version_id: _Optional[str] = ..., job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., promotions: _Optional[_Iterable[_Union[_common_pb2.Promotion, _Mapping]]] = ..., source_adapter_version: _Optional[str] = ...) -> None: ...
 
 class PromotionGate(_message.Message):
     __slots__ = ("adapter", "alias", "suite_ids", "target_categories", "max_drop", "min_judge_score", "source", "updated_by", "times")
@@ -386,7 +389,7 @@ class AdapterFile(_message.Message):
     def __init__(self, name: _Optional[str] = ..., digest: _Optional[_Union[_common_pb2.ContentDigest, _Mapping]] = ...) -> None: ...
 
 class AdapterVersion(_message.Message):
-    __slots__ = ("adapter", "version", "state", "rank", "target_modules", "lineage", "metrics", "files", "times")
+    __slots__ = ("adapter", "version", "state", "rank", "target_modules", "lineage", "metrics", "files", "times", "kind")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -403,6 +406,7 @@ class AdapterVersion(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
     TIMES_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     adapter: str
     version: int
     state: AdapterVersionState
@@ -412,10 +416,11 @@ class AdapterVersion(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     files: _containers.RepeatedCompositeFieldContainer[AdapterFile]
     times: _common_pb2.ResourceTimes
-    def __init__(self, adapter: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[_Union[AdapterVersionState, str]] = ..., rank: _Optional[int] = ..., target_modules: _Optional[_Iterable[str]] = ..., lineage: _Optional[_Union[AdapterLineage, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., files: _Optional[_Iterable[_Union[AdapterFile, _Mapping]]] = ..., times: _Optional[_Union[_common_pb2.ResourceTimes, _Mapping]] = ...) -> None: ...
+    kind: _inference_pb2.ModelKind
+    def __init__(self, adapter: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[_Union[AdapterVersionState, str]] = ..., rank: _Optional[int] = ..., target_modules: _Optional[_Iterable[str]] = ..., lineage: _Optional[_Union[AdapterLineage, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., files: _Optional[_Iterable[_Union[AdapterFile, _Mapping]]] = ..., times: _Optional[_Union[_common_pb2.ResourceTimes, _Mapping]] = ..., kind: _Optional[_Union[_inference_pb2.ModelKind, str]] = ...) -> None: ...
 
 class Adapter(_message.Message):
-    __slots__ = ("name", "latest_version", "aliases", "base_model", "times")
+    __slots__ = ("name", "latest_version", "aliases", "base_model", "times", "kind")
     class AliasesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -428,12 +433,14 @@ class Adapter(_message.Message):
     ALIASES_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     TIMES_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     name: str
     latest_version: int
     aliases: _containers.ScalarMap[str, int]
     base_model: str
     times: _common_pb2.ResourceTimes
-    def __init__(self, name: _Optional[str] = ..., latest_version: _Optional[int] = ..., aliases: _Optional[_Mapping[str, int]] = ..., base_model: _Optional[str] = ..., times: _Optional[_Union[_common_pb2.ResourceTimes, _Mapping]] = ...) -> None: ...
+    kind: _inference_pb2.ModelKind
+    def __init__(self, name: _Optional[str] = ..., latest_version: _Optional[int] = ..., aliases: _Optional[_Mapping[str, int]] = ..., base_model: _Optional[str] = ..., times: _Optional[_Union[_common_pb2.ResourceTimes, _Mapping]] = ..., kind: _Optional[_Union[_inference_pb2.ModelKind, str]] = ...) -> None: ...
 
 class GetAdapterRequest(_message.Message):
     __slots__ = ("name",)
@@ -448,12 +455,14 @@ class GetAdapterResponse(_message.Message):
     def __init__(self, adapter: _Optional[_Union[Adapter, _Mapping]] = ...) -> None: ...
 
 class ListAdaptersRequest(_message.Message):
-    __slots__ = ("page_size", "page_token")
+    __slots__ = ("page_size", "page_token", "kinds")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    kinds: _containers.RepeatedScalarFieldContainer[_inference_pb2.ModelKind]
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., kinds: _Optional[_Iterable[_Union[_inference_pb2.ModelKind, str]]] = ...) -> None: ...
 
 class ListAdaptersResponse(_message.Message):
     __slots__ = ("adapters", "next_page_token")

@@ -29,7 +29,8 @@ class TrainingServiceStub:
     """Runs fine-tuning jobs (LoRA or full) on the Ray cluster and reports their progress.
 
     A job is a resource with a state: VALIDATING_FILES → QUEUED → RUNNING → SUCCEEDED | FAILED |
-    CANCELLED. A SUCCEEDED LoRA job registers an adapter version (see AdapterService).
+    CANCELLED. A SUCCEEDED LoRA job registers an adapter version, a SUCCEEDED full fine-tuning job a
+    model version (kind MODEL_KIND_FULL_FINE_TUNE) under `adapter_name` (see AdapterService).
     """
 
     def __init__(self, channel):
@@ -74,7 +75,8 @@ class TrainingServiceServicer:
     """Runs fine-tuning jobs (LoRA or full) on the Ray cluster and reports their progress.
 
     A job is a resource with a state: VALIDATING_FILES → QUEUED → RUNNING → SUCCEEDED | FAILED |
-    CANCELLED. A SUCCEEDED LoRA job registers an adapter version (see AdapterService).
+    CANCELLED. A SUCCEEDED LoRA job registers an adapter version, a SUCCEEDED full fine-tuning job a
+    model version (kind MODEL_KIND_FULL_FINE_TUNE) under `adapter_name` (see AdapterService).
     """
 
     def CreateJob(self, request, context):
@@ -167,7 +169,8 @@ class TrainingService:
     """Runs fine-tuning jobs (LoRA or full) on the Ray cluster and reports their progress.
 
     A job is a resource with a state: VALIDATING_FILES → QUEUED → RUNNING → SUCCEEDED | FAILED |
-    CANCELLED. A SUCCEEDED LoRA job registers an adapter version (see AdapterService).
+    CANCELLED. A SUCCEEDED LoRA job registers an adapter version, a SUCCEEDED full fine-tuning job a
+    model version (kind MODEL_KIND_FULL_FINE_TUNE) under `adapter_name` (see AdapterService).
     """
 
     @staticmethod
@@ -334,7 +337,9 @@ class TrainingService:
 
 
 class AdapterServiceStub:
-    """Keeps the versions of every tenant's adapters, their lineage, and aliases such as `prod`.
+    """Keeps the versions of every tenant's adapters and model versions (full fine-tunes, merged models),
+    their lineage, and aliases such as `prod`. Both kinds share one namespace per tenant and every call
+    below works on either kind (ListAdapters lists the kinds it is asked for).
     """
 
     def __init__(self, channel):
@@ -391,7 +396,9 @@ class AdapterServiceStub:
 
 
 class AdapterServiceServicer:
-    """Keeps the versions of every tenant's adapters, their lineage, and aliases such as `prod`.
+    """Keeps the versions of every tenant's adapters and model versions (full fine-tunes, merged models),
+    their lineage, and aliases such as `prod`. Both kinds share one namespace per tenant and every call
+    below works on either kind (ListAdapters lists the kinds it is asked for).
     """
 
     def GetAdapter(self, request, context):
@@ -521,7 +528,9 @@ def add_AdapterServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdapterService:
-    """Keeps the versions of every tenant's adapters, their lineage, and aliases such as `prod`.
+    """Keeps the versions of every tenant's adapters and model versions (full fine-tunes, merged models),
+    their lineage, and aliases such as `prod`. Both kinds share one namespace per tenant and every call
+    below works on either kind (ListAdapters lists the kinds it is asked for).
     """
 
     @staticmethod
