@@ -731,6 +731,39 @@ def test_settings_files_load_and_wire_the_roles_together(profile: tuple[str, lis
     assert key["valueFrom"]["secretKeyRef"]["name"] == "tuneforge-service-key"
 
 
+def test_each_served_model_version_gets_a_serve_application_the_front_routes_to(tmp_path: Path) -> None:
+    """inference.rayService.models: one Serve application per model version, its URL in the front's settings."""
+    from tuneforge.common.settings import load_settings
+
+    models = [
+        "--set",
+        "inference.rayService.models[0].tenant=acme",
+        "--set",
+        "inference.rayService.models[0].model=dates_full:3",
+    ]
+    docs = _render([], *models)
+    ((name, rayservice),) = _by_kind(docs, "RayService").items()
+    base, model = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"]
+    replica = load_settings(None, **model["args"]["settings"]).inference
+    assert (
+        replica.serve_model == "acme/dates_full:3"
+        and replica.base_model == load_settings(None, **base["args"]["settings"]).inference.base_model
+    )
+    assert base["args"]["settings"]["inference"].get("serve_model") is None
+    assert model["name"] != base["name"] and model["deployments"][0]["autoscaling_config"]["min_replicas"] == 1
+    path = tmp_path / "inference.yaml"
+    path.write_text(_by_kind(docs, "ConfigMap")["tuneforge-settings"]["data"]["inference.yaml"])
+    front = load_settings(path).inference
+    assert front.serve_models == {
+        "acme/dates_full:3": f"http://{name}-serve-svc.tuneforge.svc:8000{model['route_prefix']}"
+    }
+    # an alias is no deployable version: the schema refuses it
+    result = _helm(
+        "template", "t", str(deploy.CHART), *models[:2], "--set", "inference.rayService.models[0].model=x:prod"
+    )
+    assert result.returncode != 0 and "models" in result.stderr
+
+
 def test_disruption_budgets_exist_exactly_where_replicas_exceed_one(profile: tuple[str, list[dict]]) -> None:
     _, docs = profile
     budgets = _by_kind(docs, "PodDisruptionBudget")

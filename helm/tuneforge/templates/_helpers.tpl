@@ -217,6 +217,15 @@ volumeMounts:
 {{- printf "http://%s-serve-svc.%s.svc:8000/%s" (include "tuneforge.rayName" (dict "root" . "name" "inference")) .Release.Namespace .Values.inference.rayService.appName }}
 {{- end }}
 
+{{/* The Serve application of one served model version (an entry of inference.rayService.models): its name and route. */}}
+{{- define "tuneforge.modelAppName" -}}
+{{- printf "%s-%s-%s" .root.Values.inference.rayService.appName .model.tenant (.model.model | replace ":" "-v") | replace "_" "-" }}
+{{- end }}
+
+{{- define "tuneforge.modelServeUrl" -}}
+{{- printf "http://%s-serve-svc.%s.svc:8000/%s" (include "tuneforge.rayName" (dict "root" .root "name" "inference")) .root.Release.Namespace (include "tuneforge.modelAppName" .) }}
+{{- end }}
+
 {{/* Refuses configurations that would lose or corrupt data. */}}
 {{- define "tuneforge.validate" -}}
 {{- if and .Values.evaluation.enabled (not .Values.inference.enabled) }}

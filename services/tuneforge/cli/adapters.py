@@ -9,46 +9,80 @@ from tuneforge.cli.options import client_for, client_options
 
 
 def cmd_adapters(args: argparse.Namespace) -> int:
-    from tuneforge.v1 import training_pb2
-
     with client_for(args) as client:
         command = args.adapters_command
         if command == "list":
-            token = ""
-            while True:
-                page = client.call(client.adapters.ListAdapters, training_pb2.ListAdaptersRequest(page_token=token))
-                for adapter in page.adapters:
-                    aliases = ", ".join(f"{k}→{v}" for k, v in sorted(adapter.aliases.items()))
-                    print(f"{adapter.name:30s} latest {adapter.latest_version:<4d} {adapter.base_model:30s} {aliases}")
-                token = page.next_page_token
-                if not token:
-                    break
+            list_lines(client, [])
         elif command == "show":
             print(client.call(client.adapters.GetAdapterVersion, adapter_version_request(args.ref)).adapter_version)
         elif command == "alias":
-            if args.force and not args.reason:
-                print("tuneforge: --force needs --reason (it is recorded with your key name)", file=sys.stderr)
-                return 2
-            request = training_pb2.SetAdapterAliasRequest(
-                adapter=args.adapter, alias=args.alias, version=args.version, force=args.force, reason=args.reason or ""
-            )
-            moved = client.call(client.adapters.SetAdapterAlias, request)
-            print(f"{args.adapter}:{args.alias} → {moved.adapter.aliases[args.alias]}")
-            if moved.HasField("promotion"):
-                print(describe_promotion(moved.promotion))
+            return move_alias(client, args)
         elif command == "gate":
             return _gate(client, args)
         elif command == "delete":
-            name, _, version = args.ref.partition(":")
-            if not version.isdigit():
-                print("tuneforge: delete takes NAME:VERSION", file=sys.stderr)
-                return 2
-            client.call(
-                client.adapters.DeleteAdapterVersion,
-                training_pb2.DeleteAdapterVersionRequest(adapter=name, version=int(version)),
-            )
-            print(f"deleted {args.ref}")
+            return delete_version(client, args.ref)
     return 0
+
+
+def list_lines(client, kinds: list[int]) -> None:  # client: TuneforgeClient
+    """Prints the caller's registry lines of `kinds` (ModelKind values; empty: adapters), one a line."""
+    from tuneforge.v1 import inference_pb2, training_pb2
+
+    token = ""
+    while True:
+        request = training_pb2.ListAdaptersRequest(page_token=token, kinds=kinds)
+        page = client.call(client.adapters.ListAdapters, request)
+        for line in page.adapters:
+            aliases = ", ".join(f"{k}→{v}" for k, v in sorted(line.aliases.items()))
+            kind = inference_pb2.ModelKind.Name(line.kind).removeprefix("MODEL_KIND_").lower()
+            shown = f"{line.name:30s} latest {line.latest_version:<4d} {line.base_model:30s} "
+            print(shown + (f"{kind:15s} " if kinds else "") + aliases)
+        token = page.next_page_token
+        if not token:
+            return
+
+
+def move_alias(client, args: argparse.Namespace) -> int:  # client: TuneforgeClient
+    """`alias NAME ALIAS VERSION [--force --reason]` of an adapter or model line, with the gate's verdict."""
+    from tuneforge.v1 import training_pb2
+
+    if args.force and not args.reason:
+        print("tuneforge: --force needs --reason (it is recorded with your key name)", file=sys.stderr)
+        return 2
+    request = training_pb2.SetAdapterAliasRequest(
+        adapter=args.adapter, alias=args.alias, version=args.version, force=args.force, reason=args.reason or ""
+    )
+    moved = client.call(client.adapters.SetAdapterAlias, request)
+    print(f"{args.adapter}:{args.alias} → {moved.adapter.aliases[args.alias]}")
+    if moved.HasField("promotion"):
+        print(describe_promotion(moved.promotion))
+    return 0
+
+
+def delete_version(client, ref: str) -> int:  # client: TuneforgeClient
+    """Deletes `NAME:VERSION` (an adapter or model version)."""
+    from tuneforge.v1 import training_pb2
+
+    name, _, version = ref.partition(":")
+    if not version.isdigit():
+        print("tuneforge: delete takes NAME:VERSION", file=sys.stderr)
+        return 2
+    client.call(
+        client.adapters.DeleteAdapterVersion,
+        training_pb2.DeleteAdapterVersionRequest(adapter=name, version=int(version)),
+    )
+    print(f"deleted {ref}")
+    return 0
+
+
+def add_alias_parser(commands: argparse._SubParsersAction, what: str) -> None:
+    """The `alias NAME ALIAS VERSION [--force --reason]` subcommand."""
+    alias = commands.add_parser("alias", help=f"point ALIAS of {what} NAME at VERSION")
+    alias.add_argument("adapter", metavar="name")
+    alias.add_argument("alias")
+    alias.add_argument("version", type=int)
+    alias.add_argument("--force", action="store_true", help="move even though the version fails the alias's gate")
+    alias.add_argument("--reason", help="why a forced move is justified (recorded in the version's lineage)")
 
 
 def _gate(client, args: argparse.Namespace) -> int:  # client: TuneforgeClient
@@ -128,12 +162,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     adapters = p.add_subparsers(dest="adapters_command", required=True)
     adapters.add_parser("list")
     adapters.add_parser("show", help="NAME[:VERSION|ALIAS]").add_argument("ref")
-    alias = adapters.add_parser("alias", help="point ALIAS of ADAPTER at VERSION")
-    alias.add_argument("adapter")
-    alias.add_argument("alias")
-    alias.add_argument("version", type=int)
-    alias.add_argument("--force", action="store_true", help="move even though the version fails the alias's gate")
-    alias.add_argument("--reason", help="why a forced move is justified (recorded in the version's lineage)")
+    add_alias_parser(adapters, "adapter")
     gate = adapters.add_parser("gate", help="promotion gates: what a version must show before ALIAS moves to it")
     gates = gate.add_subparsers(dest="gate_command", required=True)
     set_gate = gates.add_parser("set", help="set the gate on ADAPTER's ALIAS")

@@ -97,6 +97,19 @@ class InferenceSettings(BaseModel):
     #: Seconds the front keeps retrying a request Serve could not take (connection refused or lost, proxy
     #: 502/503/504) before it answers UNAVAILABLE; never once the first token has arrived.
     serve_retry_s: float = Field(default=15.0, ge=0, le=600)
+    #: Seconds a served answer stays on record (prompt, model, sampling, answer in the metadata store) so
+    #: it can be rated by its response id (FeedbackService, `/v1/feedback`); 0 records none.
+    feedback_window_s: float = Field(default=7 * 24 * 3600.0, ge=0)
+    #: Engines for model versions (full fine-tunes, merged models) held at once in one process, each a
+    #: whole model; the least recently used one without requests in flight is unloaded for a new one.
+    max_model_engines: int = Field(default=2, ge=1, le=64)
+    #: Cluster mode, the front: the Serve application of each model version the chart deploys,
+    #: `tenant/name:version` → its URL on Serve's proxy (route prefix included). A model version not
+    #: named here is FAILED_PRECONDITION (not deployed).
+    serve_models: dict[str, str] = Field(default_factory=dict)
+    #: Cluster mode, a Serve replica: the model version (`tenant/name:version`) it serves instead of
+    #: `base_model`; unset for the base model's application.
+    serve_model: str | None = None
 
     @field_validator("serve_url", mode="after")
     @classmethod

@@ -109,7 +109,7 @@ class LocalAnswers:
         self, tenant: str, model: ResolvedModel, messages: Sequence[tuple[str, str]], sampling: dict[str, Any]
     ) -> str:
         # the target resolved when the run started: `stream` reloads its adapter if it was evicted since
-        prompt = await self.frontend.render_prompt(list(messages))
+        prompt = await self.frontend.render_prompt(list(messages), target=model.target)  # its own chat template
         parts = []
         async for event in self.frontend.stream(tenant, model.target, prompt, self.frontend.sampling(**sampling)):
             parts.append(event.delta)

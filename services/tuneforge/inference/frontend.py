@@ -10,6 +10,12 @@ only; the replica keeps serving the others). Prompts are rendered with the same 
 training data. Per-tenant limits — prompt tokens, `max_tokens`, requests in flight — answer
 RESOURCE_EXHAUSTED.
 
+A model version (a full fine-tune or a merged model: a whole model, not an adapter) is served by an
+engine of its own, loaded on demand into a bounded set (`model_engines.py`) after its files match
+the registry's hashes; a corrupt directory is FAILED_PRECONDITION for that version only. Its prompts
+are rendered with its own tokenizer and chat template. In a cluster each deployed model version has
+a Serve application of its own and the front sends its requests there (`remote.py`).
+
 Nothing blocking runs on the event loop: a prompt is measured in bytes first (one far over what
 `max_prompt_tokens` could hold is INVALID_ARGUMENT before any tokenization), then rendered and
 tokenized on a thread. Blocking work goes to bounded pools of its own kind (`FrontendExecutors`) so
@@ -22,18 +28,19 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
-import hashlib
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tuneforge.catalog.adapters import AdapterRegistry, AdapterVersionInfo
+from tuneforge.catalog.adapters import ADAPTER, MODEL_KINDS, AdapterRegistry, AdapterVersionInfo
 from tuneforge.chat import ChatRenderer
 from tuneforge.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from tuneforge.common.logging import get_logger
+from tuneforge.inference.base_model import verify_files
 from tuneforge.inference.engine import Engine, Event, Request, Sampling
+from tuneforge.inference.model_engines import ModelEngines, ServedModel
 from tuneforge.store.artifacts import ArtifactStore
 
 log = get_logger(__name__)
@@ -56,12 +63,15 @@ def _same_time(stamp: str, moved: datetime) -> bool:
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One model a tenant can name: the base model, an adapter (its latest version) or an alias."""
+    """One model a tenant can name: the base model, a line's latest version (adapter or model) or an alias."""
 
     name: str
     is_base: bool
     version: int = 0  # an alias's version; 0 for the others
     promotion: dict[str, Any] | None = None  # the newest gated move of the alias to `version` (lineage record)
+    kind: str = ""  # `adapter`, `full_fine_tune`, `merged`; "" for the base model
+    loaded: bool = False  # held in memory now (the base model always is)
+    base_model: str = ""  # the model it runs on or was tuned from; "" means this replica's base
 
 
 @dataclass(frozen=True)
@@ -114,14 +124,12 @@ class Target:
     adapter_key: str | None
     version: AdapterVersionInfo | None
     directory: Path | None = None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    #: A model version's key (`tenant/name:version`): served by an engine of its own, not in a slot.
+    model_key: str | None = None
+    #: The model version's own chat template (None: the base model's).
+    renderer: ChatRenderer | None = None
+    #: Cluster mode: the URL of the Serve application that serves the model version.
+    route: str = ""
 
 
 class InferenceFrontend:
@@ -135,6 +143,8 @@ class InferenceFrontend:
         registry: AdapterRegistry,
         artifacts: ArtifactStore,
         limits: Limits | None = None,
+        model_loader: Callable[[str, AdapterVersionInfo, Path], ServedModel] | None = None,
+        max_model_engines: int = 2,
     ) -> None:
         self.engine = engine
         self.base_name = base_name
@@ -146,10 +156,18 @@ class InferenceFrontend:
         self.executors = FrontendExecutors()
         self._in_flight: dict[str, int] = {}
         self._loading: dict[str, asyncio.Lock] = {}
+        #: Builds a model version's engine (blocking); None: this replica serves no model versions.
+        self.model_loader = model_loader
+        self.models = ModelEngines(max_model_engines) if model_loader is not None else None
 
     def close(self) -> None:
         """Stops the frontend's thread pools (work not yet started is dropped)."""
         self.executors.shutdown()
+
+    def stop_models(self) -> None:
+        """Stops the model version engines (blocking: joins their threads)."""
+        if self.models is not None:
+            self.models.stop()
 
     # -- models --------------------------------------------------------------------------------
 
@@ -158,15 +176,54 @@ class InferenceFrontend:
         if not model or model == self.base_name:
             return Target(self.base_name, None, None)
         version = await run_in(self.executors.metadata, self.registry.resolve, tenant, model, field)
+        directory = self.artifacts.for_tenant(tenant).path(version.artifact_key)
+        if version.is_model:
+            return await self.resolve_model(tenant, version, directory)
         self.check_lineage(version)
         key = f"{tenant}/{version.ref}"
-        directory = self.artifacts.for_tenant(tenant).path(version.artifact_key)
         if not self.engine.has_adapter(key):
             lock = self._loading.setdefault(key, asyncio.Lock())
             async with lock:  # files checked once per load, however many requests wait for it
                 if not self.engine.has_adapter(key):
                     await run_in(self.executors.files, self._verify_files, version, directory)
         return Target(version.ref, key, version, directory)
+
+    async def resolve_model(self, tenant: str, version: AdapterVersionInfo, directory: Path) -> Target:
+        """A model version's target, its engine loaded (files hash-checked first) so a bad one fails here."""
+        if self.models is None:
+            raise FailedPrecondition(
+                f"{version.ref} is a model version ({version.kind}); this replica serves {self.base_name!r} and its "
+                "adapters only: a model version is served by an engine of its own"
+            )
+        target = Target(version.ref, None, version, directory, model_key=f"{tenant}/{version.ref}")
+        served = await self._acquire_model(target)
+        self.models.release(served.key)
+        return Target(version.ref, None, version, directory, model_key=served.key, renderer=served.renderer)
+
+    def _build_model(self, key: str, version: AdapterVersionInfo, directory: Path) -> ServedModel:
+        assert self.model_loader is not None
+        self._verify_files(version, directory)
+        return self.model_loader(key, version, directory)
+
+    async def _acquire_model(self, target: Target) -> ServedModel:
+        """The target's model engine, loaded if needed and pinned until `models.release` (see `_pin`)."""
+        assert self.models is not None and target.model_key is not None and target.version is not None
+        models, key, version, directory = self.models, target.model_key, target.version, target.directory
+        served = models.pin_if_loaded(key)
+        if served is not None:
+            return served
+        assert directory is not None
+        load = self.executors.loads.submit(models.acquire, key, lambda: self._build_model(key, version, directory))
+        try:
+            return await asyncio.wrap_future(load)
+        except asyncio.CancelledError:
+
+            def unpin(done: concurrent.futures.Future[ServedModel]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    models.release(key)
+
+            load.add_done_callback(unpin)
+            raise
 
     def check_lineage(self, version: AdapterVersionInfo) -> None:
         """FAILED_PRECONDITION unless the adapter was trained on this replica's base model and template."""
@@ -183,53 +240,85 @@ class InferenceFrontend:
 
     @staticmethod
     def _verify_files(version: AdapterVersionInfo, directory: Path) -> None:
-        for entry in version.files:
-            path = directory / entry["name"]
-            if not path.is_file():
-                raise FailedPrecondition(f"{version.ref}: file {entry['name']} is missing from the artifact store")
-            if _sha256(path) != entry["sha256"]:
-                raise FailedPrecondition(
-                    f"{version.ref}: file {entry['name']} does not match the hash the registry recorded "
-                    "(corrupted); register the adapter again"
-                )
+        verify_files(version, directory)
 
     async def list_models(self, tenant: str) -> list[tuple[str, bool]]:
         """(name, is_base): the base model, each adapter (its latest version) and each alias."""
         return [(entry.name, entry.is_base) for entry in await self.model_entries(tenant)]
 
     async def model_entries(self, tenant: str) -> list[ModelEntry]:
-        """What ListModels shows: `list_models` with, per alias, its version and how a gate let it move there."""
-        entries = [ModelEntry(self.base_name, True)]
-        token = ""
-        while True:
-            page, token = await run_in(self.executors.metadata, self.registry.list_adapters, tenant, 1000, token)
-            for adapter in page:
-                if adapter.base_model != self.base_name:
-                    continue
-                entries.append(ModelEntry(adapter.name, False))
-                for alias in sorted(adapter.aliases):
-                    version = adapter.aliases[alias]
-                    try:
-                        info = await run_in(
-                            self.executors.metadata, self.registry.get_version, tenant, adapter.name, version
-                        )
-                    except NotFound:  # deleted since the listing: the alias moved meanwhile
-                        continue
-                    moved = adapter.alias_moved_at.get(alias)
-                    records = [  # only the record of the alias's latest move: a later ungated move has none
-                        p
-                        for p in info.lineage.get("promotions", [])
-                        if p.get("alias") == alias and moved is not None and _same_time(p.get("at", ""), moved)
-                    ]
-                    entries.append(
-                        ModelEntry(f"{adapter.name}:{alias}", False, version, records[-1] if records else None)
-                    )
-            if not token:
-                return entries
+        """What ListModels shows: the base model, each adapter and model version line (its latest version) and
+        each alias, with its kind, whether it is loaded and, per alias, its version and how a gate let it move there.
+        """
+        entries = [ModelEntry(self.base_name, True, loaded=True)]
+        for kinds in ((ADAPTER,), MODEL_KINDS):
+            token = ""
+            while True:
+                page, token = await run_in(
+                    self.executors.metadata, self.registry.list_adapters, tenant, 1000, token, kinds
+                )
+                for line in page:
+                    entries += await self._line_entries(tenant, line)
+                if not token:
+                    break
+        return entries
+
+    async def _line_entries(self, tenant: str, line: Any) -> list[ModelEntry]:
+        is_model = line.kind != ADAPTER
+        if not is_model and line.base_model != self.base_name:
+            return []  # an adapter of another base model: not servable here
+        if is_model and not self.model_servable(f"{tenant}/{line.name}:{line.latest_version}"):
+            return []
+
+        def loaded(version: int) -> bool:
+            key = f"{tenant}/{line.name}:{version}"
+            return self.model_loaded(key) if is_model else self.engine.has_adapter(key)
+
+        base = line.base_model if is_model else ""
+        entries = [ModelEntry(line.name, False, kind=line.kind, loaded=loaded(line.latest_version), base_model=base)]
+        for alias in sorted(line.aliases):
+            version = line.aliases[alias]
+            try:
+                info = await run_in(self.executors.metadata, self.registry.get_version, tenant, line.name, version)
+            except NotFound:  # deleted since the listing: the alias moved meanwhile
+                continue
+            moved = line.alias_moved_at.get(alias)
+            records = [  # only the record of the alias's latest move: a later ungated move has none
+                p
+                for p in info.lineage.get("promotions", [])
+                if p.get("alias") == alias and moved is not None and _same_time(p.get("at", ""), moved)
+            ]
+            entries.append(
+                ModelEntry(
+                    f"{line.name}:{alias}",
+                    False,
+                    version,
+                    records[-1] if records else None,
+                    kind=line.kind,
+                    loaded=loaded(version),
+                    base_model=base,
+                )
+            )
+        return entries
+
+    def model_servable(self, key: str) -> bool:
+        """Whether this front can serve model version `key` (`tenant/name:version`) at all."""
+        return self.models is not None
+
+    def model_loaded(self, key: str) -> bool:
+        """Whether model version `key` is held in an engine now."""
+        return self.models is not None and key in self.models.loaded()
 
     async def sweep_deleted(self) -> int:
-        """Evicts loaded adapter versions that were deleted from the registry."""
+        """Evicts loaded adapter versions and model version engines that were deleted from the registry."""
         evicted = 0
+        for key in self.models.loaded() if self.models is not None else []:
+            tenant, _, ref = key.partition("/")
+            try:
+                await run_in(self.executors.metadata, self.registry.resolve, tenant, ref)
+            except NotFound:
+                if await run_in(self.executors.loads, self.models.evict, key):
+                    evicted += 1
         for key in self.engine.loaded():
             tenant, _, ref = key.partition("/")
             try:
@@ -242,15 +331,21 @@ class InferenceFrontend:
 
     # -- requests ------------------------------------------------------------------------------
 
-    async def render_prompt(self, messages: Sequence[tuple[str, str]], field: str = "messages") -> list[int]:
-        """The prompt's token ids: checked on the loop (cheap), rendered and tokenized on a thread."""
+    async def render_prompt(
+        self, messages: Sequence[tuple[str, str]], field: str = "messages", target: Target | None = None
+    ) -> list[int]:
+        """The prompt's token ids: checked on the loop (cheap), rendered and tokenized on a thread.
+
+        With the chat template of `target`'s model version when it has one of its own, else the base model's.
+        """
         self.check_messages(messages, field)
-        return await run_in(self.executors.prompts, self._tokenize, messages, field)
+        renderer = target.renderer if target is not None and target.renderer is not None else self.renderer
+        return await run_in(self.executors.prompts, self._tokenize, messages, field, renderer)
 
     def prompt_ids(self, messages: Sequence[tuple[str, str]], field: str = "messages") -> list[int]:
         """`render_prompt` in the caller's thread (benchmarks, scripts; never on an event loop)."""
         self.check_messages(messages, field)
-        return self._tokenize(messages, field)
+        return self._tokenize(messages, field, self.renderer)
 
     def check_messages(self, messages: Sequence[tuple[str, str]], field: str = "messages") -> None:
         """INVALID_ARGUMENT for a malformed conversation or one too large to tokenize at all."""
@@ -279,8 +374,8 @@ class InferenceFrontend:
                 "shorten them",
             )
 
-    def _tokenize(self, messages: Sequence[tuple[str, str]], field: str) -> list[int]:
-        rendered = self.renderer.render([{"role": r, "content": c} for r, c in messages], add_generation_prompt=True)
+    def _tokenize(self, messages: Sequence[tuple[str, str]], field: str, renderer: ChatRenderer) -> list[int]:
+        rendered = renderer.render([{"role": r, "content": c} for r, c in messages], add_generation_prompt=True)
         if len(rendered.input_ids) > self.limits.max_prompt_tokens:
             # a request that can never succeed as sent: INVALID_ARGUMENT (HTTP 400), not a rate limit to retry
             raise InvalidArgument.for_field(
@@ -376,10 +471,15 @@ class InferenceFrontend:
             request = Request(
                 prompt_ids, target.adapter_key, sampling, lambda e: loop.call_soon_threadsafe(events.put_nowait, e)
             )
+            served: ServedModel | None = None
             try:
+                engine = self.engine
+                if target.model_key is not None:  # reloaded here if it was unloaded since `resolve`
+                    served = await self._acquire_model(target)
+                    engine = served.engine
                 if target.adapter_key is not None:
                     request.slot = await self._pin(target)
-                self.engine.submit(request)
+                engine.submit(request)
                 while True:
                     event = await events.get()
                     yield event
@@ -387,3 +487,5 @@ class InferenceFrontend:
                         return
             finally:
                 request.cancelled.set()  # a client that went away frees its batch row at the next step
+                if served is not None and self.models is not None:
+                    self.models.release(served.key)

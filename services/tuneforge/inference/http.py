@@ -1,5 +1,6 @@
 """OpenAI-compatible HTTP API: `POST /v1/chat/completions` (with `stream: true` as server-sent events)
-and `GET /v1/models`, over the same InferenceFrontend as the gRPC API.
+and `GET /v1/models`, over the same InferenceFrontend as the gRPC API; `POST /v1/feedback` rates an
+answer by its completion `id` and `GET /v1/feedback/{id}` reads the rating back (`inference/feedback.py`).
 
 The API key is the OpenAI client's own `Authorization: Bearer …` header, checked against the same
 keys file as gRPC; `model` names `adapter`, `adapter:<version|alias>` or the base model, in the
@@ -12,19 +13,21 @@ the limits, a field of the wrong type) is a 400 naming the field, never a 429 th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
+from tuneforge.catalog.feedback import FeedbackStore, new_response_id
 from tuneforge.common.auth import acting_principal
 from tuneforge.common.errors import InvalidArgument, TuneforgeError, Unavailable
 from tuneforge.common.logging import get_logger
 from tuneforge.common.settings import Settings
-from tuneforge.inference.engine import Event
+from tuneforge.inference.engine import Event, Sampling
+from tuneforge.inference.feedback import ResponseRecorder, feedback_input_from_json, feedback_json
 from tuneforge.inference.frontend import InferenceFrontend
 
 log = get_logger(__name__)
@@ -75,6 +78,14 @@ RETRY_AFTER_S = 1
 ROLE_NAMES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
+async def _json_body(request: web.Request) -> Any:
+    """The request's JSON body; INVALID_ARGUMENT naming `body` when it is not JSON."""
+    try:
+        return await request.json()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument.for_field("body", f"is not JSON: {exc}") from exc
+
+
 def _optional(body: dict[str, Any], name: str, kind: type, what: str) -> Any:
     """`body[name]` when present and not null, checked to be `kind` (bools are not numbers here)."""
     value = body.get(name)
@@ -109,14 +120,26 @@ def _message_text(message: Any, index: int) -> tuple[str, str]:
 class OpenAIServer:
     """The aiohttp application and its listener, next to the gRPC server in the same process."""
 
-    def __init__(self, frontend: InferenceFrontend, settings: Settings) -> None:
+    def __init__(
+        self,
+        frontend: InferenceFrontend,
+        settings: Settings,
+        feedback: FeedbackStore | None = None,
+        responses: ResponseRecorder | None = None,
+    ) -> None:
         from tuneforge.common.server import key_resolver
 
         self.frontend = frontend
+        #: Feedback on answers (`/v1/feedback`, 404 without it) and where answers are recorded for it.
+        self.feedback = feedback
+        self.responses = responses
         self.keys = key_resolver(settings)
         self.app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._errors])
         self.app.router.add_get("/v1/models", self.models)
         self.app.router.add_post("/v1/chat/completions", self.chat)
+        if feedback is not None:
+            self.app.router.add_post("/v1/feedback", self.submit_feedback)
+            self.app.router.add_get("/v1/feedback/{feedback_id}", self.get_feedback)
         self.runner: web.AppRunner | None = None
         self.port = 0
 
@@ -147,7 +170,8 @@ class OpenAIServer:
                 message = f"the request body is over {MAX_BODY_BYTES // 2**20} MiB"
             elif exc.status == 404:
                 message = (
-                    f"no route {request.method} {request.path}: this server offers /v1/chat/completions and /v1/models"
+                    f"no route {request.method} {request.path}: this server offers /v1/chat/completions, "
+                    "/v1/models and /v1/feedback"
                 )
             return _error(exc.status, HTTP_KINDS.get(exc.status, "invalid_request_error"), message)
         except Exception as exc:
@@ -162,19 +186,23 @@ class OpenAIServer:
 
     async def models(self, request: web.Request) -> web.Response:
         tenant = self._tenant(request)
-        names = await self.frontend.list_models(tenant)
-        data = [
-            {"id": name, "object": "model", "created": 0, "owned_by": "tuneforge" if is_base else tenant}
-            for name, is_base in names
+        entries = await self.frontend.model_entries(tenant)
+        data = [  # OpenAI's model object, with what Tuneforge adds: the kind and whether it is loaded now
+            {
+                "id": entry.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "tuneforge" if entry.is_base else tenant,
+                "kind": entry.kind or "base",
+                "loaded": entry.loaded,
+            }
+            for entry in entries
         ]
         return web.json_response({"object": "list", "data": data})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         tenant = self._tenant(request)
-        try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidArgument.for_field("body", f"is not JSON: {exc}") from exc
+        body = await _json_body(request)
         if not isinstance(body, dict):
             raise InvalidArgument.for_field("body", "must be a JSON object")
         messages = body.get("messages")
@@ -194,7 +222,7 @@ class OpenAIServer:
         if max_tokens is None:
             max_tokens = _optional(body, "max_tokens", int, "an integer")
         seed = _optional(body, "seed", int, "an integer")
-        prompt = await self.frontend.render_prompt(pairs)
+        self.frontend.check_messages(pairs)  # cheap checks before a model version may be loaded
         sampling = self.frontend.sampling(
             temperature=1.0 if temperature is None else float(temperature),
             top_p=float(top_p or 0.0),
@@ -207,7 +235,8 @@ class OpenAIServer:
         if not isinstance(model, str):
             raise InvalidArgument.for_field("model", "must be a string")
         target = await self.frontend.resolve(tenant, model)
-        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        prompt = await self.frontend.render_prompt(pairs, target=target)  # with the target's chat template
+        completion_id = new_response_id()  # the response id feedback names
         created = int(time.time())
         events = self.frontend.stream(tenant, target, prompt, sampling)
         # taken before any byte is sent, so a failure up to the first token (a backend that is down) still
@@ -223,6 +252,7 @@ class OpenAIServer:
                 if event.finish_reason:
                     if event.finish_reason == "error":
                         return _error(503, "service_unavailable", event.error)
+                    await self._record(tenant, completion_id, target.name, pairs, sampling, parts, event)
                     return web.json_response(
                         {
                             "id": completion_id,
@@ -259,13 +289,16 @@ class OpenAIServer:
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
 
         await send({"role": "assistant", "content": ""}, None)
+        parts = []
         try:
             async for event in events:
+                parts.append(event.delta)
                 if event.delta:
                     await send({"content": event.delta}, None)
                 if event.finish_reason == "error":
                     raise Unavailable(f"generation failed on this replica: {event.error}; retry")
                 if event.finish_reason:
+                    await self._record(tenant, completion_id, target.name, pairs, sampling, parts, event)
                     usage = {
                         "prompt_tokens": event.prompt_tokens,
                         "completion_tokens": event.completion_tokens,
@@ -280,3 +313,35 @@ class OpenAIServer:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    async def _record(
+        self,
+        tenant: str,
+        response_id: str,
+        model: str,
+        pairs: list[tuple[str, str]],
+        sampling: Sampling,
+        parts: list[str],
+        event: Event,
+    ) -> None:
+        """Keeps a finished answer under its completion id for feedback (before its last bytes go out)."""
+        if self.responses is not None:
+            await self.responses.record(
+                tenant, response_id, model, pairs, sampling, "".join(parts), event.finish_reason
+            )
+
+    async def submit_feedback(self, request: web.Request) -> web.Response:
+        """`POST /v1/feedback`: rates the caller's answer `response_id` (400 naming a bad field, 404 for an
+        unknown or another tenant's answer)."""
+        tenant = self._tenant(request)
+        assert self.feedback is not None
+        body = await _json_body(request)
+        item = await asyncio.to_thread(self.feedback.submit, tenant, feedback_input_from_json(body))
+        return web.json_response(feedback_json(item))
+
+    async def get_feedback(self, request: web.Request) -> web.Response:
+        """`GET /v1/feedback/{id}`: one of the caller's feedback items."""
+        tenant = self._tenant(request)
+        assert self.feedback is not None
+        item = await asyncio.to_thread(self.feedback.get, tenant, request.match_info["feedback_id"])
+        return web.json_response(feedback_json(item))

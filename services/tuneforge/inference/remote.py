@@ -7,6 +7,11 @@ own HTTP proxy with the resolved version key in the `serve_multiplexed_model_id`
 routes it to a replica that already holds that adapter (`wire.py` has the format). The replica
 checks the adapter's files when it loads it.
 
+A model version (full fine-tune, merged model) has a Serve application of its own when the chart
+deploys it (`inference.serve_models`: `tenant/name:version` → its URL): the front renders the prompt
+with that version's own tokenizer and sends the request to that application; a version the chart
+does not deploy is FAILED_PRECONDITION naming the values entry that would.
+
 The front never imports Ray. Ray Client cannot carry streaming DeploymentHandles, drops
 its session after 30 s without a connection and is not meant for production traffic; the proxy is
 Serve's production ingress, is plain HTTP (one aiohttp session, reused) and needs no Ray token.
@@ -28,18 +33,20 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from tuneforge.catalog.adapters import AdapterRegistry
-from tuneforge.common.errors import TuneforgeError, Unavailable
+from tuneforge.catalog.adapters import AdapterRegistry, AdapterVersionInfo
+from tuneforge.chat import ChatRenderer
+from tuneforge.common.errors import FailedPrecondition, TuneforgeError, Unavailable
 from tuneforge.common.logging import get_logger
 from tuneforge.common.settings import Settings
 from tuneforge.inference import wire
 from tuneforge.inference.engine import Event, Sampling
-from tuneforge.inference.frontend import InferenceFrontend, Limits, Target
-from tuneforge.models import ModelResolver, template_hash
+from tuneforge.inference.frontend import InferenceFrontend, Limits, Target, run_in
+from tuneforge.models import ModelResolver, ResolvedModel, template_hash
 from tuneforge.store.artifacts import ArtifactStore
 
 log = get_logger(__name__)
@@ -110,8 +117,11 @@ class ServeClient:
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise Unavailable(f"GET {self.url}{wire.READY_PATH} failed: {_reason(exc)}") from exc
 
-    async def generate(self, model_id: str, body: dict[str, Any]) -> AsyncIterator[Event]:
-        """The request's events from a replica, retried while Serve has not taken it (see the module doc)."""
+    async def generate(self, model_id: str, body: dict[str, Any], url: str = "") -> AsyncIterator[Event]:
+        """The request's events from a replica, retried while Serve has not taken it (see the module doc).
+
+        `url`: the application to ask (a model version's own); empty: the base model's application.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.retry_s
         delay, attempt = 0.1, 0
@@ -119,7 +129,7 @@ class ServeClient:
             attempt += 1
             started = False
             try:
-                async for event in self._attempt(model_id, body):
+                async for event in self._attempt(model_id, body, url or self.url):
                     started = True
                     yield event
                     if event.finish_reason:
@@ -139,9 +149,9 @@ class ServeClient:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
 
-    async def _attempt(self, model_id: str, body: dict[str, Any]) -> AsyncIterator[Event]:
+    async def _attempt(self, model_id: str, body: dict[str, Any], url: str) -> AsyncIterator[Event]:
         headers = {wire.MODEL_ID_HEADER: model_id} if model_id else {}
-        async with self._open().post(self.url + wire.GENERATE_PATH, json=body, headers=headers) as response:
+        async with self._open().post(url + wire.GENERATE_PATH, json=body, headers=headers) as response:
             if response.status != 200:
                 text = await response.read()
                 try:
@@ -158,7 +168,7 @@ class ServeClient:
                 if response.status in RETRYABLE_STATUS:
                     raise _NotTaken(f"the Serve proxy answered {response.status}: {_text(text)}")
                 raise Unavailable(
-                    f"POST {self.url}{wire.GENERATE_PATH} answered {response.status}: {_text(text)}; is "
+                    f"POST {url}{wire.GENERATE_PATH} answered {response.status}: {_text(text)}; is "
                     "inference.serve_url the Serve application's URL (with its route prefix)?"
                 )
             async for line in response.content:
@@ -194,16 +204,48 @@ class ServeFrontend(InferenceFrontend):
         registry: AdapterRegistry,
         artifacts: ArtifactStore,
         limits: Limits,
+        resolver: ModelResolver | None = None,
+        model_urls: dict[str, str] | None = None,
     ) -> None:
         super().__init__(_RemoteEngine(tokenizer), base_name, template_hash(tokenizer), registry, artifacts, limits)
         self.client = client
+        #: `tenant/name:version` → the URL of the Serve application that serves that model version.
+        self.model_urls = {key: url.rstrip("/") for key, url in (model_urls or {}).items()}
+        self.resolver = resolver
+        self._renderers: dict[str, ChatRenderer] = {}
+
+    def model_servable(self, key: str) -> bool:
+        return key in self.model_urls
+
+    def model_loaded(self, key: str) -> bool:
+        return key in self.model_urls  # its application's replicas hold it for as long as it is deployed
+
+    async def resolve_model(self, tenant: str, version: AdapterVersionInfo, directory: Path) -> Target:
+        """A deployed model version: its application's URL and its own chat template for the prompt."""
+        key = f"{tenant}/{version.ref}"
+        url = self.model_urls.get(key)
+        if url is None:
+            raise FailedPrecondition(
+                f"{version.ref} is a model version ({version.kind}) this cluster does not deploy: add "
+                f"{{tenant: {tenant}, model: {version.ref}}} to inference.rayService.models in the chart's values"
+            )
+        renderer = self._renderers.get(key)
+        if renderer is None:
+            renderer = await run_in(self.executors.files, self._renderer_of, version, directory)
+            self._renderers[key] = renderer
+        return Target(version.ref, None, version, directory, model_key=key, renderer=renderer, route=url)
+
+    def _renderer_of(self, version: AdapterVersionInfo, directory: Path) -> ChatRenderer:
+        resolver = self.resolver or ModelResolver(directory.parent)
+        return ChatRenderer(resolver.load_tokenizer(ResolvedModel(version.ref, str(directory), True, False)))
 
     async def stream(
         self, tenant: str, target: Target, prompt_ids: list[int], sampling: Sampling
     ) -> AsyncIterator[Event]:
         with self._slot_for(tenant):
             key = f"{tenant}/{target.name}" if target.adapter_key is not None else ""
-            async for event in self.client.generate(key, wire.request_body(tenant, prompt_ids, sampling)):
+            body = wire.request_body(tenant, prompt_ids, sampling)
+            async for event in self.client.generate(key, body, target.route):
                 yield event
                 if event.finish_reason:
                     return
@@ -265,4 +307,6 @@ async def connect(
     tokenizer = await asyncio.to_thread(resolver.load_tokenizer, resolved)
     limits = Limits(inference.max_prompt_tokens, inference.max_new_tokens, inference.max_concurrent_per_tenant)
     client = ServeClient(inference.serve_url, token, inference.serve_retry_s)
-    return ServeFrontend(client, tokenizer, resolved.name, registry, artifacts, limits)
+    return ServeFrontend(
+        client, tokenizer, resolved.name, registry, artifacts, limits, resolver, inference.serve_models
+    )

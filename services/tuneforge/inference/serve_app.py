@@ -1,4 +1,4 @@
-"""The inference engine as a Ray Serve application (one deployment per base model), reached over HTTP.
+"""The inference engine as a Ray Serve application (one per base model or model version), reached over HTTP.
 
 Each replica loads the base model once and holds an Engine (adapter slots, batching). Adapters are
 Serve-multiplexed models keyed by their immutable version key, `tenant/adapter:version`: Serve's
@@ -11,6 +11,11 @@ platform's gRPC and OpenAI fronts authenticate the caller, resolve `model` in it
 `{tenant, prompt_ids, sampling}` to `/generate`; the answer streams back as NDJSON events. A replica
 with `inference.serve_token` refuses requests without that bearer token, since Serve's proxy itself
 authenticates nobody.
+
+A model version (full fine-tune, merged model) the chart deploys gets an application of its own
+(`inference.serve_model: tenant/name:version`): its replicas load that version from the registry
+(files hash-checked) as their engine's base and serve its tenant only; adapters trained on the
+original base are refused there (FAILED_PRECONDITION, as on any replica of another base).
 
 Settings arrive as the application's args, so `serve deploy` of a changed config rolls the replicas
 in place (secrets such as the database URL and the serve token stay in the pods' environment):
@@ -34,7 +39,7 @@ from tuneforge.common.errors import InvalidArgument, NotFound, TuneforgeError, U
 from tuneforge.common.logging import get_logger
 from tuneforge.common.settings import Settings, load_settings
 from tuneforge.inference import wire
-from tuneforge.inference.base_model import load_base_model
+from tuneforge.inference.base_model import load_base_model, load_registered_model
 from tuneforge.inference.engine import Engine, Event
 from tuneforge.inference.frontend import InferenceFrontend, Limits, Target, run_in
 from tuneforge.models import ModelResolver
@@ -69,7 +74,17 @@ class InferenceReplica:
         inference = config.inference
         assert config.database_url is not None and config.artifact_root is not None
         resolver = ModelResolver(config.models.cache_dir, config.models.trust_remote_code)
-        base = load_base_model(resolver, inference.base_model, inference.dtype, inference.device)
+        artifacts = ArtifactStore(config.artifact_root)
+        registry = AdapterRegistry(MetadataStore(config.database_url), artifacts)
+        #: The tenant of the model version this replica serves (None: the base model, every tenant).
+        self._model_tenant: str | None = None
+        if inference.serve_model:
+            _, base = load_registered_model(
+                registry, resolver, inference.serve_model, inference.dtype, inference.device
+            )
+            self._model_tenant = inference.serve_model.partition("/")[0]
+        else:
+            base = load_base_model(resolver, inference.base_model, inference.dtype, inference.device)
         self.engine = Engine(
             base.model,
             base.tokenizer,
@@ -78,12 +93,11 @@ class InferenceReplica:
             max_batch_size=inference.max_batch_size,
             batch_wait_s=inference.batch_wait_ms / 1000,
         )
-        artifacts = ArtifactStore(config.artifact_root)
         self.frontend = InferenceFrontend(
             self.engine,
             base.name,
             base.template_hash,
-            AdapterRegistry(MetadataStore(config.database_url), artifacts),
+            registry,
             artifacts,
             Limits(inference.max_prompt_tokens, inference.max_new_tokens, inference.max_concurrent_per_tenant),
         )
@@ -94,6 +108,7 @@ class InferenceReplica:
         self._describe = {
             "base_model": base.name,
             "template_hash": base.template_hash,
+            "model_version": inference.serve_model or "",
             "max_adapters": inference.max_adapters,
             "max_batch_size": inference.max_batch_size,
             "batch_wait_ms": inference.batch_wait_ms,
@@ -152,6 +167,8 @@ class InferenceReplica:
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidArgument.for_field("body", f"is not JSON: {exc}") from exc
         tenant, prompt_ids, sampling = wire.parse_request(body)
+        if self._model_tenant is not None and tenant != self._model_tenant:
+            raise NotFound("model", self.frontend.base_name)  # another tenant's model version
         key = serve.get_multiplexed_model_id()
         if key and key.partition("/")[0] != tenant:
             raise InvalidArgument.for_field(wire.MODEL_ID_HEADER, f"names another tenant's adapter than {tenant!r}")

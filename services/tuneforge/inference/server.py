@@ -13,16 +13,19 @@ from collections.abc import AsyncIterator
 import grpc
 
 from tuneforge.catalog.adapters import AdapterRegistry
+from tuneforge.catalog.feedback import FeedbackStore
 from tuneforge.common.logging import get_logger
 from tuneforge.common.server import TuneforgeServer
 from tuneforge.common.settings import Settings
 from tuneforge.inference.base_model import load_base_model
 from tuneforge.inference.engine import Engine
+from tuneforge.inference.feedback import FeedbackServicer, ResponseRecorder
 from tuneforge.inference.frontend import InferenceFrontend, Limits
+from tuneforge.inference.model_engines import engine_loader
 from tuneforge.inference.remote import ServeFrontend, connect
 from tuneforge.inference.servicer import InferenceServicer
 from tuneforge.platform import Platform, PlatformComponent, build_server
-from tuneforge.v1 import inference_pb2, inference_pb2_grpc
+from tuneforge.v1 import feedback_pb2, feedback_pb2_grpc, inference_pb2, inference_pb2_grpc
 
 log = get_logger(__name__)
 
@@ -30,7 +33,10 @@ log = get_logger(__name__)
 class InferenceComponent(PlatformComponent):
     """Hosts InferenceService; `start()` loads the base model off the event loop."""
 
-    service_names = (inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,)
+    service_names = (
+        inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
+        feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name,
+    )
 
     #: Seconds between sweeps that unload deleted adapter versions.
     sweep_interval_s = 5.0
@@ -42,9 +48,12 @@ class InferenceComponent(PlatformComponent):
         self.remote: ServeFrontend | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.http = None
+        #: Served answers and the feedback on them (FeedbackService, `/v1/feedback`).
+        self.feedback = FeedbackStore(platform.metadata, platform.settings.inference.feedback_window_s)
 
     def register(self, server: grpc.aio.Server) -> None:
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(self.servicer, server)
+        feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(FeedbackServicer(self.feedback), server)
 
     async def start(self) -> None:
         await super().start()
@@ -75,6 +84,8 @@ class InferenceComponent(PlatformComponent):
                 registry,
                 self.platform.artifacts,
                 Limits(settings.max_prompt_tokens, settings.max_new_tokens, settings.max_concurrent_per_tenant),
+                model_loader=engine_loader(self.platform.models, settings),
+                max_model_engines=settings.max_model_engines,
             )
             log.info(
                 "base_model_loaded",
@@ -82,10 +93,12 @@ class InferenceComponent(PlatformComponent):
                 seconds=round(loop.time() - start, 2),
                 template_hash=base.template_hash[:16],
             )
+        responses = ResponseRecorder(self.feedback, frontend.base_name)
+        self.servicer.responses = responses
         if settings.http_port is not None:
             from tuneforge.inference.http import OpenAIServer
 
-            self.http = OpenAIServer(frontend, self.platform.settings)
+            self.http = OpenAIServer(frontend, self.platform.settings, self.feedback, responses)
             await self.http.start(self.platform.settings.host, settings.http_port)
         self.servicer.frontend = frontend
         self.platform.local_inference = frontend  # evaluation in this process generates through it
@@ -115,6 +128,8 @@ class InferenceComponent(PlatformComponent):
             await self.http.stop()
         if self.engine is not None:
             await asyncio.to_thread(self.engine.stop)
+        if frontend is not None:
+            await asyncio.to_thread(frontend.stop_models)
         if self.remote is not None:
             await self.remote.close()
         elif frontend is not None:

@@ -13,9 +13,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from tuneforge.catalog.feedback import new_response_id
 from tuneforge.common.auth import current_principal
-from tuneforge.common.convert import promotion_message
+from tuneforge.common.convert import MODEL_KINDS, promotion_message
 from tuneforge.common.errors import Unavailable
+from tuneforge.inference.engine import Sampling
+from tuneforge.inference.feedback import ResponseRecorder
 from tuneforge.inference.frontend import InferenceFrontend, Target
 from tuneforge.v1 import inference_pb2, inference_pb2_grpc
 
@@ -31,6 +34,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     def __init__(self) -> None:
         self.frontend: InferenceFrontend | None = None
+        #: Where served answers are recorded for feedback (None: they are not).
+        self.responses: ResponseRecorder | None = None
 
     def _ready(self) -> InferenceFrontend:
         if self.frontend is None:
@@ -40,7 +45,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def _start(self, request) -> tuple[InferenceFrontend, str, Target, list[int], object]:
         frontend = self._ready()
         tenant = current_principal().tenant
-        prompt = await frontend.render_prompt([(m.role, m.content) for m in request.messages])
+        messages = [(m.role, m.content) for m in request.messages]
+        frontend.check_messages(messages)  # cheap checks before a model version may be loaded
         s = request.sampling
         sampling = frontend.sampling(
             temperature=s.temperature,
@@ -50,17 +56,20 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             seed=s.seed if s.HasField("seed") else None,
         )
         target = await frontend.resolve(tenant, request.model)
+        prompt = await frontend.render_prompt(messages, target=target)  # with the target's chat template
         return frontend, tenant, target, prompt, sampling
 
     async def Generate(
         self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.GenerateResponse:
         frontend, tenant, target, prompt, sampling = await self._start(request)
+        response_id = new_response_id()
         parts: list[str] = []
         async for event in frontend.stream(tenant, target, prompt, sampling):
             parts.append(event.delta)
             if event.finish_reason:
                 _raise_if_failed(event)
+                await self._record(tenant, response_id, target, request, sampling, "".join(parts), event.finish_reason)
                 return inference_pb2.GenerateResponse(
                     text="".join(parts),
                     finish_reason=FINISH.get(event.finish_reason, 0),
@@ -68,6 +77,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                         prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens
                     ),
                     resolved_model=target.name,
+                    response_id=response_id,
                 )
         raise Unavailable("generation ended without a result")
 
@@ -75,19 +85,38 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self, request: inference_pb2.GenerateStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inference_pb2.GenerateStreamResponse]:
         frontend, tenant, target, prompt, sampling = await self._start(request)
+        response_id = new_response_id()
         first = True
+        parts: list[str] = []
         async for event in frontend.stream(tenant, target, prompt, sampling):
+            parts.append(event.delta)
             if event.finish_reason:
                 _raise_if_failed(event)
+                await self._record(tenant, response_id, target, request, sampling, "".join(parts), event.finish_reason)
             message = inference_pb2.GenerateStreamResponse(delta=event.delta)
             if first:
-                message.resolved_model, first = target.name, False
+                message.resolved_model, message.response_id, first = target.name, response_id, False
             if event.finish_reason:
                 message.finish_reason = FINISH.get(event.finish_reason, 0)
                 message.usage.prompt_tokens = event.prompt_tokens
                 message.usage.completion_tokens = event.completion_tokens
             if message.delta or event.finish_reason or message.resolved_model:
                 yield message
+
+    async def _record(
+        self,
+        tenant: str,
+        response_id: str,
+        target: Target,
+        request: inference_pb2.GenerateRequest | inference_pb2.GenerateStreamRequest,
+        sampling: Sampling,
+        answer: str,
+        finish: str,
+    ) -> None:
+        """Keeps the answer under its id for feedback (before the client sees the answer end)."""
+        if self.responses is not None:
+            messages = [(m.role, m.content) for m in request.messages]
+            await self.responses.record(tenant, response_id, target.name, messages, sampling, answer, finish)
 
     async def ListModels(
         self, request: inference_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -97,7 +126,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         models = []
         for entry in entries:
             model = inference_pb2.ModelInfo(
-                name=entry.name, base_model=frontend.base_name, is_base=entry.is_base, version=entry.version
+                name=entry.name,
+                base_model=entry.base_model or frontend.base_name,
+                is_base=entry.is_base,
+                version=entry.version,
+                kind=MODEL_KINDS.get(entry.kind, 0),
+                loaded=entry.loaded,
             )
             if entry.promotion is not None:
                 model.promotion.CopyFrom(promotion_message(entry.promotion))

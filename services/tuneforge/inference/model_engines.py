@@ -1,0 +1,163 @@
+"""Engines for model versions (full fine-tunes, merged models), loaded on demand into a bounded set.
+
+A model version is a whole model, so it is served by an engine of its own (its weights are the
+engine's base; adapters trained on the original base do not apply to it). In one process the
+engines live in a bounded LRU keyed by the version's immutable key (`tenant/name:version`): the
+first request that names a version loads it, a new one unloads the least recently used engine that
+has no request in flight, and when every engine is busy the request is RESOURCE_EXHAUSTED (retry).
+The table's lock is held for bookkeeping only; loading runs on a worker thread, one per key.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import Counter, Gauge
+
+from tuneforge.catalog.adapters import AdapterVersionInfo
+from tuneforge.chat import ChatRenderer
+from tuneforge.common.errors import ResourceExhausted
+from tuneforge.common.logging import get_logger
+from tuneforge.common.settings import InferenceSettings
+from tuneforge.inference.base_model import load_model_version
+from tuneforge.inference.engine import Engine
+from tuneforge.models import ModelResolver
+
+log = get_logger(__name__)
+
+MODEL_LOADS = Counter("tuneforge_inference_model_loads_total", "Model versions loaded into an engine of their own.")
+MODEL_EVICTIONS = Counter("tuneforge_inference_model_evictions_total", "Model version engines unloaded.")
+MODEL_ENGINES = Gauge("tuneforge_inference_model_engines", "Model version engines loaded now.")
+
+
+@dataclass
+class ServedModel:
+    """One model version in memory: its engine, the renderer of its own chat template, its template hash."""
+
+    key: str  # tenant/name:version
+    engine: Engine
+    renderer: ChatRenderer
+    template_hash: str
+
+
+class ModelEngines:
+    """A bounded LRU of model version engines; one with requests in flight is never unloaded."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._engines: OrderedDict[str, ServedModel] = OrderedDict()  # most recently used last
+        self._pins: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+
+    def loaded(self) -> list[str]:
+        with self._lock:
+            return list(self._engines)
+
+    def pin_if_loaded(self, key: str) -> ServedModel | None:
+        """`key`'s engine pinned for one request if it is resident (never blocks on a load: safe on the loop)."""
+        with self._lock:
+            served = self._engines.get(key)
+            if served is not None:
+                self._engines.move_to_end(key)
+                self._pins[key] = self._pins.get(key, 0) + 1
+            return served
+
+    def acquire(self, key: str, build: Callable[[], ServedModel]) -> ServedModel:
+        """`key`'s engine, built by `build()` if it is not resident, pinned until `release(key)`.
+
+        Blocking: call it off the loop. The version is built before anything is unloaded, so a version
+        that fails to load (a corrupt directory) costs no resident engine; RESOURCE_EXHAUSTED when every
+        engine has requests in flight.
+        """
+        served = self.pin_if_loaded(key)
+        if served is not None:
+            return served
+        with self._lock:
+            lock = self._loading.setdefault(key, threading.Lock())
+        with lock:  # one load per key, however many requests wait for it
+            served = self.pin_if_loaded(key)
+            if served is not None:
+                return served
+            self._check_room(key)
+            served = build()
+            with self._lock:
+                victims = []
+                while len(self._engines) >= self.capacity:
+                    victim = next((k for k in self._engines if not self._pins.get(k)), None)
+                    if victim is None:  # all became busy meanwhile: one over the bound until they finish
+                        break
+                    victims.append(self._engines.pop(victim))
+                self._engines[key] = served
+                self._pins[key] = self._pins.get(key, 0) + 1
+                MODEL_ENGINES.set(len(self._engines))
+            for old in victims:
+                self._stop(old, "evicted")
+            MODEL_LOADS.inc()
+            log.info("model_version_loaded", model=key)
+            return served
+
+    def _check_room(self, key: str) -> None:
+        with self._lock:
+            if len(self._engines) >= self.capacity and all(self._pins.get(k) for k in self._engines):
+                raise ResourceExhausted(
+                    f"every one of the {self.capacity} model version engines serves requests now; {key} cannot be "
+                    "loaded until one finishes: retry (or raise inference.max_model_engines)"
+                )
+
+    def release(self, key: str) -> None:
+        """Ends one request's pin of `key` (from `acquire` or `pin_if_loaded`)."""
+        with self._lock:
+            left = self._pins.get(key, 1) - 1
+            if left > 0:
+                self._pins[key] = left
+            else:
+                self._pins.pop(key, None)
+
+    def evict(self, key: str) -> bool:
+        """Unloads `key` unless a request uses it (blocking: stops the engine's thread)."""
+        with self._lock:
+            if self._pins.get(key) or key not in self._engines:
+                return False
+            served = self._engines.pop(key)
+            MODEL_ENGINES.set(len(self._engines))
+        self._stop(served, "deleted")
+        return True
+
+    def stop(self) -> None:
+        """Stops every engine (server shutdown)."""
+        with self._lock:
+            engines, self._engines = list(self._engines.values()), OrderedDict()
+            MODEL_ENGINES.set(0)
+        for served in engines:
+            served.engine.stop()
+
+    @staticmethod
+    def _stop(served: ServedModel, reason: str) -> None:
+        served.engine.stop()
+        MODEL_EVICTIONS.inc()
+        log.info("model_version_unloaded", model=served.key, reason=reason)
+
+
+def engine_loader(
+    resolver: ModelResolver, settings: InferenceSettings
+) -> Callable[[str, AdapterVersionInfo, Path], ServedModel]:
+    """What builds a model version's engine (blocking) with the replica's dtype, device and batch settings."""
+
+    def load(key: str, version: AdapterVersionInfo, directory: Path) -> ServedModel:
+        loaded = load_model_version(resolver, version.ref, directory, settings.dtype, settings.device)
+        engine = Engine(
+            loaded.model,
+            loaded.tokenizer,
+            max_adapters=1,  # no adapter is trained on a model version: one slot keeps the engine's shape
+            max_rank=settings.max_rank,
+            max_batch_size=settings.max_batch_size,
+            batch_wait_s=settings.batch_wait_ms / 1000,
+        )
+        return ServedModel(key, engine, ChatRenderer(loaded.tokenizer), loaded.template_hash)
+
+    return load
