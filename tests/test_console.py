@@ -1,0 +1,334 @@
+"""The web console in headless Chromium (Playwright for Python, Debian's /usr/bin/chromium), over the
+session's platform server: sign-in, the playground side by side, a job page whose curves grow, a
+dataset report, an evaluation started from the page, adapters; another tenant's ids and CSRF-less
+posts refused. One browser and one page for the module; a screenshot of every page is written under
+the module's tmp dir (and $TUNEFORGE_TEST_ARTIFACTS when set).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ACME_KEY, GLOBEX_KEY, MODEL_CACHE
+
+from tuneforge.client import TuneforgeClient
+from tuneforge.platform import BackgroundServer
+from tuneforge.v1 import evaluation_pb2, inference_pb2
+from tuneforge.web import ConsoleServer, ServiceAddresses
+from tuneforge.web.playground import json_verdict
+
+pytestmark = pytest.mark.slow  # generates with the embedded model and builds a dataset version
+CHROMIUM = Path("/usr/bin/chromium")
+PROMPT = "Name three colours."
+SYSTEM = "You are terse."
+#: How long the page may take to show what the platform did (answers, a build, a run, a refresh).
+WAIT_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def console(platform_server: BackgroundServer) -> Iterator[str]:
+    """The console over the session server, on its loop, with its key check (as `tuneforge up` runs it)."""
+    server = ConsoleServer(ServiceAddresses.single(platform_server.address), platform_server.server.resolver)
+    asyncio.run_coroutine_threadsafe(server.start("127.0.0.1", 0), platform_server.loop).result(30)
+    yield server.url.rstrip("/")
+    asyncio.run_coroutine_threadsafe(server.stop(), platform_server.loop).result(30)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not CHROMIUM.exists():
+        pytest.fail("Debian's chromium is missing: `make bootstrap` installs it (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser) -> Iterator[object]:
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(WAIT_MS)
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory):
+    """Saves a full-page screenshot under the module's tmp dir and $TUNEFORGE_TEST_ARTIFACTS."""
+    folder = tmp_path_factory.mktemp("console-screenshots")
+    extra = os.environ.get("TUNEFORGE_TEST_ARTIFACTS")
+
+    def take(page, name: str) -> Path:
+        path = folder / f"{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        if extra:
+            Path(extra).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, Path(extra) / f"console-{name}.png")
+        assert path.stat().st_size > 1000
+        return path
+
+    return take
+
+
+@pytest.fixture(scope="module")
+def adapters(platform_server: BackgroundServer, server_settings) -> list[str]:
+    """Two random LoRA adapters of acme (as a training job would register them), `beta` with alias prod."""
+    from test_inference_api import _make_adapter
+
+    from tuneforge.catalog.adapters import AdapterRegistry
+    from tuneforge.models import ModelResolver, template_hash
+    from tuneforge.store.artifacts import ArtifactStore
+    from tuneforge.store.metadata import MetadataStore
+
+    resolver = ModelResolver(MODEL_CACHE)
+    lineage = {
+        "base_model": "tiny-qwen2",
+        "template_hash": template_hash(resolver.load_tokenizer(resolver.resolve("tiny-qwen2"))),
+        "job_id": "job-console",
+    }
+    registry = AdapterRegistry(
+        MetadataStore(server_settings.database_url), ArtifactStore(server_settings.artifact_root)
+    )
+    registry.register("acme", "console-alpha", _make_adapter(resolver, 31, ["q_proj", "v_proj"]), lineage)
+    registry.register("acme", "console-beta", _make_adapter(resolver, 32, "all-linear"), lineage)
+    registry.set_alias("acme", "console-beta", "prod", 1)
+    return ["console-alpha", "console-beta:prod"]
+
+
+def _sign_in(page, console: str, key: str) -> None:
+    page.goto(f"{console}/signin")
+    page.fill("#api_key", key)
+    page.click("#signin")
+
+
+def test_json_answers_get_a_verdict_and_pretty_print() -> None:
+    assert json_verdict('{"date":"2025-03-13","n":[1,2]}') == {
+        "valid": True,
+        "pretty": '{\n  "date": "2025-03-13",\n  "n": [\n    1,\n    2\n  ]\n}',
+    }
+    assert json_verdict('```json\n{"a": 1}\n```')["valid"] is True
+    broken = json_verdict('{"date": 2025-03-13}')
+    assert broken["valid"] is False and "line 1" in broken["error"]
+    assert json_verdict("Red, green and blue.") is None
+
+
+def test_a_wrong_key_is_refused_and_the_right_one_signs_in(page, console: str, shots) -> None:
+    response = page.goto(f"{console}/jobs")
+    assert page.url.startswith(f"{console}/signin?next=/jobs") and response.ok
+    cookie = next(c for c in page.context.cookies() if c["name"] == "tuneforge_console")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    page.fill("#api_key", "tf_not_a_key_0123456789")
+    page.click("#signin")
+    assert "not accepted" in page.inner_text("#signin-error")
+    shots(page, "signin-refused")
+    page.fill("#api_key", ACME_KEY)
+    page.click("#signin")
+    page.wait_for_url(f"{console}/jobs")
+    assert "acme" in page.inner_text("#tenant")
+    signed_in = next(c for c in page.context.cookies() if c["name"] == "tuneforge_console")
+    assert signed_in["value"] != cookie["value"]  # a new session id at sign-in
+
+
+def test_the_playground_answers_side_by_side_like_the_service(
+    page, console: str, shots, adapters: list[str], platform_server: BackgroundServer
+) -> None:
+    page.goto(f"{console}/playground")
+    page.fill("textarea[name=system]", SYSTEM)
+    page.fill("textarea[name=user]", PROMPT)
+    page.fill("input[name=max_tokens]", "12")
+    selects = page.locator("select[name=model]")
+    for index, model in enumerate(adapters):
+        selects.nth(index).select_option(model)
+    page.click("#run")
+    page.locator(".answer[data-done=true]").nth(2).wait_for()  # locators: the console's CSP forbids eval
+    shots(page, "playground")
+    cards = page.locator(".answer")
+    shown = {cards.nth(i).get_attribute("data-model"): cards.nth(i).inner_text() for i in range(3)}
+    with TuneforgeClient(platform_server.address, api_key=ACME_KEY) as client:
+        for model in ["", *adapters]:
+            request = inference_pb2.GenerateRequest(model=model, sampling=inference_pb2.SamplingParams(max_tokens=12))
+            request.messages.add(role="system", content=SYSTEM)
+            request.messages.add(role="user", content=PROMPT)
+            answer = client.call(client.inference.Generate, request)
+            card = shown[model]
+            assert answer.text.strip() in card, (model, card)  # greedy: the same words the service gives
+            assert f"→ {answer.resolved_model}" in card
+    assert "console-beta:1" in shown["console-beta:prod"]  # the alias resolved
+
+
+@pytest.fixture(scope="module")
+def live_job(platform_server: BackgroundServer, server_settings) -> Iterator[tuple[str, object]]:
+    """A job of acme whose events the test writes as the runner would (no training started): it stays
+    VALIDATING_FILES, a state the runner leaves alone, so nothing reaches Ray."""
+    from tuneforge.common.names import new_id
+    from tuneforge.store.metadata import MetadataStore
+    from tuneforge.store.tables import JobRow, utcnow
+    from tuneforge.training.job_store import VALIDATING, JobStore
+    from tuneforge.training.jobs import JobSpecInput
+
+    metadata = MetadataStore(server_settings.database_url)
+    spec = JobSpecInput(base_model="tiny-qwen2", dataset_version_id="dsv-" + "c" * 24, adapter_name="console-curve")
+    job_id, now = new_id("job"), utcnow()
+    with metadata.session() as session:
+        session.add(
+            JobRow(
+                id=job_id,
+                tenant="acme",
+                state=VALIDATING,
+                spec_json=json.dumps(spec.model_dump(), sort_keys=True),
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    jobs = JobStore(metadata)
+    yield job_id, jobs
+    metadata.close()
+
+
+def _steps(jobs, job_id: str, first: int, last: int) -> None:
+    records = [
+        {"event": "step", "step": s, "total_steps": 8, "loss": 3.0 / s, "tokens_per_second": 900.0 + s}
+        | ({"validation_loss": 3.2 / s} if s % 2 == 0 else {})
+        for s in range(first, last + 1)
+    ]
+    jobs.apply_log(job_id, records, 0)
+
+
+def _points(page, series: str) -> int:
+    return int(page.get_attribute(f'#curves polyline[data-series="{series}"]', "data-count"))
+
+
+def test_a_job_page_draws_curves_that_grow_with_new_events(page, console: str, shots, live_job) -> None:
+    job_id, jobs = live_job
+    _steps(jobs, job_id, 1, 2)
+    page.goto(f"{console}/jobs")
+    page.click(f"a[href='/jobs/{job_id}']")
+    assert (_points(page, "loss"), _points(page, "validation loss"), _points(page, "tokens/s")) == (2, 1, 2)
+    _steps(jobs, job_id, 3, 6)  # the job moves on while the page is open: the page refreshes itself
+    page.locator('#curves polyline[data-series="loss"][data-count="6"]').wait_for(timeout=30_000)
+    assert (_points(page, "validation loss"), _points(page, "tokens/s")) == (3, 6)
+    assert "step 6/8" in page.inner_text("#live")
+    shots(page, "job")
+    page.click("#cancel-job")
+    assert "cancellation of" in page.inner_text(".notice")
+    assert page.inner_text("#job-state") == "cancelled"
+    assert page.locator("#cancel-job").count() == 0
+
+
+@pytest.fixture(scope="module")
+def dataset_version(platform_server: BackgroundServer) -> str:
+    """A small READY version of acme: a broken line, an e-mail address to scrub, a duplicate."""
+    lines = [
+        json.dumps({"instruction": "When did the launch happen?", "output": "On 2025-03-13."}),
+        "{not json",
+        json.dumps({"instruction": "Write to me at jane.doe@example.com", "output": "I will write to you."}),
+        json.dumps({"instruction": "When did the launch happen?", "output": "On 2025-03-13."}),
+        *(json.dumps({"instruction": f"Say the number {n}.", "output": f"{n}"}) for n in range(8)),
+    ]
+    with TuneforgeClient(platform_server.address, api_key=ACME_KEY) as client:
+        stored = client.upload_file(("\n".join(lines) + "\n").encode(), filename="console.jsonl")
+        version = client.create_dataset_version("console-data", [stored.id], "tiny-qwen2", validation_fraction=0.2)
+        return version.id
+
+
+def test_a_dataset_report_shows_counts_issues_lengths_and_records(
+    page, console: str, shots, dataset_version: str, platform_server: BackgroundServer
+) -> None:
+    with TuneforgeClient(platform_server.address, api_key=ACME_KEY) as client:
+        ready = client.wait_for_dataset_version(dataset_version)
+    assert ready.state == 2, ready.failure_reason
+    page.goto(f"{console}/datasets")
+    page.click(f"a[href='/datasets/{dataset_version}']")
+    counts = page.inner_text("#counts")
+    assert "records in\t12" in counts and "invalid\t1" in counts and "exact duplicates\t1" in counts
+    assert "email" in page.inner_text("#pii")
+    issue = page.locator("#issues tr", has_text="invalid_json")
+    assert issue.locator("td.line").inner_text() == "2"  # the line of the broken record
+    assert page.locator("#histogram svg rect").count() > 2
+    assert page.locator(".record").count() >= 3
+    shots(page, "dataset")
+
+
+@pytest.fixture(scope="module")
+def suite_id(platform_server: BackgroundServer) -> str:
+    items = [
+        {
+            "id": "j1",
+            "category": "structured_output",
+            "messages": [{"role": "user", "content": "The launch date as JSON?"}],
+            "checks": [{"type": "json_valid"}],
+        },
+        {
+            "id": "w1",
+            "category": "instruction_following",
+            "messages": [{"role": "user", "content": "Say hi in at most 5 words."}],
+            "checks": [{"type": "max_words", "params": {"n": 5}}],
+        },
+    ]
+    with TuneforgeClient(platform_server.address, api_key=ACME_KEY) as client:
+        request = evaluation_pb2.CreateSuiteRequest(name="console", jsonl="\n".join(map(json.dumps, items)).encode())
+        return client.call(client.evaluation.CreateSuite, request).suite.id
+
+
+def test_an_evaluation_started_from_the_page_reports_its_comparison(
+    page, console: str, shots, suite_id: str, adapters: list[str]
+) -> None:
+    page.goto(f"{console}/evaluations")
+    page.select_option("#suite", suite_id)
+    page.check("input[name=models][value='console-alpha']")
+    page.fill("input[name=max_tokens]", "8")
+    page.click("#start")
+    page.wait_for_url(f"{console}/evaluations/eval-*")
+    page.locator("#run-state:text-is('succeeded')").wait_for()
+    rows = page.inner_text("#comparisons")
+    assert "overall" in rows and "console-alpha" in rows and "structured_output" in rows
+    assert page.locator("#report-charts svg").count() == 2
+    assert page.locator("#report-charts rect.interval").count() == 3  # two categories and overall
+    assert page.locator("#flipped").count() + page.locator("#no-flips").count() == 1
+    assert "2/2" not in page.inner_text("#live") and "4/4" in page.inner_text("#live")
+    shots(page, "evaluation")
+    page.goto(f"{console}/evaluations")
+    shots(page, "evaluations")
+
+
+def test_the_adapters_page_shows_versions_aliases_and_lineage(page, console: str, shots, adapters) -> None:
+    page.goto(f"{console}/adapters")
+    assert "prod" in page.inner_text("#adapters")
+    page.click("a[href='/adapters/console-beta']")
+    assert "console-beta:prod → version 1" in page.inner_text("#alias-prod")
+    assert "job-console" in page.inner_text("#versions")
+    shots(page, "adapter")
+
+
+def test_another_tenant_gets_404_for_acme_s_ids(browser, console: str, live_job, dataset_version, adapters) -> None:
+    context = browser.new_context()
+    try:
+        theirs = context.new_page()
+        _sign_in(theirs, console, GLOBEX_KEY)
+        theirs.wait_for_url(f"{console}/playground")
+        for path in (f"/jobs/{live_job[0]}", f"/datasets/{dataset_version}", "/adapters/console-beta"):
+            response = theirs.goto(console + path)
+            assert response.status == 404, path
+            assert theirs.inner_text("h1") == "Not found"
+        assert live_job[0] not in theirs.goto(f"{console}/jobs").text()
+    finally:
+        context.close()
+
+
+def test_posts_without_the_csrf_token_are_refused(page, console: str, live_job) -> None:
+    request = page.context.request  # the signed-in session's cookie, but no token
+    refused = request.post(f"{console}/jobs/{live_job[0]}/cancel", form={"x": "1"}, max_redirects=0)
+    assert refused.status == 403
+    forged = request.post(f"{console}/api/generate", data={"user": "hi"}, headers={"X-CSRF-Token": "forged"})
+    assert forged.status == 403
+    signout = request.post(f"{console}/signout", max_redirects=0)
+    assert signout.status == 403
+    assert page.goto(f"{console}/jobs").url == f"{console}/jobs"  # still signed in
