@@ -47,8 +47,11 @@ def run_demo(workdir: Path, timeout: float = 600.0) -> int:
     port = _free_port()
     log_path = workdir / "platform.log"
     env = {**os.environ, "TUNEFORGE_LOG_FORMAT": "console"}
+    console_port = _free_port()
     command = [sys.executable, "-m", "tuneforge.cli", "up", "--port", str(port), "--home", str(workdir / "home")]
+    command += ["--console-port", str(console_port)]
     _say("platform", f"starting `tuneforge up` on 127.0.0.1:{port} (log: {log_path})")
+    _say("console", f"web console: http://127.0.0.1:{console_port}/ while the demo runs (local mode: any key signs in)")
     started = time.monotonic()
     with open(log_path, "wb") as log_file:
         platform = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
