@@ -23,6 +23,8 @@ from tuneforge.v1 import (
     curation_pb2,
     curation_pb2_grpc,
     evaluation_pb2_grpc,
+    export_pb2,
+    export_pb2_grpc,
     inference_pb2,
     inference_pb2_grpc,
     training_pb2,
@@ -73,6 +75,7 @@ class TuneforgeClient:
         self.adapters = training_pb2_grpc.AdapterServiceStub(self.channel)
         self.inference = inference_pb2_grpc.InferenceServiceStub(self.channel)
         self.evaluation = evaluation_pb2_grpc.EvaluationServiceStub(self.channel)
+        self.exports = export_pb2_grpc.ExportServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     def close(self) -> None:
@@ -306,3 +309,54 @@ class TuneforgeClient:
     def list_checkpoints(self, job_id: str) -> list[training_pb2.Checkpoint]:
         request = training_pb2.ListCheckpointsRequest(job_id=job_id)
         return list(self.call(self.training.ListCheckpoints, request).checkpoints)
+
+    def wait_for_export(
+        self,
+        export_id: str,
+        timeout: float = 3600.0,
+        on_progress: Callable[[export_pb2.ModelExport], None] | None = None,
+    ) -> export_pb2.ModelExport:
+        """Polls a merge or export until it is SUCCEEDED, FAILED or CANCELLED; returns it."""
+        deadline = time.monotonic() + timeout
+        final = (export_pb2.EXPORT_STATE_SUCCEEDED, export_pb2.EXPORT_STATE_FAILED, export_pb2.EXPORT_STATE_CANCELLED)
+        while True:
+            export = self.call(self.exports.GetExport, export_pb2.GetExportRequest(export_id=export_id)).export
+            if on_progress is not None:
+                on_progress(export)
+            if export.state in final:
+                return export
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"export {export_id} still {export_pb2.ExportState.Name(export.state)}")
+            time.sleep(0.25)
+
+    def download_export(self, export_id: str, out_dir: str | Path) -> list[Path]:
+        """Writes the files of a SUCCEEDED export into `out_dir`, each checked against its SHA-256."""
+        export = self.call(self.exports.GetExport, export_pb2.GetExportRequest(export_id=export_id)).export
+        expected = {f.name: f.digest for f in export.files}
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        written: dict[str, Any] = {}
+        try:
+            request = export_pb2.DownloadExportRequest(export_id=export_id)
+            for chunk in self.stream(self.exports.DownloadExport, request):
+                if chunk.name not in expected or Path(chunk.name).is_absolute() or ".." in Path(chunk.name).parts:
+                    raise ValueError(f"the server sent {chunk.name!r}, which is not a file of export {export_id}")
+                if chunk.name not in written:
+                    target = out / f".{Path(chunk.name).name}.part"
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    written[chunk.name] = (target.open("wb"), hashlib.sha256())
+                handle, digest = written[chunk.name]
+                handle.write(chunk.data)
+                digest.update(chunk.data)
+        finally:
+            for handle, _ in written.values():
+                handle.close()
+        paths = []
+        for name, digest in expected.items():
+            if name not in written or written[name][1].hexdigest() != digest.sha256:
+                raise ValueError(f"{name} of export {export_id} did not arrive whole (SHA-256 differs)")
+            final = out / name
+            final.parent.mkdir(parents=True, exist_ok=True)
+            (out / f".{Path(name).name}.part").replace(final)
+            paths.append(final)
+        return paths

@@ -378,3 +378,39 @@ class FeedbackExportLineRow(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
 
     __table_args__ = (Index("ix_feedback_export_lines_tenant_feedback", "tenant", "feedback_id"),)
+
+
+class ModelExportRow(Base):
+    """A merge of an adapter into its base, or an export of a model as safetensors or GGUF (ExportService)."""
+
+    __tablename__ = "model_exports"
+    __table_args__ = (
+        UniqueConstraint("tenant", "idempotency_key", name="uq_model_exports_tenant_idempotency_key"),
+        Index("ix_model_exports_tenant_created", "tenant", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(63), nullable=False)
+    #: `merge` or `export`.
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    #: The version it reads, resolved at creation (`name:version`).
+    source: Mapped[str] = mapped_column(String(200), nullable=False)
+    #: `safetensors` or `gguf`; `quant` the GGUF tensor type; `dtype` a merge's precision.
+    format: Mapped[str] = mapped_column(String(16), nullable=False)
+    quant: Mapped[str] = mapped_column(String(16), nullable=False, default="")
+    dtype: Mapped[str] = mapped_column(String(16), nullable=False, default="")
+    #: The model line a merge registers under.
+    model_name: Mapped[str] = mapped_column(String(63), nullable=False, default="")
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    progress: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    stage: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    error: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    #: The files written (name, sha256, size_bytes), once it succeeded, under `exports/<id>/` of the tenant.
+    files_json: Mapped[str] = mapped_column(Text, nullable=False, default="[]")
+    #: The model version a merge registered (`name:version`).
+    model_version: Mapped[str] = mapped_column(String(200), nullable=False, default="")
+    cancel_requested: Mapped[bool] = mapped_column(nullable=False, default=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)

@@ -1,4 +1,4 @@
-"""TrainingService + AdapterService bootstrap: `tuneforge serve training`.
+"""TrainingService + AdapterService + ExportService bootstrap: `tuneforge serve training`.
 
 Jobs run on the Ray cluster at `training.ray_address` (or `RAY_ADDRESS`), else on a local Ray head
 the service starts; the JobRunner reconciles them with Ray in the background.
@@ -15,11 +15,13 @@ from tuneforge.catalog.suites import SuiteCatalog
 from tuneforge.common.server import TuneforgeServer
 from tuneforge.common.settings import Settings
 from tuneforge.platform import Platform, PlatformComponent, build_server
+from tuneforge.training.export_servicer import ExportServicer
+from tuneforge.training.exports import ModelExports
 from tuneforge.training.job_store import JobStore
 from tuneforge.training.promotion import PromotionGates
 from tuneforge.training.runner import JobRunner
 from tuneforge.training.servicer import AdapterServicer, TrainingServicer
-from tuneforge.v1 import training_pb2, training_pb2_grpc
+from tuneforge.v1 import export_pb2, export_pb2_grpc, training_pb2, training_pb2_grpc
 
 
 class TrainingComponent(PlatformComponent):
@@ -28,6 +30,7 @@ class TrainingComponent(PlatformComponent):
     service_names = (
         training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name,
         training_pb2.DESCRIPTOR.services_by_name["AdapterService"].full_name,
+        export_pb2.DESCRIPTOR.services_by_name["ExportService"].full_name,
     )
 
     def __init__(self, platform: Platform) -> None:
@@ -39,6 +42,8 @@ class TrainingComponent(PlatformComponent):
             settings, self.jobs, self.registry, platform.metadata, platform.artifacts, platform.models
         )
         self.servicer: TrainingServicer | None = None
+        #: Merges and exports (ExportService), run on a worker thread of this process.
+        self.exports = ModelExports(platform.metadata, platform.artifacts, self.registry, platform.models)
 
     def register(self, server: grpc.aio.Server) -> None:
         datasets = DatasetCatalog(self.platform.metadata, self.platform.artifacts)
@@ -52,10 +57,12 @@ class TrainingComponent(PlatformComponent):
             self.platform.settings.training.promotion_gates,
         )
         training_pb2_grpc.add_AdapterServiceServicer_to_server(AdapterServicer(self.registry, gates), server)
+        export_pb2_grpc.add_ExportServiceServicer_to_server(ExportServicer(self.exports), server)
 
     async def start(self) -> None:
         await super().start()
         await self.runner.start()  # picks up the jobs a previous process left queued or running
+        self.exports.start_sweeps()  # and the exports it left queued or running
 
     def drain(self) -> None:
         """Streams that follow jobs end now, so the drain does not wait for jobs that run for hours."""
@@ -65,6 +72,7 @@ class TrainingComponent(PlatformComponent):
     async def stop(self) -> None:
         """Stops reconciling and releases the leases; the jobs go on running on Ray (see `JobRunner.stop`)."""
         await self.runner.stop()
+        await self.exports.stop()
 
 
 async def create_server(settings: Settings) -> tuple[TuneforgeServer, int]:
