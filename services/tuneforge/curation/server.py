@@ -6,16 +6,18 @@ import asyncio
 
 import grpc
 
+from tuneforge.catalog.feedback import FeedbackStore
 from tuneforge.common.logging import get_logger
 from tuneforge.common.server import TuneforgeServer
 from tuneforge.common.settings import Settings
+from tuneforge.curation.feedback import FeedbackExporter, FeedbackExportServicer
 from tuneforge.curation.files import FileCatalog
 from tuneforge.curation.runner import BuildRunner
 from tuneforge.curation.servicer import DatasetServicer
 from tuneforge.curation.versions import DatasetVersions
 from tuneforge.curation.worker import WorkerConfig
 from tuneforge.platform import Platform, PlatformComponent, build_server
-from tuneforge.v1 import curation_pb2, curation_pb2_grpc
+from tuneforge.v1 import curation_pb2, curation_pb2_grpc, feedback_pb2, feedback_pb2_grpc
 
 log = get_logger(__name__)
 
@@ -23,7 +25,10 @@ log = get_logger(__name__)
 class CurationComponent(PlatformComponent):
     """Hosts DatasetService; builds dataset versions in worker processes."""
 
-    service_names = (curation_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name,)
+    service_names = (
+        curation_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name,
+        feedback_pb2.DESCRIPTOR.services_by_name["FeedbackExportService"].full_name,
+    )
 
     def __init__(self, platform: Platform) -> None:
         super().__init__(platform)
@@ -57,6 +62,8 @@ class CurationComponent(PlatformComponent):
         curation_pb2_grpc.add_DatasetServiceServicer_to_server(
             DatasetServicer(self.files, self.versions, self.max_invalid_fraction), server
         )
+        exporter = FeedbackExporter(FeedbackStore(self.platform.metadata), self.files)
+        feedback_pb2_grpc.add_FeedbackExportServiceServicer_to_server(FeedbackExportServicer(exporter), server)
 
     async def start(self) -> None:
         await super().start()

@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import update
 
+from tuneforge.catalog.feedback import FeedbackStore
 from tuneforge.catalog.suites import SuiteCatalog
 from tuneforge.common.logging import get_logger
 from tuneforge.common.names import new_id
@@ -267,6 +268,12 @@ def _suite_prompts(
         raise RuntimeError(f"evaluation suite {suite_id} changed since the version was requested") from exc
 
 
+def _feedback_lineage(metadata: MetadataStore, tenant: str, inputs_spec: list[dict[str, Any]]) -> dict[str, Any]:
+    """`feedback_lineage` for the report: the feedback item behind each line of inputs a feedback export wrote."""
+    lines = FeedbackStore(metadata).lineage(tenant, [i["file_id"] for i in inputs_spec if i.get("file_id")])
+    return {"feedback_lineage": lines} if lines else {}
+
+
 def _build(
     metadata: MetadataStore,
     artifacts: ArtifactStore,
@@ -328,6 +335,7 @@ def _build(
                 "base_model": base_model,
                 "template_hash": expected_template,
                 "inputs": [{"name": i.name, "sha256": i.sha256} for i in inputs],
+                **_feedback_lineage(metadata, tenant, inputs_spec),
             },
         )
         manifest = {
