@@ -159,6 +159,7 @@ def test_feedback_with_a_correction_becomes_the_next_dataset_version(acme: Tunef
         (done.instruction_file.id, 1, rated.id),
         (done.instruction_file.id, 2, leaked.id),
     ]
+    assert f"| {done.instruction_file.id} | 2 | {leaked.id} | instruction |" in report.markdown
     shown = acme.call(feedback.GetFeedback, feedback_pb2.GetFeedbackRequest(feedback_id=rated.id)).feedback
     assert set(shown.exported_file_ids) == {done.instruction_file.id, done.preference_file.id}
 

@@ -44,6 +44,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 f"{response.usage.completion_tokens} completion tokens]",
                 file=sys.stderr,
             )
+            print(f"[rate it: tuneforge feedback submit {response.response_id} --up|--down ...]", file=sys.stderr)
             return 0
         _, last = stream_answer(client, args.model, messages, _sampling(args))
         if last is not None:

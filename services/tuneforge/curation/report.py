@@ -110,6 +110,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             kept = f"kept {cluster['kept']}, " if cluster["kept"] else ""
             lines.append(f"- {cluster['kind']}: {kept}removed {', '.join(cluster['removed'])}")
         lines.append("")
+    if report.get("feedback_lineage"):  # inputs written by a feedback export (curation/feedback.py)
+        lines += ["## From feedback", "", "| file | line | feedback item | kind |", "| --- | --- | --- | --- |"]
+        lines += [
+            f"| {x['file_id']} | {x['line']} | {x['feedback_id']} | {x['kind']} |"
+            for x in report["feedback_lineage"][:200]
+        ]
+        lines.append("")
     histogram = report["token_lengths"]
     if histogram.get("max") is not None:
         lines += [
