@@ -30,6 +30,7 @@ PROFILES = {
 KUBERAY_CRDS = Path(
     os.environ.get("TUNEFORGE_KUBERAY_CRDS", REPO.parent / "shared" / "schemas" / "kuberay-v1.7.0")
 ).expanduser()
+NAMESPACE_LABEL = "kubernetes.io/metadata.name"
 SECRETISH = re.compile(r"KEY|TOKEN|PASSWORD|SECRET|DATABASE_URL|CREDENTIAL", re.IGNORECASE)
 
 
@@ -274,6 +275,11 @@ def test_entry_points_the_images_and_chart_name_exist(profile: tuple[str, list[d
     _, docs = profile
     for deployment in _by_kind(docs, "Deployment").values():
         args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        if args[0] == "console":  # the web console: the chart's flags are the command's own
+            from tuneforge.cli import build_parser
+
+            assert build_parser().parse_args(args).func.__name__ == "cmd_console", args
+            continue
         assert args[0] == "serve" and args[1] in COMPONENTS
     settings = yaml.safe_load(_by_kind(docs, "ConfigMap")["tuneforge-settings"]["data"]["training.yaml"])
     script = Path(settings["training"]["script"])
@@ -534,7 +540,10 @@ def test_grace_periods_cover_serve_s_drain_and_the_services_shutdown(profile: tu
     data = _by_kind(docs, "ConfigMap")["tuneforge-settings"]["data"]
     for name, deployment in _by_kind(docs, "Deployment").items():
         role = name.removeprefix("tuneforge-")
-        grace = yaml.safe_load(data[f"{role}.yaml"]).get("shutdown_grace_s", 10.0)
+        if role == "console":  # no settings file: it drains its requests for SHUTDOWN_GRACE_S
+            from tuneforge.web.app import SHUTDOWN_GRACE_S as grace
+        else:
+            grace = yaml.safe_load(data[f"{role}.yaml"]).get("shutdown_grace_s", 10.0)
         assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace, name
 
 
@@ -546,6 +555,8 @@ def test_a_shared_model_cache_backs_the_models_dir_of_every_pod(profile: tuple[s
     claims = _by_kind(docs, "PersistentVolumeClaim")
     assert claims["tuneforge-models"]["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     for where, pod in _pod_specs(docs):
+        if where == "Deployment/tuneforge-console":
+            continue  # the console loads no model (and mounts no volume of the platform's)
         volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
         for container in pod["spec"]["containers"]:
             (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == cache_dir]
@@ -904,6 +915,47 @@ def test_network_policies_admit_only_the_paths_the_design_needs() -> None:
     }
     assert _allowed(default_docs, "anywhere", default_pods["inference"], 50051)
     assert not _allowed(default_docs, "anywhere", default_pods["training-ray"], 8265)
+
+
+def test_the_console_signs_in_with_the_services_keys_and_reaches_every_service(tmp_path: Path) -> None:
+    """console.enabled: a Deployment and a Service running `tuneforge console` with the API keys Secret the
+    services mount, every service's address, and NetworkPolicies that let it reach their gRPC ports even
+    where networkPolicy.apiFrom restricts the clients; off by default."""
+    from tuneforge.cli import build_parser
+
+    values = tmp_path / "console.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "networkPolicy": {"apiFrom": [{"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: "apps"}}}]},
+                "console": {"from": [{"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: "ingress-nginx"}}}]},
+            }
+        )
+    )
+    docs = _render(PROFILES["cpu"], "-f", str(values))
+    deployments, services = _by_kind(docs, "Deployment"), _by_kind(docs, "Service")
+    pod = deployments["tuneforge-console"]["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    args = build_parser().parse_args(container["args"])
+    curation = deployments["tuneforge-curation"]["spec"]["template"]["spec"]
+    (keys,) = [v for v in pod["spec"]["volumes"] if v["name"] == "api-keys"]
+    assert keys == next(v for v in curation["volumes"] if v["name"] == "api-keys")  # the services' own Secret
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "api-keys")
+    assert args.keys_file == f"{mount['mountPath']}/keys.yaml" and mount["readOnly"]
+    for role in ("curation", "training", "inference", "evaluation"):
+        host, _, port = getattr(args, f"{role}_address").partition(":")
+        assert host == f"tuneforge-{role}" and int(port) in [p["port"] for p in services[host]["spec"]["ports"]]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert services["tuneforge-console"]["spec"]["ports"][0]["port"] == args.listen_port == 8080
+    labels = pod["metadata"]["labels"]
+    for role in ("curation", "training", "inference", "evaluation"):
+        target = deployments[f"tuneforge-{role}"]["spec"]["template"]["metadata"]["labels"]
+        port = next(p["port"] for p in services[f"tuneforge-{role}"]["spec"]["ports"] if p["name"] == "grpc")
+        assert _allowed(docs, labels, target, port), role
+        assert not _allowed(docs, {"app": "elsewhere"}, target, port), role
+    assert _allowed(docs, "ingress-nginx", labels, 8080) and not _allowed(docs, "apps", labels, 8080)
+    default = _render(PROFILES["default"])
+    assert not [d for d in default if d["metadata"]["labels"].get("app.kubernetes.io/component") == "console"]
 
 
 def test_the_service_monitor_scrapes_every_service_metrics_port() -> None:

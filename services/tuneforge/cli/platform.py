@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 from pathlib import Path
 
 from tuneforge.cli.options import DEFAULT_ADDRESS, client_for, client_options, server_options, settings_from
@@ -67,8 +68,13 @@ def cmd_console(args: argparse.Namespace) -> int:
     from tuneforge.common.server import key_resolver
     from tuneforge.web import ConsoleServer, ServiceAddresses
 
-    settings = settings_from(args)
+    overrides: dict[str, object] = {}
+    if args.keys_file:
+        overrides["auth"] = {"mode": "api_keys", "keys_file": args.keys_file}
+    settings = settings_from(args, **overrides)
     configure_logging(settings.log_level, settings.log_format)
+    if settings.auth.mode == "local" and args.listen_host not in ("127.0.0.1", "localhost", "::1"):
+        sys.exit("tuneforge: a console in local auth mode signs anyone in: it serves on loopback only")
     resolver = key_resolver(settings)  # the keys file the gRPC servers read: the same check, the same keys
     addresses = ServiceAddresses(
         curation=args.curation_address or args.address,
@@ -80,7 +86,7 @@ def cmd_console(args: argparse.Namespace) -> int:
     async def main() -> None:
         import signal
 
-        console = ConsoleServer(addresses, resolver)
+        console = ConsoleServer(addresses, resolver, secure_cookies=args.secure_cookies)
         await console.start(args.listen_host, args.listen_port)
         print(f"Tuneforge console: {console.url}", flush=True)
         stop = asyncio.Event()
@@ -156,6 +162,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument(f"--{service}-address", dest=f"{service}_address", help=f"{service} service, if not --address")
     p.add_argument("--host", dest="listen_host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", dest="listen_port", type=int, default=8800, help="HTTP port (default 8800)")
+    p.add_argument("--keys-file", dest="keys_file", help="API keys file (auth.keys_file; the services' own)")
+    p.add_argument(
+        "--secure-cookies", dest="secure_cookies", action="store_true", help="mark the session cookie Secure (HTTPS)"
+    )
     p.set_defaults(func=cmd_console)
 
     p = sub.add_parser("demo", help="start the local platform and run every stage end to end")

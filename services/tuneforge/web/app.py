@@ -30,6 +30,7 @@ BACKEND: web.AppKey[Backend] = web.AppKey("backend", Backend)
 SESSIONS: web.AppKey[SessionStore] = web.AppKey("sessions", SessionStore)
 RESOLVER: web.AppKey[KeyResolver] = web.AppKey("resolver", KeyResolver)
 TEMPLATES: web.AppKey[jinja2.Environment] = web.AppKey("templates", jinja2.Environment)
+SECURE_COOKIES: web.AppKey[bool] = web.AppKey("secure_cookies", bool)
 SESSION: web.RequestKey[Session | None] = web.RequestKey("session", object)  # type: ignore[arg-type]
 #: Paths served without a session.
 PUBLIC_PREFIXES = ("/signin", "/static/", "/healthz")
@@ -56,6 +57,8 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 MAX_BODY_BYTES = 1024 * 1024
+#: Seconds requests in flight (a streamed answer) get to finish when the console stops.
+SHUTDOWN_GRACE_S = 5.0
 
 
 def session_of(request: web.Request) -> Session:
@@ -86,7 +89,7 @@ def _set_cookie(response: web.StreamResponse, request: web.Request, session: Ses
         session.id,
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
+        secure=request.secure or request.app[SECURE_COOKIES],
         path="/",
     )
 
@@ -215,7 +218,10 @@ STATIC_TYPES = {"console.css": "text/css", "console.js": "text/javascript"}
 
 
 def build_app(
-    addresses: ServiceAddresses, resolver: KeyResolver, sessions: SessionStore | None = None
+    addresses: ServiceAddresses,
+    resolver: KeyResolver,
+    sessions: SessionStore | None = None,
+    secure_cookies: bool = False,
 ) -> web.Application:
     """The console application over the services at `addresses`, checking keys with `resolver`."""
     from tuneforge.web import pages, playground
@@ -223,6 +229,7 @@ def build_app(
     app = web.Application(middlewares=[headers_middleware, security_middleware], client_max_size=MAX_BODY_BYTES)
     app[SESSIONS] = sessions or SessionStore()
     app[RESOLVER] = resolver
+    app[SECURE_COOKIES] = secure_cookies  # behind a TLS-terminating ingress the request itself is plain HTTP
     app[TEMPLATES] = jinja2.Environment(
         loader=jinja2.PackageLoader("tuneforge.web", "templates"),
         autoescape=True,
@@ -256,14 +263,14 @@ def reachable_host(host: str) -> str:
 class ConsoleServer:
     """The console listening on `host:port` (0 = any free port) until `stop()`."""
 
-    def __init__(self, addresses: ServiceAddresses, resolver: KeyResolver) -> None:
-        self.app = build_app(addresses, resolver)
+    def __init__(self, addresses: ServiceAddresses, resolver: KeyResolver, secure_cookies: bool = False) -> None:
+        self.app = build_app(addresses, resolver, secure_cookies=secure_cookies)
         self._runner: web.AppRunner | None = None
         self.host = "127.0.0.1"
         self.port = 0
 
     async def start(self, host: str, port: int) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None)
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
