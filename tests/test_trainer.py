@@ -202,6 +202,42 @@ def test_deepspeed_full_fine_tuning_on_two_cpu_workers(
     assert embed.shape == (151936, 64)  # the whole model, gathered from the ZeRO shards
     base = load_file(MODEL_CACHE / "tiny-qwen2" / "model.safetensors")["model.embed_tokens.weight"]
     assert not torch.equal(embed, base)  # full fine-tuning changed the base weights
+    if stage == 3:
+        _registers_and_serves_what_transformers_generates(out / "checkpoint-000003", tmp_path)
+
+
+def _registers_and_serves_what_transformers_generates(checkpoint: Path, tmp_path: Path) -> None:
+    """The gathered ZeRO-3 checkpoint registers as a model version; an engine on it generates transformers tokens."""
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.catalog.adapters import AdapterRegistry
+    from tuneforge.inference.base_model import load_registered_model
+    from tuneforge.inference.engine import Engine, Sampling
+    from tuneforge.store.artifacts import ArtifactStore
+    from tuneforge.store.metadata import MetadataStore
+    from tuneforge.training.runner import register_full_fine_tune
+
+    store = MetadataStore(f"sqlite:///{tmp_path / 'metadata.db'}")
+    store.migrate()
+    registry = AdapterRegistry(store, ArtifactStore(tmp_path / "artifacts"))
+    resolver = ModelResolver(MODEL_CACHE)
+    lineage = {"base_model": "tiny-qwen2", "job_id": "job-zero3"}
+    version = register_full_fine_tune(
+        registry, resolver, "acme", "zero3", checkpoint, resolver.resolve("tiny-qwen2"), lineage, {}
+    )
+    assert version.kind == "full_fine_tune" and "optimizer.pt" not in {f["name"] for f in version.files}
+    _, loaded = load_registered_model(registry, resolver, "acme/zero3:1", "float32", "cpu")
+    prompt = loaded.tokenizer.apply_chat_template([{"role": "user", "content": "A date?"}], add_generation_prompt=True)
+    prompt = prompt if isinstance(prompt, list) else prompt["input_ids"]
+    engine = Engine(loaded.model, loaded.tokenizer, max_adapters=1)
+    try:
+        served, _ = engine.generate(prompt, None, Sampling(max_tokens=8))
+    finally:
+        engine.stop()
+    reference = AutoModelForCausalLM.from_pretrained(loaded.resolved.source, dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected = reference.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False)
+    assert served == loaded.tokenizer.decode(expected[0, len(prompt) :], skip_special_tokens=True)
 
 
 def test_two_torchrun_processes_train_like_one_process_given_both_rows(dataset_dir: Path, tmp_path: Path) -> None:

@@ -242,10 +242,6 @@ class InferenceFrontend:
     def _verify_files(version: AdapterVersionInfo, directory: Path) -> None:
         verify_files(version, directory)
 
-    async def list_models(self, tenant: str) -> list[tuple[str, bool]]:
-        """(name, is_base): the base model, each adapter (its latest version) and each alias."""
-        return [(entry.name, entry.is_base) for entry in await self.model_entries(tenant)]
-
     async def model_entries(self, tenant: str) -> list[ModelEntry]:
         """What ListModels shows: the base model, each adapter and model version line (its latest version) and
         each alias, with its kind, whether it is loaded and, per alias, its version and how a gate let it move there.
@@ -272,7 +268,7 @@ class InferenceFrontend:
 
         def loaded(version: int) -> bool:
             key = f"{tenant}/{line.name}:{version}"
-            return self.model_loaded(key) if is_model else self.engine.has_adapter(key)
+            return self.model_loaded(key) if is_model else self.adapter_loaded(key)
 
         base = line.base_model if is_model else ""
         entries = [ModelEntry(line.name, False, kind=line.kind, loaded=loaded(line.latest_version), base_model=base)]
@@ -300,6 +296,10 @@ class InferenceFrontend:
                 )
             )
         return entries
+
+    def adapter_loaded(self, key: str) -> bool:
+        """Whether adapter version `key` (`tenant/name:version`) sits in a slot of the engine now."""
+        return self.engine.has_adapter(key)
 
     def model_servable(self, key: str) -> bool:
         """Whether this front can serve model version `key` (`tenant/name:version`) at all."""

@@ -214,6 +214,9 @@ class ServeFrontend(InferenceFrontend):
         self.resolver = resolver
         self._renderers: dict[str, ChatRenderer] = {}
 
+    def adapter_loaded(self, key: str) -> bool:
+        return False  # Serve's multiplexing caches live in the replicas, out of the front's sight
+
     def model_servable(self, key: str) -> bool:
         return key in self.model_urls
 

@@ -66,6 +66,8 @@ STOP_TICK_S = 2.0
 LOCAL_HEAD_STOP_S = 2.0
 #: Largest chunk of a metrics log read per job and tick.
 MAX_LOG_READ = 1 << 20
+#: Files of a full fine-tune's checkpoint that belong to the model (beside its safetensors weights).
+MODEL_CHECKPOINT_FILES = frozenset({"config.json", "generation_config.json", "model.safetensors.index.json"})
 #: Lease of the replica that submits queued jobs (one decides, so per-tenant running limits hold).
 SCHEDULER_LEASE = "training-scheduler"
 #: Prefix of a job's lease: the replica holding it follows and finishes the job.
@@ -438,43 +440,43 @@ class JobRunner:
             if spec.method == "lora":
                 version = self.registry.register(job.tenant, spec.adapter_name, final, lineage, metrics)
             else:
-                version = self._register_full(job.tenant, spec.adapter_name, final, resolved, lineage, metrics)
+                version = register_full_fine_tune(
+                    self.registry, self.models, job.tenant, spec.adapter_name, final, resolved, lineage, metrics
+                )
         what = "adapter" if version.kind == ADAPTER else "model"
         self.jobs.transition(job.id, SUCCEEDED, f"registered {what} {version.ref}", adapter_version=version.ref)
         log.info("job_succeeded", job_id=job.id, adapter=version.ref, kind=version.kind)
 
-    def _register_full(
-        self,
-        tenant: str,
-        name: str,
-        checkpoint: Path,
-        base: ResolvedModel,
-        lineage: dict[str, Any],
-        metrics: dict[str, float],
-    ) -> AdapterVersionInfo:
-        """A full fine-tune's final checkpoint as a model version: its weights and config with the base's tokenizer.
 
-        The checkpoint holds the weights (and optimizer state, left out); the tokenizer and chat
-        template the job trained with are the base model's, written beside them so the version is a
-        whole model that serving and export load on their own. Weights are hard-linked where the
-        filesystem allows (the registry copies them once more into its own directory).
-        """
-        staging = self.artifacts.make_temp_dir(f"full-{name}")
-        try:
-            for file in checkpoint.iterdir():
-                if (
-                    file.suffix == ".safetensors"
-                    or file.name in ("config.json", "generation_config.json")
-                    or (file.name.endswith(".safetensors.index.json"))
-                ):
-                    try:
-                        os.link(file, staging / file.name)
-                    except OSError:
-                        shutil.copyfile(file, staging / file.name)
-            self.models.load_tokenizer(base).save_pretrained(staging)
-            return self.registry.register_model(tenant, name, staging, lineage, metrics, kind=FULL_FINE_TUNE)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+def register_full_fine_tune(
+    registry: AdapterRegistry,
+    models: ModelResolver,
+    tenant: str,
+    name: str,
+    checkpoint: Path,
+    base: ResolvedModel,
+    lineage: dict[str, Any],
+    metrics: dict[str, float],
+) -> AdapterVersionInfo:
+    """A full fine-tune's checkpoint as a model version: its weights and config with the base's tokenizer.
+
+    The checkpoint holds the weights (and optimizer state, left out); the tokenizer and chat
+    template the job trained with are the base model's, written beside them so the version is a
+    whole model that serving and export load on their own. Weights are hard-linked where the
+    filesystem allows (the registry copies them once more into its own directory).
+    """
+    staging = registry.artifacts.make_temp_dir(f"full-{name}")
+    try:
+        for file in checkpoint.iterdir():
+            if file.suffix == ".safetensors" or file.name in MODEL_CHECKPOINT_FILES:
+                try:
+                    os.link(file, staging / file.name)
+                except OSError:
+                    shutil.copyfile(file, staging / file.name)
+        models.load_tokenizer(base).save_pretrained(staging)
+        return registry.register_model(tenant, name, staging, lineage, metrics, kind=FULL_FINE_TUNE)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def list_checkpoints(output_dir: Path) -> list[dict[str, Any]]:
