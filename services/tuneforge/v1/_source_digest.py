@@ -1,3 +1,3 @@
 """Digest of the .proto sources this package was generated from (written by `make proto`)."""
 
-PROTO_SOURCES_SHA256 = "531dcbdf14bec77bd63f56ce48f1ff102b9fcd4e71ce5b2571bc8e220b742821"
+PROTO_SOURCES_SHA256 = "96db0fdaa20d12a7e1b523c5cff47ae715ef1c9127f1cd5a8ae70eb68dc75dfc"
