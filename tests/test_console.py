@@ -19,13 +19,14 @@ from conftest import ACME_KEY, GLOBEX_KEY, MODEL_CACHE
 
 from tuneforge.client import TuneforgeClient
 from tuneforge.platform import BackgroundServer
-from tuneforge.v1 import evaluation_pb2, inference_pb2
+from tuneforge.v1 import evaluation_pb2, feedback_pb2, feedback_pb2_grpc, inference_pb2
 from tuneforge.web import ConsoleServer, ServiceAddresses
 from tuneforge.web.playground import json_verdict
 
 pytestmark = pytest.mark.slow  # generates with the embedded model and builds a dataset version
 CHROMIUM = Path("/usr/bin/chromium")
 PROMPT = "Name three colours."
+CORRECTION = "Red, green and blue."
 SYSTEM = "You are terse."
 #: How long the page may take to show what the platform did (answers, a build, a run, a refresh).
 WAIT_MS = 120_000
@@ -162,6 +163,44 @@ def test_the_playground_answers_side_by_side_like_the_service(
             assert answer.text.strip() in card, (model, card)  # greedy: the same words the service gives
             assert f"→ {answer.resolved_model}" in card
     assert "console-beta:1" in shown["console-beta:prod"]  # the alias resolved
+
+
+def test_an_answer_is_rated_with_a_correction(page, console: str, shots, platform_server: BackgroundServer) -> None:
+    card = page.locator(".answer[data-model='console-alpha']")
+    card.locator("input[name=rating][value=down]").check()
+    card.locator("select[name=score]").select_option("2")
+    card.locator("textarea[name=corrected_answer]").fill(CORRECTION)
+    card.locator("input[name=comment]").fill("not colours")
+    card.locator("form.rating button").click()
+    card.locator(".saved.ok").wait_for()
+    feedback_id = card.get_attribute("data-feedback")
+    shots(page, "playground-rated")
+    with TuneforgeClient(platform_server.address, api_key=ACME_KEY) as client:
+        stub = feedback_pb2_grpc.FeedbackServiceStub(client.channel)
+        stored = client.call(stub.GetFeedback, feedback_pb2.GetFeedbackRequest(feedback_id=feedback_id))
+    item = stored.feedback
+    assert (item.model, item.rating, item.score, item.corrected_answer, item.comment) == (
+        "console-alpha:1",
+        feedback_pb2.FEEDBACK_RATING_DOWN,
+        2,
+        CORRECTION,
+        "not colours",
+    )
+    assert [m.content for m in item.messages] == [SYSTEM, PROMPT] and item.sampling.max_tokens == 12
+
+
+def test_feedback_is_exported_into_a_dataset_version(page, console: str, shots) -> None:
+    page.goto(f"{console}/feedback")
+    row = page.locator("#feedback tr", has_text=CORRECTION)
+    feedback_id = row.locator("code").first.inner_text()
+    shots(page, "feedback")
+    page.fill("#export-dataset", "console-feedback")
+    page.click("#export")
+    page.wait_for_url(f"{console}/datasets/dsv-*")
+    assert "1 feedback item(s) exported" in page.inner_text(".notice")
+    page.locator("#version-state:text-is('ready')").wait_for()  # the page follows the build
+    assert feedback_id in page.inner_text("#feedback-lineage")
+    shots(page, "dataset-from-feedback")
 
 
 @pytest.fixture(scope="module")

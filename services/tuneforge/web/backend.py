@@ -17,6 +17,7 @@ from tuneforge.client import TuneforgeError
 from tuneforge.v1 import (
     curation_pb2_grpc,
     evaluation_pb2_grpc,
+    feedback_pb2_grpc,
     inference_pb2_grpc,
     training_pb2_grpc,
 )
@@ -53,6 +54,9 @@ class Backend:
         self.adapters = training_pb2_grpc.AdapterServiceStub(self._channels[addresses.training])
         self.inference = inference_pb2_grpc.InferenceServiceStub(self._channels[addresses.inference])
         self.evaluation = evaluation_pb2_grpc.EvaluationServiceStub(self._channels[addresses.evaluation])
+        # feedback is taken next to the inference service and exported by curation (it owns files)
+        self.feedback = feedback_pb2_grpc.FeedbackServiceStub(self._channels[addresses.inference])
+        self.feedback_export = feedback_pb2_grpc.FeedbackExportServiceStub(self._channels[addresses.curation])
 
     async def close(self) -> None:
         for channel in self._channels.values():

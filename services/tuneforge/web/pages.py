@@ -17,7 +17,7 @@ from aiohttp import web
 from google.protobuf import timestamp_pb2
 
 from tuneforge.common.svg import grouped_bar_chart
-from tuneforge.v1 import curation_pb2, evaluation_pb2, inference_pb2, training_pb2
+from tuneforge.v1 import curation_pb2, evaluation_pb2, feedback_pb2, inference_pb2, training_pb2
 from tuneforge.web.app import BACKEND, render, session_of
 from tuneforge.web.backend import Caller
 from tuneforge.web.charts import interval_chart, line_chart
@@ -53,6 +53,7 @@ FILTERS = {
     "timestamp": _time,
     "percent": lambda v: f"{v:.1%}",
     "signed_percent": lambda v: f"{v:+.1%}",
+    "rating": lambda v: {feedback_pb2.FEEDBACK_RATING_UP: "good", feedback_pb2.FEEDBACK_RATING_DOWN: "bad"}.get(v, ""),
 }
 
 
@@ -144,20 +145,37 @@ async def datasets(request: web.Request) -> web.Response:
 
 
 async def dataset(request: web.Request) -> web.Response:
-    caller, version_id = _caller(request), request.match_info["version_id"]
+    return render(request, "dataset.html", **await _dataset_view(_caller(request), request.match_info["version_id"]))
+
+
+async def dataset_live(request: web.Request) -> web.Response:
+    view = await _dataset_view(_caller(request), request.match_info["version_id"])
+    return render(request, "dataset_live.html", **view)
+
+
+async def _dataset_view(caller: Caller, version_id: str) -> dict[str, Any]:
     datasets_stub = caller.backend.datasets
     version = (
         await caller.call(
             datasets_stub.GetDatasetVersion, curation_pb2.GetDatasetVersionRequest(dataset_version_id=version_id)
         )
     ).dataset_version
-    context: dict[str, Any] = {"version": version, "report": None, "issues": [], "records": [], "histogram": {}}
+    context: dict[str, Any] = {
+        "version": version,
+        "report": None,
+        "issues": [],
+        "records": [],
+        "histogram": {},
+        "feedback_lineage": [],
+    }
     if version.state in (curation_pb2.DATASET_VERSION_STATE_READY, curation_pb2.DATASET_VERSION_STATE_FAILED):
         report = await caller.call(
             datasets_stub.GetDatasetReport, curation_pb2.GetDatasetReportRequest(dataset_version_id=version_id)
         )
         context["report"] = report
-        context["histogram"] = json.loads(report.json or "{}").get("token_lengths", {})
+        details = json.loads(report.json or "{}")
+        context["histogram"] = details.get("token_lengths", {})
+        context["feedback_lineage"] = details.get("feedback_lineage", [])  # lines written by a feedback export
         context["issues"] = await caller.pages(
             datasets_stub.ListDatasetIssues,
             curation_pb2.ListDatasetIssuesRequest(dataset_version_id=version_id, page_size=MAX_ISSUES),
@@ -173,7 +191,7 @@ async def dataset(request: web.Request) -> web.Response:
                 ),
             )
         ).records
-    return render(request, "dataset.html", **context)
+    return context
 
 
 # -- evaluations --------------------------------------------------------------------------------
@@ -286,6 +304,50 @@ async def evaluation_live(request: web.Request) -> web.Response:
     return render(request, "evaluation_live.html", **await _run_view(_caller(request), request.match_info["run_id"]))
 
 
+# -- feedback -----------------------------------------------------------------------------------
+
+
+async def feedback(request: web.Request) -> web.Response:
+    caller = _caller(request)
+    items = await caller.pages(
+        caller.backend.feedback.ListFeedback, feedback_pb2.ListFeedbackRequest(page_size=100), "feedback", limit=200
+    )
+    models = (await caller.call(caller.backend.inference.ListModels, inference_pb2.ListModelsRequest())).models
+    base = next((m.name for m in models if m.is_base), "")
+    return render(request, "feedback.html", items=items, base_model=base, form_id=uuid.uuid4().hex)
+
+
+async def export_feedback(request: web.Request) -> web.Response:
+    """Accepted feedback into a new raw file (FeedbackExportService) and, with a dataset name, a version
+    built from it through the normal curation pipeline."""
+    form = await request.post()
+    caller = _caller(request)
+    exported = await caller.call(
+        caller.backend.feedback_export.ExportFeedback,
+        feedback_pb2.ExportFeedbackRequest(
+            model=str(form.get("model", "")).strip(), include_approved=form.get("include_approved") == "on"
+        ),
+    )
+    notices = session_of(request).notices
+    file_id = exported.instruction_file.id
+    notices.append(f"{len(exported.feedback_ids)} feedback item(s) exported into file {file_id}")
+    dataset = str(form.get("dataset", "")).strip()
+    if not dataset:
+        raise web.HTTPSeeOther("/feedback")
+    version = (
+        await caller.call(
+            caller.backend.datasets.CreateDatasetVersion,
+            curation_pb2.CreateDatasetVersionRequest(
+                idempotency_key=str(form.get("form_id", "")) or uuid.uuid4().hex,
+                dataset=dataset,
+                file_ids=[file_id],
+                settings=curation_pb2.CurationSettings(base_model=str(form.get("base_model", "")).strip()),
+            ),
+        )
+    ).dataset_version
+    raise web.HTTPSeeOther(f"/datasets/{version.id}")
+
+
 # -- adapters -----------------------------------------------------------------------------------
 
 
@@ -336,9 +398,12 @@ def register(router: web.UrlDispatcher) -> None:
     router.add_post("/jobs/{job_id}/cancel", cancel_job)
     router.add_get("/datasets", datasets)
     router.add_get("/datasets/{version_id}", dataset)
+    router.add_get("/datasets/{version_id}/live", dataset_live)
     router.add_get("/evaluations", evaluations)
     router.add_post("/evaluations", start_evaluation)
     router.add_get("/evaluations/{run_id}", evaluation)
     router.add_get("/evaluations/{run_id}/live", evaluation_live)
+    router.add_get("/feedback", feedback)
+    router.add_post("/feedback/export", export_feedback)
     router.add_get("/adapters", adapters)
     router.add_get("/adapters/{name}", adapter)

@@ -1,4 +1,5 @@
-"""Playground: one prompt answered side by side by the base model and up to three adapters, streamed.
+"""Playground: one prompt answered side by side by the base model and up to three adapters, streamed,
+each answer with a rating form (FeedbackService: thumbs, a 1-5 score, a corrected answer, a comment).
 
 The page posts one request per column to `/api/generate`, which relays InferenceService's
 GenerateStream with the signed-in key as NDJSON lines (`{"resolved_model"}`, `{"delta"}`…, then
@@ -16,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from tuneforge.client import TuneforgeError
-from tuneforge.v1 import common_pb2, inference_pb2
+from tuneforge.v1 import common_pb2, feedback_pb2, inference_pb2
 from tuneforge.web.app import BACKEND, render, session_of
 
 #: Adapters (or aliases) a prompt can be compared on next to the base model.
@@ -109,7 +110,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store"})
     await response.prepare(request)
     text: list[str] = []
-    resolved = ""
+    resolved = response_id = ""
 
     async def send(line: dict[str, Any]) -> None:
         await response.write((json.dumps(line, ensure_ascii=False) + "\n").encode())
@@ -123,8 +124,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
     try:
         async for item in each():
             if item.resolved_model:
-                resolved = item.resolved_model
-                await send({"resolved_model": resolved})
+                resolved, response_id = item.resolved_model, item.response_id
+                await send({"resolved_model": resolved, "response_id": response_id})
             if item.delta:
                 text.append(item.delta)
                 await send({"delta": item.delta})
@@ -135,6 +136,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
                         "done": True,
                         "text": answer,
                         "resolved_model": resolved,
+                        "response_id": response_id,  # what a rating of this answer names
                         "finish_reason": inference_pb2.FinishReason.Name(item.finish_reason)
                         .removeprefix("FINISH_REASON_")
                         .lower(),
@@ -151,6 +153,41 @@ async def generate(request: web.Request) -> web.StreamResponse:
     return response
 
 
+RATINGS = {"": feedback_pb2.FEEDBACK_RATING_UNSPECIFIED, "up": feedback_pb2.FEEDBACK_RATING_UP}
+RATINGS["down"] = feedback_pb2.FEEDBACK_RATING_DOWN
+
+
+def feedback_request(body: dict[str, Any]) -> feedback_pb2.SubmitFeedbackRequest:
+    """The SubmitFeedback request of a rating form; the service checks the values (and names bad fields)."""
+    response_id, rating = body.get("response_id"), body.get("rating") or ""
+    if not isinstance(response_id, str) or not response_id:
+        raise BadField("response_id", "response_id must name the answer being rated")
+    if rating not in RATINGS:
+        raise BadField("rating", "rating must be up, down or empty")
+    texts = {name: body.get(name) or "" for name in ("corrected_answer", "comment")}
+    for name, value in texts.items():
+        if not isinstance(value, str):
+            raise BadField(name, f"{name} must be text")
+    score = _number(body, "score", 0, 5, 0, integer=True)
+    return feedback_pb2.SubmitFeedbackRequest(response_id=response_id, rating=RATINGS[rating], score=score, **texts)
+
+
+async def submit_feedback(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise BadField("body", "send a JSON object")
+        message = feedback_request(body)
+    except BadField as exc:
+        return web.json_response({"error": {"message": str(exc), "field": exc.field}}, status=400)
+    except ValueError:
+        return web.json_response({"error": {"message": "the body is not JSON", "field": "body"}}, status=400)
+    caller = request.app[BACKEND].caller(session_of(request).api_key)
+    item = (await caller.call(caller.backend.feedback.SubmitFeedback, message)).feedback
+    return web.json_response({"id": item.id, "model": item.model, "corrected": bool(item.corrected_answer)})
+
+
 def register(router: web.UrlDispatcher) -> None:
     router.add_get("/playground", playground)
     router.add_post("/api/generate", generate)
+    router.add_post("/api/feedback", submit_feedback)

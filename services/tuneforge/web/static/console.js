@@ -67,6 +67,7 @@ async function answer(card, request) {
         text.textContent = line.json && line.json.valid ? line.json.pretty : line.text;
         setBadge(card, line.json);
         meta.textContent = `${line.usage.prompt_tokens} prompt + ${line.usage.completion_tokens} generated tokens · ${line.finish_reason}`;
+        if (line.response_id) setUpRating(card, line.response_id);
         card.dataset.done = "true";
         card.dispatchEvent(new CustomEvent("answered", { bubbles: true, detail: { request, line } }));
       }
@@ -74,6 +75,34 @@ async function answer(card, request) {
   } finally {
     card.classList.remove("streaming");
   }
+}
+
+// The rating form of one answer: thumbs, a 1-5 score, a corrected answer, a comment (FeedbackService).
+function setUpRating(card, responseId) {
+  const form = card.querySelector("form.rating");
+  const saved = form.querySelector(".saved");
+  form.hidden = false;
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const data = new FormData(form);
+    const response = await post("/api/feedback", {
+      response_id: responseId,
+      rating: data.get("rating") || "",
+      score: data.get("score"),
+      corrected_answer: data.get("corrected_answer"),
+      comment: data.get("comment"),
+    });
+    const body = await response.json().catch(() => ({}));
+    if (response.ok) {
+      saved.textContent = `feedback ${body.id} saved`;
+      saved.className = "saved ok";
+      card.dataset.feedback = body.id;
+    } else {
+      const error = body.error || {};
+      saved.textContent = error.message || `refused (${response.status})`;
+      saved.className = "saved error";
+    }
+  });
 }
 
 function setUpPlayground(form) {
