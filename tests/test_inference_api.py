@@ -530,9 +530,30 @@ def test_the_serve_app_serves_the_front_through_serve_s_http_proxy(
     }
     port = _free_port()
     url = f"http://127.0.0.1:{port}/tuneforge-inference-test"
+    # a model version (here: tiny-qwen2 with noise on its weights) with a Serve application of its own
+    model_url = f"http://127.0.0.1:{port}/tuneforge-inference-test-model"
+    registry = AdapterRegistry(
+        MetadataStore(server_settings.database_url), ArtifactStore(server_settings.artifact_root)
+    )
+    model_dir = Path(tempfile.mkdtemp(prefix="served-model-"))
+    noisy = _fresh_model(resolver)
+    torch.manual_seed(13)
+    with torch.no_grad():
+        for parameter in noisy.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.5)
+    noisy.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    served = registry.register_model("acme", "served-full", model_dir, {"base_model": "tiny-qwen2"})
+    serve_models = {f"acme/{served.ref}": model_url}
 
     def front_for(serve_token: str, retry_s: float) -> BackgroundServer:
-        inference = {"base_model": "tiny-qwen2", "serve_url": url, "serve_token": serve_token, "http_port": 0}
+        inference = {
+            "base_model": "tiny-qwen2",
+            "serve_url": url,
+            "serve_token": serve_token,
+            "http_port": 0,
+            "serve_models": serve_models,
+        }
         return BackgroundServer(
             make_settings(
                 server_settings.home / f"front-{retry_s}",
@@ -599,6 +620,31 @@ def test_the_serve_app_serves_the_front_through_serve_s_http_proxy(
         text = "".join(c.choices[0].delta.content or "" for c in stream)
         assert text == _expected(resolver, tokenizer, adapters["beta"], MESSAGES)
 
+        # the model version's own application: its replicas hold it as their base; the front routes it there
+        serve.run(
+            InferenceReplica.options(ray_actor_options={"num_cpus": 0}).bind(
+                {**settings, "inference": {**settings["inference"], "serve_model": f"acme/{served.ref}"}}
+            ),
+            name="tuneforge-inference-test-model",
+            route_prefix="/tuneforge-inference-test-model",
+        )
+        status, direct = _post(f"{model_url}/generate", body, auth)
+        assert status == 200 and direct[-1]["model"] == served.ref, direct
+        via_front = _generate(client, served.ref)
+        assert via_front.text == "".join(e["delta"] for e in direct) != _expected(resolver, tokenizer, None, MESSAGES)
+        status, (adapter_there,) = _post(
+            f"{model_url}/generate", body, {**auth, "serve_multiplexed_model_id": "acme/alpha:1"}
+        )
+        assert status == 412 and "this replica serves 'served-full:1'" in adapter_there["error"]["message"]
+        status, (other_tenant,) = _post(f"{model_url}/generate", {**body, "tenant": "globex"}, auth)
+        assert status == 404 and other_tenant["error"]["status"] == "NOT_FOUND"
+        undeployed = registry.register_model("acme", "not-deployed", model_dir, {"base_model": "tiny-qwen2"})
+        with pytest.raises(TuneforgeError) as absent:
+            _generate(client, undeployed.ref)
+        assert absent.value.code == "FAILED_PRECONDITION" and "inference.rayService.models" in absent.value.message
+        listed = {m.name: m for m in client.list_models()}
+        assert listed["served-full"].loaded and "not-deployed" not in listed
+
         # a front with another serve token than the replicas': not ready, and UNAVAILABLE saying why
         stranger = front_for("not-the-replicas-token", retry_s=1)
         try:
@@ -614,6 +660,7 @@ def test_the_serve_app_serves_the_front_through_serve_s_http_proxy(
         client.close()
         front.stop()
         serve.delete("tuneforge-inference-test")
+        serve.delete("tuneforge-inference-test-model")
 
 
 def test_a_front_without_its_serve_backend_is_not_serving_and_answers_unavailable(
