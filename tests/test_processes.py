@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -118,6 +119,9 @@ def test_demo_runs_to_the_end(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "all 5 services SERVING" in result.stdout
     assert "same file" in result.stdout and "(ok)" in result.stdout
+    console = re.search(r"\[console\] web console answering at (http://127\.0\.0\.1:\d+/) \(open", result.stdout)
+    assert console, result.stdout[:3000]  # `tuneforge up` served the console and said where
+    assert f"Tuneforge console: {console.group(1)}" in (tmp_path / "demo" / "platform.log").read_text()
     assert "smollm2-135m-instruct (base)" in result.stdout
     assert "[training] registered adapter demo-dates:1" in result.stdout
     assert "[SUCCEEDED]" in result.stdout and "(last quarter)" in result.stdout

@@ -35,6 +35,18 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _console_check(port: int) -> str:
+    """The web console's address once `tuneforge up` serves it (its health answers), else why not."""
+    import urllib.request
+
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        with urllib.request.urlopen(f"{url}healthz", timeout=10) as answer:  # noqa: S310 (loopback URL)
+            return url if answer.status == 200 else f"{url} (health answered {answer.status})"
+    except OSError as exc:
+        return f"{url} (not answering: {exc})"
+
+
 def _say(stage: str, text: str) -> None:
     print(f"[{stage}] {text}", flush=True)
 
@@ -62,6 +74,7 @@ def run_demo(workdir: Path, timeout: float = 600.0) -> int:
             _say("platform", f"all {len(names)} services SERVING after {time.monotonic() - started:.1f}s:")
             for name in names:
                 _say("platform", f"  {name}: {client.health(name)}")
+            _say("console", f"web console answering at {_console_check(console_port)} (open it while the demo runs)")
 
             files_before = list(client.list_files())
             _say("auth", f"authenticated call ListFiles answered ({len(files_before)} files; local single-tenant mode)")

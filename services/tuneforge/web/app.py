@@ -17,7 +17,7 @@ import jinja2
 from aiohttp import web
 
 from tuneforge.client import TuneforgeError
-from tuneforge.common.auth import KeyResolver
+from tuneforge.common.auth import KeyResolver, LocalResolver
 from tuneforge.common.errors import TuneforgeError as DomainError
 from tuneforge.common.logging import get_logger
 from tuneforge.web.backend import Backend, ServiceAddresses
@@ -167,7 +167,13 @@ async def headers_middleware(request: web.Request, handler: Handler) -> web.Stre
 async def signin_form(request: web.Request) -> web.Response:
     if session_of(request).signed_in:
         raise web.HTTPSeeOther(_safe_next(request.query.get("next")))
-    return render(request, "signin.html", next=_safe_next(request.query.get("next")), error="")
+    return render(request, "signin.html", next=_safe_next(request.query.get("next")), error="", **_mode(request))
+
+
+def _mode(request: web.Request) -> dict[str, str]:
+    """In local single-tenant mode the sign-in page says that any key acts as the local tenant."""
+    resolver = request.app[RESOLVER]
+    return {"local_tenant": resolver.principal.tenant if isinstance(resolver, LocalResolver) else ""}
 
 
 def _safe_next(target: str | None) -> str:
@@ -185,7 +191,9 @@ async def signin(request: web.Request) -> web.Response:
         principal = await asyncio.to_thread(request.app[RESOLVER].resolve, key)
     except DomainError as exc:
         log.info("console_signin_refused", reason=exc.message)
-        return render(request, "signin.html", status=401, next=target, error="That API key was not accepted.")
+        return render(
+            request, "signin.html", status=401, next=target, error="That API key was not accepted.", **_mode(request)
+        )
     session = request.app[SESSIONS].sign_in(session_of(request), key, principal)
     log.info("console_signin", tenant=principal.tenant, key_name=principal.key_name)
     response = web.HTTPSeeOther(target)

@@ -91,16 +91,23 @@ async def playground(request: web.Request) -> web.Response:
     return render(request, "playground.html", base=base, choices=choices, columns=MAX_COMPARED)
 
 
-async def generate(request: web.Request) -> web.StreamResponse:
+async def _from_json(request: web.Request, build: Any) -> Any:
+    """`build(body)` of a JSON object body, or the 400 response naming what is wrong with it."""
     try:
         body = await request.json()
         if not isinstance(body, dict):
             raise BadField("body", "send a JSON object")
-        message = generate_request(body)
+        return build(body)
     except BadField as exc:
         return web.json_response({"error": {"message": str(exc), "field": exc.field}}, status=400)
     except ValueError:
         return web.json_response({"error": {"message": "the body is not JSON", "field": "body"}}, status=400)
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    message = await _from_json(request, generate_request)
+    if isinstance(message, web.Response):
+        return message
     caller = request.app[BACKEND].caller(session_of(request).api_key)
     stream = caller.stream(caller.backend.inference.GenerateStream, message, timeout=600)
     try:
@@ -173,15 +180,9 @@ def feedback_request(body: dict[str, Any]) -> feedback_pb2.SubmitFeedbackRequest
 
 
 async def submit_feedback(request: web.Request) -> web.Response:
-    try:
-        body = await request.json()
-        if not isinstance(body, dict):
-            raise BadField("body", "send a JSON object")
-        message = feedback_request(body)
-    except BadField as exc:
-        return web.json_response({"error": {"message": str(exc), "field": exc.field}}, status=400)
-    except ValueError:
-        return web.json_response({"error": {"message": "the body is not JSON", "field": "body"}}, status=400)
+    message = await _from_json(request, feedback_request)
+    if isinstance(message, web.Response):
+        return message
     caller = request.app[BACKEND].caller(session_of(request).api_key)
     item = (await caller.call(caller.backend.feedback.SubmitFeedback, message)).feedback
     return web.json_response({"id": item.id, "model": item.model, "corrected": bool(item.corrected_answer)})
