@@ -117,7 +117,9 @@ def test_demo_runs_to_the_end(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "all 5 services SERVING" in result.stdout
+    from tuneforge.services import SERVICE_NAMES
+
+    assert f"all {sum(len(names) for names in SERVICE_NAMES.values())} services SERVING" in result.stdout
     assert "same file" in result.stdout and "(ok)" in result.stdout
     console = re.search(r"\[console\] web console answering at (http://127\.0\.0\.1:\d+/) \(open", result.stdout)
     assert console, result.stdout[:3000]  # `tuneforge up` served the console and said where
@@ -128,6 +130,11 @@ def test_demo_runs_to_the_end(tmp_path: Path) -> None:
     assert "demo-dates:1 → '" in result.stdout and "smollm2-135m-instruct → '" in result.stdout
     assert "structured output pass rate: base" in result.stdout and "95% CI" in result.stdout
     assert (tmp_path / "demo" / "eval-report" / "report.html").read_text().startswith("<!doctype html>")
+    assert "[merge] registered model version demo-dates-merged:1 (merged from demo-dates:1)" in result.stdout
+    gguf = tmp_path / "demo" / "export" / "demo-dates-merged-1-Q8_0.gguf"
+    assert f"[export] wrote GGUF {gguf}" in result.stdout and "architecture llama" in result.stdout
+    with open(gguf, "rb") as handle:
+        assert handle.read(4) == b"GGUF"
     assert "demo-dates:prod → 1: gate PASSED on run eval-" in result.stdout
     assert "exited with code 0" in result.stdout
 

@@ -125,3 +125,21 @@ def stream_answer(
         out.write("\n")
         out.flush()
     return "".join(parts), last
+
+
+def follow_export(client, export_id: str, file=None):  # -> export_pb2.ModelExport
+    """Prints each new stage of a merge or export (with its progress) until it finishes; returns it."""
+    from tuneforge.v1 import export_pb2
+
+    out = file or sys.stdout
+    shown = [""]
+
+    def show(export) -> None:
+        if export.stage != shown[0]:
+            shown[0] = export.stage
+            print(f"  {export.progress:4.0%} {export.stage}", file=out, flush=True)
+
+    export = client.wait_for_export(export_id, on_progress=show)
+    if export.state != export_pb2.EXPORT_STATE_SUCCEEDED:
+        print(f"  {export_pb2.ExportState.Name(export.state)}: {export.error}", file=out, flush=True)
+    return export

@@ -4,8 +4,9 @@ Stages so far: contracts and auth (an authenticated call), data upload (DatasetS
 hash-verified, idempotent), curation (a dataset version with its report), training (a LoRA job on
 the platform's local Ray, its progress streamed, the adapter registered), inference (the adapter
 answers next to the base model from one replica), evaluation (the adapter against the base model
-on held-out items, with a 95% interval), promotion (a gate on `prod`, then `prod` moved through it
-with the gate's verdict). The platform runs as `tuneforge up` in a child process
+on held-out items, with a 95% interval), merge and export (the adapter merged into its base as a
+model version, exported as GGUF Q8_0 and downloaded), promotion (a gate on `prod`, then `prod` moved
+through it with the gate's verdict). The platform runs as `tuneforge up` in a child process
 and is stopped with SIGTERM at the end, which must drain and exit cleanly.
 """
 
@@ -98,6 +99,7 @@ def run_demo(workdir: Path, timeout: float = 600.0) -> int:
             adapter = _train(client, version_id)
             _serve(client, adapter)
             suite_id = _evaluate(client, adapter, workdir)
+            _merge_and_export(client, adapter, workdir)
             _promote(client, adapter, suite_id)
 
     except Exception as exc:
@@ -264,6 +266,44 @@ def _evaluate(client: TuneforgeClient, adapter: str, workdir: Path) -> str:
     if not diff["low"] > 0:
         raise RuntimeError("the adapter's gain on the held-out items is not significant (its 95% interval reaches 0)")
     return suite.id
+
+
+def _merge_and_export(client: TuneforgeClient, adapter: str, workdir: Path) -> None:
+    """Merge and export stage: the adapter merged into its base (a model version), then that model as GGUF Q8_0."""
+    from transformers.integrations.gguf import read_gguf_metadata
+
+    from tuneforge.console import follow_export
+    from tuneforge.v1 import export_pb2
+
+    request = export_pb2.MergeAdapterRequest(adapter=adapter, dtype="bfloat16", idempotency_key="demo-merge-1")
+    merge = client.call(client.exports.MergeAdapter, request).export
+    _say("merge", f"merging {merge.source} into {DEMO_BASE_MODEL} ({merge.id}, bf16 weights, fp32 arithmetic):")
+    merge = follow_export(client, merge.id)
+    if merge.state != export_pb2.EXPORT_STATE_SUCCEEDED:
+        raise RuntimeError(f"merge {merge.id} did not succeed: {merge.error}")
+    size = sum(f.digest.size_bytes for f in merge.files)
+    _say(
+        "merge",
+        f"registered model version {merge.model_version} (merged from {merge.source}): {len(merge.files)} files, "
+        f"{size / 1e6:.0f} MB of safetensors, config, tokenizer and chat template",
+    )
+    request = export_pb2.ExportModelRequest(
+        model=merge.model_version, format="gguf", quant="q8_0", idempotency_key="demo-export-1"
+    )
+    export = client.call(client.exports.ExportModel, request).export
+    _say("export", f"exporting {export.source} as GGUF Q8_0 ({export.id}):")
+    export = follow_export(client, export.id)
+    if export.state != export_pb2.EXPORT_STATE_SUCCEEDED:
+        raise RuntimeError(f"export {export.id} did not succeed: {export.error}")
+    (path,) = client.download_export(export.id, workdir / "export")
+    metadata, tensors = read_gguf_metadata(str(path))
+    _say(
+        "export",
+        f"wrote GGUF {path} ({path.stat().st_size / 1e6:.0f} MB, sha256 checked): architecture "
+        f"{metadata['general.architecture']}, {len(tensors)} tensors, {metadata['tokenizer.ggml.tokens']}-token "
+        f"vocabulary{', chat template' if 'tokenizer.chat_template' in metadata else ''} "
+        "(llama.cpp / Ollama run it)",
+    )
 
 
 def _promote(client: TuneforgeClient, adapter: str, suite_id: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneforge.v1 import curation_pb2, evaluation_pb2, feedback_pb2, inference_pb2, training_pb2
+from tuneforge.v1 import curation_pb2, evaluation_pb2, export_pb2, feedback_pb2, inference_pb2, training_pb2
 
 SERVICE_NAMES: dict[str, tuple[str, ...]] = {
     "curation": (
@@ -19,6 +19,7 @@ SERVICE_NAMES: dict[str, tuple[str, ...]] = {
     "training": (
         training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name,
         training_pb2.DESCRIPTOR.services_by_name["AdapterService"].full_name,
+        export_pb2.DESCRIPTOR.services_by_name["ExportService"].full_name,
     ),
     "inference": (
         inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tuneforge.cli.exports import add_merge_parser, merge_adapter
 from tuneforge.cli.options import client_for, client_options
 
 
@@ -21,6 +22,8 @@ def cmd_adapters(args: argparse.Namespace) -> int:
             return _gate(client, args)
         elif command == "delete":
             return delete_version(client, args.ref)
+        elif command == "merge":
+            return merge_adapter(client, args)
     return 0
 
 
@@ -176,4 +179,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     set_gate.add_argument("--min-judge-score", dest="min_judge_score", type=float, help="least mean judge score (1-5)")
     adapters.add_parser("delete", help="NAME:VERSION").add_argument("ref")
+    add_merge_parser(adapters)
     p.set_defaults(func=cmd_adapters)

@@ -284,7 +284,7 @@ def export_gguf(
                     data = _permute_qk(data, n_head, n_head_kv)
                 writer.write_tensor_data(_convert(data, kind))
                 written += 1
-                progress(0.05 + 0.95 * written / len(plan), f"wrote {gguf_name}")
+                progress(0.05 + 0.95 * written / len(plan), "writing GGUF tensors")
         if written != len(plan):
             raise FailedPrecondition(f"{model_dir}: {len(plan) - written} tensor(s) of the index were not found")
     except BaseException:

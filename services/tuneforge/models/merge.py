@@ -94,6 +94,8 @@ def merge_lora(
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FailedPrecondition(f"{out_dir} is not empty; merge into a new directory")
+    if not (Path(adapter_dir) / "adapter_model.safetensors").is_file():
+        raise FailedPrecondition(f"{adapter_dir} holds no adapter_model.safetensors (only safetensors are loaded)")
     progress(0.02, "loading the tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(base_source, trust_remote_code=trust_remote_code)
     if expected_template_hash and template_hash(tokenizer) != expected_template_hash:
@@ -106,8 +108,6 @@ def merge_lora(
         base_source, dtype=torch.float32, trust_remote_code=trust_remote_code, use_safetensors=True
     )
     progress(0.4, "loading the adapter")
-    if not (Path(adapter_dir) / "adapter_model.safetensors").is_file():
-        raise FailedPrecondition(f"{adapter_dir} holds no adapter_model.safetensors (only safetensors are loaded)")
     peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
     progress(0.5, "merging")
     merged = peft_model.merge_and_unload(progressbar=False, safe_merge=True)

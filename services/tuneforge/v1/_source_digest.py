@@ -1,3 +1,3 @@
 """Digest of the .proto sources this package was generated from (written by `make proto`)."""
 
-PROTO_SOURCES_SHA256 = "96db0fdaa20d12a7e1b523c5cff47ae715ef1c9127f1cd5a8ae70eb68dc75dfc"
+PROTO_SOURCES_SHA256 = "f8a93f2559f162f5dd3d77abe3d0ccc6f29ef33a1840dace418f0e7cff261ae3"
