@@ -254,6 +254,9 @@ def test_feedback_is_tenant_scoped_and_validated_over_grpc(
     assert violations(submit, feedback_pb2.SubmitFeedbackRequest(response_id="x", score=3)) == ["response_id"]
     too_long = feedback_pb2.SubmitFeedbackRequest(response_id=rid, score=9, corrected_answer="y" * 40000)
     assert violations(submit, too_long) == ["score", "corrected_answer"]  # every bad field at once
+    unknown = feedback_pb2.SubmitFeedbackRequest(response_id=rid, rating=9, score=-1)
+    assert violations(submit, unknown) == ["rating", "score"]
+    assert violations(feedback.ListFeedback, feedback_pb2.ListFeedbackRequest(rating=7)) == ["rating"]
     long_comment = feedback_pb2.SubmitFeedbackRequest(response_id=rid, comment="z" * 5000)
     assert violations(submit, long_comment) == ["comment"]
     get = feedback_pb2.GetFeedbackRequest(feedback_id="file-0123456789abcdef")

@@ -103,12 +103,10 @@ def feedback_message(item: FeedbackItem) -> feedback_pb2.Feedback:
     )
 
 
-def _rating(value: int, field: str = "rating") -> str:
-    if value not in RATING_FROM_PROTO:
-        raise InvalidArgument.for_field(
-            field, f"unknown rating {value}; use FEEDBACK_RATING_UP or FEEDBACK_RATING_DOWN"
-        )
-    return RATING_FROM_PROTO[value]
+def _rating(value: int) -> str:
+    """The domain's rating; an unknown enum number passes through as text, for the domain's check to
+    name `rating` together with every other bad field."""
+    return RATING_FROM_PROTO.get(value, f"FeedbackRating {value}")
 
 
 class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
