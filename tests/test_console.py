@@ -121,7 +121,8 @@ def test_json_answers_get_a_verdict_and_pretty_print() -> None:
     assert json_verdict("Red, green and blue.") is None
 
 
-def test_a_wrong_key_is_refused_and_the_right_one_signs_in(page, console: str, shots) -> None:
+def test_a_wrong_key_is_refused_and_the_right_one_signs_in(page, console: str, shots, dataset_version) -> None:
+    # (the dataset version the report test opens builds meanwhile)
     response = page.goto(f"{console}/jobs")
     assert page.url.startswith(f"{console}/signin?next=/jobs") and response.ok
     cookie = next(c for c in page.context.cookies() if c["name"] == "tuneforge_console")
@@ -189,18 +190,22 @@ def test_an_answer_is_rated_with_a_correction(page, console: str, shots, platfor
     assert [m.content for m in item.messages] == [SYSTEM, PROMPT] and item.sampling.max_tokens == 12
 
 
-def test_feedback_is_exported_into_a_dataset_version(page, console: str, shots) -> None:
+@pytest.fixture(scope="module")
+def exported() -> dict[str, str]:
+    """What the export test started: the feedback item and the page of the version being built from it."""
+    return {}
+
+
+def test_feedback_is_exported_into_a_dataset_version(page, console: str, shots, exported) -> None:
     page.goto(f"{console}/feedback")
     row = page.locator("#feedback tr", has_text=CORRECTION)
-    feedback_id = row.locator("code").first.inner_text()
+    exported["feedback_id"] = row.locator("code").first.inner_text()
     shots(page, "feedback")
     page.fill("#export-dataset", "console-feedback")
     page.click("#export")
     page.wait_for_url(f"{console}/datasets/dsv-*")
     assert "1 feedback item(s) exported" in page.inner_text(".notice")
-    page.locator("#version-state:text-is('ready')").wait_for()  # the page follows the build
-    assert feedback_id in page.inner_text("#feedback-lineage")
-    shots(page, "dataset-from-feedback")
+    exported["url"] = page.url  # built while the tests below run; the last one reads it
 
 
 @pytest.fixture(scope="module")
@@ -371,3 +376,43 @@ def test_posts_without_the_csrf_token_are_refused(page, console: str, live_job) 
     signout = request.post(f"{console}/signout", max_redirects=0)
     assert signout.status == 403
     assert page.goto(f"{console}/jobs").url == f"{console}/jobs"  # still signed in
+
+
+def test_bad_input_is_refused_naming_the_field(page, console: str) -> None:
+    page.goto(f"{console}/playground")
+    token = page.get_attribute('meta[name="csrf-token"]', "content")
+    request = page.context.request
+
+    def post(path: str, body: dict) -> tuple[int, dict]:
+        answer = request.post(f"{console}{path}", data=body, headers={"X-CSRF-Token": token})
+        return answer.status, answer.json()["error"]
+
+    status, error = post("/api/generate", {"user": "hi", "temperature": 5})
+    assert status == 400 and error["field"] == "temperature"
+    status, error = post("/api/generate", {"user": " "})
+    assert status == 400 and error["field"] == "user"
+    status, error = post("/api/generate", {"user": "hi", "model": "no-such-adapter"})
+    assert status == 404 and "no-such-adapter" in error["message"]  # the service's own answer
+    status, error = post("/api/feedback", {"response_id": "chatcmpl-" + "0" * 24, "rating": "up"})
+    assert status == 404
+    status, error = post("/api/feedback", {"response_id": "chatcmpl-x", "rating": "sideways"})
+    assert status == 400 and error["field"] == "rating"
+    status, error = post("/api/feedback", {"response_id": "chatcmpl-x", "score": 9})
+    assert status == 400 and error["field"] == "score"
+
+
+def test_signing_out_ends_the_session(page, console: str) -> None:
+    page.goto(f"{console}/jobs")
+    page.click("form.who button")
+    page.wait_for_url(f"{console}/signin")
+    page.goto(f"{console}/jobs")
+    assert page.url.startswith(f"{console}/signin?next=/jobs")
+
+
+def test_the_version_built_from_feedback_names_its_items(page, console: str, shots, exported) -> None:
+    _sign_in(page, console, ACME_KEY)
+    page.goto(exported["url"])
+    page.locator("#version-state:text-is('ready')").wait_for()  # the page follows the build
+    assert exported["feedback_id"] in page.inner_text("#feedback-lineage")
+    assert CORRECTION in page.inner_text(".record")
+    shots(page, "dataset-from-feedback")
