@@ -321,10 +321,18 @@ def test_engines_are_bounded_and_a_model_replica_refuses_adapters_of_the_origina
             seen.append([(e.name, e.loaded) for e in entries if e.name.startswith("noisy")])
         return seen
 
+    async def deleted_version_unloaded() -> int:
+        await front.resolve("acme", "swept:1")
+        registry.delete_version("acme", "swept", 1)
+        return await front.sweep_deleted()
+
     try:
         first, second = asyncio.run(scenario())
         assert front.models is not None and front.models.loaded() == ["acme/noisy:2"]
         assert first == [("noisy", False)] and second == [("noisy", True)]  # `noisy` is its latest, version 2
+        source = registry.artifacts.for_tenant("acme").path(registry.resolve("acme", "noisy:1").artifact_key)
+        registry.register_model("acme", "swept", source, {"base_model": "tiny-qwen2"})
+        assert asyncio.run(deleted_version_unloaded()) == 1 and front.models.loaded() == []
     finally:
         front.stop_models()
         engine.stop()

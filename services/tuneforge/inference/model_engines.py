@@ -153,8 +153,10 @@ def engine_loader(
         engine = Engine(
             loaded.model,
             loaded.tokenizer,
-            max_adapters=1,  # no adapter is trained on a model version: one slot keeps the engine's shape
-            max_rank=settings.max_rank,
+            # no adapter is trained on a model version (those of its base are refused before they reach an
+            # engine): one rank-1 slot keeps the engine's shape at no memory cost
+            max_adapters=1,
+            max_rank=1,
             max_batch_size=settings.max_batch_size,
             batch_wait_s=settings.batch_wait_ms / 1000,
         )
