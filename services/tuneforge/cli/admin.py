@@ -1,27 +1,10 @@
-"""`tuneforge models` and `keys`: embedded models and API keys, no server needed."""
+"""`tuneforge keys`: API keys, no server needed (`tuneforge models` is in `models.py`)."""
 
 from __future__ import annotations
 
 import argparse
 import secrets
 import sys
-
-from tuneforge.cli.options import settings_from
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    from tuneforge.models import EMBEDDED_MODELS
-
-    if args.models_command == "list":
-        for name in sorted(EMBEDDED_MODELS):
-            print(name)
-        return 0
-    settings = settings_from(args, auth={"mode": "local"})
-    from tuneforge.models import ModelResolver
-
-    resolved = ModelResolver(settings.models.cache_dir, settings.models.trust_remote_code).resolve(args.name)
-    print(resolved.source)
-    return 0
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -51,14 +34,6 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="embedded models")
-    models = p.add_subparsers(dest="models_command", required=True)
-    models.add_parser("list")
-    prepare = models.add_parser("prepare", help="build an embedded model into the cache and print its path")
-    prepare.add_argument("name")
-    prepare.add_argument("--config")
-    p.set_defaults(func=cmd_models)
-
     p = sub.add_parser("keys", help="API keys")
     keys = p.add_subparsers(dest="keys_command", required=True)
     keys.add_parser("hash", help="SHA-256 of a key, for the keys file").add_argument("key", nargs="?")
