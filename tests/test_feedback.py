@@ -34,10 +34,12 @@ def _messages(*pairs: tuple[str, str]) -> list[common_pb2.ChatMessage]:
     return [common_pb2.ChatMessage(role=r, content=c) for r, c in pairs]
 
 
-def _generate(client: TuneforgeClient, prompt: str, temperature: float = 0.0) -> inference_pb2.GenerateResponse:
+def _generate(
+    client: TuneforgeClient, prompt: str, temperature: float = 0.0, seed: int = 7
+) -> inference_pb2.GenerateResponse:
     request = inference_pb2.GenerateRequest(
         messages=_messages(("system", "Be brief."), ("user", prompt)),
-        sampling=inference_pb2.SamplingParams(max_tokens=6, seed=7, temperature=temperature),
+        sampling=inference_pb2.SamplingParams(max_tokens=6, seed=seed, temperature=temperature),
     )
     return client.call(client.inference.Generate, request)
 
@@ -65,7 +67,9 @@ def _component(platform_server: BackgroundServer, attribute: str):
     return next(c for c in platform_server.server.components if hasattr(c, attribute))
 
 
-def test_feedback_with_a_correction_becomes_the_next_dataset_version(acme: TuneforgeClient) -> None:
+def test_feedback_with_a_correction_becomes_the_next_dataset_version(
+    acme: TuneforgeClient, platform_server: BackgroundServer
+) -> None:
     feedback, export = _stubs(acme)
     first = _generate(acme, "How do I reset my password?")
     assert first.response_id.startswith("chatcmpl-") and first.resolved_model == BASE
@@ -81,7 +85,8 @@ def test_feedback_with_a_correction_becomes_the_next_dataset_version(acme: Tunef
     leaked_id = stream[0].response_id
     assert leaked_id.startswith("chatcmpl-") and all(not m.response_id for m in stream[1:])
     approved = _generate(acme, "Say hello.", temperature=1.0)  # sampled: tiny-qwen2's greedy answer is blank
-    assert approved.text.strip()
+    worse = _generate(acme, "Say hello.", temperature=1.0, seed=8)
+    assert approved.text.strip() and worse.text.strip() and worse.text != approved.text
 
     correction = "Open Settings, then Security, then Reset password. Write to help@example.com if stuck."
     rated = _submit(
@@ -106,6 +111,7 @@ def test_feedback_with_a_correction_becomes_the_next_dataset_version(acme: Tunef
     assert (again.id, again.score, again.comment) == (rated.id, 1, "")  # one item per answer, replaced
     leaked = _submit(acme, leaked_id, corrected_answer="The moon base has no capital.")
     thumbs_up = _submit(acme, approved.response_id, rating=feedback_pb2.FEEDBACK_RATING_UP)
+    thumbs_down = _submit(acme, worse.response_id, rating=feedback_pb2.FEEDBACK_RATING_DOWN)
 
     listed = acme.call(feedback.ListFeedback, feedback_pb2.ListFeedbackRequest(only_corrected=True, page_size=1))
     assert [f.id for f in listed.feedback] == [leaked.id] and listed.next_page_token
@@ -168,7 +174,17 @@ def test_feedback_with_a_correction_becomes_the_next_dataset_version(acme: Tunef
     assert _refused(acme.call, export.ExportFeedback, not_accepted).code == "FAILED_PRECONDITION"
     everything = acme.call(export.ExportFeedback, feedback_pb2.ExportFeedbackRequest(include_approved=True))
     assert thumbs_up.id in everything.feedback_ids
-    assert not {rated.id, leaked.id} & set(everything.feedback_ids)
+    assert not {rated.id, leaked.id, thumbs_down.id} & set(everything.feedback_ids)
+    # the answer rated up is chosen over the one rated down for the same prompt
+    files = _component(platform_server, "files").files
+    pairs = [json.loads(line) for line in files.read("acme", everything.preference_file.id).splitlines()]
+    [pair] = [p for p in pairs if p["feedback_id"] == thumbs_up.id]
+    assert (pair["chosen"], pair["rejected"], pair["rejected_feedback_id"]) == (
+        approved.text,
+        worse.text,
+        thumbs_down.id,
+    )
+    assert pair["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}]
 
 
 def test_feedback_over_the_openai_http_api(acme: TuneforgeClient, platform_server: BackgroundServer) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -165,24 +165,44 @@ class ExportBatch:
         return "".join(json.dumps(record, ensure_ascii=False) + "\n" for _, record in lines).encode()
 
 
-def export_batch(items: Iterable[FeedbackItem], include_approved: bool) -> ExportBatch:
+def prompt_key(messages: Sequence[dict[str, str]]) -> str:
+    """Identity of a prompt: answers to the same messages can be compared with each other."""
+    return json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False)
+
+
+def export_batch(
+    items: Iterable[FeedbackItem],
+    include_approved: bool,
+    rated_down: Mapping[str, Sequence[FeedbackItem]] | None = None,
+) -> ExportBatch:
     """Instruction records (the prompt and the corrected or approved answer, OpenAI-chat layout) and
-    preference pairs (a correction chosen over the answer it corrects) of the accepted items."""
+    preference pairs of the accepted items: a correction chosen over the answer it corrects, and an
+    approved answer chosen over each answer rated down for the same prompt (`rated_down`, by `prompt_key`)."""
     batch = ExportBatch()
     for item in items:
         answer = item.training_answer(include_approved)
         if answer is None:
             continue
         batch.instruction.append((item.id, {"messages": [*item.messages, {"role": "assistant", "content": answer}]}))
-        if item.corrected_answer.strip() and item.corrected_answer.strip() != item.answer.strip():
-            pair = {
-                "messages": item.messages,
-                "chosen": item.corrected_answer,
-                "rejected": item.answer,
-                "model": item.model,
-                "feedback_id": item.id,
-            }
-            batch.preference.append((item.id, pair))
+        rejected = [(item.answer, item.id)] if item.corrected_answer.strip() else []
+        rejected += [
+            (other.answer, other.id)
+            for other in (rated_down or {}).get(prompt_key(item.messages), ())
+            if other.id != item.id  # its own answer, rated down, is already the rejected side of its correction
+        ]
+        paired: set[str] = set()
+        for text, rejected_id in rejected:
+            if text.strip() != answer.strip() and text not in paired:  # a blank answer is a rejected one too
+                paired.add(text)
+                pair = {
+                    "messages": item.messages,
+                    "chosen": answer,
+                    "rejected": text,
+                    "model": item.model,
+                    "feedback_id": item.id,
+                    "rejected_feedback_id": rejected_id,
+                }
+                batch.preference.append((item.id, pair))
     return batch
 
 
@@ -372,6 +392,28 @@ class FeedbackStore:
             items += [item for item in page if item.training_answer(include_approved) is not None]
             if not token:
                 return items[::-1]
+
+    def rated_down(self, tenant: str, items: Sequence[FeedbackItem]) -> dict[str, list[FeedbackItem]]:
+        """The tenant's answers rated down for the prompts of `items` (by `prompt_key`), oldest first:
+        the rejected sides of preference pairs whose chosen side is an approved answer."""
+        wanted = {json.dumps(item.messages, ensure_ascii=False) for item in items}
+        found: dict[str, list[FeedbackItem]] = {}
+        if not wanted:
+            return found
+        with self.metadata.session() as session:
+            rows = session.scalars(
+                select(FeedbackRow)
+                .where(
+                    FeedbackRow.tenant == tenant,
+                    FeedbackRow.rating == "down",
+                    FeedbackRow.messages_json.in_(sorted(wanted)),
+                )
+                .order_by(FeedbackRow.created_at, FeedbackRow.id)
+            )
+            for row in rows:
+                item = _item(row)
+                found.setdefault(prompt_key(item.messages), []).append(item)
+        return found
 
     def record_export(self, tenant: str, file_id: str, feedback_ids: Sequence[str], kind: str) -> None:
         """Which item each line (1-based) of an exported file came from."""

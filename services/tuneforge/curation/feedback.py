@@ -53,7 +53,7 @@ class FeedbackExporter:
         include_exported: bool = False,
     ) -> FeedbackExport:
         items = self.feedback.accepted(tenant, list(feedback_ids), model, include_approved, include_exported)
-        batch = export_batch(items, include_approved)
+        batch = export_batch(items, include_approved, self.feedback.rated_down(tenant, items))
         if not batch.instruction:
             raise FailedPrecondition(
                 "no accepted feedback to export: none with a corrected answer"

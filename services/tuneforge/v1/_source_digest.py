@@ -1,3 +1,3 @@
 """Digest of the .proto sources this package was generated from (written by `make proto`)."""
 
-PROTO_SOURCES_SHA256 = "f8a93f2559f162f5dd3d77abe3d0ccc6f29ef33a1840dace418f0e7cff261ae3"
+PROTO_SOURCES_SHA256 = "2592cb169ecfde320dde0e861cb53949a679a3f30cd1128c87e611a0203ec9bd"

@@ -231,7 +231,8 @@ class FeedbackExportServiceServicer:
 
     def ExportFeedback(self, request, context):
         """Writes corrected answers (and, on request, approved ones) as an OpenAI-chat JSONL instruction
-        file, and each correction as a chosen-over-rejected pair into a separate preference file.
+        file, and chosen-over-rejected pairs (a correction over the answer it corrects; an exported
+        answer over each answer rated down for the same prompt) into a separate preference file.
         FAILED_PRECONDITION when no feedback item qualifies.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
