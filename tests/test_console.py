@@ -19,7 +19,7 @@ from conftest import ACME_KEY, GLOBEX_KEY, MODEL_CACHE
 
 from tuneforge.client import TuneforgeClient
 from tuneforge.platform import BackgroundServer
-from tuneforge.v1 import evaluation_pb2, feedback_pb2, feedback_pb2_grpc, inference_pb2
+from tuneforge.v1 import evaluation_pb2, feedback_pb2, feedback_pb2_grpc, inference_pb2, training_pb2
 from tuneforge.web import ConsoleServer, ServiceAddresses
 from tuneforge.web.playground import json_verdict
 
@@ -119,6 +119,21 @@ def test_json_answers_get_a_verdict_and_pretty_print() -> None:
     broken = json_verdict('{"date": 2025-03-13}')
     assert broken["valid"] is False and "line 1" in broken["error"]
     assert json_verdict("Red, green and blue.") is None
+
+
+def test_sessions_are_bounded_and_a_flood_of_sign_in_pages_evicts_no_signed_in_one() -> None:
+    from tuneforge.common.auth import Principal
+    from tuneforge.web.sessions import SessionStore
+
+    store = SessionStore(max_sessions=10, idle_s=60)
+    signed_in = store.sign_in(store.new(), ACME_KEY, Principal("acme", "member", "ci"))
+    anonymous = [store.new() for _ in range(50)]  # sign-in forms: at most a tenth of the sessions
+    assert store.get(signed_in.id) is signed_in and signed_in.signed_in
+    assert store.get(anonymous[0].id) is None and store.get(anonymous[-1].id) is anonymous[-1]
+    assert signed_in.csrf_matches(signed_in.csrf_token) and not signed_in.csrf_matches(anonymous[-1].csrf_token)
+    assert not signed_in.csrf_matches("") and not signed_in.csrf_matches(None)
+    store.idle_s = 0.0
+    assert store.get(signed_in.id) is None  # idle past its time: gone
 
 
 def test_a_wrong_key_is_refused_and_the_right_one_signs_in(page, console: str, shots, dataset_version) -> None:
@@ -343,13 +358,54 @@ def test_an_evaluation_started_from_the_page_reports_its_comparison(
     shots(page, "evaluations")
 
 
-def test_the_adapters_page_shows_versions_aliases_and_lineage(page, console: str, shots, adapters) -> None:
+def test_the_adapters_page_shows_versions_aliases_gates_and_verdicts(
+    page, console: str, shots, adapters, suite_id: str, platform_server: BackgroundServer
+) -> None:
+    with TuneforgeClient(platform_server.address, api_key=ACME_KEY) as client:
+        gate = training_pb2.PromotionGate(suite_ids=[suite_id], target_categories=["structured_output"], max_drop=0.05)
+        request = training_pb2.SetPromotionGateRequest(adapter="console-beta", alias="prod", gate=gate)
+        client.call(client.adapters.SetPromotionGate, request)
+        forced = training_pb2.SetAdapterAliasRequest(
+            adapter="console-beta", alias="prod", version=1, force=True, reason="trying the console"
+        )
+        client.call(client.adapters.SetAdapterAlias, forced)
     page.goto(f"{console}/adapters")
     assert "prod" in page.inner_text("#adapters")
     page.click("a[href='/adapters/console-beta']")
-    assert "console-beta:prod → version 1" in page.inner_text("#alias-prod")
+    alias = page.inner_text("#alias-prod")
+    assert "console-beta:prod → version 1" in alias and f"suites {suite_id}" in alias
+    assert "Gate verdict: failed, forced by acme-ci: “trying the console”" in alias
     assert "job-console" in page.inner_text("#versions")
     shots(page, "adapter")
+
+
+def test_json_answers_show_pretty_and_badged_in_the_page(page, console: str, adapters) -> None:
+    """The page's side of the JSON verdict (the server's is tested above): canned streams, one valid and
+    one broken JSON answer, through the page's own script."""
+    answers = {"": ('{"date": "2025-03-13"}', True), "console-alpha": ('{"date": 2025-}', False)}
+
+    def fulfil(route) -> None:
+        text, valid = answers[json.loads(route.request.post_data)["model"]]
+        verdict = json_verdict(text)
+        assert verdict["valid"] is valid
+        usage = {"prompt_tokens": 3, "completion_tokens": 5}
+        done = {"done": True, "text": text, "finish_reason": "stop", "usage": usage, "json": verdict}
+        body = "".join(json.dumps(line) + "\n" for line in ({"delta": text}, done))
+        route.fulfill(status=200, headers={"Content-Type": "application/x-ndjson"}, body=body)
+
+    page.route(f"{console}/api/generate", fulfil)
+    try:
+        page.goto(f"{console}/playground")
+        page.fill("textarea[name=user]", "The date as JSON?")
+        page.locator("select[name=model]").first.select_option("console-alpha")
+        page.click("#run")
+        page.locator(".answer[data-done=true]").nth(1).wait_for()
+        base, alpha = page.locator(".answer[data-model='']"), page.locator(".answer[data-model='console-alpha']")
+        assert base.locator(".badge.valid").inner_text() == "valid JSON"
+        assert base.locator("pre.text").inner_text() == '{\n  "date": "2025-03-13"\n}'
+        assert alpha.locator(".badge.invalid").inner_text() == "invalid JSON"
+    finally:
+        page.unroute(f"{console}/api/generate")
 
 
 def test_another_tenant_gets_404_for_acme_s_ids(browser, console: str, live_job, dataset_version, adapters) -> None:

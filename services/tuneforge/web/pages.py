@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 from google.protobuf import timestamp_pb2
 
+from tuneforge.client import TuneforgeError
 from tuneforge.common.svg import grouped_bar_chart
 from tuneforge.v1 import curation_pb2, evaluation_pb2, feedback_pb2, inference_pb2, training_pb2
 from tuneforge.web.app import BACKEND, render, session_of
@@ -242,8 +243,6 @@ async def start_evaluation(request: web.Request) -> web.Response:
 
 
 def _bad_form(field: str, message: str) -> Exception:
-    from tuneforge.client import TuneforgeError
-
     return TuneforgeError("INVALID_ARGUMENT", message, [(field, message)])
 
 
@@ -379,8 +378,6 @@ async def adapter(request: web.Request) -> web.Response:
 
 
 async def _gate(caller: Caller, adapter: str, alias: str) -> training_pb2.PromotionGate | None:
-    from tuneforge.client import TuneforgeError
-
     try:
         request = training_pb2.GetPromotionGateRequest(adapter=adapter, alias=alias)
         return (await caller.call(caller.backend.adapters.GetPromotionGate, request)).gate

@@ -44,43 +44,54 @@ class Session:
 
 
 class SessionStore:
-    """Sessions in memory, bounded, ended after `idle_s` without a request (least recently used first)."""
+    """Sessions in memory, bounded, ended after `idle_s` without a request (least recently used first).
 
-    def __init__(self, idle_s: float = 8 * 3600, max_sessions: int = 10_000) -> None:
+    Anonymous sessions (they carry a sign-in form's CSRF token only) are kept apart, fewer and
+    shorter-lived, so a flood of sign-in pages can never push a signed-in session out.
+    """
+
+    def __init__(self, idle_s: float = 8 * 3600, max_sessions: int = 10_000, anonymous_idle_s: float = 900.0) -> None:
         self.idle_s = idle_s
         self.max_sessions = max_sessions
+        self.anonymous_idle_s = anonymous_idle_s
         self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._anonymous: OrderedDict[str, Session] = OrderedDict()
         self._lock = threading.Lock()
 
-    def new(self) -> Session:
-        session = Session(
-            id=secrets.token_urlsafe(32), csrf_token=secrets.token_urlsafe(32), last_seen=time.monotonic()
-        )
+    def _add(self, table: OrderedDict[str, Session], limit: int) -> Session:
+        token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        session = Session(id=token, csrf_token=csrf, last_seen=time.monotonic())
         with self._lock:
-            self._sessions[session.id] = session
-            while len(self._sessions) > self.max_sessions:
-                self._sessions.popitem(last=False)
+            table[session.id] = session
+            while len(table) > limit:
+                table.popitem(last=False)
         return session
+
+    def new(self) -> Session:
+        """An anonymous session, for the sign-in form."""
+        return self._add(self._anonymous, max(self.max_sessions // 10, 1))
 
     def get(self, session_id: str | None) -> Session | None:
         if not session_id:
             return None
         now = time.monotonic()
         with self._lock:
-            session = self._sessions.get(session_id)
-            if session is None:
-                return None
-            if now - session.last_seen > self.idle_s:
-                del self._sessions[session_id]
-                return None
-            session.last_seen = now
-            self._sessions.move_to_end(session_id)
-            return session
+            for table, idle_s in ((self._sessions, self.idle_s), (self._anonymous, self.anonymous_idle_s)):
+                session = table.get(session_id)
+                if session is None:
+                    continue
+                if now - session.last_seen > idle_s:
+                    del table[session_id]
+                    return None
+                session.last_seen = now
+                table.move_to_end(session_id)
+                return session
+            return None
 
     def sign_in(self, old: Session | None, api_key: str, principal: Principal) -> Session:
         """A new session (new id, new CSRF token) for the key; the one it replaces ends."""
         self.end(old)
-        session = self.new()
+        session = self._add(self._sessions, self.max_sessions)
         session.api_key, session.principal = api_key, principal
         return session
 
@@ -88,3 +99,4 @@ class SessionStore:
         if session is not None:
             with self._lock:
                 self._sessions.pop(session.id, None)
+                self._anonymous.pop(session.id, None)
