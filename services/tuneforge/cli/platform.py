@@ -32,8 +32,13 @@ def _run_server(
             own = reachable_host(settings.host)
             own = f"[{own}]" if ":" in own else own
             console = ConsoleServer(ServiceAddresses.single(f"{own}:{server.port}"), server.resolver)
-            await console.start(settings.host, console_port)
-            print(f"Tuneforge console: {console.url} (sign in with an API key)", flush=True)
+            try:
+                await console.start(settings.host, console_port)
+            except OSError as exc:  # the port is taken: the platform serves on without its console
+                print(f"Tuneforge console NOT started on port {console_port}: {exc} (--console-port 0: any free port)")
+                console = None
+            else:
+                print(f"Tuneforge console: {console.url} (sign in with an API key)", flush=True)
         await server.serve_until_signal()
         if console is not None:
             await console.stop()

@@ -281,7 +281,11 @@ class ConsoleServer:
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError:  # the port is taken: release what setup() made (the app's channels)
+            await self.stop()
+            raise
         self.host = host
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         log.info("console_listening", url=self.url)
