@@ -313,10 +313,14 @@ def test_merge_and_export_over_grpc(platform_server, acme, globex, tmp_path: Pat
         fails(acme, method, request, "INVALID_ARGUMENT", field)
     fails(acme, acme.exports.MergeAdapter, export_pb2.MergeAdapterRequest(adapter="exp-bot:9"), "NOT_FOUND")
 
-    # the command line: `tuneforge adapters merge`
+    # the command line: `tuneforge adapters merge` and `tuneforge models export`
     from conftest import ACME_KEY
 
     from tuneforge.cli import main
 
     login = ["--address", platform_server.address, "--api-key", ACME_KEY]
     assert main(["adapters", *login, "merge", "exp-bot:1", "--name", "cli-merged"]) == 0
+    out = str(tmp_path / "cli")
+    assert main(["models", *login, "export", "cli-merged:1", "--format", "safetensors", "--out", out]) == 0
+    assert (tmp_path / "cli" / "model.safetensors").is_file() and (tmp_path / "cli" / "chat_template.jinja").is_file()
+    assert main(["models", *login, "export", "cli-merged:1", "--format", "gguf", "--quant", "q2_k"]) == 1

@@ -97,7 +97,10 @@ def merge_lora(
     if not (Path(adapter_dir) / "adapter_model.safetensors").is_file():
         raise FailedPrecondition(f"{adapter_dir} holds no adapter_model.safetensors (only safetensors are loaded)")
     progress(0.02, "loading the tokenizer")
-    tokenizer = AutoTokenizer.from_pretrained(base_source, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base_source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise FailedPrecondition(f"the base model {base_source!r} could not be loaded: {exc}") from exc
     if expected_template_hash and template_hash(tokenizer) != expected_template_hash:
         raise FailedPrecondition(
             f"the base model {base_source!r} does not have the tokenizer and chat template the adapter was "
