@@ -457,12 +457,15 @@ def test_bad_input_is_refused_naming_the_field(page, console: str) -> None:
     assert status == 400 and error["field"] == "score"
 
 
-def test_signing_out_ends_the_session(page, console: str) -> None:
+def test_signing_out_ends_the_session(page, console: str, live_job) -> None:
     page.goto(f"{console}/jobs")
     page.click("form.who button")
     page.wait_for_url(f"{console}/signin")
     page.goto(f"{console}/jobs")
     assert page.url.startswith(f"{console}/signin?next=/jobs")
+    fragment = page.context.request.get(f"{console}/jobs/{live_job[0]}/live", max_redirects=0)
+    assert fragment.status == 303  # a live refresh after sign-out leads back to the page, not the fragment
+    assert fragment.headers["location"] == f"/signin?next=/jobs/{live_job[0]}"
 
 
 def test_the_version_built_from_feedback_names_its_items(page, console: str, shots, exported) -> None:

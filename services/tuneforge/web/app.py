@@ -97,7 +97,10 @@ def _set_cookie(response: web.StreamResponse, request: web.Request, session: Ses
 def _signin_redirect(request: web.Request) -> web.Response:
     if request.path.startswith("/api/"):
         return web.json_response({"error": {"status": 401, "message": "sign in again"}}, status=401)
-    target = quote(request.path_qs, safe="/?=&")
+    # a page's live fragment sends its reader back to the page itself after sign-in
+    target = quote(
+        request.path.removesuffix("/live") if request.path.endswith("/live") else request.path_qs, safe="/?=&"
+    )
     return web.HTTPSeeOther(f"/signin?next={target}")  # type: ignore[return-value]
 
 

@@ -139,6 +139,10 @@ function setUpLive(element) {
     if (current && current.dataset.final === "true") return;
     try {
       const response = await fetch(element.dataset.live, { credentials: "same-origin" });
+      if (response.redirected) {
+        window.location = response.url; // signed out meanwhile: the sign-in page, not a fragment
+        return;
+      }
       if (response.ok) element.innerHTML = await response.text();
     } catch (error) {
       console.warn("live refresh failed", error);
