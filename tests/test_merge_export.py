@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import MODEL_CACHE
 
-from tuneforge.common.errors import FailedPrecondition, InvalidArgument
+from tuneforge.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from tuneforge.models import ModelResolver
 from tuneforge.models.export import check_format, check_quant, export_gguf, export_safetensors
 from tuneforge.models.merge import merge_lora
@@ -324,3 +324,55 @@ def test_merge_and_export_over_grpc(platform_server, acme, globex, tmp_path: Pat
     assert main(["models", *login, "export", "cli-merged:1", "--format", "safetensors", "--out", out]) == 0
     assert (tmp_path / "cli" / "model.safetensors").is_file() and (tmp_path / "cli" / "chat_template.jinja").is_file()
     assert main(["models", *login, "export", "cli-merged:1", "--format", "gguf", "--quant", "q2_k"]) == 1
+
+
+def test_an_export_runs_only_under_its_lease_and_is_taken_over_when_its_holder_dies(tmp_path: Path) -> None:
+    """A RUNNING export whose holder's lease is live is left alone; once that lease expires, it is resumed here."""
+    import asyncio
+    from datetime import timedelta
+
+    from tuneforge.catalog.adapters import AdapterRegistry
+    from tuneforge.store.artifacts import ArtifactStore
+    from tuneforge.store.leases import Leases
+    from tuneforge.store.metadata import MetadataStore
+    from tuneforge.store.tables import LeaseRow, ModelExportRow, utcnow
+    from tuneforge.training.exports import EXPORT_LEASE, ModelExports
+
+    metadata = MetadataStore(f"sqlite:///{tmp_path / 'metadata.db'}")
+    metadata.migrate()
+    artifacts = ArtifactStore(tmp_path / "artifacts")
+    registry = AdapterRegistry(metadata, artifacts)
+    registry.register_model("acme", "full-bot", small_model(tmp_path / "model", "qwen2"), {"base_model": "tiny-qwen2"})
+    exports = ModelExports(metadata, artifacts, registry, ModelResolver(MODEL_CACHE), Leases(metadata))
+    info = exports.create_export("acme", "full-bot:1", "safetensors")
+    with metadata.session() as session:  # a replica took it, started it, and then died holding the lease
+        session.get(ModelExportRow, info.id).state = "running"
+        now = utcnow()
+        session.add(
+            LeaseRow(name=EXPORT_LEASE + info.id, holder="dead", acquired_at=now, expires_at=now + timedelta(days=1))
+        )
+
+    async def offer() -> str:
+        """What the sweep does with an unfinished export: start it (where the lease is had) and let it run."""
+        (unfinished,) = await asyncio.to_thread(exports.unfinished)
+        exports.start(unfinished)
+        await exports._tasks[info.id]
+        return (await asyncio.to_thread(exports.get, "acme", info.id)).state
+
+    async def scenario() -> None:
+        try:
+            assert await offer() == "running"  # the holder's lease is live: this replica does nothing
+            assert exports.get("acme", info.id).progress == 0
+            with metadata.session() as session:  # the dead holder's lease runs out
+                session.get(LeaseRow, EXPORT_LEASE + info.id).expires_at = utcnow()
+            assert await offer() == "succeeded"
+        finally:
+            await exports.stop()
+
+    asyncio.run(scenario())
+    done = exports.get("acme", info.id)
+    assert "model.safetensors" in [f["name"] for f in done.files]
+    assert [name for name, path in exports.files("acme", info.id) if path.is_file()] == [f["name"] for f in done.files]
+    with pytest.raises(NotFound):
+        exports.get("globex", info.id)
+    metadata.close()
