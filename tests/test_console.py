@@ -475,3 +475,47 @@ def test_the_version_built_from_feedback_names_its_items(page, console: str, sho
     assert exported["feedback_id"] in page.inner_text("#feedback-lineage")
     assert CORRECTION in page.inner_text(".record")
     shots(page, "dataset-from-feedback")
+
+
+def test_tuneforge_console_serves_alone_with_the_services_keys_file(
+    platform_server: BackgroundServer, keys_file: Path, tmp_path: Path
+) -> None:
+    """`tuneforge console` as its own process (the chart's Deployment): the keys file the services read,
+    the services' address; a key of it signs in, the pages come from the services, SIGTERM stops it."""
+    import http.cookiejar
+    import re
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "tuneforge.cli", "console", "--address", platform_server.address]
+    command += ["--keys-file", str(keys_file), "--port", str(port)]
+    env = {**os.environ, "TUNEFORGE_HOME": str(tmp_path), "TUNEFORGE_LOG_FORMAT": "console"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        lines: list[str] = []
+        while not lines or (lines[-1] and "Tuneforge console:" not in lines[-1]):  # log lines, then the address
+            lines.append(process.stdout.readline())
+        assert lines[-1] == f"Tuneforge console: http://127.0.0.1:{port}/\n", lines
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        base = f"http://127.0.0.1:{port}"
+        form = opener.open(f"{base}/signin", timeout=30).read().decode()
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            opener.open(f"{base}/signin", urllib.parse.urlencode({"csrf_token": token, "api_key": "nope"}).encode())
+        assert refused.value.code == 401
+        body = urllib.parse.urlencode({"csrf_token": token, "api_key": GLOBEX_KEY, "next": "/datasets"}).encode()
+        page = opener.open(f"{base}/signin", body, timeout=30)
+        assert page.url == f"{base}/datasets" and "tenant <strong>globex</strong>" in page.read().decode()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert process.wait(30) == 0 and time.monotonic() - started < 10

@@ -91,13 +91,13 @@ def cmd_console(args: argparse.Namespace) -> int:
     async def main() -> None:
         import signal
 
-        console = ConsoleServer(addresses, resolver, secure_cookies=args.secure_cookies)
-        await console.start(args.listen_host, args.listen_port)
-        print(f"Tuneforge console: {console.url}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        console = ConsoleServer(addresses, resolver, secure_cookies=args.secure_cookies)
+        await console.start(args.listen_host, args.listen_port)
+        print(f"Tuneforge console: {console.url}", flush=True)
         refresh = asyncio.create_task(_refresh_keys(resolver))
         await stop.wait()
         refresh.cancel()
