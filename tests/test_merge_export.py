@@ -309,6 +309,11 @@ def test_merge_and_export_over_grpc(platform_server, acme, globex, tmp_path: Pat
             "model_name",
         ),
         (acme.exports.GetExport, export_pb2.GetExportRequest(export_id="job-123"), "export_id"),
+        (
+            acme.exports.MergeAdapter,
+            export_pb2.MergeAdapterRequest(adapter="exp-bot:1", model_name="exp-bot"),
+            "model_name",
+        ),
     ]:
         fails(acme, method, request, "INVALID_ARGUMENT", field)
     fails(acme, acme.exports.MergeAdapter, export_pb2.MergeAdapterRequest(adapter="exp-bot:9"), "NOT_FOUND")

@@ -29,7 +29,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from tuneforge.catalog.adapters import ADAPTER, AdapterRegistry, AdapterVersionInfo, parse_ref
+from tuneforge.catalog.adapters import ADAPTER, MERGED, AdapterRegistry, AdapterVersionInfo, parse_ref
 from tuneforge.common.errors import FailedPrecondition, InvalidArgument, NotFound, TuneforgeError
 from tuneforge.common.logging import get_logger
 from tuneforge.common.names import check_idempotency_key, check_resource_id, check_resource_name, new_id
@@ -139,6 +139,7 @@ class ModelExports:
         version = self._resolve(tenant, adapter, "adapter")
         if version.kind != ADAPTER:
             raise InvalidArgument.for_field("adapter", f"{version.ref} is a {version.kind} model, not an adapter")
+        self._check_line(tenant, model_name, str(version.lineage.get("base_model") or ""))
         return self._create(tenant, MERGE, version.ref, "safetensors", "", dtype, model_name, idempotency_key)
 
     def create_export(
@@ -162,6 +163,19 @@ class ModelExports:
         version = self._resolve(tenant, model, "model")
         dtype = "float32" if version.kind == ADAPTER else ""
         return self._create(tenant, EXPORT, version.ref, fmt, quant, dtype, "", idempotency_key)
+
+    def _check_line(self, tenant: str, model_name: str, base_model: str) -> None:
+        """Refuses now, not after the merge, a line that cannot take the merged model (another kind or base)."""
+        try:
+            line = self.registry.get_adapter(tenant, model_name)
+        except NotFound:
+            return
+        if line.kind != MERGED or line.base_model != base_model:
+            raise InvalidArgument.for_field(
+                "model_name",
+                f"{model_name!r} holds {line.kind} versions of {line.base_model!r}; name a new or a merged line of "
+                f"{base_model!r}",
+            )
 
     def _resolve(self, tenant: str, ref: str, field: str) -> AdapterVersionInfo:
         return self.registry.resolve(tenant, ref, field)
