@@ -101,7 +101,7 @@ def _signin_redirect(request: web.Request) -> web.Response:
     target = quote(
         request.path.removesuffix("/live") if request.path.endswith("/live") else request.path_qs, safe="/?=&"
     )
-    return web.HTTPSeeOther(f"/signin?next={target}")  # type: ignore[return-value]
+    return web.Response(status=303, headers={"Location": f"/signin?next={target}"})
 
 
 async def _csrf_token_of(request: web.Request) -> str | None:
