@@ -46,7 +46,7 @@ class Cancelled(Exception):
 
 @dataclass(frozen=True)
 class MergeResult:
-    """What a merge wrote: the directory, its files with SHA-256 and sizes, and the model's facts."""
+    """What a merge wrote: the directory, its files (names and sizes), and the model's facts."""
 
     directory: Path
     files: list[dict[str, Any]]
@@ -124,8 +124,12 @@ def merge_lora(
     if tokenizer.chat_template and not (out_dir / "chat_template.jinja").exists():
         # tokenizer_config.json carries it too; a separate file is what llama.cpp-side tools read
         (out_dir / "chat_template.jinja").write_text(tokenizer.chat_template)
-    progress(0.95, "hashing files")
-    files = file_digests(out_dir)
+    # names and sizes only: whoever keeps the directory hashes it as it copies (the registry does)
+    files = [
+        {"name": p.relative_to(out_dir).as_posix(), "size_bytes": p.stat().st_size}
+        for p in sorted(out_dir.rglob("*"))
+        if p.is_file()
+    ]
     architecture = (merged.config.architectures or [type(merged).__name__])[0]
     count = sum(p.numel() for p in merged.parameters())
     progress(1.0, "merged")
