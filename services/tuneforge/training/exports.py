@@ -288,6 +288,7 @@ class ModelExports:
         """Runs `info` in the background if this replica gets its lease (idempotent while it runs)."""
         if info.id in self._tasks and not self._tasks[info.id].done():
             return
+        self._tasks = {key: task for key, task in self._tasks.items() if not task.done()}  # finished ones go
         self._tasks[info.id] = asyncio.create_task(self._drive(info), name=f"tuneforge-export-{info.id}")
 
     async def run_sweeps(self) -> None:
