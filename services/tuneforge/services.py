@@ -9,12 +9,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneforge.v1 import curation_pb2, evaluation_pb2, export_pb2, feedback_pb2, inference_pb2, training_pb2
+from tuneforge.v1 import (
+    curation_pb2,
+    evaluation_pb2,
+    export_pb2,
+    feedback_pb2,
+    generation_pb2,
+    inference_pb2,
+    training_pb2,
+)
 
 SERVICE_NAMES: dict[str, tuple[str, ...]] = {
     "curation": (
         curation_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name,
         feedback_pb2.DESCRIPTOR.services_by_name["FeedbackExportService"].full_name,
+        generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name,
     ),
     "training": (
         training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name,

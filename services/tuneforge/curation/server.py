@@ -12,12 +12,21 @@ from tuneforge.common.server import TuneforgeServer
 from tuneforge.common.settings import Settings
 from tuneforge.curation.feedback import FeedbackExporter, FeedbackExportServicer
 from tuneforge.curation.files import FileCatalog
+from tuneforge.curation.generation import GenerationRuns, Generator, LocalGenerator
+from tuneforge.curation.generation_servicer import GenerationServicer
 from tuneforge.curation.runner import BuildRunner
 from tuneforge.curation.servicer import DatasetServicer
 from tuneforge.curation.versions import DatasetVersions
 from tuneforge.curation.worker import WorkerConfig
 from tuneforge.platform import Platform, PlatformComponent, build_server
-from tuneforge.v1 import curation_pb2, curation_pb2_grpc, feedback_pb2, feedback_pb2_grpc
+from tuneforge.v1 import (
+    curation_pb2,
+    curation_pb2_grpc,
+    feedback_pb2,
+    feedback_pb2_grpc,
+    generation_pb2,
+    generation_pb2_grpc,
+)
 
 log = get_logger(__name__)
 
@@ -28,6 +37,7 @@ class CurationComponent(PlatformComponent):
     service_names = (
         curation_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name,
         feedback_pb2.DESCRIPTOR.services_by_name["FeedbackExportService"].full_name,
+        generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name,
     )
 
     def __init__(self, platform: Platform) -> None:
@@ -57,6 +67,13 @@ class CurationComponent(PlatformComponent):
             self.runner.submit,
             self.runner.cancel,
         )
+        self.generation = GenerationRuns(platform.metadata, self.files)
+        self._generation_sweep: asyncio.Task[None] | None = None
+
+    def generator(self) -> Generator | None:
+        """What Self-Instruct runs generate through: this process's inference service, once it serves."""
+        local = self.platform.local_inference
+        return LocalGenerator(local) if local is not None else None
 
     def register(self, server: grpc.aio.Server) -> None:
         curation_pb2_grpc.add_DatasetServiceServicer_to_server(
@@ -64,13 +81,33 @@ class CurationComponent(PlatformComponent):
         )
         exporter = FeedbackExporter(FeedbackStore(self.platform.metadata), self.files)
         feedback_pb2_grpc.add_FeedbackExportServiceServicer_to_server(FeedbackExportServicer(exporter), server)
+        generation_pb2_grpc.add_GenerationServiceServicer_to_server(
+            GenerationServicer(self.generation, self.versions, self.generator, self.max_invalid_fraction), server
+        )
 
     async def start(self) -> None:
         await super().start()
         # before SERVING: builds left by a previous run are adopted (still running) or started again
         await asyncio.to_thread(self.runner.start)
+        self._generation_sweep = asyncio.create_task(self._offer_generation_runs(), name="tuneforge-generation-sweep")
+
+    async def _offer_generation_runs(self) -> None:
+        """Every half lease period, unfinished generation runs (a previous process's, a dead replica's) are
+        offered to this replica; each runs only where its lease is taken, so once among the replicas."""
+        while True:
+            try:
+                generator = self.generator()
+                if generator is not None:
+                    for info in await asyncio.to_thread(self.generation.unfinished):
+                        self.generation.start(info, generator)
+            except Exception as exc:  # a broken sweep must not end the loop; the next one retries
+                log.error("generation_runs_sweep_failed", error=repr(exc))
+            await asyncio.sleep(self.generation.leases.ttl_s / 2)
 
     async def stop(self) -> None:
+        if self._generation_sweep is not None:
+            self._generation_sweep.cancel()
+        await self.generation.stop()
         # unfinished builds stay PROCESSING and are built again by the next start
         await asyncio.to_thread(self.runner.stop)
 

@@ -31,6 +31,7 @@ from tuneforge.catalog.suites import SuiteCatalog
 from tuneforge.common.logging import get_logger
 from tuneforge.common.names import new_id
 from tuneforge.curation import distributed
+from tuneforge.curation.generation import generation_lineage
 from tuneforge.curation.pipeline import CurationOptions, InputFile, curate
 from tuneforge.curation.report import write_failed_build_report
 from tuneforge.models import ModelResolver, template_hash
@@ -269,9 +270,13 @@ def _suite_prompts(
 
 
 def _feedback_lineage(metadata: MetadataStore, tenant: str, inputs_spec: list[dict[str, Any]]) -> dict[str, Any]:
-    """`feedback_lineage` for the report: the feedback item behind each line of inputs a feedback export wrote."""
+    """`feedback_lineage`, `generation_lineage` for the report: the feedback item or candidate behind each line."""
     lines = FeedbackStore(metadata).lineage(tenant, [i["file_id"] for i in inputs_spec if i.get("file_id")])
-    return {"feedback_lineage": lines} if lines else {}
+    generated = generation_lineage(metadata, tenant, [i["file_id"] for i in inputs_spec if i.get("file_id")])
+    return {
+        **({"feedback_lineage": lines} if lines else {}),
+        **({"generation_lineage": generated} if generated else {}),
+    }
 
 
 def _build(

@@ -414,3 +414,71 @@ class ModelExportRow(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+
+
+class GenerationRunRow(Base):
+    """A Self-Instruct generation run (GenerationService): seed tasks in, reviewable candidates out."""
+
+    __tablename__ = "generation_runs"
+    __table_args__ = (
+        UniqueConstraint("tenant", "idempotency_key", name="uq_generation_runs_tenant_idempotency_key"),
+        Index("ix_generation_runs_tenant_created", "tenant", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(63), nullable=False)
+    #: As requested (`base` or `adapter[:version|alias]`); `resolved_model` the exact one, once running.
+    model: Mapped[str] = mapped_column(String(200), nullable=False)
+    resolved_model: Mapped[str] = mapped_column(String(512), nullable=False, default="")
+    seeds_json: Mapped[str] = mapped_column(Text, nullable=False)
+    seeds_per_prompt: Mapped[int] = mapped_column(Integer, nullable=False)
+    count: Mapped[int] = mapped_column(Integer, nullable=False)
+    sampling_json: Mapped[str] = mapped_column(Text, nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    failure_reason: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    cancel_requested: Mapped[bool] = mapped_column(nullable=False, default=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+
+
+class GenerationCandidateRow(Base):
+    """One proposed instruction and answer of a generation run, and its review."""
+
+    __tablename__ = "generation_candidates"
+    __table_args__ = (Index("ix_generation_candidates_run", "run_id", "index"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(63), nullable=False)
+    run_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    index: Mapped[int] = mapped_column(Integer, nullable=False)
+    instruction: Mapped[str] = mapped_column(Text, nullable=False)
+    answer: Mapped[str] = mapped_column(Text, nullable=False)
+    original_instruction: Mapped[str] = mapped_column(Text, nullable=False)
+    original_answer: Mapped[str] = mapped_column(Text, nullable=False)
+    #: `pending`, `accepted`, `rejected` or `filtered` (`filter_reason` says why).
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    filter_reason: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    seeds_json: Mapped[str] = mapped_column(Text, nullable=False)
+    model: Mapped[str] = mapped_column(String(512), nullable=False)
+    reviewer: Mapped[str] = mapped_column(String(200), nullable=False, default="")
+    edited: Mapped[bool] = mapped_column(nullable=False, default=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+
+
+class GenerationExportLineRow(Base):
+    """Lineage of a file BuildDatasetFromCandidates wrote: the candidate behind each of its lines."""
+
+    __tablename__ = "generation_export_lines"
+
+    file_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: 1-based line of the file.
+    line: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(63), nullable=False)
+    candidate_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    run_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    model: Mapped[str] = mapped_column(String(512), nullable=False)
+    reviewer: Mapped[str] = mapped_column(String(200), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)

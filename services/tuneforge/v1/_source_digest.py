@@ -1,3 +1,3 @@
 """Digest of the .proto sources this package was generated from (written by `make proto`)."""
 
-PROTO_SOURCES_SHA256 = "2592cb169ecfde320dde0e861cb53949a679a3f30cd1128c87e611a0203ec9bd"
+PROTO_SOURCES_SHA256 = "00a395328a9d54569a5ed56d89bf667057cf9fe1eae529c743dfebba506e38ed"
