@@ -57,7 +57,7 @@ def test_every_command_group_is_registered_once() -> None:
     commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     assert set(commands) == {
         "serve", "up", "demo", "health", "files", "datasets", "jobs", "generate", "chat", "evals", "adapters",
-        "models", "keys", "feedback", "console",
+        "models", "keys", "feedback", "console", "selfinstruct",
     }  # fmt: skip
     help_text = subprocess.run(
         [sys.executable, "-m", "tuneforge.cli", "--help"], capture_output=True, text=True, timeout=60, check=True

@@ -12,7 +12,9 @@ import json
 import time
 
 import pytest
+from conftest import ACME_KEY
 
+from tuneforge.cli import main
 from tuneforge.client import TuneforgeClient, TuneforgeError
 from tuneforge.curation.generation import (
     DUPLICATE,
@@ -209,3 +211,28 @@ def test_runs_are_tenant_scoped_and_bad_input_names_fields(acme: TuneforgeClient
     assert _refused(acme.call, stub.BuildDatasetFromCandidates, nothing).code == "FAILED_PRECONDITION"
     finished = generation_pb2.CancelGenerationRunRequest(run_id=run.id)
     assert _refused(acme.call, stub.CancelGenerationRun, finished).code == "FAILED_PRECONDITION"
+
+
+def test_selfinstruct_cli_creates_shows_reviews_and_cancels(
+    platform_server: BackgroundServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def printed(prefix: str) -> list[str]:  # the command's own lines, not the in-process server's log lines
+        return [line for line in capsys.readouterr().out.splitlines() if line.startswith(prefix)]
+
+    client = ["--address", platform_server.address, "--api-key", ACME_KEY]
+    create = ["create", "--seed", SEEDS[0], "--seed", SEEDS[1], "--count", "2", "--max-tokens", "8"]
+    assert main(["selfinstruct", *client, *create, "--temperature", "1", "--sampling-seed", "3", "--follow"]) == 0
+    (line,) = printed("gen-")
+    run_id = line.split()[0]
+    assert "succeeded" in line and "2/2 proposed" in line
+    assert main(["selfinstruct", *client, "show", run_id]) == 0
+    candidates = printed("cand-")
+    assert len(candidates) == 2
+    pending = [c.split()[0] for c in candidates if " pending " in c]
+    assert pending, candidates
+    assert main(["selfinstruct", *client, "review", pending[0], "--reject"]) == 0
+    (reviewed,) = printed("cand-")
+    assert " rejected " in reviewed and "acme-ci" in reviewed
+    assert main(["selfinstruct", *client, "list"]) == 0 and any(run_id in x for x in printed("gen-"))
+    assert main(["selfinstruct", *client, "cancel", run_id]) == 1  # already succeeded: FAILED_PRECONDITION
+    assert main(["selfinstruct", *client, "build", run_id, "--dataset", "x", "--base-model", BASE]) == 1

@@ -10,14 +10,26 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tuneforge.cli import adapters, admin, datasets, evals, feedback, files, inference, jobs, models, platform
+from tuneforge.cli import (
+    adapters,
+    admin,
+    datasets,
+    evals,
+    feedback,
+    files,
+    inference,
+    jobs,
+    models,
+    platform,
+    selfinstruct,
+)
 from tuneforge.cli.inference import cmd_generate
 from tuneforge.cli.options import DEFAULT_ADDRESS
 
 __all__ = ["DEFAULT_ADDRESS", "build_parser", "cmd_generate", "main"]
 
 #: Command groups in the order `tuneforge --help` lists them.
-GROUPS = (platform, files, datasets, jobs, inference, feedback, evals, adapters, models, admin)
+GROUPS = (platform, files, datasets, jobs, inference, feedback, selfinstruct, evals, adapters, models, admin)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ from tuneforge.v1 import (
     curation_pb2_grpc,
     evaluation_pb2_grpc,
     feedback_pb2_grpc,
+    generation_pb2_grpc,
     inference_pb2_grpc,
     training_pb2_grpc,
 )
@@ -57,6 +58,7 @@ class Backend:
         # feedback is taken next to the inference service and exported by curation (it owns files)
         self.feedback = feedback_pb2_grpc.FeedbackServiceStub(self._channels[addresses.inference])
         self.feedback_export = feedback_pb2_grpc.FeedbackExportServiceStub(self._channels[addresses.curation])
+        self.generation = generation_pb2_grpc.GenerationServiceStub(self._channels[addresses.curation])  # Self-Instruct
 
     async def close(self) -> None:
         for channel in self._channels.values():
