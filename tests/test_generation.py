@@ -8,17 +8,21 @@ each line's candidate, run, model and reviewer.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
 import pytest
-from conftest import ACME_KEY
+from conftest import ACME_KEY, SERVICE_KEY
 
 from tuneforge.cli import main
 from tuneforge.client import TuneforgeClient, TuneforgeError
+from tuneforge.common.errors import FailedPrecondition
 from tuneforge.curation.generation import (
     DUPLICATE,
     DUPLICATE_OF_SEED,
+    GenerationRuns,
+    RemoteGenerator,
     instruction_messages,
     parse_instruction,
     screen,
@@ -236,3 +240,25 @@ def test_selfinstruct_cli_creates_shows_reviews_and_cancels(
     assert main(["selfinstruct", *client, "list"]) == 0 and any(run_id in x for x in printed("gen-"))
     assert main(["selfinstruct", *client, "cancel", run_id]) == 1  # already succeeded: FAILED_PRECONDITION
     assert main(["selfinstruct", *client, "build", run_id, "--dataset", "x", "--base-model", BASE]) == 1
+
+
+def test_a_run_generates_through_another_pods_inference_service_with_a_service_key(
+    acme: TuneforgeClient, platform_server: BackgroundServer
+) -> None:
+    """Cluster mode: curation calls the InferenceService over gRPC with a `service` key on the tenant's behalf."""
+    component = next(c for c in platform_server.server.components if hasattr(c, "generation"))
+    remote = RemoteGenerator(platform_server.address, SERVICE_KEY)
+    runs = GenerationRuns(component.generation.metadata, component.files)  # a replica of its own (its own leases)
+
+    async def run_remotely() -> str:
+        info = runs.create("acme", SEEDS, "", "base", 2, 2, {"temperature": 1.0, "max_tokens": 6, "seed": 3})
+        await runs._drive(info, remote)
+        with pytest.raises(FailedPrecondition, match="no-such-adapter"):
+            await remote.resolve("acme", "no-such-adapter")
+        await remote.close()
+        return info.id
+
+    run_id = asyncio.run_coroutine_threadsafe(run_remotely(), platform_server.loop).result(120)
+    run = acme.call(_stub(acme).GetGenerationRun, generation_pb2.GetGenerationRunRequest(run_id=run_id)).run
+    assert run.state == generation_pb2.GENERATION_RUN_STATE_SUCCEEDED, run.failure_reason
+    assert run.resolved_model == BASE and run.progress.proposed == 2

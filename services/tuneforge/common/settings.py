@@ -142,6 +142,18 @@ class CurationSettings(BaseModel):
     #: Share of invalid records above which a version fails, when a request does not set its own
     #: (`settings.max_invalid_fraction`); 1 keeps the valid records of any file.
     max_invalid_fraction: float = Field(default=0.5, ge=0, le=1)
+    #: InferenceService address (host:port) Self-Instruct generation runs generate through when curation
+    #: runs in a pod of its own; empty: the inference service of this process (embedded).
+    inference_address: str | None = None
+    #: A `service` API key the inference service accepts (env `TUNEFORGE_CURATION__INFERENCE_API_KEY`);
+    #: each call names the run's tenant.
+    inference_api_key: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _inference_key_with_address(self) -> CurationSettings:
+        if self.inference_address and self.inference_api_key is None:
+            raise ValueError("curation.inference_address needs curation.inference_api_key (a `service` key)")
+        return self
 
 
 class PromotionGateSettings(BaseModel):

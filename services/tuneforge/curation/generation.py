@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+import grpc
 import numpy as np
 from sqlalchemy import select
 
+from tuneforge.common.auth import ON_BEHALF_HEADER
 from tuneforge.common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, TuneforgeError
 from tuneforge.common.logging import get_logger
 from tuneforge.common.names import check_idempotency_key, check_resource_id, new_id
@@ -41,6 +43,7 @@ from tuneforge.store.idempotency import create_idempotent
 from tuneforge.store.leases import Leases
 from tuneforge.store.metadata import MetadataStore, newest_first_page
 from tuneforge.store.tables import GenerationCandidateRow, GenerationExportLineRow, GenerationRunRow, utcnow
+from tuneforge.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
 log = get_logger(__name__)
 
@@ -189,6 +192,66 @@ class LocalGenerator:
                 raise FailedPrecondition(f"generation failed: {event.error}")
             parts.append(event.delta)
         return "".join(parts)
+
+
+class RemoteGenerator:
+    """Another pod's InferenceService, called with a `service` key on the run tenant's behalf (a cluster).
+
+    The inference service applies the tenant's own adapters, limits and lineage checks; a busy replica's
+    refusals (UNAVAILABLE, RESOURCE_EXHAUSTED) are retried with backoff.
+    """
+
+    RETRIES = 6
+
+    def __init__(self, address: str, api_key: str, retry_base_s: float = 0.5) -> None:
+        self.address = address
+        self.api_key = api_key
+        self.retry_base_s = retry_base_s
+        self._channel: grpc.aio.Channel | None = None
+
+    async def _call(self, method: str, request: Any, tenant: str) -> Any:
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.address)
+        stub = inference_pb2_grpc.InferenceServiceStub(self._channel)
+        metadata = (("authorization", f"Bearer {self.api_key}"), (ON_BEHALF_HEADER, tenant))
+        for attempt in range(self.RETRIES + 1):
+            try:
+                return await getattr(stub, method)(request, metadata=metadata, timeout=600)
+            except grpc.aio.AioRpcError as exc:
+                busy = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+                if not busy or attempt == self.RETRIES:
+                    raise FailedPrecondition(
+                        f"inference service at {self.address} answered {exc.code().name}: {exc.details()}"
+                    ) from exc
+            await asyncio.sleep(min(self.retry_base_s * 2**attempt, 30.0))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    async def resolve(self, tenant: str, model: str) -> tuple[str, Any]:
+        ref = "" if model == "base" else model
+        # one token through the model resolves it (and refuses one the tenant cannot use) before the run starts
+        request = inference_pb2.GenerateRequest(model=ref, messages=[common_pb2.ChatMessage(role="user", content="Hi")])
+        request.sampling.max_tokens = 1
+        resolved = (await self._call("Generate", request, tenant)).resolved_model or model
+        return resolved, ref and resolved  # an alias stays pinned to the version it named at the start
+
+    async def complete(
+        self, tenant: str, handle: Any, messages: Sequence[tuple[str, str]], sampling: dict[str, Any]
+    ) -> str:
+        request = inference_pb2.GenerateRequest(
+            model=handle, messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in messages]
+        )
+        request.sampling.temperature = sampling.get("temperature", 0.0)
+        request.sampling.top_p = sampling.get("top_p", 0.0)
+        request.sampling.max_tokens = sampling.get("max_tokens", 0)
+        request.sampling.stop.extend(sampling.get("stop", ()))
+        if sampling.get("seed") is not None:
+            request.sampling.seed = sampling["seed"]
+        return (await self._call("Generate", request, tenant)).text
 
 
 # -- runs ------------------------------------------------------------------------------------------------
@@ -560,7 +623,7 @@ class GenerationRuns:
         if generator is None:
             raise FailedPrecondition(
                 "no inference service to generate with: run curation with the inference service, "
-                "or set evaluation.inference_address"
+                "or set curation.inference_address"
             )
         resolved, handle = await generator.resolve(info.tenant, info.model)
         await asyncio.to_thread(self._update, info.id, state=RUNNING, resolved_model=resolved)

@@ -12,7 +12,7 @@ from tuneforge.common.server import TuneforgeServer
 from tuneforge.common.settings import Settings
 from tuneforge.curation.feedback import FeedbackExporter, FeedbackExportServicer
 from tuneforge.curation.files import FileCatalog
-from tuneforge.curation.generation import GenerationRuns, Generator, LocalGenerator
+from tuneforge.curation.generation import GenerationRuns, Generator, LocalGenerator, RemoteGenerator
 from tuneforge.curation.generation_servicer import GenerationServicer
 from tuneforge.curation.runner import BuildRunner
 from tuneforge.curation.servicer import DatasetServicer
@@ -68,10 +68,18 @@ class CurationComponent(PlatformComponent):
             self.runner.cancel,
         )
         self.generation = GenerationRuns(platform.metadata, self.files)
+        self.remote_generator: RemoteGenerator | None = None
+        if settings.curation.inference_address:  # a cluster: another pod's inference service, with a service key
+            key = settings.curation.inference_api_key
+            assert key is not None  # the settings refuse an address without a key
+            self.remote_generator = RemoteGenerator(settings.curation.inference_address, key.get_secret_value())
         self._generation_sweep: asyncio.Task[None] | None = None
 
     def generator(self) -> Generator | None:
-        """What Self-Instruct runs generate through: this process's inference service, once it serves."""
+        """What Self-Instruct runs generate through: another pod's inference service where one is set,
+        else this process's once it serves."""
+        if self.remote_generator is not None:
+            return self.remote_generator
         local = self.platform.local_inference
         return LocalGenerator(local) if local is not None else None
 
@@ -108,6 +116,8 @@ class CurationComponent(PlatformComponent):
         if self._generation_sweep is not None:
             self._generation_sweep.cancel()
         await self.generation.stop()
+        if self.remote_generator is not None:
+            await self.remote_generator.close()
         # unfinished builds stay PROCESSING and are built again by the next start
         await asyncio.to_thread(self.runner.stop)
 
