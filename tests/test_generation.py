@@ -131,6 +131,7 @@ def test_run_proposes_screens_and_builds_a_reviewed_dataset_version(
         (1, first.id, run.id, BASE, "acme-ci"),
         (2, edited.id, run.id, BASE, "acme-ci"),
     ]
+    assert "## From Self-Instruct generation" in report.markdown and f"| {first.id} | {run.id} |" in report.markdown
     after = acme.call(_stub(acme).GetGenerationRun, generation_pb2.GetGenerationRunRequest(run_id=run.id)).run
     assert list(after.built_file_ids) == [built.file.id] and after.progress.accepted == 2
 

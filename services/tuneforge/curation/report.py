@@ -117,6 +117,14 @@ def render_markdown(report: dict[str, Any]) -> str:
             for x in report["feedback_lineage"][:200]
         ]
         lines.append("")
+    if report.get("generation_lineage"):  # inputs built from reviewed Self-Instruct candidates (generation.py)
+        lines += ["## From Self-Instruct generation", "", "| file | line | candidate | run | model | reviewer |"]
+        lines += ["| --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            f"| {x['file_id']} | {x['line']} | {x['candidate_id']} | {x['run_id']} | {x['model']} | {x['reviewer']} |"
+            for x in report["generation_lineage"][:200]
+        ]
+        lines.append("")
     histogram = report["token_lengths"]
     if histogram.get("max") is not None:
         lines += [

@@ -168,6 +168,7 @@ async def _dataset_view(caller: Caller, version_id: str) -> dict[str, Any]:
         "records": [],
         "histogram": {},
         "feedback_lineage": [],
+        "generation_lineage": [],
     }
     if version.state in (curation_pb2.DATASET_VERSION_STATE_READY, curation_pb2.DATASET_VERSION_STATE_FAILED):
         report = await caller.call(
@@ -177,6 +178,7 @@ async def _dataset_view(caller: Caller, version_id: str) -> dict[str, Any]:
         details = json.loads(report.json or "{}")
         context["histogram"] = details.get("token_lengths", {})
         context["feedback_lineage"] = details.get("feedback_lineage", [])  # lines written by a feedback export
+        context["generation_lineage"] = details.get("generation_lineage", [])  # reviewed Self-Instruct pairs
         context["issues"] = await caller.pages(
             datasets_stub.ListDatasetIssues,
             curation_pb2.ListDatasetIssuesRequest(dataset_version_id=version_id, page_size=MAX_ISSUES),
