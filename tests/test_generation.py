@@ -263,3 +263,19 @@ def test_a_run_generates_through_another_pods_inference_service_with_a_service_k
     run = acme.call(_stub(acme).GetGenerationRun, generation_pb2.GetGenerationRunRequest(run_id=run_id)).run
     assert run.state == generation_pb2.GENERATION_RUN_STATE_SUCCEEDED, run.failure_reason
     assert run.resolved_model == BASE and run.progress.proposed == 2
+
+
+def test_a_cancelled_run_stops_and_keeps_what_it_proposed(acme: TuneforgeClient) -> None:
+    stub = _stub(acme)
+    request = generation_pb2.CreateGenerationRunRequest(
+        seeds=SEEDS, count=200, sampling=inference_pb2.SamplingParams(temperature=1.0, max_tokens=4, seed=1)
+    )
+    run = acme.call(stub.CreateGenerationRun, request).run
+    cancelled = acme.call(stub.CancelGenerationRun, generation_pb2.CancelGenerationRunRequest(run_id=run.id)).run
+    deadline = time.monotonic() + 60
+    while cancelled.state not in FINAL and time.monotonic() < deadline:
+        time.sleep(0.2)
+        cancelled = acme.call(stub.GetGenerationRun, generation_pb2.GetGenerationRunRequest(run_id=run.id)).run
+    assert cancelled.state == generation_pb2.GENERATION_RUN_STATE_CANCELLED
+    assert cancelled.progress.proposed < 200
+    assert len(_candidates(acme, run.id)) == cancelled.progress.proposed  # reviewable as far as it got

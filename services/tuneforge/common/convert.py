@@ -70,3 +70,16 @@ def promotion_message(record: dict[str, Any]) -> common_pb2.Promotion:
     if record.get("judge_mean") is not None:
         message.judge_score = record["judge_mean"]
     return message
+
+
+def sampling_message(sampling: dict[str, Any]) -> inference_pb2.SamplingParams:
+    """SamplingParams of a stored sampling dict (temperature, top_p, max_tokens, stop, seed; absent: unset)."""
+    message = inference_pb2.SamplingParams(
+        temperature=sampling.get("temperature", 0.0),
+        top_p=sampling.get("top_p", 0.0),
+        max_tokens=sampling.get("max_tokens", 0),
+        stop=sampling.get("stop", ()),
+    )
+    if sampling.get("seed") is not None:
+        message.seed = sampling["seed"]
+    return message

@@ -31,6 +31,7 @@ import numpy as np
 from sqlalchemy import select
 
 from tuneforge.common.auth import ON_BEHALF_HEADER
+from tuneforge.common.convert import sampling_message
 from tuneforge.common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, TuneforgeError
 from tuneforge.common.logging import get_logger
 from tuneforge.common.names import check_idempotency_key, check_resource_id, new_id
@@ -243,14 +244,10 @@ class RemoteGenerator:
         self, tenant: str, handle: Any, messages: Sequence[tuple[str, str]], sampling: dict[str, Any]
     ) -> str:
         request = inference_pb2.GenerateRequest(
-            model=handle, messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in messages]
+            model=handle,
+            messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in messages],
+            sampling=sampling_message(sampling),
         )
-        request.sampling.temperature = sampling.get("temperature", 0.0)
-        request.sampling.top_p = sampling.get("top_p", 0.0)
-        request.sampling.max_tokens = sampling.get("max_tokens", 0)
-        request.sampling.stop.extend(sampling.get("stop", ()))
-        if sampling.get("seed") is not None:
-            request.sampling.seed = sampling["seed"]
         return (await self._call("Generate", request, tenant)).text
 
 
@@ -592,6 +589,10 @@ class GenerationRuns:
                 return  # another replica runs it
         except Exception as exc:  # the store is unreachable: the next sweep offers the run again
             log.warning("generation_run_lease_unavailable", run_id=info.id, error=repr(exc))
+            return
+        current = await asyncio.to_thread(self.get, info.tenant, info.id)  # it may have ended meanwhile
+        if current.state in FINAL:
+            await asyncio.to_thread(self.leases.release, name)
             return
         work = asyncio.create_task(self._run(info, generator))
         try:

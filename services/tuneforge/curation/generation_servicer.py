@@ -7,13 +7,13 @@ import asyncio
 import grpc
 
 from tuneforge.common.auth import current_principal
-from tuneforge.common.convert import resource_times
+from tuneforge.common.convert import resource_times, sampling_message
 from tuneforge.common.errors import InvalidArgument
 from tuneforge.curation import generation
 from tuneforge.curation.generation import CandidateInfo, GenerationRuns, RunInfo
 from tuneforge.curation.servicer import file_message, version_message, version_spec
 from tuneforge.curation.versions import DatasetVersions, validate_spec
-from tuneforge.v1 import curation_pb2, generation_pb2, generation_pb2_grpc, inference_pb2
+from tuneforge.v1 import curation_pb2, generation_pb2, generation_pb2_grpc
 
 _STATES = {
     generation.QUEUED: generation_pb2.GENERATION_RUN_STATE_QUEUED,
@@ -33,13 +33,6 @@ _STATUS_NAMES = {number: name for name, number in _STATUSES.items()}
 
 def run_message(info: RunInfo) -> generation_pb2.GenerationRun:
     counts = info.counts
-    sampling = inference_pb2.SamplingParams(
-        temperature=info.sampling.get("temperature", 0.0),
-        top_p=info.sampling.get("top_p", 0.0),
-        max_tokens=info.sampling.get("max_tokens", 0),
-        stop=info.sampling.get("stop", []),
-        seed=info.sampling.get("seed", 0),
-    )
     return generation_pb2.GenerationRun(
         id=info.id,
         state=_STATES[info.state],
@@ -56,7 +49,7 @@ def run_message(info: RunInfo) -> generation_pb2.GenerationRun:
         resolved_model=info.resolved_model,
         seeds=info.seeds,
         seeds_per_prompt=info.seeds_per_prompt,
-        sampling=sampling,
+        sampling=sampling_message(info.sampling),
         failure_reason=info.failure_reason,
         times=resource_times(info.created_at, info.updated_at),
         built_file_ids=info.built_file_ids,
