@@ -202,6 +202,9 @@ def test_runs_are_tenant_scoped_and_bad_input_names_fields(acme: TuneforgeClient
     )
     assert violations(create, bad) == ["seeds[1]", "count", "seeds_per_prompt", "sampling.temperature"]
     assert violations(create, generation_pb2.CreateGenerationRunRequest(count=2)) == ["seeds"]
+    sampling = inference_pb2.SamplingParams(stop=[""], seed=-1, top_p=float("nan"))
+    bad_sampling = generation_pb2.CreateGenerationRunRequest(seeds=["a"], count=1, sampling=sampling)
+    assert violations(create, bad_sampling) == ["sampling.top_p", "sampling.stop", "sampling.seed"]
     no_file = generation_pb2.CreateGenerationRunRequest(seed_file_id="nope", count=2)
     assert violations(create, no_file) == ["seed_file_id"]
     get = generation_pb2.GetGenerationRunRequest(run_id="eval-123")

@@ -362,6 +362,11 @@ def check_request(seeds: Sequence[str], count: int, seeds_per_prompt: int, sampl
         problems.append(FieldViolation("sampling.top_p", "must be in (0, 1], or 0 for the default"))
     if not 0 <= sampling.get("max_tokens", 0) <= 4096:
         problems.append(FieldViolation("sampling.max_tokens", "must be between 0 (default 128) and 4096"))
+    stop = sampling.get("stop", [])
+    if len(stop) > 8 or any(not s or len(s) > 64 for s in stop):
+        problems.append(FieldViolation("sampling.stop", "at most 8 non-empty strings of up to 64 characters"))
+    if not 0 <= sampling.get("seed", 0) < 2**62:
+        problems.append(FieldViolation("sampling.seed", "must be between 0 and 2**62 - 1"))
     if problems:
         raise InvalidArgument("; ".join(f"{p.field}: {p.description}" for p in problems), problems)
 
