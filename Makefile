@@ -57,7 +57,8 @@ lint: bootstrap
 	$(VENV)/bin/hadolint Dockerfile.train Dockerfile.serve
 
 test: bootstrap
-	$(PY) -m pytest -q --durations=25
+	@# two worker processes, whole modules each: the tests mostly wait on servers, Ray and subprocesses
+	$(PY) -m pytest -q --durations=25 -n 2 --dist loadfile --no-loadscope-reorder
 
 # A test that needs Ray or a real model is marked `slow`; with TUNEFORGE_TEST_WITHOUT_RAY the
 # conftest fails any test that starts Ray anyway, so the mark cannot silently go missing.

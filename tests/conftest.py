@@ -129,7 +129,7 @@ RAY_FIXTURES = frozenset({"ray_cluster", "ray_head", "local_ray"})
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by mark
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Marks the tests that use the session's Ray head `slow`, and runs their modules last.
+    """Marks the tests that use the session's Ray head `slow`, and runs their modules last, the longest first.
 
     The head then starts only after the tests that start Ray clusters of their own (the demo, the
     topology): on 2 cores, two clusters at once slow both down. Whole modules move, in their own
@@ -140,7 +140,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
             ray_modules.add(item.module)
-    items.sort(key=lambda item: getattr(item, "module", None) in ray_modules)  # stable: order kept otherwise
+
+    def order(item: pytest.Item) -> tuple[int, bool]:
+        name = Path(str(item.fspath)).name
+        rank = LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+        return rank, getattr(item, "module", None) in ray_modules
+
+    items.sort(key=order)  # stable: the order is kept otherwise
+
+
+#: Modules that take minutes, started first: `make test` hands whole modules to two worker processes in
+#: this order (`-n 2 --dist loadfile --no-loadscope-reorder`); one started last would end the run alone.
+LONGEST_FIRST = ("test_processes.py", "test_control_plane_restart.py", "test_topology.py", "test_curation_builds.py")
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -100,7 +100,7 @@ class ThreadRecordingFrontend(InferenceFrontend):
 class OneTenantRegistry:
     """The registry ListModels reads: one adapter page, or nothing."""
 
-    def list_adapters(self, tenant: str, page_size: int, token: str) -> tuple[list[Any], str]:
+    def list_adapters(self, tenant: str, page_size: int, token: str, kinds: tuple[str, ...]) -> tuple[list[Any], str]:
         return [], ""
 
 
