@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ACME_KEY, GLOBEX_KEY, MODEL_CACHE
+from conftest import ACME_KEY, GLOBEX_KEY, MODEL_CACHE, SERVICE_KEY
 
 from tuneforge.client import TuneforgeClient
 from tuneforge.platform import BackgroundServer
@@ -433,6 +433,30 @@ def test_posts_without_the_csrf_token_are_refused(page, console: str, live_job) 
     signout = request.post(f"{console}/signout", max_redirects=0)
     assert signout.status == 403
     assert page.goto(f"{console}/jobs").url == f"{console}/jobs"  # still signed in
+
+
+def test_sign_in_sends_only_to_paths_of_the_console(page, console: str) -> None:
+    """`next` never leads off the console: a tab or newline that URL parsers drop, `//host`, a scheme."""
+    request = page.context.request  # signed in: /signin redirects to `next` at once
+    for target in ("/%09/evil.example", "/%0a/evil.example", "//evil.example", "https://evil.example", "/\\evil"):
+        answer = request.get(f"{console}/signin?next={target}", max_redirects=0)
+        assert answer.status == 303 and answer.headers["location"] == "/playground", target
+    kept = request.get(f"{console}/signin?next=/jobs%3Fstate%3Drunning", max_redirects=0)
+    assert kept.headers["location"] == "/jobs?state=running"
+
+
+def test_a_service_key_cannot_sign_in(browser, console: str) -> None:
+    """The inference pods' key belongs to no tenant: no console page could work with it."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"{console}/signin")
+        page.fill("#api_key", SERVICE_KEY)
+        page.click("#signin")
+        assert "service key" in page.inner_text("#signin-error")
+        assert page.goto(f"{console}/jobs").url.startswith(f"{console}/signin")
+    finally:
+        context.close()
 
 
 def test_bad_input_is_refused_naming_the_field(page, console: str) -> None:

@@ -768,6 +768,14 @@ def test_each_served_model_version_gets_a_serve_application_the_front_routes_to(
     assert front.serve_models == {
         "acme/dates_full:3": f"http://{name}-serve-svc.tuneforge.svc:8000{model['route_prefix']}"
     }
+    # tenants and models whose readable parts collide still get applications of their own
+    twins = []
+    for index, (tenant, model_ref) in enumerate([("acme", "dates-full:3"), ("acme-dates", "full:3")]):
+        twins += ["--set", f"inference.rayService.models[{index}].tenant={tenant}"]
+        twins += ["--set", f"inference.rayService.models[{index}].model={model_ref}"]
+    rayservice = next(iter(_by_kind(_render([], *twins), "RayService").values()))
+    names = [app["name"] for app in yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"]]
+    assert len(names) == len(set(names)) == 3, names
     # an alias is no deployable version: the schema refuses it
     result = _helm(
         "template", "t", str(deploy.CHART), *models[:2], "--set", "inference.rayService.models[0].model=x:prod"
@@ -956,6 +964,9 @@ def test_the_console_signs_in_with_the_services_keys_and_reaches_every_service(t
     assert _allowed(docs, "ingress-nginx", labels, 8080) and not _allowed(docs, "apps", labels, 8080)
     default = _render(PROFILES["default"])
     assert not [d for d in default if d["metadata"]["labels"].get("app.kubernetes.io/component") == "console"]
+    # sign-in sessions live in the console's memory: a second replica is refused, not silently sticky
+    crowded = _helm("template", "t", str(deploy.CHART), *PROFILES["cpu"], "--set", "console.replicas=2")
+    assert crowded.returncode != 0 and "console.replicas" in crowded.stderr.replace("/", ".")
 
 
 def test_the_service_monitor_scrapes_every_service_metrics_port() -> None:

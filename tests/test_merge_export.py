@@ -8,6 +8,8 @@ while the code path (names, permutations, tokenizer metadata, quantization) is t
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -189,6 +191,16 @@ def test_export_checks_and_safetensors_copy(tmp_path: Path) -> None:
     (tmp_path / "empty" / "config.json").write_text('{"architectures": ["GPT2LMHeadModel"]}')
     with pytest.raises(FailedPrecondition, match="GGUF export supports"):
         export_gguf(tmp_path / "empty", tmp_path / "x.gguf")
+    # a SentencePiece (Unigram) vocabulary would be written as gpt2 BPE and tokenize wrongly: refused
+    sentencepiece = tmp_path / "sentencepiece"
+    shutil.copytree(source, sentencepiece)
+    spec = json.loads((sentencepiece / "tokenizer.json").read_text())
+    spec["model"] = {"type": "Unigram", "vocab": [["<unk>", 0.0]], "unk_id": 0}
+    spec["pre_tokenizer"] = spec["decoder"] = {"type": "Metaspace", "replacement": "▁"}
+    (sentencepiece / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(FailedPrecondition, match="byte-level BPE"):
+        export_gguf(sentencepiece, tmp_path / "sp.gguf")
+    assert not (tmp_path / "sp.gguf").exists()
 
 
 def test_merge_and_export_over_grpc(platform_server, acme, globex, tmp_path: Path) -> None:
@@ -380,4 +392,53 @@ def test_an_export_runs_only_under_its_lease_and_is_taken_over_when_its_holder_d
     assert [name for name, path in exports.files("acme", info.id) if path.is_file()] == [f["name"] for f in done.files]
     with pytest.raises(NotFound):
         exports.get("globex", info.id)
+    metadata.close()
+
+
+def test_a_merge_whose_holder_died_after_registering_is_not_registered_twice(tmp_path: Path) -> None:
+    """The holder registered the merged model and died before marking the merge SUCCEEDED: the next
+    holder finds that version by the export's id and finishes with it instead of adding a second."""
+    import asyncio
+
+    from transformers import AutoTokenizer
+
+    from tuneforge.catalog.adapters import AdapterRegistry
+    from tuneforge.models import template_hash
+    from tuneforge.store.artifacts import ArtifactStore
+    from tuneforge.store.leases import Leases
+    from tuneforge.store.metadata import MetadataStore
+    from tuneforge.store.tables import ModelExportRow
+    from tuneforge.training.exports import ModelExports
+
+    metadata = MetadataStore(f"sqlite:///{tmp_path / 'metadata.db'}")
+    metadata.migrate()
+    artifacts = ArtifactStore(tmp_path / "artifacts")
+    registry = AdapterRegistry(metadata, artifacts)
+    base = ModelResolver(MODEL_CACHE).resolve("tiny-qwen2").source
+    make_lora(base, tmp_path / "adapter", ["q_proj", "v_proj"], seed=2)
+    lineage = {"base_model": "tiny-qwen2", "template_hash": template_hash(AutoTokenizer.from_pretrained(base))}
+    registry.register("acme", "crash-bot", tmp_path / "adapter", lineage, {})
+    exports = ModelExports(metadata, artifacts, registry, ModelResolver(MODEL_CACHE), Leases(metadata))
+    info = exports.create_merge("acme", "crash-bot:1")
+
+    async def run_once() -> str:
+        (unfinished,) = await asyncio.to_thread(exports.unfinished)
+        exports.start(unfinished)
+        await exports._tasks[info.id]
+        return (await asyncio.to_thread(exports.get, "acme", info.id)).state
+
+    async def scenario() -> None:
+        try:
+            assert await run_once() == "succeeded"
+            with metadata.session() as session:  # as if the SUCCEEDED update never landed
+                row = session.get(ModelExportRow, info.id)
+                row.state, row.model_version = "running", ""
+            assert await run_once() == "succeeded"
+        finally:
+            await exports.stop()
+
+    asyncio.run(scenario())
+    versions, _ = registry.list_versions("acme", "crash-bot-merged")
+    assert [v.version for v in versions] == [1]
+    assert exports.get("acme", info.id).model_version == "crash-bot-merged:1"
     metadata.close()

@@ -217,9 +217,11 @@ volumeMounts:
 {{- printf "http://%s-serve-svc.%s.svc:8000/%s" (include "tuneforge.rayName" (dict "root" . "name" "inference")) .Release.Namespace .Values.inference.rayService.appName }}
 {{- end }}
 
-{{/* The Serve application of one served model version (an entry of inference.rayService.models): its name and route. */}}
+{{/* The Serve application of one served model version (an entry of inference.rayService.models): its name and route.
+     Readable parts, then a hash of tenant/model: `a` + `b-c:1` and `a-b` + `c:1` read the same, their hashes differ. */}}
 {{- define "tuneforge.modelAppName" -}}
-{{- printf "%s-%s-%s" .root.Values.inference.rayService.appName .model.tenant (.model.model | replace ":" "-v") | replace "_" "-" }}
+{{- $readable := printf "%s-%s-%s" .root.Values.inference.rayService.appName .model.tenant (.model.model | replace ":" "-v") | replace "_" "-" }}
+{{- printf "%s-%s" $readable (printf "%s/%s" .model.tenant .model.model | sha256sum | trunc 8) }}
 {{- end }}
 
 {{- define "tuneforge.modelServeUrl" -}}

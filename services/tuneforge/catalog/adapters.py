@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 
 from tuneforge.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from tuneforge.common.names import check_resource_name
+from tuneforge.models.merge import MODEL_FILE_SUFFIXES
 from tuneforge.store.artifacts import ArtifactStore
 from tuneforge.store.metadata import MetadataStore, decode_cursor, encode_cursor, page_size_of
 from tuneforge.store.tables import AdapterAliasRow, AdapterRow, AdapterVersionRow, utcnow
@@ -36,8 +37,6 @@ RESERVED_ALIASES = {"latest"}
 ADAPTER, FULL_FINE_TUNE, MERGED = "adapter", "full_fine_tune", "merged"
 KINDS = (ADAPTER, FULL_FINE_TUNE, MERGED)
 MODEL_KINDS = (FULL_FINE_TUNE, MERGED)
-#: Files of a model directory the registry keeps (weights as safetensors only: pickles are never stored).
-MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".txt", ".jinja", ".model", ".tiktoken")
 
 
 @dataclass(frozen=True)
@@ -360,13 +359,17 @@ class AdapterRegistry:
 
     def find_by_job(self, tenant: str, name: str, job_id: str) -> AdapterVersionInfo | None:
         """The version a job registered, if it did (so a retried registration does not add another)."""
+        return self.find_by_lineage(tenant, name, "job_id", job_id)
+
+    def find_by_lineage(self, tenant: str, name: str, key: str, value: str) -> AdapterVersionInfo | None:
+        """The version of `name` whose lineage has `key` = `value` (the job or export that registered it)."""
         with self.metadata.session() as session:
             line = session.get(AdapterRow, (tenant, name))
             rows = session.scalars(
                 select(AdapterVersionRow).where(AdapterVersionRow.tenant == tenant, AdapterVersionRow.adapter == name)
             )
             for row in rows:
-                if json.loads(row.lineage_json).get("job_id") == job_id:
+                if json.loads(row.lineage_json).get(key) == value:
                     return _version(row, line.kind if line is not None else ADAPTER)
         return None
 
@@ -443,7 +446,3 @@ class AdapterRegistry:
             row.state, row.updated_at = DELETED, utcnow()
             key = row.artifact_key
         self.artifacts.for_tenant(tenant).delete_tree(key)
-
-
-#: The registry under the name model versions are spoken of by (one class, one mechanism).
-ModelRegistry = AdapterRegistry

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from tuneforge.catalog.adapters import AdapterRegistry, AdapterVersionInfo
 from tuneforge.common.errors import FailedPrecondition
 from tuneforge.models import ModelResolver, ResolvedModel, template_hash
+from tuneforge.store.artifacts import file_digest
 
 
 @dataclass
@@ -57,14 +57,6 @@ def load_model_version(
     return LoadedBaseModel(resolved, model, tokenizer, template_hash(tokenizer))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_files(version: AdapterVersionInfo, directory: Path) -> None:
     """FAILED_PRECONDITION unless every file of `version` is in `directory` with the hash the registry recorded."""
     what = "adapter" if not version.is_model else "model version"
@@ -72,7 +64,7 @@ def verify_files(version: AdapterVersionInfo, directory: Path) -> None:
         path = directory / entry["name"]
         if not path.is_file():
             raise FailedPrecondition(f"{version.ref}: file {entry['name']} is missing from the artifact store")
-        if _sha256(path) != entry["sha256"]:
+        if file_digest(path).sha256 != entry["sha256"]:
             raise FailedPrecondition(
                 f"{version.ref}: file {entry['name']} does not match the hash the registry recorded "
                 f"(corrupted); register the {what} again"

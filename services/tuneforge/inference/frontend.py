@@ -98,16 +98,19 @@ class FrontendExecutors:
     """Bounded thread pools, one per kind of blocking work, so no kind can starve another.
 
     `metadata`: registry reads (quick, many); `prompts`: chat rendering and tokenization; `files`:
-    hashing adapter files; `loads`: reading adapters and copying them to the device.
+    hashing adapter files; `loads`: reading adapters and copying them to the device; `model_loads`:
+    whole model versions (hashing gigabytes, then loading), one at a time, so a cold model version
+    never holds up an adapter's load.
     """
 
     metadata: concurrent.futures.ThreadPoolExecutor = field(default_factory=lambda: _pool(8, "metadata"))
     prompts: concurrent.futures.ThreadPoolExecutor = field(default_factory=lambda: _pool(4, "prompts"))
     files: concurrent.futures.ThreadPoolExecutor = field(default_factory=lambda: _pool(2, "files"))
     loads: concurrent.futures.ThreadPoolExecutor = field(default_factory=lambda: _pool(2, "loads"))
+    model_loads: concurrent.futures.ThreadPoolExecutor = field(default_factory=lambda: _pool(1, "model-loads"))
 
     def shutdown(self) -> None:
-        for pool in (self.metadata, self.prompts, self.files, self.loads):
+        for pool in (self.metadata, self.prompts, self.files, self.loads, self.model_loads):
             pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -213,7 +216,8 @@ class InferenceFrontend:
         if served is not None:
             return served
         assert directory is not None
-        load = self.executors.loads.submit(models.acquire, key, lambda: self._build_model(key, version, directory))
+        build = functools.partial(self._build_model, key, version, directory)
+        load = self.executors.model_loads.submit(models.acquire, key, build)
         try:
             return await asyncio.wrap_future(load)
         except asyncio.CancelledError:

@@ -3,8 +3,8 @@
 A model version is a whole model, so it is served by an engine of its own (its weights are the
 engine's base; adapters trained on the original base do not apply to it). In one process the
 engines live in a bounded LRU keyed by the version's immutable key (`tenant/name:version`): the
-first request that names a version loads it, a new one unloads the least recently used engine that
-has no request in flight, and when every engine is busy the request is RESOURCE_EXHAUSTED (retry).
+first request that names a version loads it after unloading the least recently used engine that has
+no request in flight, and when every engine is busy the request is RESOURCE_EXHAUSTED (retry).
 The table's lock is held for bookkeeping only; loading runs on a worker thread, one per key.
 """
 
@@ -53,6 +53,7 @@ class ModelEngines:
         self._pins: dict[str, int] = {}
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
+        self._reserved = 0  # slots held by loads in flight
 
     def loaded(self) -> list[str]:
         with self._lock:
@@ -70,9 +71,11 @@ class ModelEngines:
     def acquire(self, key: str, build: Callable[[], ServedModel]) -> ServedModel:
         """`key`'s engine, built by `build()` if it is not resident, pinned until `release(key)`.
 
-        Blocking: call it off the loop. The version is built before anything is unloaded, so a version
-        that fails to load (a corrupt directory) costs no resident engine; RESOURCE_EXHAUSTED when every
-        engine has requests in flight.
+        Blocking: call it off the loop. Room is made before the load (the least recently used idle
+        engine is unloaded first, as the adapter cache does): a whole model loaded beside a full set
+        would need one model's memory more than the bound allows, which a 24 GiB card does not have.
+        Loads in flight hold their slot, so concurrent loads of different versions keep the bound too.
+        RESOURCE_EXHAUSTED when every slot is held by an engine with requests in flight or by a load.
         """
         served = self.pin_if_loaded(key)
         if served is not None:
@@ -83,31 +86,40 @@ class ModelEngines:
             served = self.pin_if_loaded(key)
             if served is not None:
                 return served
-            self._check_room(key)
-            served = build()
+            for old in self._reserve(key):
+                self._stop(old, "evicted")
+            try:
+                served = build()
+            except BaseException:
+                with self._lock:
+                    self._reserved -= 1
+                raise
             with self._lock:
-                victims = []
-                while len(self._engines) >= self.capacity:
-                    victim = next((k for k in self._engines if not self._pins.get(k)), None)
-                    if victim is None:  # all became busy meanwhile: one over the bound until they finish
-                        break
-                    victims.append(self._engines.pop(victim))
+                self._reserved -= 1
                 self._engines[key] = served
                 self._pins[key] = self._pins.get(key, 0) + 1
+                self._loading.pop(key, None)  # resident now: later requests pin it without this lock
                 MODEL_ENGINES.set(len(self._engines))
-            for old in victims:
-                self._stop(old, "evicted")
             MODEL_LOADS.inc()
             log.info("model_version_loaded", model=key)
             return served
 
-    def _check_room(self, key: str) -> None:
+    def _reserve(self, key: str) -> list[ServedModel]:
+        """Takes a slot for `key`'s load, unloading idle engines (least recently used first) to free one."""
         with self._lock:
-            if len(self._engines) >= self.capacity and all(self._pins.get(k) for k in self._engines):
-                raise ResourceExhausted(
-                    f"every one of the {self.capacity} model version engines serves requests now; {key} cannot be "
-                    "loaded until one finishes: retry (or raise inference.max_model_engines)"
-                )
+            victims = []
+            while len(self._engines) + self._reserved >= self.capacity:
+                victim = next((k for k in self._engines if not self._pins.get(k)), None)
+                if victim is None:
+                    self._engines.update((v.key, v) for v in victims)  # nothing freed: they stay loaded
+                    raise ResourceExhausted(
+                        f"every one of the {self.capacity} model version engines serves requests or loads now; "
+                        f"{key} cannot be loaded until one finishes: retry (or raise inference.max_model_engines)"
+                    )
+                victims.append(self._engines.pop(victim))
+            self._reserved += 1
+            MODEL_ENGINES.set(len(self._engines))
+            return victims
 
     def release(self, key: str) -> None:
         """Ends one request's pin of `key` (from `acquire` or `pin_if_loaded`)."""

@@ -23,12 +23,12 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tuneforge.common.errors import FailedPrecondition, InvalidArgument
-from tuneforge.models.merge import Cancelled, Progress, _noop, read_config
+from tuneforge.models.merge import MODEL_FILE_SUFFIXES, Cancelled, Progress, _noop, read_config
 
 FORMATS = ("safetensors", "gguf")
 #: GGUF tensor types an export writes its matrices in.
@@ -68,7 +68,7 @@ def export_safetensors(model_dir: Path, out_dir: Path, progress: Progress = _noo
     sources = [p for p in sorted(model_dir.iterdir()) if p.is_file() and not p.name.startswith(".")]
     if not any(p.suffix == ".safetensors" for p in sources):
         raise FailedPrecondition(f"{model_dir} holds no safetensors weights")
-    sources = [p for p in sources if p.suffix in (".safetensors", ".json", ".jinja", ".txt")]
+    sources = [p for p in sources if p.suffix in MODEL_FILE_SUFFIXES]
     out_dir.mkdir(parents=True, exist_ok=True)
     total = sum(p.stat().st_size for p in sources) or 1
     done = 0
@@ -118,6 +118,7 @@ def _tokenizer_entries(model_dir: Path, vocab_size: int) -> tuple[list[str], lis
     import gguf
     from transformers import AutoTokenizer
 
+    _check_byte_level_bpe(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     vocab = tokenizer.get_vocab()
     by_id = {index: token for token, index in vocab.items()}
@@ -139,6 +140,32 @@ def _tokenizer_entries(model_dir: Path, vocab_size: int) -> tuple[list[str], lis
             tokens.append(token)
             types.append(gguf.TokenType.NORMAL)
     return tokens, types, _pre_tokenizer_name(model_dir)
+
+
+def _byte_level(component: Any) -> bool:
+    if not isinstance(component, dict):
+        return False
+    return component.get("type") == "ByteLevel" or any(
+        _byte_level(part) for part in component.get("pretokenizers", []) + component.get("decoders", [])
+    )
+
+
+def _check_byte_level_bpe(model_dir: Path) -> None:
+    """The GGUF file says `gpt2` (byte-level BPE): a SentencePiece or WordPiece vocabulary written so
+    would load and then tokenize wrongly in llama.cpp, so such models are refused instead."""
+    try:
+        spec = json.loads((model_dir / "tokenizer.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise FailedPrecondition(
+            f"GGUF export needs the model's tokenizer.json (a byte-level BPE tokenizer): {exc}"
+        ) from exc
+    model_type = (spec.get("model") or {}).get("type")
+    if model_type != "BPE" or not (_byte_level(spec.get("pre_tokenizer")) or _byte_level(spec.get("decoder"))):
+        raise FailedPrecondition(
+            f"GGUF export writes byte-level BPE tokenizers (Qwen2, Llama 3, SmolLM); this model's is "
+            f"{model_type or 'unknown'} without byte-level pre-tokenization (e.g. SentencePiece); "
+            "export it as safetensors instead"
+        )
 
 
 def _pre_tokenizer_name(model_dir: Path) -> str:
@@ -311,7 +338,3 @@ def _convert(data: Any, kind: Any) -> Any:
     if kind == gguf.GGMLQuantizationType.F16:
         return np.ascontiguousarray(data.astype(np.float16))
     return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), kind)
-
-
-#: Callback type re-exported for the service layer.
-ProgressCallback = Callable[[float, str], None]

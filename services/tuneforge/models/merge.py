@@ -24,18 +24,9 @@ from tuneforge.common.errors import FailedPrecondition, InvalidArgument
 MERGE_DTYPES = ("float32", "bfloat16", "float16")
 #: Default largest safetensors shard: big enough for few files, small enough for any file system.
 DEFAULT_SHARD_BYTES = 2 * 1024**3
-#: Files a merged model directory holds besides the weights (those that exist for its tokenizer).
-MODEL_SIDE_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-)
+#: Files of a model directory that travel with it (registry copies, exports): weights as safetensors
+#: only (pickles are never stored or sent), configs, tokenizer files of every kind, chat templates.
+MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".txt", ".jinja", ".model", ".tiktoken")
 
 Progress = Callable[[float, str], None]
 
@@ -107,11 +98,19 @@ def merge_lora(
             "trained with (template hashes differ); merge it into the base model of its lineage"
         )
     progress(0.05, "loading the base model")
-    model = AutoModelForCausalLM.from_pretrained(
-        base_source, dtype=torch.float32, trust_remote_code=trust_remote_code, use_safetensors=True
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            base_source, dtype=torch.float32, trust_remote_code=trust_remote_code, use_safetensors=True
+        )
+    except (OSError, ValueError, KeyError) as exc:  # e.g. a base shipped as .bin only (never unpickled here)
+        raise FailedPrecondition(f"the base model {base_source!r} could not be loaded as safetensors: {exc}") from exc
     progress(0.4, "loading the adapter")
-    peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:  # target modules or shapes of another base
+        raise FailedPrecondition(
+            f"the adapter in {adapter_dir} does not fit the base model {base_source!r}: {exc}"
+        ) from exc
     progress(0.5, "merging")
     merged = peft_model.merge_and_unload(progressbar=False, safe_merge=True)
     merged.eval()
@@ -138,20 +137,13 @@ def merge_lora(
 
 def file_digests(directory: Path) -> list[dict[str, Any]]:
     """Name, SHA-256 and size of every file under `directory` (sorted by name), read in 1 MiB blocks."""
-    import hashlib
+    from tuneforge.store.artifacts import file_digest
 
     found = []
     for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        digest = file_digest(path)
         found.append(
-            {
-                "name": path.relative_to(directory).as_posix(),
-                "sha256": digest.hexdigest(),
-                "size_bytes": path.stat().st_size,
-            }
+            {"name": path.relative_to(directory).as_posix(), "sha256": digest.sha256, "size_bytes": digest.size_bytes}
         )
     return found
 

@@ -76,6 +76,16 @@ class Digest:
     size_bytes: int
 
 
+def file_digest(path: Path) -> Digest:
+    """SHA-256 and size of a file, read in 1 MiB blocks (model weights may be gigabytes)."""
+    hasher, size = hashlib.sha256(), 0
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            hasher.update(block)
+            size += len(block)
+    return Digest(hasher.hexdigest(), size)
+
+
 class ArtifactWriter:
     """One in-progress atomic write: `write()` chunks, then `commit()` or `abort()`."""
 

@@ -422,9 +422,18 @@ class ModelExports:
         )
 
     def _merge(self, info: ExportInfo, staging: Path, progress: Any) -> tuple[list[dict[str, Any]], str]:
+        # a holder that died (or lost its lease) after registering, before SUCCEEDED, left the version:
+        # the merge is not run (or registered) a second time
+        def earlier() -> AdapterVersionInfo | None:
+            return self.registry.find_by_lineage(info.tenant, info.model_name, "export_id", info.id)
+
+        if (registered := earlier()) is not None:
+            return registered.files, registered.ref
         version = self.registry.resolve(info.tenant, info.source, "adapter")
         self._merged_into(info.tenant, version, staging / "model", info.dtype, lambda f, s: progress(0.9 * f, s))
         progress(0.9, "registering the merged model")
+        if (registered := earlier()) is not None:  # registered meanwhile by a holder that took over
+            return registered.files, registered.ref
         registered = self.registry.register_merged(
             info.tenant,
             info.model_name,
