@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import jinja2
 from aiohttp import web
@@ -180,10 +180,17 @@ def _mode(request: web.Request) -> dict[str, str]:
 
 
 def _safe_next(target: str | None) -> str:
-    """Only a path on this console (never `//host` or a scheme), else the playground."""
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return "/playground"
+    """Only a path on this console (never `//host` or a scheme), else the playground.
+
+    Control characters are refused before anything else: URL parsers drop tabs and newlines, so
+    `/<TAB>/evil.com` would leave the check as a path and reach the browser as `//evil.com`.
+    """
+    if not target or any(ord(c) < 0x20 or ord(c) == 0x7F for c in target) or "\\" in target:
+        return "/playground"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/") or parts.path.startswith("//"):
+        return "/playground"
+    return target
 
 
 async def signin(request: web.Request) -> web.Response:
@@ -197,6 +204,10 @@ async def signin(request: web.Request) -> web.Response:
         return render(
             request, "signin.html", status=401, next=target, error="That API key was not accepted.", **_mode(request)
         )
+    if principal.role == "service":  # a pod's key for the inference API: no tenant, so no page could work
+        log.info("console_signin_refused", reason="service key", key_name=principal.key_name)
+        error = "That is a service key; sign in with a tenant's API key."
+        return render(request, "signin.html", status=403, next=target, error=error, **_mode(request))
     session = request.app[SESSIONS].sign_in(session_of(request), key, principal)
     log.info("console_signin", tenant=principal.tenant, key_name=principal.key_name)
     response = web.HTTPSeeOther(target)
