@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from tuneforge.common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from tuneforge.common.names import check_resource_id, new_id
-from tuneforge.store.metadata import MetadataStore, newest_first_page
+from tuneforge.store.metadata import MetadataStore, newest_first_page, tenant_row
 from tuneforge.store.tables import FeedbackExportLineRow, FeedbackRow, ServedResponseRow, utcnow
 
 RATINGS = ("up", "down")
@@ -307,11 +307,8 @@ class FeedbackStore:
         raise FailedPrecondition(f"feedback on {given.response_id} is being submitted concurrently; retry")
 
     def get(self, tenant: str, feedback_id: str, field: str = "feedback_id") -> FeedbackItem:
-        check_resource_id(feedback_id, field, FEEDBACK_ID_PREFIX)
         with self.metadata.session() as session:
-            row = session.get(FeedbackRow, feedback_id)
-            if row is None or row.tenant != tenant:  # another tenant's item looks exactly like a missing one
-                raise NotFound("feedback", feedback_id)
+            row = tenant_row(session, FeedbackRow, tenant, feedback_id, field, FEEDBACK_ID_PREFIX, "feedback")
             return _item(row, self._exported(session, tenant, [row.id]).get(row.id, ()))
 
     def list(

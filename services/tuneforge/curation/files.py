@@ -17,10 +17,10 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from tuneforge.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from tuneforge.common.names import check_idempotency_key, check_path_segment, check_resource_id, new_id
+from tuneforge.common.errors import FailedPrecondition, InvalidArgument
+from tuneforge.common.names import check_idempotency_key, check_path_segment, new_id
 from tuneforge.store.artifacts import ArtifactStore, ArtifactWriter
-from tuneforge.store.metadata import MetadataStore, find_idempotent, newest_first_page
+from tuneforge.store.metadata import MetadataStore, find_idempotent, newest_first_page, tenant_row
 from tuneforge.store.tables import FileRow, utcnow
 
 DATA_FORMATS = ("auto", "alpaca", "sharegpt", "openai_chat")
@@ -164,12 +164,8 @@ class FileCatalog:
             if row is not None and row.attempt == upload.attempt and row.state == UPLOADING:
                 session.delete(row)
 
-    def _row(self, session, tenant: str, file_id: str) -> FileRow:
-        check_resource_id(file_id, "file_id", "file")
-        row = session.get(FileRow, file_id)
-        if row is None or row.tenant != tenant:  # another tenant's file looks exactly like a missing one
-            raise NotFound("file", file_id)
-        return row
+    def _row(self, session, tenant: str, file_id: str, field: str = "file_id") -> FileRow:
+        return tenant_row(session, FileRow, tenant, file_id, field, "file", "file")
 
     def get(self, tenant: str, file_id: str) -> StoredFile:
         with self.metadata.session() as session:
@@ -178,10 +174,7 @@ class FileCatalog:
     def local_path(self, tenant: str, file_id: str, field: str = "file_id") -> tuple[StoredFile, Path]:
         """A READY file and the path of its bytes (for the pipeline, which streams them)."""
         with self.metadata.session() as session:
-            check_resource_id(file_id, field, "file")
-            row = session.get(FileRow, file_id)
-            if row is None or row.tenant != tenant:
-                raise NotFound("file", file_id)
+            row = self._row(session, tenant, file_id, field)
             if row.state != READY:
                 raise FailedPrecondition(f"{field}: file {file_id} is still uploading")
             return _stored(row), self.artifacts.for_tenant(tenant).path(row.artifact_key)

@@ -31,9 +31,9 @@ from sqlalchemy import select
 
 from tuneforge.catalog.adapters import parse_ref
 from tuneforge.catalog.datasets import DatasetCatalog
-from tuneforge.common.errors import FailedPrecondition, InvalidArgument, NotFound, TuneforgeError
+from tuneforge.common.errors import FailedPrecondition, InvalidArgument, TuneforgeError
 from tuneforge.common.logging import get_logger
-from tuneforge.common.names import check_idempotency_key, check_resource_id, new_id
+from tuneforge.common.names import check_idempotency_key, new_id
 from tuneforge.evaluation.answers import AnswerSource, ResolvedModel
 from tuneforge.evaluation.checks import run_check
 from tuneforge.evaluation.compare import OVERALL, compare, render_html, render_json, render_markdown
@@ -49,6 +49,7 @@ from tuneforge.store.metadata import (
     encode_cursor,
     newest_first_page,
     page_size_of,
+    tenant_row,
 )
 from tuneforge.store.tables import EvalHumanScoreRow, EvalResultRow, EvalRunRow, utcnow
 
@@ -197,11 +198,7 @@ class EvalRuns:
         return create_idempotent(self.metadata, EvalRunRow, tenant, idempotency_key, request_hash, "run", insert, _info)
 
     def _row(self, session: Any, tenant: str, run_id: str) -> EvalRunRow:
-        check_resource_id(run_id, "run_id", "eval")
-        row = session.get(EvalRunRow, run_id)
-        if row is None or row.tenant != tenant:
-            raise NotFound("evaluation run", run_id)
-        return row
+        return tenant_row(session, EvalRunRow, tenant, run_id, "run_id", "eval", "evaluation run")
 
     def get(self, tenant: str, run_id: str) -> RunInfo:
         with self.metadata.session() as session:

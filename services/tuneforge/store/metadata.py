@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -25,8 +25,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from tuneforge.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from tuneforge.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from tuneforge.common.names import check_resource_id
 from tuneforge.store.artifacts import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
+
+T = TypeVar("T")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -193,6 +196,16 @@ def page_size_of(requested: int, field: str = "page_size", default: int = 100, m
     if requested < 0 or requested > maximum:
         raise InvalidArgument.for_field(field, f"must be between 0 and {maximum} (0 means {default})")
     return requested or default
+
+
+def tenant_row(session: Any, table: type[T], tenant: str, resource_id: str, field: str, prefix: str, what: str) -> T:
+    """The row `resource_id` of `table` when it is `tenant`'s; INVALID_ARGUMENT naming `field` for a malformed
+    id, NOT_FOUND otherwise: another tenant's resource looks exactly like a missing one."""
+    check_resource_id(resource_id, field, prefix)
+    row = session.get(table, resource_id)
+    if row is None or row.tenant != tenant:
+        raise NotFound(what, resource_id)
+    return row
 
 
 def newest_first_page(

@@ -32,14 +32,14 @@ from sqlalchemy import select, update
 from tuneforge.catalog.adapters import ADAPTER, MERGED, AdapterRegistry, AdapterVersionInfo, parse_ref
 from tuneforge.common.errors import FailedPrecondition, InvalidArgument, NotFound, TuneforgeError
 from tuneforge.common.logging import get_logger
-from tuneforge.common.names import check_idempotency_key, check_resource_id, check_resource_name, new_id
+from tuneforge.common.names import check_idempotency_key, check_resource_name, new_id
 from tuneforge.models import ModelResolver
 from tuneforge.models.export import check_format, check_quant, export_gguf, export_safetensors, gguf_file_name
 from tuneforge.models.merge import Cancelled, check_dtype, file_digests, merge_lora
 from tuneforge.store.artifacts import ArtifactStore
 from tuneforge.store.idempotency import create_idempotent
 from tuneforge.store.leases import Leases
-from tuneforge.store.metadata import MetadataStore, newest_first_page
+from tuneforge.store.metadata import MetadataStore, newest_first_page, tenant_row
 from tuneforge.store.tables import ModelExportRow, utcnow
 
 log = get_logger(__name__)
@@ -229,11 +229,7 @@ class ModelExports:
         )
 
     def _row(self, session: Any, tenant: str, export_id: str) -> ModelExportRow:
-        check_resource_id(export_id, "export_id", "exp")
-        row = session.get(ModelExportRow, export_id)
-        if row is None or row.tenant != tenant:
-            raise NotFound("export", export_id)
-        return row
+        return tenant_row(session, ModelExportRow, tenant, export_id, "export_id", "exp", "export")
 
     def get(self, tenant: str, export_id: str) -> ExportInfo:
         with self.metadata.session() as session:

@@ -18,9 +18,9 @@ from pydantic import ValidationError
 from sqlalchemy import func, select, update
 
 from tuneforge.common.errors import FailedPrecondition, NotFound, ResourceExhausted
-from tuneforge.common.names import check_idempotency_key, check_resource_id, new_id
+from tuneforge.common.names import check_idempotency_key, new_id
 from tuneforge.store.idempotency import create_idempotent
-from tuneforge.store.metadata import MetadataStore, newest_first_page
+from tuneforge.store.metadata import MetadataStore, newest_first_page, tenant_row
 from tuneforge.store.tables import JobEventRow, JobRow, utcnow
 from tuneforge.training.spec import JobSpecInput
 
@@ -198,11 +198,7 @@ class JobStore:
         return create_idempotent(self.metadata, JobRow, tenant, idempotency_key, request_hash, "job", insert, _info)
 
     def _row(self, session: Any, tenant: str, job_id: str) -> JobRow:
-        check_resource_id(job_id, "job_id", "job")
-        row = session.get(JobRow, job_id)
-        if row is None or row.tenant != tenant:
-            raise NotFound("job", job_id)
-        return row
+        return tenant_row(session, JobRow, tenant, job_id, "job_id", "job", "job")
 
     def get(self, tenant: str, job_id: str) -> JobInfo:
         with self.metadata.session() as session:
