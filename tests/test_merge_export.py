@@ -203,7 +203,7 @@ def test_export_checks_and_safetensors_copy(tmp_path: Path) -> None:
     assert not (tmp_path / "sp.gguf").exists()
 
 
-def test_merge_and_export_over_grpc(platform_server, acme, globex, tmp_path: Path) -> None:
+def test_merge_and_export_over_grpc(platform_server, acme, globex, tmp_path: Path, monkeypatch) -> None:
     """MergeAdapter and ExportModel as resources with progress, downloads checked by hash, tenancy, bad input."""
     import gguf
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -250,6 +250,19 @@ def test_merge_and_export_over_grpc(platform_server, acme, globex, tmp_path: Pat
     # the merged model, downloaded, computes what base + adapter compute
     merged_dir = tmp_path / "merged"
     acme.download_export(merge.id, merged_dir)
+    with monkeypatch.context() as patch:  # a file that does not hash as recorded: refused, no part left behind
+        real_call = acme.call
+
+        def tampered(method, request, timeout=None):  # type: ignore[no-untyped-def]
+            answer = real_call(method, request, timeout)
+            if method is acme.exports.GetExport:
+                answer.export.files[-1].digest.sha256 = "0" * 64
+            return answer
+
+        patch.setattr(acme, "call", tampered)
+        with pytest.raises(ValueError, match="did not arrive whole"):
+            acme.download_export(merge.id, tmp_path / "tampered")
+    assert [p for p in (tmp_path / "tampered").rglob("*") if p.is_file()] == []
     ids = torch.randint(0, 151_000, (1, 10), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         expected = adapted(ids).logits

@@ -330,33 +330,46 @@ class TuneforgeClient:
             time.sleep(0.25)
 
     def download_export(self, export_id: str, out_dir: str | Path) -> list[Path]:
-        """Writes the files of a SUCCEEDED export into `out_dir`, each checked against its SHA-256."""
+        """Writes the files of a SUCCEEDED export into `out_dir`, each checked against its SHA-256.
+
+        Each file arrives as `.<name>.part` beside where it belongs and takes its name only once its
+        hash matches; when anything fails, the parts written are removed and no file is left half.
+        """
         export = self.call(self.exports.GetExport, export_pb2.GetExportRequest(export_id=export_id)).export
         expected = {f.name: f.digest for f in export.files}
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+
+        def part(name: str) -> Path:
+            final = out / name
+            return final.with_name(f".{final.name}.part")
+
         written: dict[str, Any] = {}
         try:
-            request = export_pb2.DownloadExportRequest(export_id=export_id)
-            for chunk in self.stream(self.exports.DownloadExport, request):
-                if chunk.name not in expected or Path(chunk.name).is_absolute() or ".." in Path(chunk.name).parts:
-                    raise ValueError(f"the server sent {chunk.name!r}, which is not a file of export {export_id}")
-                if chunk.name not in written:
-                    target = out / f".{Path(chunk.name).name}.part"
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    written[chunk.name] = (target.open("wb"), hashlib.sha256())
-                handle, digest = written[chunk.name]
-                handle.write(chunk.data)
-                digest.update(chunk.data)
-        finally:
-            for handle, _ in written.values():
-                handle.close()
+            try:
+                request = export_pb2.DownloadExportRequest(export_id=export_id)
+                for chunk in self.stream(self.exports.DownloadExport, request):
+                    name = chunk.name
+                    if name not in expected or Path(name).is_absolute() or ".." in Path(name).parts:
+                        raise ValueError(f"the server sent {name!r}, which is not a file of export {export_id}")
+                    if name not in written:
+                        part(name).parent.mkdir(parents=True, exist_ok=True)
+                        written[name] = (part(name).open("wb"), hashlib.sha256())
+                    handle, digest = written[name]
+                    handle.write(chunk.data)
+                    digest.update(chunk.data)
+            finally:
+                for handle, _ in written.values():
+                    handle.close()
+            for name, digest in expected.items():
+                if name not in written or written[name][1].hexdigest() != digest.sha256:
+                    raise ValueError(f"{name} of export {export_id} did not arrive whole (SHA-256 differs)")
+        except BaseException:
+            for name in written:
+                part(name).unlink(missing_ok=True)
+            raise
         paths = []
-        for name, digest in expected.items():
-            if name not in written or written[name][1].hexdigest() != digest.sha256:
-                raise ValueError(f"{name} of export {export_id} did not arrive whole (SHA-256 differs)")
-            final = out / name
-            final.parent.mkdir(parents=True, exist_ok=True)
-            (out / f".{Path(name).name}.part").replace(final)
-            paths.append(final)
+        for name in expected:
+            part(name).replace(out / name)
+            paths.append(out / name)
         return paths

@@ -230,13 +230,18 @@ async def static_file(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if name not in STATIC_TYPES:
         raise web.HTTPNotFound()
-    data = (resources.files("tuneforge.web") / "static" / name).read_bytes()
+    data = STATIC_CACHE.get(name)
+    if data is None:  # read once, off the loop; the package's files do not change while it runs
+        data = STATIC_CACHE[name] = await asyncio.to_thread(
+            (resources.files("tuneforge.web") / "static" / name).read_bytes
+        )
     response = web.Response(body=data, content_type=STATIC_TYPES[name])
     response.headers["Cache-Control"] = "max-age=3600"
     return response
 
 
 STATIC_TYPES = {"console.css": "text/css", "console.js": "text/javascript"}
+STATIC_CACHE: dict[str, bytes] = {}
 
 
 def build_app(
