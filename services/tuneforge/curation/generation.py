@@ -42,7 +42,7 @@ from tuneforge.similarity import LEAKAGE_THRESHOLD, exact_duplicates, exact_key,
 from tuneforge.similarity import prompt_text as similarity_prompt_text
 from tuneforge.store.idempotency import create_idempotent
 from tuneforge.store.leases import Leases
-from tuneforge.store.metadata import MetadataStore, newest_first_page
+from tuneforge.store.metadata import MetadataStore, newest_first_page, tenant_row
 from tuneforge.store.tables import GenerationCandidateRow, GenerationExportLineRow, GenerationRunRow, utcnow
 from tuneforge.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
@@ -438,11 +438,7 @@ class GenerationRuns:
         )
 
     def _row(self, session: Any, tenant: str, run_id: str) -> GenerationRunRow:
-        check_resource_id(run_id, "run_id", "gen")
-        row = session.get(GenerationRunRow, run_id)
-        if row is None or row.tenant != tenant:
-            raise NotFound("generation run", run_id)
-        return row
+        return tenant_row(session, GenerationRunRow, tenant, run_id, "run_id", "gen", "generation run")
 
     def _with_counts(self, session: Any, row: GenerationRunRow) -> RunInfo:
         counts: dict[str, int] = {}
@@ -496,9 +492,7 @@ class GenerationRuns:
         if not accept and (instruction or answer):
             raise InvalidArgument.for_field("instruction", "edits come with an accept, not a reject")
         with self.metadata.session() as session:
-            row = session.get(GenerationCandidateRow, candidate_id)
-            if row is None or row.tenant != tenant:
-                raise NotFound("candidate", candidate_id)
+            row = tenant_row(session, GenerationCandidateRow, tenant, candidate_id, "candidate_id", "cand", "candidate")
             if row.status == FILTERED:
                 raise FailedPrecondition(f"candidate {candidate_id} was filtered out ({row.filter_reason})")
             new_instruction = instruction.strip() or row.instruction
