@@ -484,7 +484,7 @@ def test_without_ray_auth_the_clusters_say_so_and_nobody_gets_a_token() -> None:
 def test_ray_pods_and_services_roll_when_their_settings_change() -> None:
     def checksums(*settings: str) -> tuple[dict[str, str], dict[str, str], str]:
         docs = _render([], *(a for s in settings for a in ("--set", s)))
-        pods = {w: p["metadata"]["annotations"]["checksum/settings"] for w, p in _pod_specs(docs)}
+        pods = {w: p["metadata"]["annotations"]["checksum/settings"] for w, p in _platform_pods(docs)}
         ray_yaml = _by_kind(docs, "ConfigMap")["tuneforge-settings"]["data"]["ray.yaml"]
         ray = {w: c for w, c in pods.items() if not w.startswith("Deployment/")}
         return pods, ray, ray_yaml
@@ -547,6 +547,11 @@ def test_grace_periods_cover_serve_s_drain_and_the_services_shutdown(profile: tu
         assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace, name
 
 
+def _platform_pods(docs: list[dict]) -> list[tuple[str, dict]]:
+    """Every pod but the console's: it reads no settings file, loads no model and mounts no volume of the platform's."""
+    return [(where, pod) for where, pod in _pod_specs(docs) if where != "Deployment/tuneforge-console"]
+
+
 def test_a_shared_model_cache_backs_the_models_dir_of_every_pod(profile: tuple[str, list[dict]]) -> None:
     _, docs = profile
     data = _by_kind(docs, "ConfigMap")["tuneforge-settings"]["data"]
@@ -554,9 +559,7 @@ def test_a_shared_model_cache_backs_the_models_dir_of_every_pod(profile: tuple[s
     (cache_dir,) = cache_dirs
     claims = _by_kind(docs, "PersistentVolumeClaim")
     assert claims["tuneforge-models"]["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    for where, pod in _pod_specs(docs):
-        if where == "Deployment/tuneforge-console":
-            continue  # the console loads no model (and mounts no volume of the platform's)
+    for where, pod in _platform_pods(docs):
         volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
         for container in pod["spec"]["containers"]:
             (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == cache_dir]
@@ -565,7 +568,7 @@ def test_a_shared_model_cache_backs_the_models_dir_of_every_pod(profile: tuple[s
             assert env["HF_HOME"].startswith(cache_dir + "/"), where  # hub downloads land on the shared volume
     docs = _render([], "--set", "modelCache.existingClaim=qwen-weights,modelCache.hfToken.existingSecret=hf")
     assert "tuneforge-models" not in _by_kind(docs, "PersistentVolumeClaim")
-    for where, pod in _pod_specs(docs):
+    for where, pod in _platform_pods(docs):
         volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
         assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "qwen-weights", where
         env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
@@ -574,7 +577,7 @@ def test_a_shared_model_cache_backs_the_models_dir_of_every_pod(profile: tuple[s
     assert "tuneforge-models" not in _by_kind(docs, "PersistentVolumeClaim")
     assert all(
         {v["name"]: v for v in p["spec"]["volumes"]}["models"] == {"name": "models", "emptyDir": {}}
-        for _, p in _pod_specs(docs)
+        for _, p in _platform_pods(docs)
     )
 
 
@@ -594,7 +597,8 @@ HOOKS = {
 def test_every_role_takes_the_standard_pod_hooks(tmp_path: Path) -> None:
     groups = {"head": HOOKS, "gpuWorkers": HOOKS}
     values = {
-        role: {**HOOKS, "annotations": {"example.com/object": "yes"}} for role in ("curation", "training", "evaluation")
+        role: {**HOOKS, "annotations": {"example.com/object": "yes"}}
+        for role in ("curation", "training", "evaluation", "console")
     }
     values["inference"] = {
         **HOOKS,
@@ -606,10 +610,10 @@ def test_every_role_takes_the_standard_pod_hooks(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(values))
     docs = _render(["-f", str(path)])
     accounts = _by_kind(docs, "ServiceAccount")
-    assert len(accounts) == 8 and all(a["automountServiceAccountToken"] is False for a in accounts.values())
+    assert len(accounts) == 9 and all(a["automountServiceAccountToken"] is False for a in accounts.values())
     assert all(a["metadata"]["annotations"] == HOOKS["serviceAccount"]["annotations"] for a in accounts.values())
     pods = _pod_specs(docs)
-    assert len(pods) == 8
+    assert len(pods) == 9  # four services, the console, two Ray heads and their two worker groups
     for where, pod in pods:
         spec = pod["spec"]
         assert spec["serviceAccountName"] in accounts, where
@@ -707,10 +711,13 @@ def test_image_tags_are_pinned_and_latest_is_refused(profile: tuple[str, list[di
 def test_settings_files_load_and_wire_the_roles_together(profile: tuple[str, list[dict]], tmp_path: Path) -> None:
     from tuneforge.common.settings import load_settings
 
-    _, docs = profile
+    name, docs = profile
     data = _by_kind(docs, "ConfigMap")["tuneforge-settings"]["data"]
     loaded = {}
-    env = {"TUNEFORGE_EVALUATION__INFERENCE_API_KEY": "tf_service_key_for_the_test"}
+    env = {
+        "TUNEFORGE_EVALUATION__INFERENCE_API_KEY": "tf_service_key_for_the_test",
+        "TUNEFORGE_CURATION__INFERENCE_API_KEY": "tf_service_key_for_the_test",
+    }
     for file_name, content in data.items():
         path = tmp_path / file_name
         path.write_text(content)
@@ -727,8 +734,11 @@ def test_settings_files_load_and_wire_the_roles_together(profile: tuple[str, lis
     training = _by_kind(docs, "Deployment")["tuneforge-training"]["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "RAY_ADDRESS", "value": loaded["training.yaml"].training.ray_address} in training["env"]
     services = _by_kind(docs, "Service")
-    host, _, port = loaded["evaluation.yaml"].evaluation.inference_address.partition(":")
-    assert host in services and int(port) in [p["port"] for p in services[host]["spec"]["ports"]]
+    inference_grpc = next(p["port"] for p in services["tuneforge-inference"]["spec"]["ports"] if p["name"] == "grpc")
+    # evaluation runs and Self-Instruct runs (GenerationService, hosted with curation) call the front's gRPC port
+    for role in ("evaluation", "curation"):
+        address = getattr(loaded[f"{role}.yaml"], role).inference_address
+        assert address == f"tuneforge-inference:{inference_grpc}", role
     ((rayservice_name, rayservice),) = _by_kind(docs, "RayService").items()
     app = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"][0]
     inference = loaded["inference.yaml"].inference
@@ -737,9 +747,20 @@ def test_settings_files_load_and_wire_the_roles_together(profile: tuple[str, lis
     assert app["import_path"].endswith(":app_builder")
     replica = load_settings(None, **app["args"]["settings"]).inference  # the replicas' settings are the app's args
     assert (replica.base_model, replica.max_adapters) == (inference.base_model, inference.max_adapters)
-    evaluation = _by_kind(docs, "Deployment")["tuneforge-evaluation"]["spec"]["template"]["spec"]["containers"][0]
-    key = next(e for e in evaluation["env"] if e["name"] == "TUNEFORGE_EVALUATION__INFERENCE_API_KEY")
-    assert key["valueFrom"]["secretKeyRef"]["name"] == "tuneforge-service-key"
+    deployments = _by_kind(docs, "Deployment")
+    keys = {}
+    for role in ("evaluation", "curation"):
+        (container,) = deployments[f"tuneforge-{role}"]["spec"]["template"]["spec"]["containers"]
+        (key,) = [e for e in container["env"] if e["name"] == f"TUNEFORGE_{role.upper()}__INFERENCE_API_KEY"]
+        keys[role] = key["valueFrom"]
+    # one mechanism for both: the service key Secret as an environment variable, never a literal
+    assert keys["curation"] == keys["evaluation"] == {"secretKeyRef": {"name": "tuneforge-service-key", "key": "key"}}
+    # without the inference front there is nothing to call: no address and no key for curation
+    alone = _render(PROFILES[name], "--set", "inference.enabled=false,evaluation.enabled=false")
+    settings = yaml.safe_load(_by_kind(alone, "ConfigMap")["tuneforge-settings"]["data"]["curation.yaml"])
+    assert "inference_address" not in settings["curation"]
+    (container,) = _by_kind(alone, "Deployment")["tuneforge-curation"]["spec"]["template"]["spec"]["containers"]
+    assert not [e for e in container["env"] if e["name"] == "TUNEFORGE_CURATION__INFERENCE_API_KEY"]
 
 
 def test_each_served_model_version_gets_a_serve_application_the_front_routes_to(tmp_path: Path) -> None:
@@ -889,9 +910,12 @@ def test_network_policies_admit_only_the_paths_the_design_needs() -> None:
     pods = {
         t["metadata"]["labels"]["app.kubernetes.io/component"]: t["metadata"]["labels"] for _, t in _pod_specs(docs)
     }
-    assert set(pods) == {"curation", "training", "evaluation", "inference", "training-ray", "inference-ray"}
+    assert set(pods) == {"curation", "training", "evaluation", "inference", "training-ray", "inference-ray", "console"}
     allowed = [
         ("evaluation", "inference", 50051),
+        # Self-Instruct runs (GenerationService, hosted with curation) generate through the front's gRPC API
+        ("curation", "inference", 50051),
+        ("console", "inference", 50051),  # with the signed-in user's key
         ("training", "training-ray", 8265),
         ("inference", "inference-ray", 8000),  # Serve's HTTP proxy
         ("training-ray", "training-ray", 6379),
@@ -907,7 +931,10 @@ def test_network_policies_admit_only_the_paths_the_design_needs() -> None:
         ("evaluation", "training-ray", 8265),
         ("training", "inference-ray", 8000),  # only the inference front calls Serve
         ("inference", "inference-ray", 10001),  # Ray Client: the front never joins the cluster
-        ("curation", "inference", 50051),  # with apiFrom set, service pods are not clients
+        ("curation", "inference", 8000),  # only the gRPC port: curation never calls the OpenAI HTTP API
+        ("evaluation", "inference", 8000),
+        ("training", "inference", 50051),  # with apiFrom set, other service pods are not clients
+        ("training", "curation", 50051),
         ("inference-ray", "training-ray", 6379),  # the two Ray clusters stay apart
         ("some-other-namespace", "curation", 50051),
         ("monitoring", "curation", 50051),
@@ -928,7 +955,8 @@ def test_network_policies_admit_only_the_paths_the_design_needs() -> None:
 def test_the_console_signs_in_with_the_services_keys_and_reaches_every_service(tmp_path: Path) -> None:
     """console.enabled: a Deployment and a Service running `tuneforge console` with the API keys Secret the
     services mount, every service's address, and NetworkPolicies that let it reach their gRPC ports even
-    where networkPolicy.apiFrom restricts the clients; off by default."""
+    where networkPolicy.apiFrom restricts the clients; on by default (issue #19: its own Deployment behind
+    the same auth)."""
     from tuneforge.cli import build_parser
 
     values = tmp_path / "console.yaml"
@@ -963,7 +991,21 @@ def test_the_console_signs_in_with_the_services_keys_and_reaches_every_service(t
         assert not _allowed(docs, {"app": "elsewhere"}, target, port), role
     assert _allowed(docs, "ingress-nginx", labels, 8080) and not _allowed(docs, "apps", labels, 8080)
     default = _render(PROFILES["default"])
-    assert not [d for d in default if d["metadata"]["labels"].get("app.kubernetes.io/component") == "console"]
+    console = {
+        f"{d['kind']}/{d['metadata']['name']}"
+        for d in default
+        if d["metadata"]["labels"].get("app.kubernetes.io/component") == "console"
+    }
+    assert console == {
+        "Deployment/tuneforge-console",
+        "Service/tuneforge-console",
+        "NetworkPolicy/tuneforge-console-http",
+    }
+    assert _by_kind(default, "Deployment")["tuneforge-console"]["spec"]["replicas"] == 1
+    manifest = [d for d in yaml.safe_load_all(deploy.MANIFEST.read_text()) if d]  # k8s/ carries it too
+    assert ("Deployment", "tuneforge-console") in {(d["kind"], d["metadata"]["name"]) for d in manifest}
+    off = _render(PROFILES["default"], "--set", "console.enabled=false")
+    assert not [d for d in off if d["metadata"]["labels"].get("app.kubernetes.io/component") == "console"]
     # sign-in sessions live in the console's memory: a second replica is refused, not silently sticky
     crowded = _helm("template", "t", str(deploy.CHART), *PROFILES["cpu"], "--set", "console.replicas=2")
     assert crowded.returncode != 0 and "console.replicas" in crowded.stderr.replace("/", ".")

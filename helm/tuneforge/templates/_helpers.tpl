@@ -22,6 +22,11 @@
 {{- printf "%s-%s" (include "tuneforge.fullname" .root | trunc (int (sub 62 (len .name))) | trimSuffix "-") .name }}
 {{- end }}
 
+{{/* The inference front's gRPC address (its Service and port), which evaluation and Self-Instruct runs call. */}}
+{{- define "tuneforge.inferenceAddress" -}}
+{{- printf "%s:%d" (include "tuneforge.componentName" (dict "root" . "name" "inference")) (int .Values.inference.port) }}
+{{- end }}
+
 {{/* Ray cluster names must leave room for KubeRay's suffixes (`-head-svc`, `-serve-svc`, pod hashes): 40 characters. */}}
 {{- define "tuneforge.rayName" -}}
 {{- printf "%s-%s" (include "tuneforge.fullname" .root | trunc (int (sub 39 (len .name))) | trimSuffix "-") .name }}
