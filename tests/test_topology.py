@@ -80,6 +80,7 @@ LOOPBACK_KEYS = frozenset(
         "training.python",
         "training.script",
         "evaluation.inference_address",
+        "curation.inference_address",
     }
 )
 
@@ -307,7 +308,13 @@ def topology(keys_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
                 "training.script": str(REPO / "ray_jobs" / "train.py"),
             },
         ),
-        "curation": _loopback(rendered["curation.yaml"], **common, port=0, metrics_port=None),
+        "curation": _loopback(
+            rendered["curation.yaml"],
+            **common,
+            port=0,
+            metrics_port=None,
+            **{"curation.inference_address": f"127.0.0.1:{front_port}"},  # Self-Instruct runs call the front
+        ),
         "evaluation": _loopback(
             rendered["evaluation.yaml"],
             **common,
@@ -350,7 +357,10 @@ def topology(keys_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         processes.start(
             "training", [str(BIN / "tuneforge"), "serve", "training", "--config", str(files["training"])], training_env
         )
-        curation = BackgroundServer(load_settings(files["curation"]), [CurationComponent])
+        # the service key reaches curation and evaluation pods from a Secret (an env var), not the ConfigMap
+        curation = BackgroundServer(
+            load_settings(files["curation"], curation={"inference_api_key": SERVICE_KEY}), [CurationComponent]
+        )
         evaluation = BackgroundServer(
             load_settings(files["evaluation"], evaluation={"inference_api_key": SERVICE_KEY}), [EvaluationComponent]
         )
