@@ -283,6 +283,32 @@ def test_a_job_page_draws_curves_that_grow_with_new_events(page, console: str, s
     assert page.locator("#cancel-job").count() == 0
 
 
+def test_a_short_job_is_followed_live_from_its_page_to_its_end(
+    page, console: str, shots, platform_server: BackgroundServer, dataset_version: str
+) -> None:
+    """A real 3-step LoRA job on the session's Ray head, watched from a page opened once: its loss curve
+    fills in and its state reaches succeeded without a reload (the page's live refresh)."""
+    from tuneforge.v1 import curation_pb2
+
+    with TuneforgeClient(platform_server.address, api_key=ACME_KEY) as client:
+        ready = client.wait_for_dataset_version(dataset_version, timeout=300)
+        assert ready.state == curation_pb2.DATASET_VERSION_STATE_READY, ready.failure_reason
+        spec = training_pb2.JobSpec(
+            base_model="tiny-qwen2",
+            dataset_version_id=dataset_version,
+            adapter_name="console-live",
+            lora=training_pb2.LoraSpec(r=4, alpha=8, target_modules=["q_proj", "v_proj"]),
+            hyperparameters=training_pb2.Hyperparameters(learning_rate=5e-3, max_steps=3, micro_batch_size=2, seed=3),
+            resources=training_pb2.ResourceSpec(num_workers=1, cpus_per_worker=1),
+        )
+        job = client.create_job(spec)
+    page.goto(f"{console}/jobs/{job.id}")
+    page.locator('#curves polyline[data-series="loss"][data-count="3"]').wait_for(timeout=600_000)
+    page.locator("#job-state:text-is('succeeded')").wait_for(timeout=600_000)
+    assert page.url == f"{console}/jobs/{job.id}" and "console-live:1" in page.inner_text("#live")
+    shots(page, "job-live")
+
+
 @pytest.fixture(scope="module")
 def dataset_version(platform_server: BackgroundServer) -> str:
     """A small READY version of acme: a broken line, an e-mail address to scrub, a duplicate."""
