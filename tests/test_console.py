@@ -406,6 +406,25 @@ def test_the_adapters_page_shows_versions_aliases_gates_and_verdicts(
     shots(page, "adapter")
 
 
+def test_models_are_listed_beside_adapters_with_their_kind(
+    page, console: str, shots, platform_server: BackgroundServer, server_settings
+) -> None:
+    from tuneforge.catalog.adapters import AdapterRegistry
+    from tuneforge.store.artifacts import ArtifactStore
+    from tuneforge.store.metadata import MetadataStore
+
+    metadata = MetadataStore(server_settings.database_url)
+    registry = AdapterRegistry(metadata, ArtifactStore(server_settings.artifact_root))
+    registry.register_model("acme", "console-full", MODEL_CACHE / "tiny-qwen2", {"base_model": "tiny-qwen2"})
+    metadata.close()
+    page.goto(f"{console}/adapters")
+    row = page.locator("#adapters tr", has=page.locator("a[href='/adapters/console-full']"))
+    assert row.locator("td.kind").inner_text() == "full fine-tune"
+    beta = page.locator("#adapters tr", has=page.locator("a[href='/adapters/console-beta']"))
+    assert beta.locator("td.kind").inner_text() == "adapter"
+    shots(page, "adapters-and-models")
+
+
 def test_json_answers_show_pretty_and_badged_in_the_page(page, console: str, adapters) -> None:
     """The page's side of the JSON verdict (the server's is tested above): canned streams, one valid and
     one broken JSON answer, through the page's own script."""

@@ -354,10 +354,26 @@ async def export_feedback(request: web.Request) -> web.Response:
 
 async def adapters(request: web.Request) -> web.Response:
     caller = _caller(request)
+    every_kind = [
+        inference_pb2.MODEL_KIND_ADAPTER,
+        inference_pb2.MODEL_KIND_FULL_FINE_TUNE,
+        inference_pb2.MODEL_KIND_MERGED,
+    ]
     listed = await caller.pages(
-        caller.backend.adapters.ListAdapters, training_pb2.ListAdaptersRequest(page_size=100), "adapters"
+        caller.backend.adapters.ListAdapters,
+        training_pb2.ListAdaptersRequest(page_size=100, kinds=every_kind),  # full fine-tunes and merged models too
+        "adapters",
     )
-    return render(request, "adapters.html", adapters=listed)
+    kinds = {a.name: KIND_LABELS.get(a.kind, "adapter") for a in listed}
+    return render(request, "adapters.html", adapters=listed, kinds=kinds)
+
+
+#: How the adapters page names a line's kind.
+KIND_LABELS = {
+    inference_pb2.MODEL_KIND_ADAPTER: "adapter",
+    inference_pb2.MODEL_KIND_FULL_FINE_TUNE: "full fine-tune",
+    inference_pb2.MODEL_KIND_MERGED: "merged model",
+}
 
 
 async def adapter(request: web.Request) -> web.Response:
