@@ -124,7 +124,7 @@ class Request:
     sent: int = 0
     finished: bool = False
     #: The reply's text, decoded incrementally.
-    detokenizer: Detokenizer = field(default_factory=lambda: Detokenizer())
+    detokenizer: Detokenizer = field(default_factory=Detokenizer)
 
 
 class _Row:

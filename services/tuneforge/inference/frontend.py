@@ -119,6 +119,21 @@ async def run_in(pool: concurrent.futures.Executor, function: Callable[..., T], 
     return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(function, *args))
 
 
+async def _pinned_result(load: concurrent.futures.Future[T], release: Callable[[], None]) -> T:
+    """What a load that pins its result returns; a caller gone before it ends leaves nothing pinned:
+    `release` runs once the load has succeeded."""
+    try:
+        return await asyncio.wrap_future(load)
+    except asyncio.CancelledError:
+
+        def unpin(done: concurrent.futures.Future[T]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                release()
+
+        load.add_done_callback(unpin)
+        raise
+
+
 @dataclass(frozen=True)
 class Target:
     """What a request's `model` resolved to."""
@@ -218,16 +233,7 @@ class InferenceFrontend:
         assert directory is not None
         build = functools.partial(self._build_model, key, version, directory)
         load = self.executors.model_loads.submit(models.acquire, key, build)
-        try:
-            return await asyncio.wrap_future(load)
-        except asyncio.CancelledError:
-
-            def unpin(done: concurrent.futures.Future[ServedModel]) -> None:
-                if not done.cancelled() and done.exception() is None:
-                    models.release(key)
-
-            load.add_done_callback(unpin)
-            raise
+        return await _pinned_result(load, functools.partial(models.release, key))
 
     def check_lineage(self, version: AdapterVersionInfo) -> None:
         """FAILED_PRECONDITION unless the adapter was trained on this replica's base model and template."""
@@ -453,17 +459,7 @@ class InferenceFrontend:
         if slot is not None:
             return slot
         load = self.executors.loads.submit(self.engine.acquire, target.adapter_key, target.directory)
-        try:
-            return await asyncio.wrap_future(load)
-        except asyncio.CancelledError:
-            key = target.adapter_key
-
-            def unpin(done: concurrent.futures.Future[int]) -> None:
-                if not done.cancelled() and done.exception() is None:
-                    self.engine.release(key)
-
-            load.add_done_callback(unpin)
-            raise
+        return await _pinned_result(load, functools.partial(self.engine.release, target.adapter_key))
 
     async def stream(
         self, tenant: str, target: Target, prompt_ids: list[int], sampling: Sampling
