@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from prometheus_client import Counter, Gauge, Histogram
@@ -63,6 +63,23 @@ class Sampling:
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
     seed: int | None = None
+
+
+class TokenConstraint(Protocol):
+    """What a request's output must follow (a JSON schema, a grammar): the engine asks it before each token.
+
+    `mask` runs on the generation thread before the row's token is chosen, `accept` after (never for a stop
+    token: a constraint allows the end-of-sequence tokens only where its grammar may end).
+    """
+
+    def mask(self, logits: torch.Tensor) -> None:
+        """Sets the logits of tokens that may not come next to -inf, in place (`logits`: [vocab] of the model)."""
+
+    def accept(self, token: int) -> None:
+        """Moves past the chosen token."""
+
+    def done(self) -> bool:
+        """True once the output is complete and nothing may follow it."""
 
 
 @dataclass
@@ -125,6 +142,8 @@ class Request:
     finished: bool = False
     #: The reply's text, decoded incrementally.
     detokenizer: Detokenizer = field(default_factory=Detokenizer)
+    #: Structured output (`response_format`): the tokens the reply may take next; None = any.
+    constraint: TokenConstraint | None = None
 
 
 class _Row:
@@ -406,6 +425,12 @@ class Engine:
                 step_positions = step_positions[:, -1:] + 1
 
     def _choose(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
+        for i, row in enumerate(rows):
+            if row.request.constraint is not None and row.error is None:
+                try:
+                    row.request.constraint.mask(logits[i])
+                except Exception as exc:  # this row fails alone
+                    row.error = f"structured output failed: {exc}"
         greedy = logits.argmax(dim=-1)
         if all(r.generator is None for r in rows):
             return greedy
@@ -463,12 +488,17 @@ class Engine:
             return False
         request.output_ids.append(token)
         OUTPUT_TOKENS.inc()
+        if request.constraint is not None:
+            request.constraint.accept(token)
         text = self._text(request)
         for stop in sampling.stop:
             at = text.find(stop, max(0, request.sent - len(stop)))
             if at >= 0:
                 self._finish(request, "stop_sequence", text[:at])
                 return False
+        if request.constraint is not None and request.constraint.done():
+            self._finish(request, "stop", text)
+            return False
         if len(request.output_ids) >= sampling.max_tokens:
             self._finish(request, "length", text)
             return False
