@@ -1,3 +1,3 @@
 """Digest of the .proto sources this package was generated from (written by `make proto`)."""
 
-PROTO_SOURCES_SHA256 = "00a395328a9d54569a5ed56d89bf667057cf9fe1eae529c743dfebba506e38ed"
+PROTO_SOURCES_SHA256 = "52909c5e8f0db29b04eb53892ad29bdc00adf8184ef9d90cb9152fcdf0d94a85"

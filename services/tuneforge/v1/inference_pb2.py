@@ -25,35 +25,39 @@ _sym_db = _symbol_database.Default()
 from tuneforge.v1 import common_pb2 as tuneforge_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctuneforge/v1/inference.proto\x12\x0ctuneforge.v1\x1a\x19tuneforge/v1/common.proto\"r\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x01\x12\r\n\x05top_p\x18\x02 \x01(\x01\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x00\x88\x01\x01\x42\x07\n\x05_seed\"}\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\x08messages\x18\x02 \x03(\x0b\x32\x19.tuneforge.v1.ChatMessage\x12.\n\x08sampling\x18\x03 \x01(\x0b\x32\x1c.tuneforge.v1.SamplingParams\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"\xa4\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x31\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1a.tuneforge.v1.FinishReason\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.tuneforge.v1.Usage\x12\x16\n\x0eresolved_model\x18\x04 \x01(\t\x12\x13\n\x0bresponse_id\x18\x05 \x01(\t\"\x83\x01\n\x15GenerateStreamRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\x08messages\x18\x02 \x03(\x0b\x32\x19.tuneforge.v1.ChatMessage\x12.\n\x08sampling\x18\x03 \x01(\x0b\x32\x1c.tuneforge.v1.SamplingParams\"\xab\x01\n\x16GenerateStreamResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12\x31\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1a.tuneforge.v1.FinishReason\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.tuneforge.v1.Usage\x12\x16\n\x0eresolved_model\x18\x04 \x01(\t\x12\x13\n\x0bresponse_id\x18\x05 \x01(\t\"\x13\n\x11ListModelsRequest\"\xb2\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x0f\n\x07is_base\x18\x03 \x01(\x08\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12*\n\tpromotion\x18\x05 \x01(\x0b\x32\x17.tuneforge.v1.Promotion\x12%\n\x04kind\x18\x06 \x01(\x0e\x32\x17.tuneforge.v1.ModelKind\x12\x0e\n\x06loaded\x18\x07 \x01(\x08\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.tuneforge.v1.ModelInfo*u\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12MODEL_KIND_ADAPTER\x10\x01\x12\x1d\n\x19MODEL_KIND_FULL_FINE_TUNE\x10\x02\x12\x15\n\x11MODEL_KIND_MERGED\x10\x03*\x80\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x03\x32\x8d\x02\n\x10InferenceService\x12I\n\x08Generate\x12\x1d.tuneforge.v1.GenerateRequest\x1a\x1e.tuneforge.v1.GenerateResponse\x12]\n\x0eGenerateStream\x12#.tuneforge.v1.GenerateStreamRequest\x1a$.tuneforge.v1.GenerateStreamResponse0\x01\x12O\n\nListModels\x12\x1f.tuneforge.v1.ListModelsRequest\x1a .tuneforge.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctuneforge/v1/inference.proto\x12\x0ctuneforge.v1\x1a\x19tuneforge/v1/common.proto\"r\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x01\x12\r\n\x05top_p\x18\x02 \x01(\x01\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x00\x88\x01\x01\x42\x07\n\x05_seed\"c\n\x0eResponseFormat\x12.\n\x04type\x18\x01 \x01(\x0e\x32 .tuneforge.v1.ResponseFormatType\x12\x13\n\x0bjson_schema\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xb4\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\x08messages\x18\x02 \x03(\x0b\x32\x19.tuneforge.v1.ChatMessage\x12.\n\x08sampling\x18\x03 \x01(\x0b\x32\x1c.tuneforge.v1.SamplingParams\x12\x35\n\x0fresponse_format\x18\x04 \x01(\x0b\x32\x1c.tuneforge.v1.ResponseFormat\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"\xa4\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x31\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1a.tuneforge.v1.FinishReason\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.tuneforge.v1.Usage\x12\x16\n\x0eresolved_model\x18\x04 \x01(\t\x12\x13\n\x0bresponse_id\x18\x05 \x01(\t\"\xba\x01\n\x15GenerateStreamRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\x08messages\x18\x02 \x03(\x0b\x32\x19.tuneforge.v1.ChatMessage\x12.\n\x08sampling\x18\x03 \x01(\x0b\x32\x1c.tuneforge.v1.SamplingParams\x12\x35\n\x0fresponse_format\x18\x04 \x01(\x0b\x32\x1c.tuneforge.v1.ResponseFormat\"\xab\x01\n\x16GenerateStreamResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12\x31\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1a.tuneforge.v1.FinishReason\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.tuneforge.v1.Usage\x12\x16\n\x0eresolved_model\x18\x04 \x01(\t\x12\x13\n\x0bresponse_id\x18\x05 \x01(\t\"\x13\n\x11ListModelsRequest\"\xb2\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x0f\n\x07is_base\x18\x03 \x01(\x08\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12*\n\tpromotion\x18\x05 \x01(\x0b\x32\x17.tuneforge.v1.Promotion\x12%\n\x04kind\x18\x06 \x01(\x0e\x32\x17.tuneforge.v1.ModelKind\x12\x0e\n\x06loaded\x18\x07 \x01(\x08\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.tuneforge.v1.ModelInfo*u\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12MODEL_KIND_ADAPTER\x10\x01\x12\x1d\n\x19MODEL_KIND_FULL_FINE_TUNE\x10\x02\x12\x15\n\x11MODEL_KIND_MERGED\x10\x03*\xa5\x01\n\x12ResponseFormatType\x12$\n RESPONSE_FORMAT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19RESPONSE_FORMAT_TYPE_TEXT\x10\x01\x12$\n RESPONSE_FORMAT_TYPE_JSON_OBJECT\x10\x02\x12$\n RESPONSE_FORMAT_TYPE_JSON_SCHEMA\x10\x03*\x80\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x03\x32\x8d\x02\n\x10InferenceService\x12I\n\x08Generate\x12\x1d.tuneforge.v1.GenerateRequest\x1a\x1e.tuneforge.v1.GenerateResponse\x12]\n\x0eGenerateStream\x12#.tuneforge.v1.GenerateStreamRequest\x1a$.tuneforge.v1.GenerateStreamResponse0\x01\x12O\n\nListModels\x12\x1f.tuneforge.v1.ListModelsRequest\x1a .tuneforge.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tuneforge.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELKIND']._serialized_start=1115
-  _globals['_MODELKIND']._serialized_end=1232
-  _globals['_FINISHREASON']._serialized_start=1235
-  _globals['_FINISHREASON']._serialized_end=1363
+  _globals['_MODELKIND']._serialized_start=1327
+  _globals['_MODELKIND']._serialized_end=1444
+  _globals['_RESPONSEFORMATTYPE']._serialized_start=1447
+  _globals['_RESPONSEFORMATTYPE']._serialized_end=1612
+  _globals['_FINISHREASON']._serialized_start=1615
+  _globals['_FINISHREASON']._serialized_end=1743
   _globals['_SAMPLINGPARAMS']._serialized_start=73
   _globals['_SAMPLINGPARAMS']._serialized_end=187
-  _globals['_GENERATEREQUEST']._serialized_start=189
-  _globals['_GENERATEREQUEST']._serialized_end=314
-  _globals['_USAGE']._serialized_start=316
-  _globals['_USAGE']._serialized_end=373
-  _globals['_GENERATERESPONSE']._serialized_start=376
-  _globals['_GENERATERESPONSE']._serialized_end=540
-  _globals['_GENERATESTREAMREQUEST']._serialized_start=543
-  _globals['_GENERATESTREAMREQUEST']._serialized_end=674
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=677
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=848
-  _globals['_LISTMODELSREQUEST']._serialized_start=850
-  _globals['_LISTMODELSREQUEST']._serialized_end=869
-  _globals['_MODELINFO']._serialized_start=872
-  _globals['_MODELINFO']._serialized_end=1050
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1052
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1113
-  _globals['_INFERENCESERVICE']._serialized_start=1366
-  _globals['_INFERENCESERVICE']._serialized_end=1635
+  _globals['_RESPONSEFORMAT']._serialized_start=189
+  _globals['_RESPONSEFORMAT']._serialized_end=288
+  _globals['_GENERATEREQUEST']._serialized_start=291
+  _globals['_GENERATEREQUEST']._serialized_end=471
+  _globals['_USAGE']._serialized_start=473
+  _globals['_USAGE']._serialized_end=530
+  _globals['_GENERATERESPONSE']._serialized_start=533
+  _globals['_GENERATERESPONSE']._serialized_end=697
+  _globals['_GENERATESTREAMREQUEST']._serialized_start=700
+  _globals['_GENERATESTREAMREQUEST']._serialized_end=886
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=889
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1060
+  _globals['_LISTMODELSREQUEST']._serialized_start=1062
+  _globals['_LISTMODELSREQUEST']._serialized_end=1081
+  _globals['_MODELINFO']._serialized_start=1084
+  _globals['_MODELINFO']._serialized_end=1262
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1264
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1325
+  _globals['_INFERENCESERVICE']._serialized_start=1746
+  _globals['_INFERENCESERVICE']._serialized_end=2015
 # @@protoc_insertion_point(module_scope)
