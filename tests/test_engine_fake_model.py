@@ -1,12 +1,15 @@
-"""The engine's batching and scheduling with a fake model: no checkpoint, no tokenizer files, milliseconds.
+"""The engine's scheduling with a fake model: no checkpoint, no tokenizer files, milliseconds.
 
-`CountingModel` stands in for a causal LM: its next token is a function of every token of the row so
-far, read back from the KV cache the engine hands it, so a row whose cache entries got mixed up with
-another row's (when finished rows leave the batch) answers differently than it does alone. Its one
-projection is named `q_proj`, so the engine wraps it in adapter slots as it does a real model's, and
-a fake adapter shifts the next token by a fixed amount. The model records every forward pass (batch
-rows and their slots), and it can hold the generation thread inside a pass: what is queued meanwhile
-is exactly what the next batch takes, so batch composition is asserted, not hoped for.
+`CountingModel` stands in for a causal LM: its next token is a function of every token of the
+sequence so far, which it reads back through the engine's KV cache (the same `kv.attend` the real
+models' attention runs: it stores each token as a value and averages the values its sequence may
+see), so a sequence whose cache entries got mixed up with another's — blocks handed out twice, a
+wrong block table, a prefill chunk attending past its end — answers differently than it does
+alone. Its one projection is named `q_proj`, so the engine wraps it in adapter slots as it does a
+real model's, and a fake adapter shifts the next token by a fixed amount. The model records every
+step (sequences, prefill chunks, tokens, slots), and it can hold the generation thread inside a
+step: what is submitted meanwhile is exactly what the next step admits, so step composition is
+asserted, not hoped for.
 """
 
 from __future__ import annotations
@@ -23,19 +26,20 @@ import torch
 from safetensors.torch import save_file
 
 from tuneforge.common.errors import FailedPrecondition, ResourceExhausted
+from tuneforge.inference import kv
 from tuneforge.inference.engine import Engine, Event, Request, Sampling
 
 VOCAB = 32
 PAD, EOS = 0, 31
 #: A row whose last token is this one ends next (the fake end-of-turn).
 STOP_TRIGGER = 30
-#: A token the model fails on: its whole batch fails.
+#: A token the model fails on: its whole step fails.
 POISON = 29
 WAIT_S = 30
 
 
-def _next_token(history: list[int], last: int) -> int:
-    return EOS if last == STOP_TRIGGER else sum(history) % 28 + 1  # 1..28: letters, space and "."
+def _next_token(total: int, last: int) -> int:
+    return EOS if last == STOP_TRIGGER else total % 28 + 1  # 1..28: letters, space and "."
 
 
 class FakeTokenizer:
@@ -55,52 +59,62 @@ class FakeTokenizer:
 
 @dataclass
 class Pass:
-    """One forward pass as the model saw it."""
+    """One engine step as the model saw it."""
 
-    prefill: bool
-    rows: int
-    slots: list[int]
+    prefill: bool  # the step holds a prompt chunk
+    rows: int  # sequences in the step (decoding ones and prompt chunks)
+    slots: list[int]  # the adapter slot of each of them: decoding sequences first, then prompt chunks
+    tokens: int  # tokens in the packed row
+    chunks: list[int]  # length of each prompt chunk
 
 
 class CountingModel(torch.nn.Module):
-    """next token = f(all tokens of the row so far), through a `q_proj` the engine puts adapter slots on."""
+    """next token = f(all tokens of the sequence so far), read back through the KV cache and `q_proj`."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.config = SimpleNamespace(
+            num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1, head_dim=1, hidden_size=1, vocab_size=0
+        )
         self.q_proj = torch.nn.Linear(VOCAB, VOCAB, bias=False)
         with torch.no_grad():
             self.q_proj.weight.copy_(torch.eye(VOCAB))
         self.passes: list[Pass] = []
-        #: While set, a pass waits for `release` (the generation thread is held; requests queue up).
+        #: While set, a step waits for it (the generation thread is held; requests queue up).
         self.hold: threading.Event | None = None
         self.holding = threading.Event()
+        #: With `hold`: the step (counted in `passes`) that waits; None: the next one.
+        self.hold_at: int | None = None
 
     def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        position_ids: torch.Tensor,
-        use_cache: bool,
-        past_key_values: object,
-        logits_to_keep: int = 1,
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, use_cache: bool, logits_to_keep: torch.Tensor
     ) -> SimpleNamespace:
-        prefill = past_key_values.get_seq_length() == 0
-        selection = self.q_proj.selection.rows if hasattr(self.q_proj, "selection") else None
-        slots = selection.tolist() if selection is not None else [0] * input_ids.shape[0]
-        self.passes.append(Pass(prefill, input_ids.shape[0], slots))
-        if self.hold is not None:
+        step = kv.current()
+        assert step is not None and not use_cache
+        tokens = input_ids.shape[1]
+        per_token = self.q_proj.selection.rows
+        slots = per_token.tolist() if per_token is not None else [0] * tokens
+        decoding = step.decode_tokens.tolist() if step.decode_tokens is not None else []
+        starts = decoding + [segment.start for segment in step.prefills]
+        self.passes.append(
+            Pass(
+                bool(step.prefills), len(starts), [slots[i] for i in starts], tokens, [s.length for s in step.prefills]
+            )
+        )
+        if self.hold is not None and self.hold_at in (None, len(self.passes)):
             self.holding.set()
-            assert self.hold.wait(WAIT_S), "the test never released the held pass"
-            self.hold = None
+            assert self.hold.wait(WAIT_S), "the test never released the held step"
+            self.hold, self.hold_at = None, None
         if (input_ids == POISON).any():
             raise RuntimeError("poisoned input")
-        # the cache keeps every token of each row (keys), so the history is read back from it
-        tokens = input_ids.to(torch.float32).view(input_ids.shape[0], 1, -1, 1)
-        keys, _ = past_key_values.update(tokens, tokens.clone(), 0)
-        history = (keys.view(keys.shape[0], -1) * attention_mask).round().long()
-        nexts = [_next_token(row.tolist(), int(last)) for row, last in zip(history, input_ids[:, -1], strict=True)]
-        hidden = torch.nn.functional.one_hot(torch.tensor(nexts), VOCAB).to(torch.float32).unsqueeze(1)
-        return SimpleNamespace(logits=self.q_proj(hidden))
+        # every token is a value; a query of zeros averages the values its sequence sees so far
+        values = input_ids.to(torch.float32).view(1, 1, tokens, 1)
+        zeros = torch.zeros_like(values)
+        mean = kv.attend(step, 0, zeros, zeros, values).view(tokens)
+        totals = (mean * (position_ids[0] + 1)).round().long()
+        nexts = [_next_token(int(t), int(last)) for t, last in zip(totals, input_ids[0], strict=True)]
+        hidden = torch.nn.functional.one_hot(torch.tensor(nexts), VOCAB).to(torch.float32).unsqueeze(0)
+        return SimpleNamespace(logits=self.q_proj(hidden)[:, logits_to_keep])
 
 
 def _shift_adapter(directory: Path, shift: int) -> Path:
@@ -244,7 +258,7 @@ def test_stop_tokens_stop_sequences_and_cancellation_end_their_row_only(engine: 
     assert [event.finish_reason for _, event in results] == ["stop", "length", "stop_sequence", "cancelled"]
     assert results[0][0] == "" and results[1][0] == alone_text
     assert results[2][0] == alone_text[: alone_text.find(alone_text[2:4])]
-    assert [p.rows for p in _prefills(model)] == [4]
+    assert [p.rows for p in _prefills(model)] == [3]  # the request cancelled while waiting never took a step
 
 
 def test_a_failing_pass_fails_its_batch_and_the_engine_serves_on(
@@ -295,3 +309,97 @@ def test_stop_finishes_what_is_queued_and_refuses_new_requests(model: CountingMo
         assert [c.result()[1].finish_reason for c in (first, queued)] == ["length", "length"]
         with pytest.raises(FailedPrecondition):
             engine.submit(Call(engine, [4], Sampling()).request)
+
+
+def _submit_during_a_step(engine: Engine, model: CountingModel, call: Call) -> int:
+    """Submits `call` while the generation thread is held inside its next step; returns that step's index."""
+    model.hold, model.holding = threading.Event(), threading.Event()
+    hold = model.hold
+    assert model.holding.wait(WAIT_S), "the engine took no step"
+    index = len(model.passes) - 1
+    engine.submit(call.request)
+    hold.set()
+    return index
+
+
+def test_a_request_joins_the_running_batch_at_the_next_step_and_both_answer_as_alone(
+    engine: Engine, model: CountingModel
+) -> None:
+    long_prompt, short_prompt = [3, 1, 4, 1, 5], [2, 7]
+    long_alone = engine.generate(long_prompt, sampling=Sampling(max_tokens=40))
+    short_alone = engine.generate(short_prompt, sampling=Sampling(max_tokens=3))
+    del model.passes[:]
+    long_call = Call(engine, long_prompt, Sampling(max_tokens=40))
+    # the engine is held inside the long request's fifth step (its fourth decoding step), and the
+    # short one arrives then
+    model.hold, model.holding, model.hold_at = threading.Event(), threading.Event(), 5
+    engine.submit(long_call.request)
+    assert model.holding.wait(WAIT_S)
+    held_at = len(model.passes) - 1
+    short_call = Call(engine, short_prompt, Sampling(max_tokens=3))
+    engine.submit(short_call.request)
+    model.hold.set()
+    short_result, long_result = short_call.result(), long_call.result()
+    assert (short_result[0], short_result[1].finish_reason) == (short_alone[0], short_alone[1].finish_reason)
+    assert (long_result[0], long_result[1].completion_tokens) == (long_alone[0], 40)
+    after = model.passes[held_at + 1 :]
+    # the very next step prefills the short request beside the long one's decoding, and the next two
+    # decode both: the short request got its first token one step after it arrived, not 35 tokens later
+    assert [(p.rows, p.chunks) for p in after[:3]] == [(2, [2]), (2, []), (2, [])]
+    assert all(p.rows == 1 for p in after[3:])
+    assert len(model.passes) == held_at + 1 + 40 - 5
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_while_other_rows_decode_every_step(model: CountingModel) -> None:
+    for engine in _engine(model, max_step_tokens=8, kv_block_size=4):
+        long_prompt = [(7 * i) % 28 + 1 for i in range(30)]
+        long_alone = engine.generate(long_prompt, sampling=Sampling(max_tokens=4))[0]
+        decoding_alone = engine.generate([5, 5], sampling=Sampling(max_tokens=12))[0]
+        del model.passes[:]
+        decoding = Call(engine, [5, 5], Sampling(max_tokens=12))
+        engine.submit(decoding.request)
+        prefilling = Call(engine, long_prompt, Sampling(max_tokens=4))
+        _submit_during_a_step(engine, model, prefilling)
+        assert prefilling.result()[0] == long_alone
+        assert decoding.result()[0] == decoding_alone
+        chunked = [p for p in model.passes if p.prefill and p.rows == 2]
+        # the 30-token prompt went in chunks of 7 (8 tokens a step, one of them the decoding row's),
+        # and the decoding row took a token in every one of those steps
+        assert [p.chunks for p in chunked] == [[7], [7], [7], [7], [2]]
+        assert all(p.tokens <= 8 for p in model.passes)
+
+
+def test_requests_wait_for_kv_blocks_instead_of_failing_and_a_request_larger_than_the_cache_is_refused(
+    model: CountingModel,
+) -> None:
+    for engine in _engine(model, kv_cache_tokens=48, kv_block_size=8):  # 6 blocks of 8 positions
+        assert engine.pool.capacity == 48
+        first_alone = engine.generate([1, 2, 3], sampling=Sampling(max_tokens=30))[0]
+        second_alone = engine.generate([4, 5], sampling=Sampling(max_tokens=20))[0]
+        first = Call(engine, [1, 2, 3], Sampling(max_tokens=30))  # 33 positions: 5 blocks
+        second = Call(engine, [4, 5], Sampling(max_tokens=20))  # 22 positions: 3 blocks, only 1 left
+        results = _queued_together(engine, model, [first, second])
+        assert [text for text, _ in results] == [first_alone, second_alone]
+        # the second one waited for the first's blocks: never in a step beside it
+        assert max(p.rows for p in model.passes) == 1
+        assert engine.pool.free_blocks() == engine.pool.blocks
+        too_long = Call(engine, [1] * 20, Sampling(max_tokens=29))  # 49 positions > 48
+        with pytest.raises(ResourceExhausted, match=r"49 positions.*48"):
+            engine.submit(too_long.request)
+
+
+def test_cancelling_a_running_request_frees_its_kv_blocks_and_adapter_slot(
+    engine: Engine, model: CountingModel, tmp_path: Path
+) -> None:
+    engine.load_adapter("acme/up1:1", _shift_adapter(tmp_path / "up1", 1))
+    call = Call(engine, [3, 1, 4], Sampling(max_tokens=200), "acme/up1:1")
+    model.hold, model.holding = threading.Event(), threading.Event()
+    engine.submit(call.request)
+    assert model.holding.wait(WAIT_S)
+    assert engine.pool.free_blocks() < engine.pool.blocks and engine._pins == {"acme/up1:1": 1}
+    call.request.cancelled.set()
+    model.hold.set()
+    _, final = call.result()
+    assert final.finish_reason == "cancelled" and final.completion_tokens < 200
+    assert _pins_after_the_last_batch(engine) == {}
+    assert engine.pool.free_blocks() == engine.pool.blocks and engine.running() == 0

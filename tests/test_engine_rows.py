@@ -1,7 +1,7 @@
 """One request's failure in a decode batch ends that request only; sampling at the edges stays numeric.
 
 Engine-level (tiny-qwen2 on CPU): requests are queued before the generation thread forms its next
-batch, and a recorder on `_decode` proves they really shared one batch.
+batch, and a recorder on `_step` proves they really decoded side by side from their first step.
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ def _run_together(
     engine: Engine, samplings: list[Sampling], monkeypatch: pytest.MonkeyPatch
 ) -> list[tuple[str, Event]]:
     batches: list[int] = []
-    real = Engine._decode
+    real = Engine._step
 
-    def recording(self: Engine, batch: list[Request]) -> None:
-        batches.append(len(batch))
-        real(self, batch)
+    def recording(self: Engine) -> None:
+        batches.append(len(self._running))
+        real(self)
 
-    monkeypatch.setattr(Engine, "_decode", recording)
+    monkeypatch.setattr(Engine, "_step", recording)
     done = [threading.Event() for _ in samplings]
     texts: list[list[str]] = [[] for _ in samplings]
     finals: list[Event | None] = [None] * len(samplings)
@@ -54,7 +54,7 @@ def _run_together(
         engine.submit(Request(list(prompt), None, sampling, emit))
     for event in done:
         assert event.wait(120)
-    assert batches == [len(samplings)], batches  # the requests really decoded in one batch
+    assert batches[0] == len(samplings), batches  # the requests really decoded in one batch
     return [("".join(t), f) for t, f in zip(texts, finals, strict=True)]  # type: ignore[misc]
 
 

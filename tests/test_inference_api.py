@@ -129,14 +129,16 @@ def _one_batch(engine: Engine, expected: int) -> Iterator[list[list[str | None]]
     """Holds the engine's generation thread in a request of the test's own until `expected` more are queued.
 
     The requests the block sends are then all waiting when the engine forms its next batch. Yields the
-    adapter keys of every batch decoded after the held one (the engine's own record, from `_decode`).
+    adapter keys of the running batch at every step after the held one (the engine's own record, from
+    `_step`): the first of them holds every request admitted together.
     """
     batches: list[list[str | None]] = []
     holding, plug_done = threading.Event(), threading.Event()
     plug = Request([1], None, Sampling(max_tokens=1), lambda event: event.finish_reason and plug_done.set())
-    real = Engine._decode
+    real = Engine._step
 
-    def decode(self: Engine, batch: list[Request]) -> None:
+    def step(self: Engine) -> None:
+        batch = [row.request for row in self._running]
         if any(request is plug for request in batch):
             holding.set()
             deadline = time.monotonic() + 120  # past it the batch goes on, and the caller's assertion fails
@@ -144,10 +146,10 @@ def _one_batch(engine: Engine, expected: int) -> Iterator[list[list[str | None]]
                 time.sleep(0.01)
         else:
             batches.append([request.adapter_key for request in batch])
-        real(self, batch)
+        real(self)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Engine, "_decode", decode)
+        patch.setattr(Engine, "_step", step)
         engine.submit(plug)
         assert holding.wait(60), "the engine never took the test's own request"
         yield batches
@@ -185,7 +187,7 @@ def test_each_adapter_alone_and_in_a_mixed_batch_gives_peft_s_tokens(
                 thread.start()
             for thread in threads:
                 thread.join(120)
-    assert [len(batch) for batch in batches] == [calls], batches  # the rows really shared one batch
+    assert len(batches[0]) == calls, batches  # the rows really shared one batch from their first step
     assert len(set(batches[0])) == 4, batches  # the base model and three adapters side by side
     assert [together[i] for i in range(len(cases) * 2)] == expected * 2
 

@@ -1,12 +1,15 @@
-"""The serving engine: one base model, many adapters in slots, dynamic batches decoded together.
+"""The serving engine: one base model, many adapters in slots, continuous batching over a paged KV cache.
 
 A plain Python object — tests and benchmarks drive it directly; the gRPC/HTTP fronts and the Ray
-Serve deployment wrap it. One generation thread owns the model: it takes the requests waiting in
-the queue (up to `max_batch_size`, waiting at most `batch_wait_s` for more), prefills them
-left-padded in one pass, and decodes them step by step with a KV cache, each row through its own
-adapter slot (see `lora.py`) with its own sampling settings. Finished rows leave the batch (their
-cache rows are dropped) so the rest decode faster. Output reaches callers through callbacks, which
-the async fronts bridge to their event loop.
+Serve deployment wrap it. One generation thread owns the model and schedules at every step
+(iteration-level, as vLLM and TGI do): requests are admitted into the running batch whenever it has
+room and the KV cache (`kv.py`) has blocks for their prompt and every token they may generate, so a
+request never waits for a batch to drain and an admitted one never runs out of memory; each step
+runs the model once over one new token of every decoding request and chunks of prompts still being
+prefilled, under a token budget (`max_step_tokens`), so a long prompt delays the others' decoding by
+one chunk at most. Finished and cancelled requests leave at once and give their blocks back. Each
+row goes through its own adapter slot (see `lora.py`) with its own sampling settings. Output reaches
+callers through callbacks, which the async fronts bridge to their event loop.
 
 Adapters live in a bounded LRU of slots keyed by an immutable version key (`tenant/name:version`):
 loading one copies its weights into a free or least recently used slot; a slot used by a request
@@ -19,11 +22,10 @@ themselves run one at a time under a lock of their own, taken only on worker thr
 from __future__ import annotations
 
 import contextlib
-import inspect
 import queue
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from tuneforge.common.errors import FailedPrecondition, ResourceExhausted
 from tuneforge.common.logging import get_logger
+from tuneforge.inference import kv
 from tuneforge.inference.lora import DEFAULT_TARGETS, inject, read_adapter, write_slot
 
 log = get_logger(__name__)
@@ -44,10 +47,14 @@ TTFT = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 OUTPUT_TOKENS = Counter("tuneforge_inference_output_tokens_total", "Tokens generated.")
-QUEUE_DEPTH = Gauge("tuneforge_inference_queue_depth", "Requests waiting for a batch.")
+QUEUE_DEPTH = Gauge("tuneforge_inference_queue_depth", "Requests waiting to be admitted into the running batch.")
 BATCH_ROWS = Histogram(
-    "tuneforge_inference_batch_rows", "Requests per decoded batch.", buckets=(1, 2, 4, 8, 16, 32, 64, 128)
+    "tuneforge_inference_batch_rows",
+    "Requests in the running batch at each step.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
+KV_BLOCKS_USED = Gauge("tuneforge_inference_kv_blocks_used", "KV cache blocks held by admitted requests.")
+KV_BLOCKS_TOTAL = Gauge("tuneforge_inference_kv_blocks_total", "KV cache blocks of the pool.")
 ADAPTER_LOADS = Counter("tuneforge_inference_adapter_loads_total", "Adapters loaded into a slot.")
 ADAPTER_EVICTIONS = Counter("tuneforge_inference_adapter_evictions_total", "Adapters evicted from their slot.")
 ADAPTER_HITS = Counter("tuneforge_inference_adapter_cache_hits_total", "Requests whose adapter was already loaded.")
@@ -160,6 +167,12 @@ class _Row:
         self.first_token_at: float | None = None
         #: Why this row failed (its sampling or text raised); it ends with an error, the batch goes on.
         self.error: str | None = None
+        #: The row's KV cache blocks (reserved for its prompt and every token it may generate).
+        self.blocks: list[int] = []
+        #: Positions whose keys and values are in the cache; below the prompt's length it still prefills.
+        self.computed = 0
+        #: Tokens of the row in the step being run.
+        self.scheduled = 0
 
 
 class Engine:
@@ -175,18 +188,46 @@ class Engine:
         max_batch_size: int = 16,
         batch_wait_s: float = 0.005,
         targets: tuple[str, ...] = DEFAULT_TARGETS,
+        max_step_tokens: int = 512,
+        kv_cache_tokens: int | None = None,
+        kv_memory_fraction: float = 0.9,
+        kv_block_size: int = 16,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.device = next(model.parameters()).device
+        parameter = next(model.parameters())
+        self.device = parameter.device
         self.max_rank = max_rank
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
+        self.max_step_tokens = max_step_tokens
         injected = inject(model, max_adapters + 1, max_rank, targets)  # slot 0: no adapter
         self.layers = injected["layers"]
         self.selection = injected["selection"]
-        # transformers renamed `past_key_values` to `cache` (the old name goes in 5.40)
-        self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        kv.use_paged_attention(model)
+        layers, kv_heads, head_dim = kv.model_kv_shape(model)
+        dtype = parameter.dtype
+        vocab = getattr(model.config, "vocab_size", 0) or 0
+        tokens = kv.pool_tokens(
+            requested=kv_cache_tokens,
+            bytes_per_token=kv.KVPool.bytes_per_token(layers, kv_heads, head_dim, dtype),
+            device=self.device,
+            memory_fraction=kv_memory_fraction,
+            # the step's activations, its logits and sampling's float64 copies
+            reserve_bytes=2**30 + max_batch_size * vocab * 16,
+            cpu_default=8192,
+        )
+        self.pool = kv.KVPool(
+            layers=layers,
+            kv_heads=kv_heads,
+            head_dim=head_dim,
+            blocks=max(1, tokens // kv_block_size),
+            block_size=kv_block_size,
+            dtype=dtype,
+            device=self.device,
+        )
+        KV_BLOCKS_TOTAL.set(self.pool.blocks)
+        log.info("kv_cache", positions=self.pool.capacity, blocks=self.pool.blocks, block_size=kv_block_size)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.stop_ids = {
             i
@@ -200,6 +241,10 @@ class Engine:
         self._lock = threading.Lock()  # the slot table; brief (the event loop takes it)
         self._load_lock = threading.Lock()  # one load at a time, across its copy; worker threads only
         self._queue: queue.Queue[Request] = queue.Queue()
+        # the generation thread's own: requests not yet admitted, and the rows of the running batch
+        self._waiting: deque[Request] = deque()
+        self._running: list[_Row] = []
+        self._closing = False
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tuneforge-engine", daemon=True)
         self._thread.start()
@@ -302,12 +347,24 @@ class Engine:
     # -- requests ------------------------------------------------------------------------------
 
     def submit(self, request: Request) -> None:
-        """Queues a request whose adapter slot the caller acquired; the engine releases it when it ends."""
+        """Queues a request whose adapter slot the caller acquired; the engine releases it when it ends.
+
+        RESOURCE_EXHAUSTED (the slot released) when its prompt and `max_tokens` together need more
+        positions than the whole KV cache holds: it could never be admitted.
+        """
         if self._stopping.is_set():
             self.release(request.adapter_key)
             raise FailedPrecondition("the engine is shutting down")
+        need = len(request.prompt_ids) + request.sampling.max_tokens
+        if need > self.pool.capacity:
+            self.release(request.adapter_key)
+            raise ResourceExhausted(
+                f"prompt ({len(request.prompt_ids)} tokens) and max_tokens ({request.sampling.max_tokens}) need "
+                f"{need} positions of KV cache; this replica holds {self.pool.capacity} in all: shorten the "
+                "prompt or lower max_tokens"
+            )
         self._queue.put(request)
-        QUEUE_DEPTH.set(self._queue.qsize())
+        QUEUE_DEPTH.set(self.queue_depth())
 
     def generate(self, prompt_ids: list[int], adapter_key: str | None = None, sampling: Sampling | None = None):
         """Blocking convenience for tests and benchmarks: (text, final event)."""
@@ -327,7 +384,12 @@ class Engine:
         return "".join(parts), final[0]
 
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        """Requests waiting to be admitted (not yet decoding)."""
+        return self._queue.qsize() + len(self._waiting)
+
+    def running(self) -> int:
+        """Requests admitted and decoding (or prefilling)."""
+        return len(self._running)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finishes the requests already queued, then stops the generation thread."""
@@ -337,92 +399,174 @@ class Engine:
 
     # -- the generation thread -----------------------------------------------------------------
 
-    def _next_batch(self) -> list[Request] | None:
-        first = self._queue.get()
-        if first is None:
-            return None
-        batch = [first]
-        deadline = time.monotonic() + self.batch_wait_s
-        while len(batch) < self.max_batch_size:
+    def _take_arrivals(self) -> None:
+        """Moves what was submitted into the waiting line; when idle, blocks for the next request."""
+        idle = not self._running and not self._waiting and not self._closing
+        try:
+            item = self._queue.get() if idle else self._queue.get_nowait()
+        except queue.Empty:
+            return
+        deadline = time.monotonic() + (self.batch_wait_s if idle else 0.0)
+        while True:
+            if item is None:
+                self._closing = True
+            else:
+                self._waiting.append(item)
             remaining = deadline - time.monotonic()
             try:
-                item = self._queue.get(timeout=max(remaining, 0)) if remaining > 0 else self._queue.get_nowait()
+                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is None:
-                self._queue.put(None)  # type: ignore[arg-type]
-                break
-            batch.append(item)
-        QUEUE_DEPTH.set(self._queue.qsize())
-        return batch
+        QUEUE_DEPTH.set(self.queue_depth())
 
     def _run(self) -> None:
         while True:
-            batch = self._next_batch()
-            if batch is None:
-                return
+            self._take_arrivals()
+            if self._closing and not self._running and not self._waiting:
+                break
+            self._drop_cancelled()
+            self._admit()
+            if not self._running:
+                continue
             try:
-                self._decode(batch)
-            except Exception as exc:  # one bad batch must not take the replica down
-                log.error("batch_failed", error=repr(exc), rows=len(batch))
-                for request in batch:
-                    if not request.finished:
-                        request.finished = True
-                        request.emit(Event(finish_reason="error", error=f"generation failed: {exc}"))
-            finally:
-                for request in batch:
+                self._step()
+            except Exception as exc:  # one failed pass ends the requests in it; the replica serves on
+                log.error("step_failed", error=repr(exc), rows=len(self._running))
+                for row in list(self._running):
+                    self._end(row, Event(finish_reason="error", error=f"generation failed: {exc}"))
+        # requests that slipped in after the last look (submit raced with stop) are not left hanging
+        while True:
+            try:
+                request = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if request is not None:
+                request.finished = True
+                self.release(request.adapter_key)
+                request.emit(Event(finish_reason="error", error="the engine is shutting down"))
+
+    def _drop_cancelled(self) -> None:
+        """Cancelled requests leave at once, waiting or running, and give back their KV blocks and slot."""
+        if any(r.cancelled.is_set() for r in self._waiting):
+            kept: deque[Request] = deque()
+            for request in self._waiting:
+                if request.cancelled.is_set():
+                    self._finish(request, "cancelled", "")
                     self.release(request.adapter_key)
+                else:
+                    kept.append(request)
+            self._waiting = kept
+        for row in list(self._running):
+            if row.request.cancelled.is_set() and not row.request.finished:
+                self._finish(row.request, "cancelled", row.request.detokenizer.text)
+                self._retire(row)
 
-    def _decode(self, batch: list[Request]) -> None:
-        from transformers import DynamicCache
+    def _admit(self) -> None:
+        """Admits waiting requests in arrival order while the batch has room and the KV cache has blocks.
 
-        BATCH_ROWS.observe(len(batch))
-        rows = [_Row(r, self.device) for r in batch]
-        longest = max(len(r.prompt_ids) for r in batch)
-        input_ids = torch.full((len(batch), longest), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), longest), dtype=torch.long)
-        for i, request in enumerate(batch):
-            n = len(request.prompt_ids)
-            input_ids[i, longest - n :] = torch.tensor(request.prompt_ids, dtype=torch.long)
-            mask[i, longest - n :] = 1
-        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        slots = torch.tensor([r.slot for r in batch], dtype=torch.long, device=self.device)
-        adapted = any(r.slot > 0 for r in batch)
-        cache = DynamicCache()
-        active = list(range(len(batch)))
-        with torch.inference_mode():
-            step_ids, step_positions = input_ids, positions
-            while active:
-                self.selection.rows = slots if adapted else None
-                try:
-                    logits = self.model(
-                        input_ids=step_ids,
-                        attention_mask=mask,
-                        position_ids=step_positions,
-                        use_cache=True,
-                        **{self._cache_kw: cache},
-                        logits_to_keep=1,
-                    ).logits[:, -1, :]
-                finally:
-                    self.selection.rows = None
-                tokens = self._choose(logits, [rows[i] for i in active])
-                keep: list[int] = []
-                for position, (index, token) in enumerate(zip(active, tokens.tolist(), strict=True)):
-                    if self._advance_or_fail(rows[index], token):  # one device→host copy per step, not per row
-                        keep.append(position)
-                if not keep:
-                    break
-                if len(keep) < len(active):
-                    chosen = torch.tensor(keep, dtype=torch.long, device=self.device)
-                    cache.batch_select_indices(chosen)
-                    mask, slots, tokens = mask[chosen], slots[chosen], tokens[chosen]
-                    step_positions = step_positions[chosen]
-                    active = [active[p] for p in keep]
-                    adapted = any(rows[i].request.slot > 0 for i in active)
-                step_ids = tokens.view(-1, 1)
-                mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=self.device)], dim=1)
-                step_positions = step_positions[:, -1:] + 1
+        A request gets blocks for its prompt and every token it may generate, so once admitted it
+        never waits for memory; the first one that does not fit keeps its place at the head of the line.
+        """
+        while self._waiting and len(self._running) < self.max_batch_size:
+            request = self._waiting[0]
+            blocks = self.pool.allocate(len(request.prompt_ids) + request.sampling.max_tokens)
+            if blocks is None:
+                break
+            self._waiting.popleft()
+            row = _Row(request, self.device)
+            row.blocks = blocks
+            self._running.append(row)
+        QUEUE_DEPTH.set(self.queue_depth())
+        KV_BLOCKS_USED.set(self.pool.blocks - self.pool.free_blocks())
+
+    def _plan(self) -> tuple[list[int], list[int], list[int], list[int], list[_Row], Any]:
+        """The packed row of this step: one token per decoding row, then prompt chunks under the budget."""
+        size = self.pool.block_size
+        tokens: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        write: list[int] = []
+        keep: list[int] = []
+        chosen_for: list[_Row] = []
+        decodes: list[tuple[int, list[int], int]] = []
+        prefills: list[tuple[int, int, list[int], int]] = []
+        for row in self._running:
+            if row.computed < len(row.request.prompt_ids):
+                continue
+            position = row.computed
+            keep.append(len(tokens))
+            decodes.append((len(tokens), row.blocks, position + 1))
+            tokens.append(row.request.output_ids[-1])
+            positions.append(position)
+            slots.append(row.request.slot)
+            write.append(row.blocks[position // size] * size + position % size)
+            row.scheduled = 1
+            chosen_for.append(row)
+        budget = max(self.max_step_tokens - len(tokens), size)
+        for row in self._running:
+            prompt = row.request.prompt_ids
+            if row.computed >= len(prompt) or budget <= 0:
+                continue
+            start = row.computed
+            n = min(len(prompt) - start, budget)
+            budget -= n
+            prefills.append((len(tokens), n, row.blocks, start + n))
+            tokens.extend(prompt[start : start + n])
+            positions.extend(range(start, start + n))
+            slots.extend([row.request.slot] * n)
+            write.extend(row.blocks[p // size] * size + p % size for p in range(start, start + n))
+            row.scheduled = n
+            if start + n == len(prompt):  # the prompt's last token gives the first output token
+                keep.append(len(tokens) - 1)
+                chosen_for.append(row)
+        plan = kv.build_step(self.pool, write, decodes, prefills, self.device)
+        return tokens, positions, slots, keep, chosen_for, plan
+
+    def _step(self) -> None:
+        """One forward pass over every running request's next tokens, then a token for each that needs one."""
+        tokens, positions, slots, keep, chosen_for, plan = self._plan()
+        BATCH_ROWS.observe(len(self._running))
+        device = self.device
+        ids = torch.tensor(tokens, dtype=torch.long).to(device, non_blocking=True).view(1, -1)
+        position_ids = torch.tensor(positions, dtype=torch.long).to(device, non_blocking=True).view(1, -1)
+        keep_t = torch.tensor(keep, dtype=torch.long).to(device, non_blocking=True)
+        adapted = any(slots)
+        with torch.inference_mode(), kv.running(plan):
+            self.selection.rows = torch.tensor(slots, dtype=torch.long).to(device) if adapted else None
+            try:
+                logits = self.model(
+                    input_ids=ids, position_ids=position_ids, use_cache=False, logits_to_keep=keep_t
+                ).logits[0]
+            finally:
+                self.selection.rows = None
+            for row in self._running:
+                row.computed += row.scheduled
+                row.scheduled = 0
+            if not chosen_for:
+                return
+            chosen = self._choose(logits, chosen_for).tolist()  # one device→host copy per step
+        for row, token in zip(chosen_for, chosen, strict=True):
+            if not self._advance_or_fail(row, token):
+                self._retire(row)
+
+    def _retire(self, row: _Row) -> None:
+        """A finished row leaves the batch: its KV blocks go back to the pool and its adapter is unpinned."""
+        if row in self._running:
+            self._running.remove(row)
+            self.pool.release(row.blocks)
+            row.blocks = []
+            self.release(row.request.adapter_key)
+            KV_BLOCKS_USED.set(self.pool.blocks - self.pool.free_blocks())
+
+    def _end(self, row: _Row, event: Event) -> None:
+        request = row.request
+        if not request.finished:
+            request.finished = True
+            event.prompt_tokens = len(request.prompt_ids)
+            event.completion_tokens = len(request.output_ids)
+            with contextlib.suppress(Exception):  # a caller that is gone cannot be told
+                request.emit(event)
+        self._retire(row)
 
     def _choose(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
         for i, row in enumerate(rows):
