@@ -22,6 +22,10 @@ from pydantic_settings import (
 
 _yaml_file: ContextVar[Path | None] = ContextVar("tuneforge_yaml_file", default=None)
 
+#: The Linear layers an inference replica gives adapter slots by default: every projection of a
+#: Llama/Qwen-style decoder layer (PEFT's `all-linear` on those models).
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
 
 def _default_home() -> Path:
     return Path(os.environ.get("TUNEFORGE_HOME", "~/.tuneforge")).expanduser()
@@ -71,6 +75,13 @@ class InferenceSettings(BaseModel):
     max_adapters: int = Field(default=8, ge=1, le=1024)
     #: Highest LoRA rank served (slots are sized for it).
     max_rank: int = Field(default=64, ge=1, le=512)
+    #: Names of the Linear layers that get adapter slots (each slot holds every one of them at `max_rank`):
+    #: adapters targeting another module are refused. Fewer targets, a lower rank or fewer adapters
+    #: shrink the slots' GPU memory, which is checked against what is free at start.
+    lora_targets: list[str] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGETS), min_length=1)
+    #: Host memory for decoded adapters below the GPU slots, in MiB (LRU): loading one again after its slot
+    #: was taken is then a copy, not a file read. 0 keeps none.
+    adapter_host_cache_mb: int = Field(default=2048, ge=0)
     #: Requests decoded together in one batch.
     max_batch_size: int = Field(default=16, ge=1, le=1024)
     #: How long a batch waits for more requests before it starts, in milliseconds.
@@ -110,6 +121,19 @@ class InferenceSettings(BaseModel):
     #: Cluster mode, a Serve replica: the model version (`tenant/name:version`) it serves instead of
     #: `base_model`; unset for the base model's application.
     serve_model: str | None = None
+
+    @field_validator("lora_targets", mode="after")
+    @classmethod
+    def _module_names(cls, value: list[str]) -> list[str]:
+        bad = [name for name in value if not name.isidentifier()]
+        if bad:
+            raise ValueError(
+                f"inference.lora_targets holds module names such as q_proj (the last part of a Linear's name), "
+                f"not {', '.join(map(repr, bad))}"
+            )
+        if len(set(value)) != len(value):
+            raise ValueError("inference.lora_targets names a module twice")
+        return value
 
     @field_validator("serve_url", mode="after")
     @classmethod
