@@ -169,6 +169,7 @@ def engine_loader(
             # engine): one rank-1 slot keeps the engine's shape at no memory cost
             max_adapters=1,
             max_rank=1,
+            targets=tuple(settings.lora_targets),
             max_batch_size=settings.max_batch_size,
             batch_wait_s=settings.batch_wait_ms / 1000,
         )

@@ -90,6 +90,7 @@ class InferenceReplica:
             base.tokenizer,
             max_adapters=inference.max_adapters,
             max_rank=inference.max_rank,
+            targets=tuple(inference.lora_targets),
             max_batch_size=inference.max_batch_size,
             batch_wait_s=inference.batch_wait_ms / 1000,
         )

@@ -74,6 +74,7 @@ class InferenceComponent(PlatformComponent):
                 base.tokenizer,
                 max_adapters=settings.max_adapters,
                 max_rank=settings.max_rank,
+                targets=tuple(settings.lora_targets),
                 max_batch_size=settings.max_batch_size,
                 batch_wait_s=settings.batch_wait_ms / 1000,
             )
