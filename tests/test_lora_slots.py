@@ -527,3 +527,34 @@ def test_on_cuda_pinned_copies_and_both_kernels_in_bfloat16(tmp_path: Path) -> N
             selection.kernel = kernel
             selection.set(rows.cuda(), host=rows)
             torch.testing.assert_close(layers["q_proj"](x), expected, rtol=2e-2, atol=5e-2)
+
+
+# -- the chart ---------------------------------------------------------------------------------
+
+
+def test_the_chart_passes_targets_and_the_host_cache_to_the_front_and_the_serve_replicas(tmp_path: Path) -> None:
+    import yaml
+
+    from tuneforge import deploy
+    from tuneforge.common.settings import load_settings
+
+    default = InferenceSettings()
+    values = "inference.loraTargets={q_proj,v_proj},inference.adapterHostCacheMb=512"
+    docs = [d for d in yaml.safe_load_all(deploy.render_chart(values)) if d]
+    (config,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "tuneforge-settings"]
+    (service,) = [d for d in docs if d["kind"] == "RayService"]
+    (path := tmp_path / "inference.yaml").write_text(config["data"]["inference.yaml"])
+    front = load_settings(path).inference
+    app = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]
+    replica = load_settings(None, **app["args"]["settings"]).inference
+    for loaded in (front, replica):
+        assert (loaded.lora_targets, loaded.adapter_host_cache_mb) == (["q_proj", "v_proj"], 512)
+    # the chart's defaults are the settings' own
+    docs = [d for d in yaml.safe_load_all(deploy.render_chart()) if d]
+    (service,) = [d for d in docs if d["kind"] == "RayService"]
+    app = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]
+    replica = load_settings(None, **app["args"]["settings"]).inference
+    assert (replica.lora_targets, replica.adapter_host_cache_mb) == (
+        default.lora_targets,
+        default.adapter_host_cache_mb,
+    )
