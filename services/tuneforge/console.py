@@ -100,18 +100,28 @@ def follow_eval(client, run_id: str, file=None):  # -> EvalRun
 
 
 def stream_answer(
-    client, model: str, messages: list[tuple[str, str]], sampling, out=None, shown: list[str] | None = None
+    client,
+    model: str,
+    messages: list[tuple[str, str]],
+    sampling,
+    out=None,
+    shown: list[str] | None = None,
+    response_format=None,
 ) -> tuple[str, object]:
     """Streams one answer to `out` as it is decoded; returns (text, last message).
 
     `shown` collects the pieces as they are written, so a caller interrupted mid-answer (Ctrl-C
-    cancels the call) knows what the user saw.
+    cancels the call) knows what the user saw. `response_format`: an `inference_pb2.ResponseFormat`
+    (structured output), or None for free text.
     """
     from tuneforge.v1 import common_pb2, inference_pb2
 
     out = out or sys.stdout
     request = inference_pb2.GenerateStreamRequest(
-        model=model, messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in messages], sampling=sampling
+        model=model,
+        messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in messages],
+        sampling=sampling,
+        response_format=response_format,
     )
     parts: list[str] = [] if shown is None else shown
     last = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from pathlib import Path
 
 from tuneforge.cli.adapters import adapter_version_request
 from tuneforge.cli.options import client_for, client_options, sampling_options
@@ -22,10 +23,28 @@ def _sampling(args: argparse.Namespace):  # -> inference_pb2.SamplingParams
     return sampling
 
 
+def _response_format(args: argparse.Namespace):  # -> inference_pb2.ResponseFormat | None
+    """`--json` / `--json-schema FILE` as the request's ResponseFormat (the server checks the schema)."""
+    from tuneforge.v1 import inference_pb2
+
+    if args.json_schema is not None:
+        try:
+            schema = Path(args.json_schema).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SystemExit(f"tuneforge: cannot read --json-schema {args.json_schema}: {exc}") from exc
+        return inference_pb2.ResponseFormat(
+            type=inference_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA, json_schema=schema, name=Path(args.json_schema).stem
+        )
+    if args.json:
+        return inference_pb2.ResponseFormat(type=inference_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT)
+    return None
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from tuneforge.v1 import inference_pb2
 
     messages = ([("system", args.system)] if args.system else []) + [("user", args.prompt)]
+    response_format = _response_format(args)
     with client_for(args) as client:
         if args.no_stream:
             from tuneforge.v1 import common_pb2
@@ -36,6 +55,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                     model=args.model,
                     messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in messages],
                     sampling=_sampling(args),
+                    response_format=response_format,
                 ),
             )
             print(response.text)
@@ -46,7 +66,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             )
             print(f"[rate it: tuneforge feedback submit {response.response_id} --up|--down ...]", file=sys.stderr)
             return 0
-        _, last = stream_answer(client, args.model, messages, _sampling(args))
+        _, last = stream_answer(client, args.model, messages, _sampling(args), response_format=response_format)
         if last is not None:
             print(f"[{last.usage.completion_tokens} tokens]", file=sys.stderr)
     return 0
@@ -111,6 +131,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     sampling_options(p)
     p.add_argument("--model", default="", help="adapter[:version|alias]; empty for the base model")
     p.add_argument("--no-stream", action="store_true", help="wait for the whole answer")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="the answer is a JSON object (enforced while decoding)")
+    shape.add_argument(
+        "--json-schema", metavar="FILE", help="the answer is JSON matching the JSON schema in FILE (enforced)"
+    )
     p.add_argument("prompt")
     p.set_defaults(func=cmd_generate)
 

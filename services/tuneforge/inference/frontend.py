@@ -41,6 +41,14 @@ from tuneforge.common.logging import get_logger
 from tuneforge.inference.base_model import verify_files
 from tuneforge.inference.engine import Engine, Event, Request, Sampling
 from tuneforge.inference.model_engines import ModelEngines, ServedModel
+from tuneforge.inference.structured import (
+    GRAMMARS,
+    TEXT,
+    JsonConstraint,
+    ResponseFormat,
+    response_format,
+    stop_token_ids,
+)
 from tuneforge.store.artifacts import ArtifactStore
 
 log = get_logger(__name__)
@@ -461,10 +469,41 @@ class InferenceFrontend:
         load = self.executors.loads.submit(self.engine.acquire, target.adapter_key, target.directory)
         return await _pinned_result(load, functools.partial(self.engine.release, target.adapter_key))
 
+    async def check_response_format(
+        self, kind: str, schema: Any, name: str, field: str, type_field: str
+    ) -> ResponseFormat | None:
+        """A request's checked `response_format` (None: free text); INVALID_ARGUMENT naming `field` for a
+        schema the grammar library cannot enforce. On a thread: a large schema takes a while to check."""
+        if kind == TEXT and schema in ("", None):
+            return None
+        return await run_in(
+            self.executors.prompts,
+            functools.partial(response_format, kind, schema, name, field=field, type_field=type_field),
+        )
+
+    async def constraint_for(self, engine: Any, response_format: ResponseFormat | None) -> JsonConstraint | None:
+        """A fresh structured-output constraint for one request on `engine` (None: free text).
+
+        Compiled for the engine's own tokenizer (a model version may have another) on a thread: the first
+        request on a tokenizer prepares llguidance's view of it (a second or so for a 152k vocabulary).
+        """
+        if response_format is None or not response_format.constrained:
+            return None
+        stops = getattr(engine, "stop_ids", None) or stop_token_ids(engine.tokenizer)
+        return await run_in(self.executors.prompts, GRAMMARS.constraint, response_format, engine.tokenizer, stops)
+
     async def stream(
-        self, tenant: str, target: Target, prompt_ids: list[int], sampling: Sampling
+        self,
+        tenant: str,
+        target: Target,
+        prompt_ids: list[int],
+        sampling: Sampling,
+        response_format: ResponseFormat | None = None,
     ) -> AsyncIterator[Event]:
-        """The request's events as the engine decodes it; the tenant's in-flight count is held meanwhile."""
+        """The request's events as the engine decodes it; the tenant's in-flight count is held meanwhile.
+
+        With a constrained `response_format` the engine decodes the reply under its grammar (`structured.py`).
+        """
         with self._slot_for(tenant):
             loop = asyncio.get_running_loop()
             events: asyncio.Queue[Event] = asyncio.Queue()
@@ -477,6 +516,7 @@ class InferenceFrontend:
                 if target.model_key is not None:  # reloaded here if it was unloaded since `resolve`
                     served = await self._acquire_model(target)
                     engine = served.engine
+                request.constraint = await self.constraint_for(engine, response_format)
                 if target.adapter_key is not None:
                     request.slot = await self._pin(target)
                 engine.submit(request)

@@ -9,11 +9,19 @@ caller's tenant only (404 otherwise). Errors come back in OpenAI's shape
 429 (the tenant's requests in flight, with `Retry-After`), 503 — so the official `openai` Python client
 works against it unchanged: a request that can never succeed as sent (a prompt or `max_tokens` over
 the limits, a field of the wrong type) is a 400 naming the field, never a 429 the client would retry.
+
+Bodies are parsed by a typed model (`openai_types.py`): a parameter this server does not implement
+(`tools`, `logprobs`, `n` > 1, …) is a 400 naming it, never silently ignored. `response_format`
+(`json_object`, `json_schema`) is enforced while decoding (`structured.py`). `usage` is the engine's
+count: the rendered prompt's token ids and the tokens generated; a stream carries it when asked
+(`stream_options.include_usage`), in a last chunk of its own as OpenAI sends it. An answer that fails
+or is cancelled after its first bytes ends its stream with an error event, never a `finish_reason`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -28,7 +36,8 @@ from tuneforge.common.logging import get_logger
 from tuneforge.common.settings import Settings
 from tuneforge.inference.engine import Event, Sampling
 from tuneforge.inference.feedback import ResponseRecorder, feedback_input_from_json, feedback_json
-from tuneforge.inference.frontend import InferenceFrontend
+from tuneforge.inference.frontend import InferenceFrontend, run_in
+from tuneforge.inference.openai_types import parse_chat_request
 
 log = get_logger(__name__)
 
@@ -60,6 +69,32 @@ async def _chain(first: Event, rest: AsyncIterator[Event]) -> AsyncIterator[Even
         yield event
 
 
+def _why(event: Event) -> str:
+    """What ended an answer that did not finish: the engine's error, or the cancellation."""
+    return event.error or f"the answer ended early ({event.finish_reason})"
+
+
+def _usage(event: Event) -> dict[str, int]:
+    """OpenAI's usage: the rendered prompt's token ids and the tokens generated (the engine's counts)."""
+    return {
+        "prompt_tokens": event.prompt_tokens,
+        "completion_tokens": event.completion_tokens,
+        "total_tokens": event.prompt_tokens + event.completion_tokens,
+    }
+
+
+def _error_event(exc: Exception) -> bytes:
+    """An SSE event carrying an error in OpenAI's shape (what the openai client raises mid-stream)."""
+    if isinstance(exc, TuneforgeError):
+        status, kind = STATUS.get(exc.status, (500, "server_error"))
+        message = exc.message if status != 500 else "internal error"
+    else:
+        log.error("openai_http_stream_failed", error=repr(exc))
+        status, kind, message = 500, "server_error", "internal error"
+    error = {"message": message, "type": kind, "param": None, "code": status}
+    return f"data: {json.dumps({'error': error})}\n\n".encode()
+
+
 def _from_domain(exc: TuneforgeError) -> web.Response:
     status, kind = STATUS.get(exc.status, (500, "server_error"))
     param = exc.violations[0].field if isinstance(exc, InvalidArgument) and exc.violations else None
@@ -74,8 +109,6 @@ def _from_domain(exc: TuneforgeError) -> web.Response:
 HTTP_KINDS = {404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error"}
 #: Seconds a client told 429 waits before retrying.
 RETRY_AFTER_S = 1
-#: OpenAI roles and what the chat template knows them as (`developer` is OpenAI's newer name for system).
-ROLE_NAMES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
 async def _json_body(request: web.Request) -> Any:
@@ -84,37 +117,6 @@ async def _json_body(request: web.Request) -> Any:
         return await request.json()
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument.for_field("body", f"is not JSON: {exc}") from exc
-
-
-def _optional(body: dict[str, Any], name: str, kind: type, what: str) -> Any:
-    """`body[name]` when present and not null, checked to be `kind` (bools are not numbers here)."""
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise InvalidArgument.for_field(name, f"must be {what}, got {type(value).__name__}")
-    return value
-
-
-def _message_text(message: Any, index: int) -> tuple[str, str]:
-    """(role, text) of one message; content is a string or a list of text parts."""
-    if not isinstance(message, dict):
-        raise InvalidArgument.for_field(f"messages[{index}]", "must be an object with role and content")
-    role = message.get("role")
-    if not isinstance(role, str):
-        raise InvalidArgument.for_field(f"messages[{index}].role", "must be a string")
-    content = message.get("content")
-    if isinstance(content, list):
-        texts = []
-        for part_index, part in enumerate(content):
-            field = f"messages[{index}].content[{part_index}]"
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise InvalidArgument.for_field(field, "only text parts ({type: text, text: ...}) are supported")
-            texts.append(part["text"])
-        content = "".join(texts)
-    if not isinstance(content, str):
-        raise InvalidArgument.for_field(f"messages[{index}].content", "must be a string or a list of text parts")
-    return ROLE_NAMES.get(role, role), content
 
 
 class OpenAIServer:
@@ -202,117 +204,123 @@ class OpenAIServer:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         tenant = self._tenant(request)
-        body = await _json_body(request)
-        if not isinstance(body, dict):
-            raise InvalidArgument.for_field("body", "must be a JSON object")
-        messages = body.get("messages")
-        if not isinstance(messages, list):
-            raise InvalidArgument.for_field("messages", "must be a list of {role, content}")
-        pairs = [_message_text(message, index) for index, message in enumerate(messages)]
-        if _optional(body, "n", int, "an integer") not in (None, 1):
-            raise InvalidArgument.for_field("n", "only 1 is supported")
-        stop = body.get("stop")
-        if isinstance(stop, str):
-            stop = [stop]
-        if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
-            raise InvalidArgument.for_field("stop", "must be a string or a list of strings")
-        temperature = _optional(body, "temperature", (int, float), "a number")
-        top_p = _optional(body, "top_p", (int, float), "a number")
-        max_tokens = _optional(body, "max_completion_tokens", int, "an integer")
-        if max_tokens is None:
-            max_tokens = _optional(body, "max_tokens", int, "an integer")
-        seed = _optional(body, "seed", int, "an integer")
+        raw = await request.read()  # at most MAX_BODY_BYTES (413 past it)
+        # parsed and validated on a thread: up to 4 MiB of JSON (see openai_types.py for what is refused)
+        inputs = await run_in(self.frontend.executors.prompts, parse_chat_request, raw)
+        pairs = inputs.pairs
         self.frontend.check_messages(pairs)  # cheap checks before a model version may be loaded
         sampling = self.frontend.sampling(
-            temperature=1.0 if temperature is None else float(temperature),
-            top_p=float(top_p or 0.0),
-            max_tokens=max_tokens or 0,
-            stop=stop or [],
-            seed=seed,
+            temperature=inputs.temperature,
+            top_p=inputs.top_p,
+            max_tokens=inputs.max_tokens,
+            stop=inputs.stop,
+            seed=inputs.seed,
             prefix="",
         )
-        model = body.get("model") or ""
-        if not isinstance(model, str):
-            raise InvalidArgument.for_field("model", "must be a string")
-        target = await self.frontend.resolve(tenant, model)
+        response_format = None
+        if inputs.response_format is not None:
+            kind, schema, name = inputs.response_format
+            response_format = await self.frontend.check_response_format(
+                kind, schema, name, "response_format.json_schema.schema", "response_format.type"
+            )
+        target = await self.frontend.resolve(tenant, inputs.model)
         prompt = await self.frontend.render_prompt(pairs, target=target)  # with the target's chat template
         completion_id = new_response_id()  # the response id feedback names
         created = int(time.time())
-        events = self.frontend.stream(tenant, target, prompt, sampling)
-        # taken before any byte is sent, so a failure up to the first token (a backend that is down) still
-        # gets its HTTP status (503) instead of a broken event stream
+        events = self.frontend.stream(tenant, target, prompt, sampling, response_format)
+        # taken before any byte is sent, so a failure up to the first token (a backend that is down, a schema
+        # the engine's tokenizer cannot take) still gets its HTTP status instead of a broken event stream
         first = await anext(events)
-        if first.finish_reason == "error":
-            return _error(503, "service_unavailable", f"generation failed on this replica: {first.error}; retry")
+        if first.finish_reason not in ("", *FINISH):  # an engine error or a cancellation: never a reply
+            await events.aclose()
+            return _error(503, "service_unavailable", f"generation failed on this replica: {_why(first)}; retry")
         events = _chain(first, events)
-        if not body.get("stream"):
-            parts: list[str] = []
-            async for event in events:
-                parts.append(event.delta)
-                if event.finish_reason:
-                    if event.finish_reason == "error":
-                        return _error(503, "service_unavailable", event.error)
-                    await self._record(tenant, completion_id, target.name, pairs, sampling, parts, event)
-                    return web.json_response(
-                        {
-                            "id": completion_id,
-                            "object": "chat.completion",
-                            "created": created,
-                            "model": target.name,
-                            "choices": [
-                                {
-                                    "index": 0,
-                                    "message": {"role": "assistant", "content": "".join(parts)},
-                                    "finish_reason": FINISH.get(event.finish_reason, "stop"),
-                                }
-                            ],
-                            "usage": {
-                                "prompt_tokens": event.prompt_tokens,
-                                "completion_tokens": event.completion_tokens,
-                                "total_tokens": event.prompt_tokens + event.completion_tokens,
-                            },
-                        }
-                    )
+        if not inputs.stream:
+            async with contextlib.aclosing(events):
+                return await self._whole(events, tenant, completion_id, created, target.name, pairs, sampling)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
 
-        async def send(delta: dict[str, Any], finish: str | None, usage: dict[str, int] | None = None) -> None:
+        async def send(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> None:
             chunk: dict[str, Any] = {
                 "id": completion_id,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": target.name,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                "choices": choices,
             }
-            if usage is not None:
+            if inputs.include_usage:  # as OpenAI: null on every chunk, the counts on a last one of their own
                 chunk["usage"] = usage
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
 
-        await send({"role": "assistant", "content": ""}, None)
+        def choice(delta: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
+            return [{"index": 0, "delta": delta, "finish_reason": finish}]
+
         parts = []
         try:
+            await send(choice({"role": "assistant", "content": ""}))
             async for event in events:
                 parts.append(event.delta)
                 if event.delta:
-                    await send({"content": event.delta}, None)
-                if event.finish_reason == "error":
-                    raise Unavailable(f"generation failed on this replica: {event.error}; retry")
-                if event.finish_reason:
-                    await self._record(tenant, completion_id, target.name, pairs, sampling, parts, event)
-                    usage = {
-                        "prompt_tokens": event.prompt_tokens,
-                        "completion_tokens": event.completion_tokens,
-                        "total_tokens": event.prompt_tokens + event.completion_tokens,
-                    }
-                    await send({}, FINISH.get(event.finish_reason, "stop"), usage)
-        except TuneforgeError as exc:
+                    await send(choice({"content": event.delta}))
+                if not event.finish_reason:
+                    continue
+                if event.finish_reason not in FINISH:  # the stream ends with an error, never with "stop"
+                    raise Unavailable(f"generation failed on this replica: {_why(event)}; retry")
+                await self._record(tenant, completion_id, target.name, pairs, sampling, parts, event)
+                await send(choice({}, FINISH[event.finish_reason]))
+                if inputs.include_usage:
+                    await send([], _usage(event))
+                break
+            else:
+                raise Unavailable("generation ended without a result; retry")
+        except ConnectionResetError:
+            return response  # the client went away: nobody to tell (closing the events frees its batch row)
+        except Exception as exc:
             # the status line is gone: the error travels as an event, which the openai client raises
-            status, kind = STATUS.get(exc.status, (500, "server_error"))
-            error = {"message": exc.message if status != 500 else "internal error", "type": kind, "code": status}
-            await response.write(f"data: {json.dumps({'error': error})}\n\n".encode())
+            await response.write(_error_event(exc))
+        finally:
+            await events.aclose()
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    async def _whole(
+        self,
+        events: AsyncIterator[Event],
+        tenant: str,
+        completion_id: str,
+        created: int,
+        model: str,
+        pairs: list[tuple[str, str]],
+        sampling: Sampling,
+    ) -> web.Response:
+        """A non-streaming answer: the whole completion once it has finished (503 if it failed instead)."""
+        parts: list[str] = []
+        async for event in events:
+            parts.append(event.delta)
+            if not event.finish_reason:
+                continue
+            if event.finish_reason not in FINISH:
+                return _error(503, "service_unavailable", f"generation failed on this replica: {_why(event)}")
+            await self._record(tenant, completion_id, model, pairs, sampling, parts, event)
+            return web.json_response(
+                {
+                    "id": completion_id,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "".join(parts)},
+                            "finish_reason": FINISH[event.finish_reason],
+                        }
+                    ],
+                    "usage": _usage(event),
+                }
+            )
+        raise Unavailable("generation ended without a result; retry")
 
     async def _record(
         self,

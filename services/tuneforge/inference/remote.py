@@ -46,6 +46,7 @@ from tuneforge.common.settings import Settings
 from tuneforge.inference import wire
 from tuneforge.inference.engine import Event, Sampling
 from tuneforge.inference.frontend import InferenceFrontend, Limits, Target, run_in
+from tuneforge.inference.structured import ResponseFormat
 from tuneforge.models import ModelResolver, ResolvedModel, template_hash
 from tuneforge.store.artifacts import ArtifactStore
 
@@ -243,11 +244,17 @@ class ServeFrontend(InferenceFrontend):
         return ChatRenderer(resolver.load_tokenizer(ResolvedModel(version.ref, str(directory), True, False)))
 
     async def stream(
-        self, tenant: str, target: Target, prompt_ids: list[int], sampling: Sampling
+        self,
+        tenant: str,
+        target: Target,
+        prompt_ids: list[int],
+        sampling: Sampling,
+        response_format: ResponseFormat | None = None,
     ) -> AsyncIterator[Event]:
         with self._slot_for(tenant):
             key = f"{tenant}/{target.name}" if target.adapter_key is not None else ""
-            body = wire.request_body(tenant, prompt_ids, sampling)
+            # the replica builds the constraint for its engine's tokenizer (the front checked the schema already)
+            body = wire.request_body(tenant, prompt_ids, sampling, response_format)
             async for event in self.client.generate(key, body, target.route):
                 yield event
                 if event.finish_reason:

@@ -8,7 +8,8 @@ header) and each replica keeps at most `inference.max_adapters`, unloading the l
 
 The application's ingress is plain HTTP on Serve's own proxy (`wire.py` has the format): the
 platform's gRPC and OpenAI fronts authenticate the caller, resolve `model` in its tenant and POST
-`{tenant, prompt_ids, sampling}` to `/generate`; the answer streams back as NDJSON events. A replica
+`{tenant, prompt_ids, sampling, response_format?}` to `/generate` (the replica compiles a response format
+into its engine's constraint); the answer streams back as NDJSON events. A replica
 with `inference.serve_token` refuses requests without that bearer token, since Serve's proxy itself
 authenticates nobody.
 
@@ -168,13 +169,14 @@ class InferenceReplica:
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidArgument.for_field("body", f"is not JSON: {exc}") from exc
         tenant, prompt_ids, sampling = wire.parse_request(body)
+        response_format = await run_in(self.frontend.executors.prompts, wire.response_format_of, body)
         if self._model_tenant is not None and tenant != self._model_tenant:
             raise NotFound("model", self.frontend.base_name)  # another tenant's model version
         key = serve.get_multiplexed_model_id()
         if key and key.partition("/")[0] != tenant:
             raise InvalidArgument.for_field(wire.MODEL_ID_HEADER, f"names another tenant's adapter than {tenant!r}")
         target = (await self.adapter(key)).target if key else Target(self.frontend.base_name, None, None)
-        events = self.frontend.stream(tenant, target, prompt_ids, sampling)
+        events = self.frontend.stream(tenant, target, prompt_ids, sampling, response_format)
         # the first event is awaited before the response starts, so every failure up to the first token
         # reaches the front as an HTTP status it can act on (and a request it may safely retry)
         first = await anext(events)

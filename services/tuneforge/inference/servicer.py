@@ -16,16 +16,23 @@ import grpc
 from tuneforge.catalog.feedback import new_response_id
 from tuneforge.common.auth import current_principal
 from tuneforge.common.convert import MODEL_KINDS, promotion_message
-from tuneforge.common.errors import Unavailable
+from tuneforge.common.errors import InvalidArgument, Unavailable
 from tuneforge.inference.engine import Sampling
 from tuneforge.inference.feedback import ResponseRecorder
 from tuneforge.inference.frontend import InferenceFrontend, Target
+from tuneforge.inference.structured import JSON_OBJECT, JSON_SCHEMA, TEXT, ResponseFormat
 from tuneforge.v1 import inference_pb2, inference_pb2_grpc
 
 FINISH = {
     "stop": inference_pb2.FINISH_REASON_STOP,
     "length": inference_pb2.FINISH_REASON_LENGTH,
     "stop_sequence": inference_pb2.FINISH_REASON_STOP_SEQUENCE,
+}
+RESPONSE_FORMATS = {
+    inference_pb2.RESPONSE_FORMAT_TYPE_UNSPECIFIED: TEXT,
+    inference_pb2.RESPONSE_FORMAT_TYPE_TEXT: TEXT,
+    inference_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT: JSON_OBJECT,
+    inference_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA: JSON_SCHEMA,
 }
 
 
@@ -42,7 +49,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             raise Unavailable("the base model is still loading; retry when health reports SERVING")
         return self.frontend
 
-    async def _start(self, request) -> tuple[InferenceFrontend, str, Target, list[int], object]:
+    async def _start(
+        self, request
+    ) -> tuple[InferenceFrontend, str, Target, list[int], Sampling, ResponseFormat | None]:
         frontend = self._ready()
         tenant = current_principal().tenant
         messages = [(m.role, m.content) for m in request.messages]
@@ -55,17 +64,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             stop=list(s.stop),
             seed=s.seed if s.HasField("seed") else None,
         )
+        response_format = await _response_format(frontend, request)
         target = await frontend.resolve(tenant, request.model)
         prompt = await frontend.render_prompt(messages, target=target)  # with the target's chat template
-        return frontend, tenant, target, prompt, sampling
+        return frontend, tenant, target, prompt, sampling, response_format
 
     async def Generate(
         self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.GenerateResponse:
-        frontend, tenant, target, prompt, sampling = await self._start(request)
+        frontend, tenant, target, prompt, sampling, response_format = await self._start(request)
         response_id = new_response_id()
         parts: list[str] = []
-        async for event in frontend.stream(tenant, target, prompt, sampling):
+        async for event in frontend.stream(tenant, target, prompt, sampling, response_format):
             parts.append(event.delta)
             if event.finish_reason:
                 _raise_if_failed(event)
@@ -84,11 +94,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def GenerateStream(
         self, request: inference_pb2.GenerateStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inference_pb2.GenerateStreamResponse]:
-        frontend, tenant, target, prompt, sampling = await self._start(request)
+        frontend, tenant, target, prompt, sampling, response_format = await self._start(request)
         response_id = new_response_id()
         first = True
         parts: list[str] = []
-        async for event in frontend.stream(tenant, target, prompt, sampling):
+        async for event in frontend.stream(tenant, target, prompt, sampling, response_format):
             parts.append(event.delta)
             if event.finish_reason:
                 _raise_if_failed(event)
@@ -139,6 +149,22 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return inference_pb2.ListModelsResponse(models=models)
 
 
+async def _response_format(frontend: InferenceFrontend, request) -> ResponseFormat | None:
+    """The request's `response_format` as the domain's (None: free text); INVALID_ARGUMENT naming the field."""
+    if not request.HasField("response_format"):
+        return None
+    given = request.response_format
+    kind = RESPONSE_FORMATS.get(given.type)
+    if kind is None:
+        raise InvalidArgument.for_field("response_format.type", f"unknown value {given.type}")
+    return await frontend.check_response_format(
+        kind, given.json_schema, given.name, "response_format.json_schema", "response_format.type"
+    )
+
+
 def _raise_if_failed(event) -> None:
+    """An answer that ended without finishing (an engine error, a cancellation) is an error, never a reply."""
     if event.finish_reason == "error":
         raise Unavailable(f"generation failed on this replica: {event.error}; retry")
+    if event.finish_reason not in FINISH:
+        raise Unavailable(f"generation ended early on this replica ({event.finish_reason}); retry")

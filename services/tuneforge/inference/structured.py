@@ -103,8 +103,8 @@ def response_format(
         if schema not in ("", None):
             raise InvalidArgument.for_field(field, f"is only read with type {JSON_SCHEMA}")
         return ResponseFormat(kind, "", name, field)
-    if isinstance(schema, str):
-        if not schema.strip():
+    if schema is None or isinstance(schema, str):
+        if schema is None or not schema.strip():
             raise InvalidArgument.for_field(field, f"is required with type {JSON_SCHEMA}: a JSON schema object")
         if len(schema.encode()) > MAX_SCHEMA_BYTES:
             raise InvalidArgument.for_field(field, f"is over {MAX_SCHEMA_BYTES // 1024} KiB of JSON")

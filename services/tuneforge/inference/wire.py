@@ -2,7 +2,7 @@
 
 Both ends import this module, so the format lives in one place:
 
-- `POST {serve_url}/generate`, body `{tenant, prompt_ids, sampling}`, header
+- `POST {serve_url}/generate`, body `{tenant, prompt_ids, sampling, response_format?}`, header
   `serve_multiplexed_model_id: tenant/adapter:version` (empty for the base model) — the header
   Serve's proxy routes on, so the request lands on a replica that already holds that adapter.
   The replica answers once the first token exists: `200 application/x-ndjson`, one engine event
@@ -23,6 +23,7 @@ from typing import Any
 
 from tuneforge.common.errors import FieldViolation, InvalidArgument, TuneforgeError
 from tuneforge.inference.engine import Event, Sampling
+from tuneforge.inference.structured import ResponseFormat
 
 GENERATE_PATH = "/generate"
 READY_PATH = "/ready"
@@ -53,8 +54,25 @@ class ReplicaError(TuneforgeError):
         self.status = status
 
 
-def request_body(tenant: str, prompt_ids: list[int], sampling: Sampling) -> dict[str, Any]:
-    return {"tenant": tenant, "prompt_ids": list(prompt_ids), "sampling": asdict(sampling)}
+def request_body(
+    tenant: str, prompt_ids: list[int], sampling: Sampling, response_format: ResponseFormat | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"tenant": tenant, "prompt_ids": list(prompt_ids), "sampling": asdict(sampling)}
+    if response_format is not None and response_format.constrained:
+        body["response_format"] = response_format.to_wire()  # the replica compiles it for its own tokenizer
+    return body
+
+
+def response_format_of(body: dict[str, Any]) -> ResponseFormat | None:
+    """The `response_format` of a `/generate` body (None: free text); INVALID_ARGUMENT naming a bad one.
+
+    Blocking for a large schema (it is checked again here): call it off the event loop.
+    """
+    given = body.get("response_format")
+    if given is None:
+        return None
+    checked = ResponseFormat.from_wire(given)
+    return checked if checked.constrained else None
 
 
 def parse_request(body: Any) -> tuple[str, list[int], Sampling]:
