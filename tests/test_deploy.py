@@ -223,6 +223,23 @@ def _cuda_line_of_torch(version: str) -> tuple[int, int]:
     raise AssertionError(f"torch=={version} requires no CUDA: {[str(r) for r in requirements]}")
 
 
+def test_the_images_install_the_torch_release_pyproject_pins() -> None:
+    # Dockerfile.train and the control image's CPU build install torch by hand (before DeepSpeed's build, from
+    # torch's CPU index); a pin there that drifts from pyproject.toml's would build images of another torch
+    # than the one tested (or fail the build on the conflict), and the CUDA base test would check the wrong one
+    pin = _torch_pin()
+    installs = {}
+    for dockerfile in ("Dockerfile.train", "Dockerfile.serve"):
+        text = (REPO / dockerfile).read_text()
+        assert set(re.findall(r"\btorch==([\w.+-]*\w)", text)) == {pin}, dockerfile  # comments name it as well
+        installs[dockerfile] = [
+            line for _, _, lines in _stages(dockerfile) for line in lines if re.search(r"\btorch==", line)
+        ]
+    assert installs["Dockerfile.train"] and all(line.startswith("RUN ") for line in installs["Dockerfile.train"])
+    (cpu_build,) = [lines for _, stage, lines in _stages("Dockerfile.serve") if stage == "build-cpu"]
+    assert any(f"torch=={pin}" in line and "download.pytorch.org/whl/cpu" in line for line in cpu_build)
+
+
 def test_gpu_images_start_from_the_cuda_line_of_the_pinned_torch_build() -> None:
     cuda = _cuda_line_of_torch(_torch_pin())
     for dockerfile in ("Dockerfile.train", "Dockerfile.serve"):
@@ -373,11 +390,15 @@ def test_training_workers_take_whole_4_gpu_nodes_and_the_cpu_profile_none(profil
     worker = groups[0]["template"]["spec"]
     resources = worker["containers"][0]["resources"]
     gpus = resources["limits"].get("nvidia.com/gpu")
+    p2p_off = {"name": "NCCL_P2P_DISABLE", "value": "1"}
     if name == "cpu":
         assert not any(
             "nvidia.com/gpu" in c["resources"]["limits"] for _, p in _pod_specs(docs) for c in p["spec"]["containers"]
         )
+        assert p2p_off not in worker["containers"][0]["env"]  # no GPUs, no NCCL
         return
+    # the default values and the GPU profile are for RTX 4090 nodes, which have no peer-to-peer: NCCL hangs without this
+    assert p2p_off in worker["containers"][0]["env"]
     assert gpus == resources["requests"]["nvidia.com/gpu"] == 4
     assert any(t["key"] == "nvidia.com/gpu" for t in worker["tolerations"])
     assert any(v["name"] == "dshm" and v["emptyDir"]["medium"] == "Memory" for v in worker["volumes"])
@@ -387,8 +408,6 @@ def test_training_workers_take_whole_4_gpu_nodes_and_the_cpu_profile_none(profil
         assert worker["nodeSelector"] == {"tuneforge.dev/gpu-pool": "rtx4090"}
         assert cluster["spec"]["enableInTreeAutoscaling"] is True
         assert worker["runtimeClassName"] == "nvidia"
-        # RTX 4090s have no peer-to-peer: NCCL hangs without this
-        assert {"name": "NCCL_P2P_DISABLE", "value": "1"} in worker["containers"][0]["env"]
 
 
 def test_gpu_worker_groups_start_with_workers_in_every_profile(profile: tuple[str, list[dict]]) -> None:
@@ -481,21 +500,92 @@ def test_without_ray_auth_the_clusters_say_so_and_nobody_gets_a_token() -> None:
     assert "RAY_AUTH_TOKEN" not in text and "RAY_AUTH_MODE" not in text
 
 
-def test_ray_pods_and_services_roll_when_their_settings_change() -> None:
-    def checksums(*settings: str) -> tuple[dict[str, str], dict[str, str], str]:
-        docs = _render([], *(a for s in settings for a in ("--set", s)))
-        pods = {w: p["metadata"]["annotations"]["checksum/settings"] for w, p in _platform_pods(docs)}
-        ray_yaml = _by_kind(docs, "ConfigMap")["tuneforge-settings"]["data"]["ray.yaml"]
-        ray = {w: c for w, c in pods.items() if not w.startswith("Deployment/")}
-        return pods, ray, ray_yaml
+def _rollout_state(*settings: str) -> dict[str, Any]:
+    """What decides what a `helm upgrade` to these values rolls: each Deployment's pod template, the training
+    RayCluster's spec (any change: KubeRay recreates its pods, upgradeStrategy Recreate), the RayService's
+    rayClusterConfig (any change: a new cluster, NewCluster) and its serveConfigV2 (alone: Serve rolls the
+    replicas in place on the running cluster)."""
+    docs = _render([], *(a for s in settings for a in ("--set", s)))
+    rayservice = _by_kind(docs, "RayService")["tuneforge-inference"]["spec"]
+    state: dict[str, Any] = {
+        name: d["spec"]["template"] for name, d in _by_kind(docs, "Deployment").items() if name != "tuneforge-console"
+    }
 
-    pods, ray, ray_yaml = checksums()
-    assert len(ray) == 4 and set(ray.values()) == {hashlib.sha256(ray_yaml.encode()).hexdigest()}
-    changed, _, _ = checksums("inference.baseModel=Qwen/Qwen2.5-3B-Instruct")
-    assert all(changed[w] != pods[w] for w in pods)  # every pod, Ray pods included, gets the new base model
-    other, other_ray, _ = checksums("evaluation.concurrency=3")
-    assert other_ray == ray  # a setting Ray pods do not read leaves the GPU clusters alone
-    assert other["Deployment/tuneforge-evaluation"] != pods["Deployment/tuneforge-evaluation"]
+    def hashed(cluster: dict) -> dict:  # what KubeRay hashes: worker counts and the strategy left out
+        cluster = {k: v for k, v in cluster.items() if k != "upgradeStrategy"}
+        muted = ("replicas", "minReplicas", "maxReplicas")
+        cluster["workerGroupSpecs"] = [
+            {k: v for k, v in g.items() if k not in muted} for g in cluster["workerGroupSpecs"]
+        ]
+        return cluster
+
+    state["RayCluster"] = hashed(_by_kind(docs, "RayCluster")["tuneforge-training"]["spec"])
+    state["RayService cluster"] = hashed(rayservice["rayClusterConfig"])
+    state["Serve applications"] = yaml.safe_load(rayservice["serveConfigV2"])
+    return state
+
+
+def _rolled(*settings: str) -> set[str]:
+    before, after = _rollout_state(), _rollout_state(*settings)
+    assert before.keys() == after.keys()
+    return {what for what in before if before[what] != after[what]}
+
+
+def test_ray_pods_and_services_roll_when_their_settings_change() -> None:
+    docs = _render([])
+    data = _by_kind(docs, "ConfigMap")["tuneforge-settings"]["data"]
+    ray_yaml = yaml.safe_load(data["ray.yaml"])
+    # Ray pods read only the layout from their file: replicas get the rest as Serve args, jobs in job.json
+    assert set(ray_yaml) == {"host", "metrics_port", "home", "artifact_root", "auth", "models"}
+    checksums = {w: p["metadata"]["annotations"]["checksum/settings"] for w, p in _platform_pods(docs)}
+    ray = {w: c for w, c in checksums.items() if not w.startswith("Deployment/")}
+    assert len(ray) == 4 and set(ray.values()) == {hashlib.sha256(data["ray.yaml"].encode()).hexdigest()}
+    for where, checksum in checksums.items():  # each service's pods follow its own file
+        if where.startswith("Deployment/"):
+            role = where.removeprefix("Deployment/tuneforge-")
+            assert checksum == hashlib.sha256(data[f"{role}.yaml"].encode()).hexdigest(), where
+    # a setting of one service restarts that service only: no Ray pod, no other service
+    assert _rolled("evaluation.concurrency=3") == {"tuneforge-evaluation"}
+    assert _rolled("training.maxRunningJobsPerTenant=3") == {"tuneforge-training"}
+    assert _rolled("curation.workers=3") == {"tuneforge-curation"}
+    # worker counts are the autoscaler's to change: KubeRay scales the running clusters
+    assert _rolled("rayCluster.gpuWorkers.maxReplicas=6", "inference.rayService.gpuWorkers.maxReplicas=4") == set()
+    # the layout Ray pods read (here the keys file's name) replaces both clusters' pods
+    assert {"RayCluster", "RayService cluster"} <= _rolled("auth.secretKey=api-keys.yaml")
+    # the log format: every service, and the replicas in place (their args); Ray pods configure no Tuneforge logs
+    services = {"tuneforge-curation", "tuneforge-training", "tuneforge-evaluation", "tuneforge-inference"}
+    assert _rolled("logFormat=console") == services | {"Serve applications"}
+
+
+@pytest.mark.parametrize(
+    ("setting", "field", "value"),
+    [("inference.maxBatchSize=64", "max_batch_size", 64), ("inference.maxAdapters=4", "max_adapters", 4)],
+)
+def test_an_inference_setting_rolls_serve_replicas_in_place_and_no_ray_cluster(
+    setting: str, field: str, value: int
+) -> None:
+    # the Serve applications change (KubeRay applies them to the running cluster: Serve rolls the replicas in
+    # place) and the front, which reads its limits from the same block; neither Ray cluster's pods change, so
+    # the RayService keeps its cluster and the training cluster keeps its running jobs
+    assert _rolled(setting) == {"Serve applications", "tuneforge-inference"}
+    from tuneforge.common.settings import load_settings
+
+    for app in _rollout_state(setting)["Serve applications"]["applications"]:
+        assert getattr(load_settings(None, **app["args"]["settings"]).inference, field) == value
+
+
+def test_a_base_model_change_brings_up_a_new_inference_cluster_and_leaves_training_alone() -> None:
+    # replicas of two base models behind one route would answer prompts rendered for the other model's template:
+    # a base model is a new RayService cluster, which takes the traffic at once when its application is healthy.
+    # Training jobs name their base model in each job: the training cluster and its running jobs stay.
+    new = "Qwen/Qwen2.5-3B-Instruct"
+    assert _rolled(f"inference.baseModel={new}") == {"RayService cluster", "Serve applications", "tuneforge-inference"}
+    state = _rollout_state(f"inference.baseModel={new}")
+    cluster = state["RayService cluster"]
+    for template in [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]:
+        assert template["metadata"]["annotations"]["tuneforge.dev/base-model"] == new
+    (app,) = state["Serve applications"]["applications"]
+    assert app["args"]["settings"]["inference"]["base_model"] == new  # the new cluster's replicas load it
 
 
 def test_upgrade_strategies_and_gcs_fault_tolerance() -> None:
@@ -676,9 +766,124 @@ def test_inference_pods_wait_long_enough_for_the_model_to_load(profile: tuple[st
         container = group["template"]["spec"]["containers"][0]
         assert not {"startupProbe", "readinessProbe", "livenessProbe"} & set(container)
         assert {"name": "serve", "containerPort": 8000, "protocol": "TCP"} in container["ports"]
+    # the front waits for the model without a restart too: only its readiness follows Serve (see the probe test)
     front = _by_kind(docs, "Deployment")["tuneforge-inference"]["spec"]["template"]["spec"]["containers"][0]
-    assert front["startupProbe"]["grpc"]["service"] == "tuneforge.v1.InferenceService"
+    assert front["readinessProbe"]["grpc"]["service"] == "tuneforge.v1.InferenceService"
+    assert "grpc" not in front["startupProbe"] and "grpc" not in front["livenessProbe"]
     assert {p["name"] for p in _by_kind(docs, "Service")["tuneforge-inference"]["spec"]["ports"]} >= {"grpc", "http"}
+
+
+def _probe_passes(probe: dict, container: dict, port: int) -> bool:
+    """The kubelet's verdict on a rendered gRPC or TCP probe, against a server whose container port is `port`."""
+    import socket
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    (kind,) = {"grpc", "tcpSocket", "httpGet", "exec"} & set(probe)
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    declared = probe[kind]["port"]
+    assert named.get(declared, declared) == container["ports"][0]["containerPort"], probe  # the gRPC port
+    if kind == "tcpSocket":
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        except OSError:
+            return False
+        return True
+    assert kind == "grpc", probe
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=probe["grpc"].get("service", "")), timeout=5
+            )
+        except grpc.RpcError:  # NOT_FOUND (an unknown service) fails a probe too
+            return False
+    return answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_the_front_is_never_restarted_for_serve_only_its_readiness_follows_it(keys_file: Path, tmp_path: Path) -> None:
+    """The rendered probes of the front against a real front: with Serve down (a 15 GB model loading, a new
+    cluster coming up) startup and liveness pass, so the kubelet never restarts it; readiness fails, so the
+    Service routes nothing to it, and passes once the Serve application answers with the front's base model."""
+    import http.server
+    import threading
+    import time
+
+    from conftest import MODEL_CACHE, make_settings
+
+    from tuneforge.inference.server import InferenceComponent
+    from tuneforge.models import ModelResolver, template_hash
+    from tuneforge.platform import BackgroundServer
+    from tuneforge.training.cluster import _free_port
+
+    docs = _render([])
+    (front,) = _by_kind(docs, "Deployment")["tuneforge-inference"]["spec"]["template"]["spec"]["containers"]
+    probes = {kind: front[f"{kind}Probe"] for kind in ("startup", "liveness", "readiness")}
+    # every gRPC health name of the front follows Serve, the server's own ("") included: no probe but
+    # readiness may ask one
+    assert probes["readiness"]["grpc"]["service"] == "tuneforge.v1.InferenceService"
+    app = yaml.safe_load(_by_kind(docs, "RayService")["tuneforge-inference"]["spec"]["serveConfigV2"])
+    route = app["applications"][0]["route_prefix"]
+    resolver = ModelResolver(MODEL_CACHE)
+    resolved = resolver.resolve("tiny-qwen2")
+    ready = json.dumps({"base_model": resolved.name, "template_hash": template_hash(resolver.load_tokenizer(resolved))})
+
+    class Serve(http.server.BaseHTTPRequestHandler):  # the application's /ready route, as replicas answer it
+        def do_GET(self) -> None:
+            status = 200 if self.path == f"{route}/ready" else 404
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(ready.encode() if status == 200 else b"{}")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    serve_port = _free_port()
+    settings = make_settings(
+        tmp_path / "front",
+        keys_file,
+        inference={
+            "base_model": "tiny-qwen2",
+            "serve_url": f"http://127.0.0.1:{serve_port}{route}",
+            "serve_health_interval_s": 0.5,
+            "http_port": 0,
+        },
+    )
+    server = BackgroundServer(settings, [InferenceComponent])
+    serve = None
+
+    def verdicts() -> dict[str, bool]:
+        return {kind: _probe_passes(probe, front, server.port) for kind, probe in probes.items()}
+
+    def settle(expected: dict[str, bool]) -> None:
+        deadline = time.monotonic() + 60
+        while (seen := verdicts()) != expected:
+            assert time.monotonic() < deadline, f"probes stayed {seen}, expected {expected}"
+            time.sleep(0.2)
+
+    try:
+        # Serve does not answer: alive and started, not ready
+        assert verdicts() == {"startup": True, "liveness": True, "readiness": False}
+        assert not _probe_passes({"grpc": {"port": 50051}}, front, server.port)  # "" follows Serve as well
+        serve = http.server.ThreadingHTTPServer(("127.0.0.1", serve_port), Serve)
+        threading.Thread(target=serve.serve_forever, daemon=True).start()
+        settle({"startup": True, "liveness": True, "readiness": True})
+        serve.shutdown()
+        serve.server_close()
+        serve = None
+        settle({"startup": True, "liveness": True, "readiness": False})  # Serve gone again: out of the Service only
+    finally:
+        if serve is not None:
+            serve.shutdown()
+            serve.server_close()
+        server.stop()
+    # embedded (no RayService): the model loads in the front's own process, which its startup probe waits for
+    (embedded,) = _by_kind(_render([], "--set", "inference.rayService.enabled=false"), "Deployment")[
+        "tuneforge-inference"
+    ]["spec"]["template"]["spec"]["containers"]
+    assert embedded["startupProbe"]["grpc"]["service"] == "tuneforge.v1.InferenceService"
+    assert embedded["livenessProbe"]["grpc"] == {"port": 50051}
 
 
 def test_no_secret_reaches_a_configmap_or_an_env_literal(profile: tuple[str, list[dict]]) -> None:

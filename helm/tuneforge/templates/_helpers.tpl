@@ -86,15 +86,10 @@ app.kubernetes.io/component: {{ .name }}
 /var/cache/tuneforge/models
 {{- end }}
 
-{{/* sha256 of the rendered settings ConfigMap: a pod-template annotation, so a settings change rolls the pods. */}}
+{{/* sha256 of one file of the settings ConfigMap: a pod-template annotation, so a pod rolls when the file it
+reads changes, and only then. Call with (dict "root" $ "file" "training.yaml"); Ray pods read ray.yaml. */}}
 {{- define "tuneforge.settingsChecksum" -}}
-{{- include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
-{{- end }}
-
-{{/* sha256 of the settings file Ray pods read (ray.yaml): a change replaces the Ray clusters' pods (RayCluster
-upgradeStrategy Recreate, RayService NewCluster), never one that only concerns a service's own file. */}}
-{{- define "tuneforge.raySettingsChecksum" -}}
-{{- get (include (print .Template.BasePath "/configmap.yaml") . | fromYaml).data "ray.yaml" | sha256sum }}
+{{- get (include (print .root.Template.BasePath "/configmap.yaml") .root | fromYaml).data .file | required (printf "no %s in the settings ConfigMap" .file) | sha256sum }}
 {{- end }}
 
 {{/* A role's ServiceAccount name: its `name`, or <release>-<default> when the chart creates it ("" = none set). Call with (dict "root" $ "block" $block "default" "curation"). */}}
@@ -303,7 +298,10 @@ volumeMounts:
 {{/*
 A Ray pod template (head or worker) of a KubeRay cluster. Call with
 (dict "root" $ "ctx" $ctx "image" $image "what" "rayCluster.image" "container" "ray-head" "group" $group
- "sa" "training-ray-head" "gpus" 0 "head" true "autoscaler" true "env" $extraEnv "serve" false).
+ "sa" "training-ray-head" "gpus" 0 "head" true "autoscaler" true "env" $extraEnv "serve" false
+ "annotations" $podAnnotations).
+Pod annotations: checksum/settings (ray.yaml), then `annotations` (what else must make new pods), then the
+group's podAnnotations.
 No probes are stated: KubeRay 1.7 injects its own into the Ray container (raylet and GCS health; for
 Serve workers also the proxy's /-/healthz in readiness), which know the Ray version's endpoints.
 No ServiceAccount token is mounted into any Ray container; with `autoscaler`, the head carries a
@@ -316,8 +314,11 @@ metadata:
   labels:
     {{- include "tuneforge.componentLabels" .ctx | nindent 4 }}
   annotations:
-    # settings reach Ray pods only by a new pod: this changes with them
-    checksum/settings: {{ include "tuneforge.raySettingsChecksum" $root }}
+    # the settings file Ray pods read (ray.yaml: the layout only); a change replaces the cluster's pods
+    checksum/settings: {{ include "tuneforge.settingsChecksum" (dict "root" $root "file" "ray.yaml") }}
+    {{- with .annotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
     {{- with $group.podAnnotations }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
