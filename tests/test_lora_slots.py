@@ -172,6 +172,7 @@ def test_slot_ids_are_checked_when_set() -> None:
     selection.set([1, 2, 3])
     with pytest.raises(ValueError, match="cannot be split over 3 rows"):
         layer(torch.randn(4, 32))
+    assert selection.plan(torch.zeros(0, 32), 32) is None  # no tokens, nothing to group
     # a CPU tensor given as the host copy is used as is (no device→host copy of `rows`)
     rows = torch.tensor([1, 2])
     selection.set(rows, host=rows.tolist())

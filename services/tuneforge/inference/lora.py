@@ -120,7 +120,8 @@ class SlotSelection:
         if host.numel() != rows.numel():
             raise ValueError(f"{host.numel()} host slot ids for {rows.numel()} rows")
         if host.numel() and (int(host.min()) < 0 or (self.slots is not None and int(host.max()) >= self.slots)):
-            raise ValueError(f"slot ids must lie in 0..{(self.slots or 1) - 1}, got {host.tolist()}")
+            bad = host[(host < 0) | (host >= (self.slots if self.slots is not None else host.max() + 1))]
+            raise ValueError(f"slot ids must lie in 0..{(self.slots or 1) - 1}, got {sorted(set(bad.tolist()))[:8]}")
         self._rows, self._host = rows, host
 
     def plan(self, x: torch.Tensor, in_features: int) -> _Plan | None:
@@ -130,6 +131,8 @@ class SlotSelection:
             return None
         rows = host.numel()
         tokens = x.numel() // in_features
+        if tokens == 0:
+            return None
         if rows == 0 or tokens % rows:
             raise ValueError(f"{tokens} tokens cannot be split over {rows} rows of slot ids")
         key = (tokens // rows, x.device, x.dtype)
