@@ -559,10 +559,16 @@ def test_ray_pods_and_services_roll_when_their_settings_change() -> None:
 
 @pytest.mark.parametrize(
     ("setting", "field", "value"),
-    [("inference.maxBatchSize=64", "max_batch_size", 64), ("inference.maxAdapters=4", "max_adapters", 4)],
+    [
+        ("inference.maxBatchSize=64", "max_batch_size", 64),
+        ("inference.maxAdapters=4", "max_adapters", 4),
+        ("inference.maxStepTokens=2048", "max_step_tokens", 2048),
+        ("inference.kvCacheTokens=65536", "kv_cache_tokens", 65536),
+        ("inference.kvMemoryFraction=0.8", "kv_memory_fraction", 0.8),
+    ],
 )
 def test_an_inference_setting_rolls_serve_replicas_in_place_and_no_ray_cluster(
-    setting: str, field: str, value: int
+    setting: str, field: str, value: float
 ) -> None:
     # the Serve applications change (KubeRay applies them to the running cluster: Serve rolls the replicas in
     # place) and the front, which reads its limits from the same block; neither Ray cluster's pods change, so

@@ -403,3 +403,20 @@ def test_cancelling_a_running_request_frees_its_kv_blocks_and_adapter_slot(
     assert final.finish_reason == "cancelled" and final.completion_tokens < 200
     assert _pins_after_the_last_batch(engine) == {}
     assert engine.pool.free_blocks() == engine.pool.blocks and engine.running() == 0
+
+
+def test_an_adapter_evicted_from_its_slot_comes_back_from_host_memory_without_its_files(
+    model: CountingModel, tmp_path: Path
+) -> None:
+    for engine in _engine(model, max_adapters=1, host_cache_bytes=2**20):
+        up1 = _shift_adapter(tmp_path / "up1", 1)
+        engine.load_adapter("acme/up1:1", up1)
+        first = engine.generate([2, 4, 6], "acme/up1:1", Sampling(max_tokens=4))[0]
+        engine.load_adapter("acme/up2:1", _shift_adapter(tmp_path / "up2", 2))  # takes the only slot
+        assert engine.loaded() == ["acme/up2:1"] and engine.decoded("acme/up1:1")
+        for path in up1.iterdir():  # a re-load reads no file
+            path.unlink()
+        assert engine.acquire("acme/up1:1", up1) == 1
+        engine.release("acme/up1:1")
+        assert engine.generate([2, 4, 6], "acme/up1:1", Sampling(max_tokens=4))[0] == first
+        assert engine.evict("acme/up1:1") and not engine.decoded("acme/up1:1")  # a deleted version goes for good

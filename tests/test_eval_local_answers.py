@@ -50,6 +50,9 @@ class HeldEngine:
     def has_adapter(self, key: str) -> bool:
         return True
 
+    def decoded(self, key: str) -> bool:
+        return True
+
     def loaded(self) -> list[str]:
         return []
 

@@ -67,6 +67,9 @@ class QuickEngine:
     def has_adapter(self, key: str) -> bool:
         return False
 
+    def decoded(self, key: str) -> bool:
+        return False
+
     def loaded(self) -> list[str]:
         return []
 

@@ -82,10 +82,20 @@ class InferenceSettings(BaseModel):
     #: Host memory for decoded adapters below the GPU slots, in MiB (LRU): loading one again after its slot
     #: was taken is then a copy, not a file read. 0 keeps none.
     adapter_host_cache_mb: int = Field(default=2048, ge=0)
-    #: Requests decoded together in one batch.
+    #: Requests decoded together in the running batch (continuous batching: they join and leave at every step).
     max_batch_size: int = Field(default=16, ge=1, le=1024)
-    #: How long a batch waits for more requests before it starts, in milliseconds.
+    #: How long an idle engine waits for more requests after the first before its first step, in milliseconds.
     batch_wait_ms: float = Field(default=5.0, ge=0, le=1000)
+    #: Tokens one engine step runs at most: one for every decoding request, the rest for chunks of prompts
+    #: being prefilled (a long prompt delays the others' next token by one chunk, never by its whole length).
+    max_step_tokens: int = Field(default=512, ge=16, le=65536)
+    #: Positions of the KV cache (prompt and output tokens of all admitted requests together); a request is
+    #: admitted once its prompt and `max_tokens` fit. 0 measures it at start: `kv_memory_fraction` of the GPU
+    #: memory free after the weights and adapter slots (8,192 on CPU). Set it when model versions are served
+    #: in the same process (embedded mode on a GPU): a measured cache takes the memory they would need.
+    kv_cache_tokens: int = Field(default=0, ge=0)
+    #: Share of the GPU memory free after weights and adapter slots that a measured KV cache takes.
+    kv_memory_fraction: float = Field(default=0.9, gt=0, le=0.98)
     #: Longest rendered prompt accepted, in tokens.
     max_prompt_tokens: int = Field(default=4096, ge=1)
     #: Largest `max_tokens` a request may ask for.

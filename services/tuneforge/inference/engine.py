@@ -37,7 +37,14 @@ from prometheus_client import Counter, Gauge, Histogram
 from tuneforge.common.errors import FailedPrecondition, ResourceExhausted
 from tuneforge.common.logging import get_logger
 from tuneforge.inference import kv
-from tuneforge.inference.lora import DEFAULT_TARGETS, inject, read_adapter, write_slot
+from tuneforge.inference.lora import (
+    DEFAULT_TARGETS,
+    HostAdapterCache,
+    check_slot_memory,
+    inject,
+    read_adapter,
+    write_slot,
+)
 
 log = get_logger(__name__)
 
@@ -192,6 +199,7 @@ class Engine:
         kv_cache_tokens: int | None = None,
         kv_memory_fraction: float = 0.9,
         kv_block_size: int = 16,
+        host_cache_bytes: int = 0,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -201,20 +209,24 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
         self.max_step_tokens = max_step_tokens
+        vocab = getattr(getattr(model, "config", None), "vocab_size", 0) or 0
+        # the step's activations, its logits and sampling's float64 copies
+        reserve = 2**30 + max_batch_size * vocab * 16 if self.device.type == "cuda" else 0
+        check_slot_memory(model, max_adapters + 1, max_rank, targets, reserve_bytes=reserve)
         injected = inject(model, max_adapters + 1, max_rank, targets)  # slot 0: no adapter
         self.layers = injected["layers"]
         self.selection = injected["selection"]
+        #: Decoded adapters in host memory below the slots: a re-load is a copy, not a file read.
+        self.host_cache = HostAdapterCache(host_cache_bytes) if host_cache_bytes else None
         kv.use_paged_attention(model)
         layers, kv_heads, head_dim = kv.model_kv_shape(model)
         dtype = parameter.dtype
-        vocab = getattr(model.config, "vocab_size", 0) or 0
         tokens = kv.pool_tokens(
             requested=kv_cache_tokens,
             bytes_per_token=kv.KVPool.bytes_per_token(layers, kv_heads, head_dim, dtype),
             device=self.device,
             memory_fraction=kv_memory_fraction,
-            # the step's activations, its logits and sampling's float64 copies
-            reserve_bytes=2**30 + max_batch_size * vocab * 16,
+            reserve_bytes=reserve,
             cpu_default=8192,
         )
         self.pool = kv.KVPool(
@@ -259,6 +271,10 @@ class Engine:
         with self._lock:
             return key in self._slots
 
+    def decoded(self, key: str) -> bool:
+        """Whether `key` is resident or in the host cache (its files were read and checked when it got there)."""
+        return self.has_adapter(key) or (self.host_cache is not None and key in self.host_cache)
+
     def acquire(self, key: str, directory: Path | None = None) -> int:
         """Makes `key` resident and pins it for one request; returns its slot (blocking: run it off the loop).
 
@@ -268,10 +284,14 @@ class Engine:
         slot = self.pin_if_loaded(key)
         if slot is not None:
             return slot
-        if directory is None:
+        cached = self.host_cache is not None and key in self.host_cache
+        if directory is None and not cached:
             raise FailedPrecondition(f"adapter {key} is not loaded on this replica")
         ADAPTER_MISSES.inc()
-        weights = read_adapter(directory, self.layers, self.max_rank)
+        if self.host_cache is not None:
+            weights = self.host_cache.read(key, directory or Path(), self.layers, self.max_rank)
+        else:
+            weights = read_adapter(directory, self.layers, self.max_rank)  # type: ignore[arg-type]
         with self._load_lock:
             slot = self.pin_if_loaded(key)
             if slot is not None:  # a concurrent call loaded it meanwhile
@@ -336,6 +356,8 @@ class Engine:
 
     def evict(self, key: str) -> bool:
         """Unloads `key` (e.g. its version was deleted) unless a request in flight still uses it."""
+        if self.host_cache is not None:
+            self.host_cache.discard(key)
         with self._lock:
             if key not in self._slots or self._pins.get(key, 0):
                 return False
@@ -532,7 +554,7 @@ class Engine:
         keep_t = torch.tensor(keep, dtype=torch.long).to(device, non_blocking=True)
         adapted = any(slots)
         with torch.inference_mode(), kv.running(plan):
-            self.selection.rows = torch.tensor(slots, dtype=torch.long).to(device) if adapted else None
+            self.selection.set(slots if adapted else None)  # grouped on the host: no device→host copy
             try:
                 logits = self.model(
                     input_ids=ids, position_ids=position_ids, use_cache=False, logits_to_keep=keep_t

@@ -207,10 +207,10 @@ class InferenceFrontend:
             return await self.resolve_model(tenant, version, directory)
         self.check_lineage(version)
         key = f"{tenant}/{version.ref}"
-        if not self.engine.has_adapter(key):
+        if not self.engine.decoded(key):  # resident, or decoded in host memory: its files were checked then
             lock = self._loading.setdefault(key, asyncio.Lock())
             async with lock:  # files checked once per load, however many requests wait for it
-                if not self.engine.has_adapter(key):
+                if not self.engine.decoded(key):
                     await run_in(self.executors.files, self._verify_files, version, directory)
         return Target(version.ref, key, version, directory)
 

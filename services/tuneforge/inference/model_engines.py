@@ -172,6 +172,9 @@ def engine_loader(
             targets=tuple(settings.lora_targets),
             max_batch_size=settings.max_batch_size,
             batch_wait_s=settings.batch_wait_ms / 1000,
+            max_step_tokens=settings.max_step_tokens,
+            kv_cache_tokens=settings.kv_cache_tokens or None,
+            kv_memory_fraction=settings.kv_memory_fraction,
         )
         return ServedModel(key, engine, ChatRenderer(loaded.tokenizer), loaded.template_hash)
 

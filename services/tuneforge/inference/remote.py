@@ -73,6 +73,9 @@ class _RemoteEngine:
     def has_adapter(self, key: str) -> bool:
         return True  # loading (and checking files) happens in the replica that gets the request
 
+    def decoded(self, key: str) -> bool:
+        return True  # likewise
+
     def loaded(self) -> list[str]:
         return []
 

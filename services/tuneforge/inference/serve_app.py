@@ -94,6 +94,10 @@ class InferenceReplica:
             targets=tuple(inference.lora_targets),
             max_batch_size=inference.max_batch_size,
             batch_wait_s=inference.batch_wait_ms / 1000,
+            max_step_tokens=inference.max_step_tokens,
+            kv_cache_tokens=inference.kv_cache_tokens or None,
+            kv_memory_fraction=inference.kv_memory_fraction,
+            host_cache_bytes=inference.adapter_host_cache_mb * 2**20,
         )
         self.frontend = InferenceFrontend(
             self.engine,
