@@ -39,144 +39,8 @@ from tuneforge.v1 import common_pb2, inference_pb2
 
 MAX_TOKENS = 300
 CHECKER = jsonschema.FormatChecker()
-SUITE: dict[str, dict[str, Any]] = {
-    "required_keys": {
-        "type": "object",
-        "properties": {
-            "name": {"type": "string", "minLength": 1, "maxLength": 12},
-            "age": {"type": "integer", "minimum": 0, "maximum": 120},
-        },
-        "required": ["name", "age"],
-        "additionalProperties": False,
-    },
-    "enums": {
-        "type": "object",
-        "properties": {
-            "status": {"type": "string", "enum": ["active", "inactive", "pending"]},
-            "priority": {"enum": [1, 2, 3]},
-        },
-        "required": ["status", "priority"],
-        "additionalProperties": False,
-    },
-    "integer_array": {
-        "type": "object",
-        "properties": {
-            "values": {
-                "type": "array",
-                "items": {"type": "integer", "minimum": -50, "maximum": 50},
-                "minItems": 1,
-                "maxItems": 4,
-            }
-        },
-        "required": ["values"],
-        "additionalProperties": False,
-    },
-    "nested_objects": {
-        "type": "object",
-        "properties": {
-            "user": {
-                "type": "object",
-                "properties": {
-                    "id": {"type": "integer", "minimum": 1, "maximum": 9999},
-                    "profile": {
-                        "type": "object",
-                        "properties": {
-                            "nickname": {"type": "string", "maxLength": 8},
-                            "verified": {"type": "boolean"},
-                        },
-                        "required": ["nickname", "verified"],
-                        "additionalProperties": False,
-                    },
-                },
-                "required": ["id", "profile"],
-                "additionalProperties": False,
-            }
-        },
-        "required": ["user"],
-        "additionalProperties": False,
-    },
-    "numbers_and_booleans": {
-        "type": "object",
-        "properties": {
-            "ratio": {"type": "number", "minimum": 0, "maximum": 1, "multipleOf": 0.25},
-            "count": {"type": "integer", "minimum": 0, "maximum": 1000},
-            "flag": {"type": "boolean"},
-        },
-        "required": ["ratio", "count", "flag"],
-        "additionalProperties": False,
-    },
-    "patterns_and_formats": {
-        "type": "object",
-        "properties": {
-            "code": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{2}$"},
-            "day": {"type": "string", "format": "date"},
-        },
-        "required": ["code", "day"],
-        "additionalProperties": False,
-    },
-    "array_of_objects": {
-        "type": "object",
-        "properties": {
-            "items": {
-                "type": "array",
-                "maxItems": 3,
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "sku": {"type": "string", "pattern": "^[a-z]{2,4}$"},
-                        "qty": {"type": "integer", "minimum": 1, "maximum": 9},
-                    },
-                    "required": ["sku", "qty"],
-                    "additionalProperties": False,
-                },
-            }
-        },
-        "required": ["items"],
-        "additionalProperties": False,
-    },
-    "nullable_union": {
-        "type": "object",
-        "properties": {
-            "value": {
-                "anyOf": [
-                    {"type": "string", "maxLength": 5},
-                    {"type": "integer", "minimum": 0, "maximum": 99},
-                    {"type": "null"},
-                ]
-            }
-        },
-        "required": ["value"],
-        "additionalProperties": False,
-    },
-    "top_level_array": {"type": "array", "items": {"type": "boolean"}, "minItems": 1, "maxItems": 5},
-    "optional_keys": {
-        "type": "object",
-        "properties": {
-            "title": {"type": "string", "minLength": 1, "maxLength": 10},
-            "note": {"type": "string", "maxLength": 10},
-            "tags": {"type": "array", "items": {"enum": ["red", "green", "blue"]}, "maxItems": 2},
-        },
-        "required": ["title"],
-        "additionalProperties": False,
-    },
-    "refs": {
-        "$defs": {
-            "point": {
-                "type": "object",
-                "properties": {
-                    "x": {"type": "integer", "minimum": -9, "maximum": 9},
-                    "y": {"type": "integer", "minimum": -9, "maximum": 9},
-                },
-                "required": ["x", "y"],
-                "additionalProperties": False,
-            }
-        },
-        "type": "object",
-        "properties": {"start": {"$ref": "#/$defs/point"}, "end": {"$ref": "#/$defs/point"}},
-        "required": ["start", "end"],
-        "additionalProperties": False,
-    },
-}
+#: The schemas every reply must follow (bounded strings and arrays; benchmarks/structured_output.py uses them too).
+SUITE: dict[str, dict[str, Any]] = json.loads((Path(__file__).parent / "assets" / "json_schemas.json").read_text())
 PERSON = SUITE["required_keys"]
 MESSAGES = [("system", "You answer in JSON."), ("user", "Describe a person.")]
 
@@ -323,6 +187,15 @@ def test_the_end_of_the_reply_is_allowed_exactly_where_the_json_may_end(engine: 
         array.accept(token)
     ok = allowed(array)
     assert not ok[stops].any() and not array.done()  # the array is still open
+    # every way of applying the mask agrees: numpy in place (float32 on CPU), torch on CPU (bfloat16), the
+    # bitmask unpacked on the logits' device (what a GPU runs, here on the CPU)
+    wide = torch.randn(vocab + 7)
+    half = wide.to(torch.bfloat16)
+    array.mask(wide)
+    array.mask(half)
+    assert torch.equal(torch.isinf(wide), torch.isinf(half.float()))
+    assert torch.equal(torch.isinf(wide[:vocab]), array.forbidden_on(torch.device("cpu"), vocab))
+    assert torch.isinf(wide[vocab:]).all()
     assert ok[_ids(tokenizer, ",")[0]] and ok[_ids(tokenizer, "]")[0]]
     array.accept(_ids(tokenizer, "]")[0])
     ok = allowed(array)
