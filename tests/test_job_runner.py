@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import ipaddress
 import json
@@ -9,6 +10,7 @@ import shlex
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -25,6 +27,7 @@ from tuneforge.models import ModelResolver
 from tuneforge.store.artifacts import ArtifactStore
 from tuneforge.store.leases import Leases
 from tuneforge.store.metadata import MetadataStore
+from tuneforge.training import cluster
 from tuneforge.training.cluster import LocalRayHead, RayJobs, SubmissionStatus
 from tuneforge.training.job_store import FAILED, QUEUED, RUNNING, JobStore
 from tuneforge.training.jobs import JobSpecInput
@@ -186,9 +189,67 @@ def test_the_local_head_is_found_again_and_stopped(tmp_path: Path) -> None:
         again = LocalRayHead(tmp_path / "ray", num_cpus=1)  # a restarted service
         assert again.running_address() == address and again.ensure() == address
         assert ":" in again.gcs_address()
+        assert (again.temp_dir / "ray_current_cluster").is_file()
+
+        # the runner's stops that leave the head running leave Ray's session directory with it
+        runner, jobs, metadata = _runner(tmp_path)
+        runner.head = again
+        asyncio.run(runner.stop(stop_local_head=False))
+        assert again.running_address() == address and again.temp_dir.is_dir()
+        job = jobs.create(
+            "acme", JobSpecInput(base_model="tiny-qwen2", dataset_version_id="dsv-" + "a" * 24, adapter_name="a")
+        )
+        asyncio.run(runner.stop())  # a job is queued: the head stays up for it
+        assert again.running_address() == address and again.temp_dir.is_dir()
+        assert again.gcs_address() == head.gcs_address()
+
+        # with nothing left to run the head stops, and its session directory goes once its processes are gone
+        jobs.cancel("acme", job.id)
+        asyncio.run(runner.stop())
+        metadata.close()
+        assert again.running_address() is None
+        assert not again.private_dir.exists(), sorted(p.name for p in again.private_dir.rglob("*"))[:20]
     finally:
         head.stop()
     assert LocalRayHead(tmp_path / "ray").running_address() is None
+    assert not head.private_dir.exists()
+
+
+def test_a_stopped_head_s_session_directory_is_kept_while_a_process_still_uses_it(tmp_path: Path, monkeypatch) -> None:
+    """Ray's temp dir goes with the head, but never from under a process that still runs in it."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # the system temp dir, as the head sees it
+    monkeypatch.setattr(cluster, "SESSION_EXIT_S", 1.0)
+    head = LocalRayHead(tmp_path / "home" / "ray")
+    sockets = head.temp_dir / "session_latest" / "sockets"
+    sockets.mkdir(parents=True)
+    head.directory.mkdir(parents=True)
+
+    def record_head() -> subprocess.Popen[bytes]:
+        stand_in = subprocess.Popen(["sleep", "600"], start_new_session=True)  # a head: a process group of its own
+        head.state_file.write_text(json.dumps({"pid": stand_in.pid, "dashboard_url": "http://127.0.0.1:1"}))
+        return stand_in
+
+    # a raylet outside the head's process group still names the directory (its socket): kept
+    raylet = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)", f"--raylet_socket_name={sockets / 'raylet'}"],
+        start_new_session=True,
+    )
+    try:
+        stand_in = record_head()
+        head.stop(timeout_s=5)
+        stand_in.wait(5)
+        assert not psutil.pid_exists(stand_in.pid) and not head.state_file.exists()
+        assert sockets.is_dir()
+    finally:
+        raylet.kill()
+        raylet.wait(5)
+
+    # the next stop, with none of its processes left, removes it and our private directory around it
+    stand_in = record_head()
+    head.stop(timeout_s=5)
+    stand_in.wait(5)
+    assert not head.private_dir.exists()
+    assert (tmp_path / "tmp").is_dir() and head.directory.is_dir()  # the home's token and log stay
 
 
 def _loopback(address: str) -> bool:

@@ -8,6 +8,8 @@ machine (`ray start --head --block` in its own process group), records it in `<h
 and reuses it after its own restart, so jobs running on it are picked up again rather than lost.
 That head listens on loopback only and runs with Ray's token auth: a random token in
 `<home>/ray/auth_token` (0600) that the head, the Job API client and the jobs' processes read.
+Ray's session directory (its `--temp-dir`, under the system temp directory) goes when the head is
+stopped, once none of its processes is left; a head left running keeps it.
 Every call here blocks (HTTP or process management): the service runs them in threads.
 """
 
@@ -19,8 +21,10 @@ import json
 import os
 import random
 import secrets
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -35,6 +39,8 @@ log = get_logger(__name__)
 
 #: Ray job states after which a submission never changes again.
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+#: Seconds a stopped head's processes get to be gone before its session directory is kept instead.
+SESSION_EXIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -198,6 +204,38 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _session_processes(group: int, temp_dir: Path) -> bool:
+    """Whether a process of the head's process group, or one naming its temp dir, still runs.
+
+    Zombies run nothing and do not count (an orphan's may wait for an init that never reaps it).
+    Without /proc only the process group is asked, and a zombie in it counts.
+    """
+    try:
+        os.killpg(group, 0)
+        in_group = True
+    except ProcessLookupError:
+        in_group = False
+    except PermissionError:
+        in_group = True
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return in_group
+    marker = os.fsencode(f"{temp_dir}/")
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # `pid (comm) state ppid pgrp ...`: comm may hold spaces and parentheses, what follows the last `)` not
+            fields = (entry / "stat").read_bytes().rpartition(b")")[2].split()
+            if fields[0] in (b"Z", b"X"):
+                continue
+            if int(fields[2]) == group or marker in (entry / "cmdline").read_bytes():
+                return True
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile, or not ours to read
+    return False
+
+
 class LocalRayHead:
     """A Ray head on this machine that the service starts, finds again after a restart, and stops."""
 
@@ -315,7 +353,7 @@ class LocalRayHead:
         return url
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Stops the recorded head and everything it started (its process group)."""
+        """Stops the recorded head and everything it started (its process group), then removes Ray's temp dir."""
         state = self._state()
         if not state:
             return
@@ -333,3 +371,32 @@ class LocalRayHead:
             os.killpg(pid, signal.SIGKILL)
         self.state_file.unlink(missing_ok=True)
         log.info("local_ray_stopped", pid=pid)
+        self._remove_session_dir(pid)
+
+    def _remove_session_dir(self, group: int) -> None:
+        """Removes Ray's temp dir (and our private directory around it) once no process of the head is left.
+
+        A directory some process of the head still uses is kept: removing it under a running head
+        would take its sockets and logs away.
+        """
+        deadline = time.monotonic() + SESSION_EXIT_S
+        while _session_processes(group, self.temp_dir):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(group, os.WNOHANG)  # the head, when it is our child, is a zombie until reaped
+            if time.monotonic() > deadline:
+                log.warning("local_ray_session_dir_kept", directory=str(self.private_dir), reason="Ray processes left")
+                return
+            time.sleep(0.1)
+        try:
+            info = self.private_dir.lstat()
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            log.warning("local_ray_session_dir_kept", directory=str(self.private_dir), reason="not ours")
+            return
+        try:
+            shutil.rmtree(self.private_dir)
+        except OSError as exc:
+            log.warning("local_ray_session_dir_kept", directory=str(self.private_dir), reason=repr(exc))
+            return
+        log.info("local_ray_session_dir_removed", directory=str(self.private_dir))
