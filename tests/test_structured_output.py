@@ -411,6 +411,15 @@ def test_the_openai_client_gets_json_that_follows_the_schema(http_url: str, base
             response_format={"type": "json_schema", "json_schema": {"name": "points", "schema": SUITE["refs"]}},
         )
         _valid(sampled.choices[0].message.content, SUITE["refs"])
+    any_object = chat.chat.completions.create(
+        model="tiny-qwen2",
+        messages=_openai_messages(),
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+        response_format={"type": "json_object"},
+    )
+    assert any_object.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(any_object.choices[0].message.content), dict)
     cut = chat.chat.completions.create(
         model="tiny-qwen2", messages=_openai_messages(), max_tokens=4, response_format=schema_format
     )
