@@ -147,8 +147,9 @@ def seeds_from_file(data: bytes) -> list[str]:
         except ValueError:
             record = line
         if isinstance(record, dict):
-            users = [m.get("content", "") for m in record.get("messages", []) if isinstance(m, dict)]
-            users = [m for m, r in zip(users, record.get("messages", []), strict=False) if r.get("role") == "user"]
+            messages = record.get("messages")
+            messages = messages if isinstance(messages, list) else []  # null, a number, an object: no messages
+            users = [m.get("content", "") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
             record = record.get("instruction") or (users[0] if users else "")
         if isinstance(record, str) and record.strip():
             seeds.append(record.strip())

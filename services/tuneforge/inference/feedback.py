@@ -158,6 +158,11 @@ def _json_field(body: dict[str, Any], name: str, kind: type, what: str, default:
         return default
     if isinstance(value, bool) or not isinstance(value, kind):
         raise InvalidArgument.for_field(name, f"must be {what}, got {type(value).__name__}")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # JSON can escape lone surrogates, which no UTF-8 text (or store) holds
+            raise InvalidArgument.for_field(name, "must be Unicode text: it holds a lone surrogate") from None
     return value
 
 

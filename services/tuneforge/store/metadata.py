@@ -188,7 +188,10 @@ def decode_page_token(token: str, field: str = "page_token", kind: str = "newest
         raise InvalidArgument.for_field(
             field, "is not a token returned by a previous call of this list (no UTC offset)"
         )
-    return when.astimezone(UTC), str(row_id)
+    try:
+        return when.astimezone(UTC), str(row_id)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+14:00 is before year 1 in UTC
+        raise InvalidArgument.for_field(field, "is not a token returned by a previous call of this list") from exc
 
 
 def page_size_of(requested: int, field: str = "page_size", default: int = 100, maximum: int = 1000) -> int:
