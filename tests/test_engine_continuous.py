@@ -165,3 +165,23 @@ def test_adapters_and_the_base_model_in_one_batch_answer_as_peft_does_alone(
     assert [call.tokens() for call in calls] == expected
     engine.generate([1], sampling=Sampling(max_tokens=1))  # rows release their adapter after their final event
     assert engine._pins == {}
+
+
+def test_a_cached_prompt_prefix_gives_the_same_tokens_as_computing_it(engine: Engine, arch: str) -> None:
+    g = torch.Generator().manual_seed(9)
+    shared = torch.randint(1, VOCAB, (41,), generator=g).tolist()
+    prompts = [shared + torch.randint(1, VOCAB, (n,), generator=g).tolist() for n in (3, 9, 1)]
+    expected = [_reference(arch, p, 12, None) for p in prompts]
+    before = _cached_tokens()
+    for prompt, tokens in zip(prompts, expected, strict=True):  # one after another: each reuses the blocks before
+        call = Call(prompt, 12)
+        call.request.prefix_scope = "acme"
+        engine.submit(call.request)
+        assert call.tokens() == tokens
+    assert _cached_tokens() - before == 2 * 40  # the later two reused the 5 whole blocks of the shared 41 tokens
+
+
+def _cached_tokens() -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("tuneforge_inference_prefix_cached_tokens_total") or 0.0

@@ -420,3 +420,54 @@ def test_an_adapter_evicted_from_its_slot_comes_back_from_host_memory_without_it
         engine.release("acme/up1:1")
         assert engine.generate([2, 4, 6], "acme/up1:1", Sampling(max_tokens=4))[0] == first
         assert engine.evict("acme/up1:1") and not engine.decoded("acme/up1:1")  # a deleted version goes for good
+
+
+def _scoped(prompt: list[int], tokens: int, scope: str | None, adapter: str | None = None, slot: int = 0) -> Call:
+    call = Call.__new__(Call)
+    call.done, call.events = threading.Event(), []
+    call.request = Request(list(prompt), adapter, Sampling(max_tokens=tokens), call._emit, slot=slot)
+    call.request.prefix_scope = scope
+    return call
+
+
+def test_a_prompt_prefix_cached_by_the_same_tenant_and_adapter_is_reused_and_nobody_else_s(
+    model: CountingModel, tmp_path: Path
+) -> None:
+    for engine in _engine(model, kv_block_size=8, kv_cache_tokens=256):
+        shared = [(5 * i) % 28 + 1 for i in range(35)]
+        prompts = [[*shared, 3, 9], [*shared, 7], [*shared, 3, 9]]
+        alone = [engine.generate(p, sampling=Sampling(max_tokens=6))[0] for p in prompts]
+        engine.load_adapter("acme/up1:1", _shift_adapter(tmp_path / "up1", 1))
+
+        def chunks(call: Call, engine: Engine = engine) -> list[int]:
+            del model.passes[:]
+            engine.submit(call.request)
+            call.result()
+            return [c for p in model.passes for c in p.chunks]
+
+        first = _scoped(prompts[0], 6, "acme")
+        assert chunks(first) == [37] and first.result()[0] == alone[0]  # nothing cached yet: the whole prompt
+        # the same tenant: the 4 whole blocks of the shared 35 tokens are reused, only the rest is computed
+        second = _scoped(prompts[1], 6, "acme")
+        assert chunks(second) == [36 - 32] and second.result()[0] == alone[1]
+        third = _scoped(prompts[2], 6, "acme")
+        assert chunks(third) == [37 - 32] and third.result()[0] == alone[2]
+        # another tenant, the same tenant through an adapter, or a request outside any scope: nothing reused
+        assert chunks(_scoped(prompts[0], 6, "globex")) == [37]
+        slot = engine.acquire("acme/up1:1")
+        assert chunks(_scoped(prompts[0], 6, "acme", "acme/up1:1", slot)) == [37]
+        assert chunks(_scoped(prompts[0], 6, None)) == [37]
+        assert engine.pool.free_blocks() == engine.pool.blocks  # cached blocks held by no request are free space
+
+
+def test_cached_prefix_blocks_give_way_to_new_requests_when_the_pool_is_full(model: CountingModel) -> None:
+    for engine in _engine(model, kv_block_size=8, kv_cache_tokens=64):  # 8 blocks
+        prompts = [[(k * i) % 28 + 1 for i in range(30)] for k in (3, 5, 7)]
+        alone = [engine.generate(p, sampling=Sampling(max_tokens=10))[0] for p in prompts]
+        # each request takes 5 of the 8 blocks and leaves 3 prompt blocks cached: the next one evicts them
+        for _ in range(2):
+            for prompt, expected in zip(prompts, alone, strict=True):
+                call = _scoped(prompt, 10, "acme")
+                engine.submit(call.request)
+                assert call.result()[0] == expected
+        assert engine.pool.free_blocks() == engine.pool.blocks

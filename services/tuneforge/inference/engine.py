@@ -62,6 +62,9 @@ BATCH_ROWS = Histogram(
 )
 KV_BLOCKS_USED = Gauge("tuneforge_inference_kv_blocks_used", "KV cache blocks held by admitted requests.")
 KV_BLOCKS_TOTAL = Gauge("tuneforge_inference_kv_blocks_total", "KV cache blocks of the pool.")
+PREFIX_CACHED_TOKENS = Counter(
+    "tuneforge_inference_prefix_cached_tokens_total", "Prompt tokens whose keys and values were reused, not computed."
+)
 ADAPTER_LOADS = Counter("tuneforge_inference_adapter_loads_total", "Adapters loaded into a slot.")
 ADAPTER_EVICTIONS = Counter("tuneforge_inference_adapter_evictions_total", "Adapters evicted from their slot.")
 ADAPTER_HITS = Counter("tuneforge_inference_adapter_cache_hits_total", "Requests whose adapter was already loaded.")
@@ -158,6 +161,9 @@ class Request:
     detokenizer: Detokenizer = field(default_factory=Detokenizer)
     #: Structured output (`response_format`): the tokens the reply may take next; None = any.
     constraint: TokenConstraint | None = None
+    #: Who may reuse this prompt's cached keys and values (the tenant; with the adapter it makes the
+    #: prefix cache's scope); None: this request neither reuses nor leaves any.
+    prefix_scope: str | None = None
 
 
 class _Row:
@@ -180,6 +186,9 @@ class _Row:
         self.computed = 0
         #: Tokens of the row in the step being run.
         self.scheduled = 0
+        #: Chained digests of the prompt's whole blocks (prefix caching), and how many of them are published.
+        self.digests: list[bytes] = []
+        self.published = 0
 
 
 class Engine:
@@ -491,12 +500,22 @@ class Engine:
         """
         while self._waiting and len(self._running) < self.max_batch_size:
             request = self._waiting[0]
-            blocks = self.pool.allocate(len(request.prompt_ids) + request.sampling.max_tokens)
-            if blocks is None:
+            prompt = request.prompt_ids
+            digests: list[bytes] = []
+            if request.prefix_scope is not None:
+                scope = f"{request.prefix_scope}\x00{request.adapter_key or ''}"
+                digests = kv.prefix_digests(scope, prompt, self.pool.block_size)
+            # the prompt's last token is always run: it gives the first output token
+            reusable = digests[: (len(prompt) - 1) // self.pool.block_size]
+            taken = self.pool.allocate(len(prompt) + request.sampling.max_tokens, reusable)
+            if taken is None:
                 break
             self._waiting.popleft()
             row = _Row(request, self.device)
-            row.blocks = blocks
+            row.blocks, reused = taken
+            row.digests, row.published = digests, reused
+            row.computed = reused * self.pool.block_size
+            PREFIX_CACHED_TOKENS.inc(row.computed)
             self._running.append(row)
         QUEUE_DEPTH.set(self.queue_depth())
         KV_BLOCKS_USED.set(self.pool.blocks - self.pool.free_blocks())
@@ -564,6 +583,10 @@ class Engine:
             for row in self._running:
                 row.computed += row.scheduled
                 row.scheduled = 0
+                whole = min(row.computed // self.pool.block_size, len(row.digests))
+                for index in range(row.published, whole):  # prompt blocks now complete: reusable
+                    self.pool.publish(row.blocks[index], row.digests[index])
+                row.published = max(row.published, whole)
             if not chosen_for:
                 return
             chosen = self._choose(logits, chosen_for).tolist()  # one device→host copy per step

@@ -510,6 +510,7 @@ class InferenceFrontend:
             request = Request(
                 prompt_ids, target.adapter_key, sampling, lambda e: loop.call_soon_threadsafe(events.put_nowait, e)
             )
+            request.prefix_scope = tenant  # a tenant's prompts reuse its own cached prefixes, never another's
             served: ServedModel | None = None
             try:
                 engine = self.engine

@@ -19,7 +19,11 @@ engine step (another caller of the same model) it is plain SDPA with transformer
 
 from __future__ import annotations
 
+import hashlib
 import threading
+from array import array
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +58,11 @@ class KVPool:
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self._free = list(range(blocks - 1, -1, -1))
+        self._refs = [0] * blocks  # requests holding each block
+        # prompt blocks whose keys and values may be reused by a request with the same prefix (prefix caching)
+        self._by_digest: dict[bytes, int] = {}
+        self._digest_of: dict[int, bytes] = {}
+        self._evictable: OrderedDict[int, None] = OrderedDict()  # cached, held by no request; LRU first
 
     @staticmethod
     def bytes_per_token(layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
@@ -69,22 +78,77 @@ class KVPool:
         return -(-tokens // self.block_size)
 
     def free_blocks(self) -> int:
-        return len(self._free)
+        """Blocks a new request can take: free ones and cached prompt blocks no request holds."""
+        return len(self._free) + len(self._evictable)
 
-    def allocate(self, tokens: int) -> list[int] | None:
-        """Blocks for `tokens` positions, or None when not that many are free (nothing is taken then)."""
+    def allocate(self, tokens: int, prefix: Sequence[bytes] = ()) -> tuple[list[int], int] | None:
+        """Blocks for `tokens` positions, reusing cached blocks of the same prompt prefix; None when they do not fit.
+
+        `prefix`: the chained digests of the request's leading full prompt blocks that may be reused
+        (`prefix_digests`). Returns (block table, how many leading blocks came from the cache: their
+        positions are computed already). Nothing is taken when the request does not fit.
+        """
         need = self.blocks_for(tokens)
-        if need > len(self._free):
+        reused: list[int] = []
+        for digest in prefix[:need]:
+            block = self._by_digest.get(digest)
+            if block is None:
+                break
+            reused.append(block)
+        held = [b for b in reused if self._refs[b] > 0]
+        # cached blocks without a holder are free capacity until reused here
+        if need - len(reused) > len(self._free) + len(self._evictable) - (len(reused) - len(held)):
             return None
-        return [self._free.pop() for _ in range(need)]
+        for block in reused:
+            self._evictable.pop(block, None)
+            self._refs[block] += 1
+        table = list(reused)
+        while len(table) < need:
+            if self._free:
+                block = self._free.pop()
+            else:  # the least recently used cached block no request holds
+                block, _ = self._evictable.popitem(last=False)
+                del self._by_digest[self._digest_of.pop(block)]
+            self._refs[block] = 1
+            table.append(block)
+        return table, len(reused)
+
+    def publish(self, block: int, digest: bytes) -> None:
+        """Marks a block holding a whole prompt block's keys and values as reusable under `digest`."""
+        if digest not in self._by_digest and block not in self._digest_of:
+            self._by_digest[digest] = block
+            self._digest_of[block] = digest
 
     def release(self, blocks: list[int]) -> None:
-        self._free.extend(reversed(blocks))
+        """Gives a request's blocks back: cached prompt blocks stay reusable (LRU) until their space is needed."""
+        for block in reversed(blocks):
+            self._refs[block] -= 1
+            if self._refs[block] > 0:
+                continue
+            if block in self._digest_of:
+                self._evictable[block] = None
+            else:
+                self._free.append(block)
 
     def flat_positions(self, table: list[int], start: int, stop: int) -> list[int]:
         """Flat pool indices of positions `start..stop-1` of a sequence with block table `table`."""
         size = self.block_size
         return [table[p // size] * size + p % size for p in range(start, stop)]
+
+
+def prefix_digests(scope: str, tokens: Sequence[int], block_size: int) -> list[bytes]:
+    """Chained digests of each whole block of `tokens`: block i's names its tokens and everything before.
+
+    `scope` keeps apart what must never share keys and values: the tenant (no timing side channel
+    across tenants) and the adapter (its LoRA changes the keys and values).
+    """
+    digests: list[bytes] = []
+    previous = hashlib.blake2b(scope.encode(), digest_size=16).digest()
+    for start in range(0, len(tokens) - block_size + 1, block_size):
+        block = array("q", tokens[start : start + block_size]).tobytes()
+        previous = hashlib.blake2b(previous + block, digest_size=16).digest()
+        digests.append(previous)
+    return digests
 
 
 @dataclass
