@@ -573,6 +573,7 @@ def test_the_serve_app_serves_the_front_through_serve_s_http_proxy(
     try:
         assert client.health("tuneforge.v1.InferenceService") == "NOT_SERVING" and client.health() == "NOT_SERVING"
         early = pool.submit(_generate, client, "alpha")  # Serve is not there yet: the front keeps retrying
+        serve.shutdown()  # Serve keeps the proxy port it first started with: another module may have started it
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         app = InferenceReplica.options(ray_actor_options={"num_cpus": 0}).bind(settings)
         serve.run(app, name="tuneforge-inference-test", route_prefix="/tuneforge-inference-test")
@@ -661,8 +662,7 @@ def test_the_serve_app_serves_the_front_through_serve_s_http_proxy(
         pool.shutdown(wait=False)
         client.close()
         front.stop()
-        serve.delete("tuneforge-inference-test")
-        serve.delete("tuneforge-inference-test-model")
+        serve.shutdown()
 
 
 def test_a_front_without_its_serve_backend_is_not_serving_and_answers_unavailable(

@@ -680,6 +680,7 @@ def test_response_format_travels_to_the_serve_replicas(local_ray, base, tmp_path
     }
     port = _free_port()
     url = f"http://127.0.0.1:{port}/tuneforge-structured-test"
+    serve.shutdown()  # Serve keeps the proxy port it first started with: another module may have started it
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(
         InferenceReplica.options(ray_actor_options={"num_cpus": 0}).bind(settings),
@@ -728,7 +729,7 @@ def test_response_format_travels_to_the_serve_replicas(local_ray, base, tmp_path
         _valid("".join(c.choices[0].delta.content or "" for c in streamed if c.choices), PERSON)
     finally:
         front.stop()
-        serve.delete("tuneforge-structured-test")
+        serve.shutdown()
 
 
 def test_grammars_are_cached_per_tokenizer_and_schema(engine: Engine) -> None:

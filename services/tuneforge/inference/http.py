@@ -117,6 +117,8 @@ async def _json_body(request: web.Request) -> Any:
         return await request.json()
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument.for_field("body", f"is not JSON: {exc}") from exc
+    except RecursionError:
+        raise InvalidArgument.for_field("body", "is nested too deeply") from None
 
 
 class OpenAIServer:

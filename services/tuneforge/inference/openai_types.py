@@ -232,6 +232,8 @@ def parse_chat_request(raw: bytes) -> ChatInputs:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument.for_field("body", f"is not JSON: {exc}") from exc
+    except RecursionError:
+        raise InvalidArgument.for_field("body", "is nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidArgument.for_field("body", "must be a JSON object")
     try:
@@ -256,6 +258,12 @@ def parse_chat_request(raw: bytes) -> ChatInputs:
         if content is None:
             raise InvalidArgument.for_field(f"messages[{index}].content", "must be a string or a list of text parts")
         text = content if isinstance(content, str) else "".join(part.text for part in content)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # JSON can escape lone surrogates, which no tokenizer takes
+            raise InvalidArgument.for_field(
+                f"messages[{index}].content", "must be Unicode text: it holds a lone surrogate"
+            ) from None
         pairs.append((ROLE_NAMES.get(message.role, message.role), text))
     if request.stream_options is not None:
         if not request.stream:
