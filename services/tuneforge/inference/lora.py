@@ -64,7 +64,8 @@ HOST_CACHE_BYTES = Gauge(
 class _Plan:
     """A step's grouping on one device, shared by every adapted layer.
 
-    padded: `index` [K, C] token indices (padding: 0, with `mask` 0), `slots` [K] the slot of each row.
+    padded: `index` [K, C] token indices (padding: 0, with `mask` 0), `slots` [K] the slot of each row,
+    `inverse` [T] where each token's delta is in the flattened [K * C] result (K * C: none, a zero row).
     segment: `index` [T] the tokens sorted by slot, `slots` [T] their slots, `offsets` [slots] int32 ends.
     """
 
@@ -72,6 +73,7 @@ class _Plan:
     slots: torch.Tensor
     mask: torch.Tensor | None = None
     offsets: torch.Tensor | None = None
+    inverse: torch.Tensor | None = None
 
 
 class SlotSelection:
@@ -172,10 +174,15 @@ def _padded_plan(host: torch.Tensor, per_row: int, device: torch.device, dtype: 
     index[chunk, column] = tokens
     mask = torch.zeros(count, width, dtype=dtype)
     mask[chunk, column] = 1
+    # each token's row of the result, so that adding the deltas back is a gather (no scatter-add: slow on CPU,
+    # atomics on GPU); tokens of the base model point at a zero row past the end
+    inverse = torch.full((host.numel() * per_row,), count * width, dtype=torch.long)
+    inverse[tokens] = chunk * width + column
     return _Plan(
         index.to(device, non_blocking=True),
         torch.repeat_interleave(unique, chunks).to(device, non_blocking=True),
         mask=mask.to(device, non_blocking=True),
+        inverse=inverse.to(device, non_blocking=True),
     )
 
 
@@ -218,8 +225,10 @@ class BatchedLoraLinear(torch.nn.Module):
             delta = self._segment(flat, plan)
             flat_out.index_add_(0, plan.index, delta)
         else:
+            assert plan.inverse is not None
             delta = self._padded(flat, plan)
-            flat_out.index_add_(0, plan.index.view(-1), delta)
+            delta = torch.cat([delta, delta.new_zeros(1, delta.shape[1])])
+            flat_out.add_(delta.index_select(0, plan.inverse))
         return out
 
     def _padded(self, flat: torch.Tensor, plan: _Plan) -> torch.Tensor:
