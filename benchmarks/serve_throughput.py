@@ -8,7 +8,11 @@ same run (the baseline), plus the p50/p99 latency of loading an adapter into a s
     python benchmarks/serve_throughput.py                       # CPU, tiny-qwen2 (CI-sized)
     python benchmarks/serve_throughput.py --arch qwen7b --concurrency 32 --prompt 128 --new 64   # GPU
 
-Prints RESULT lines (JSON), one per N, and one for the cold loads.
+Prints RESULT lines (JSON), one per N, and one for the cold loads. Also, in the same call:
+transformers `generate` on the same model and batch (the baseline for the base model, `--generate-baseline`);
+a short request arriving 50 ms after a long one (its time to first token beside its time alone);
+a mixed workload (`--rates`: Poisson arrivals, log-normal prompt and output lengths) with throughput and
+TTFT p50/p99 per rate; and the engine's step times while adapters are cold-loaded during decoding.
 """
 
 from __future__ import annotations
@@ -123,6 +127,163 @@ def run_load(engine, adapters: int, concurrency: int, requests: int, prompt: int
     }
 
 
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def one(engine, prompt: list[int], new: int, key: str | None = None) -> tuple[float, float]:
+    """(time to first token, total) of one request, seconds."""
+    from tuneforge.inference.engine import Request, Sampling
+
+    done = threading.Event()
+    first: list[float] = []
+    started = time.perf_counter()
+
+    def emit(event) -> None:
+        if not first:
+            first.append(time.perf_counter() - started)
+        if event.finish_reason:
+            done.set()
+
+    slot = engine.acquire(key) if key else 0
+    engine.submit(Request(list(prompt), key, Sampling(max_tokens=new), emit, slot=slot))
+    done.wait()
+    return first[0], time.perf_counter() - started
+
+
+def short_behind_long(engine, vocab: int, long_new: int, short_new: int) -> dict:
+    """A short request 50 ms after a long one: its TTFT beside the same request alone."""
+    g = torch.Generator().manual_seed(11)
+    long_prompt = torch.randint(0, vocab, (64,), generator=g).tolist()
+    short_prompt = torch.randint(0, vocab, (16,), generator=g).tolist()
+    alone = one(engine, short_prompt, short_new)[0]
+    result: dict[str, float] = {}
+    thread = threading.Thread(target=lambda: result.setdefault("long", one(engine, long_prompt, long_new)[1]))
+    thread.start()
+    time.sleep(0.05)
+    behind, _ = one(engine, short_prompt, short_new)
+    thread.join()
+    return {
+        "what": "short request 50 ms behind a long one",
+        "long_new_tokens": long_new,
+        "short_ttft_ms": round(behind * 1000, 1),
+        "short_ttft_alone_ms": round(alone * 1000, 1),
+        "long_total_s": round(result["long"], 2),
+    }
+
+
+def mixed_workload(engine, vocab: int, rate: float, requests: int, prompt: int, new: int, seed: int) -> dict:
+    """Poisson arrivals at `rate` requests/s, log-normal prompt and output lengths (medians prompt, new)."""
+    g = torch.Generator().manual_seed(seed)
+    gaps = torch.distributions.Exponential(torch.tensor(rate)).sample((requests,)).tolist()
+    normal = torch.randn((requests, 2), generator=g) * 0.6
+    prompts = [max(4, min(4 * prompt, round(prompt * float(torch.exp(z))))) for z in normal[:, 0]]
+    outputs = [max(2, min(4 * new, round(new * float(torch.exp(z))))) for z in normal[:, 1]]
+    firsts: list[float] = []
+    totals: list[float] = []
+    lock = threading.Lock()
+    threads = []
+    start = time.perf_counter()
+    for i in range(requests):
+        time.sleep(gaps[i])
+        ids = torch.randint(0, vocab, (prompts[i],), generator=g).tolist()
+
+        def run(ids=ids, n=outputs[i]) -> None:
+            ttft, total = one(engine, ids, n)
+            with lock:
+                firsts.append(ttft)
+                totals.append(total)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    return {
+        "what": "mixed workload",
+        "rate_per_s": rate,
+        "requests": requests,
+        "output_tokens_per_s": round(sum(outputs) / elapsed, 1),
+        "ttft_p50_ms": round(statistics.median(firsts) * 1000, 1),
+        "ttft_p99_ms": round(percentile(firsts, 0.99) * 1000, 1),
+        "latency_p50_s": round(statistics.median(totals), 2),
+        "prompt_median": prompt,
+        "new_median": new,
+    }
+
+
+def generate_baseline(model, vocab: int, batch: int, prompt: int, new: int) -> dict:
+    """transformers `generate` of one batch on the same model (adapter slots idle, SDPA outside engine steps)."""
+    g = torch.Generator().manual_seed(5)
+    device = next(model.parameters()).device
+    ids = torch.randint(0, vocab, (batch, prompt), generator=g).to(device)
+    with torch.inference_mode():
+        model.generate(input_ids=ids, max_new_tokens=4, do_sample=False, eos_token_id=None, pad_token_id=0)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        out = model.generate(input_ids=ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    elapsed = time.perf_counter() - started
+    produced = (out.shape[1] - prompt) * batch
+    return {
+        "what": "transformers generate (same model, same call)",
+        "batch": batch,
+        "prompt": prompt,
+        "new": new,
+        "output_tokens_per_s": round(produced / elapsed, 1),
+    }
+
+
+def step_times_during_loads(engine, root: Path, keys: list[str], vocab: int, concurrency: int, new: int) -> dict:
+    """Per-step time of the engine while adapters are cold-loaded beside decoding requests (and without)."""
+    from tuneforge.inference.engine import Engine
+
+    real = Engine._step
+    steps: list[tuple[float, float]] = []
+    spans: list[tuple[float, float]] = []
+
+    def timed(self) -> None:
+        started = time.perf_counter()
+        real(self)
+        steps.append((started, time.perf_counter()))
+
+    Engine._step = timed  # type: ignore[method-assign]
+    try:
+        g = torch.Generator().manual_seed(3)
+        threads = [
+            threading.Thread(target=one, args=(engine, torch.randint(0, vocab, (32,), generator=g).tolist(), new))
+            for _ in range(concurrency)
+        ]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.2)
+        for key in keys:
+            started = time.perf_counter()
+            engine.load_adapter(key, root / key.removeprefix("during-"))
+            spans.append((started, time.perf_counter()))
+            time.sleep(0.02)
+        for thread in threads:
+            thread.join()
+    finally:
+        Engine._step = real  # type: ignore[method-assign]
+    loads = [end - start for start, end in spans]
+    overlapping = [any(s < le and ls < e for ls, le in spans) for s, e in steps]
+    during = [e - s for (s, e), flag in zip(steps, overlapping, strict=True) if flag]
+    other = [e - s for (s, e), flag in zip(steps, overlapping, strict=True) if not flag]
+    return {
+        "what": "step time while adapters load",
+        "loads": len(loads),
+        "load_p50_ms": round(statistics.median(loads) * 1000, 1),
+        "step_p50_ms_during_loads": round(statistics.median(during) * 1000, 2) if during else None,
+        "step_max_ms_during_loads": round(max(during) * 1000, 2) if during else None,
+        "step_p50_ms_otherwise": round(statistics.median(other) * 1000, 2) if other else None,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--arch", choices=["tiny", "qwen7b"], default="tiny")
@@ -134,6 +295,11 @@ def main() -> int:
     parser.add_argument("--new", type=int, default=32)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--cold-loads", type=int, default=40)
+    parser.add_argument("--generate-baseline", action="store_true", help="transformers generate, same model/batch")
+    parser.add_argument("--rates", default="", help="mixed workload request rates per second, e.g. 2,8,32")
+    parser.add_argument("--mixed-requests", type=int, default=64)
+    parser.add_argument("--long-new", type=int, default=400, help="the long request of the short-behind-long run")
+    parser.add_argument("--step-tokens", type=int, default=512, help="the engine's max_step_tokens")
     args = parser.parse_args()
 
     from tuneforge.inference.engine import Engine
@@ -152,6 +318,7 @@ def main() -> int:
         max_rank=args.rank,
         max_batch_size=args.concurrency,
         batch_wait_s=0.002,
+        max_step_tokens=args.step_tokens,
     )
     engine.stop_ids = set()  # random weights: decode exactly --new tokens every time
     device = str(next(model.parameters()).device)
@@ -206,6 +373,18 @@ def main() -> int:
                 "torch": torch.__version__,
             }
         )
+        print("RESULT", json.dumps(result), flush=True)
+    if args.generate_baseline:
+        result = generate_baseline(model, vocab, args.concurrency, args.prompt, args.new)
+        result["vs_engine_base"] = round(baseline / result["output_tokens_per_s"], 2) if baseline else None
+        print("RESULT", json.dumps(result), flush=True)
+    print("RESULT", json.dumps(short_behind_long(engine, vocab, args.long_new, 8)), flush=True)
+    for i, rate in enumerate(float(r) for r in args.rates.split(",") if r):
+        result = mixed_workload(engine, vocab, rate, args.mixed_requests, args.prompt, args.new, seed=i)
+        print("RESULT", json.dumps(result), flush=True)
+    if args.cold_loads:
+        keys = [f"during-a{i}" for i in range(max(counts), min(needed, max(counts) + 10))]
+        result = step_times_during_loads(engine, root, keys, vocab, args.concurrency, args.new)
         print("RESULT", json.dumps(result), flush=True)
     engine.stop()
     return 0
