@@ -14,6 +14,7 @@ asserted, not hoped for.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tuneforge.common.errors import FailedPrecondition, ResourceExhausted
+from tuneforge.common.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from tuneforge.inference import kv
 from tuneforge.inference.engine import Engine, Event, Request, Sampling
 
@@ -471,3 +472,107 @@ def test_cached_prefix_blocks_give_way_to_new_requests_when_the_pool_is_full(mod
                 engine.submit(call.request)
                 assert call.result()[0] == expected
         assert engine.pool.free_blocks() == engine.pool.blocks
+
+
+def test_a_new_prompt_goes_in_beside_a_long_prompt_still_being_prefilled(model: CountingModel) -> None:
+    for engine in _engine(model, max_step_tokens=8, kv_block_size=4):
+        long_prompt = [(3 * i) % 28 + 1 for i in range(40)]
+        short_alone = engine.generate([2, 7], sampling=Sampling(max_tokens=3))[0]
+        long_alone = engine.generate(long_prompt, sampling=Sampling(max_tokens=3))[0]
+        del model.passes[:]
+        model.hold, model.holding, model.hold_at = threading.Event(), threading.Event(), 2
+        long_call = Call(engine, long_prompt, Sampling(max_tokens=3))
+        engine.submit(long_call.request)
+        assert model.holding.wait(WAIT_S)  # inside the long prompt's second chunk
+        short_call = Call(engine, [2, 7], Sampling(max_tokens=3))
+        engine.submit(short_call.request)
+        model.hold.set()
+        assert short_call.result()[0] == short_alone and long_call.result()[0] == long_alone
+        # the short prompt (least done) goes first in the next step; the long one's chunk takes the rest
+        assert [p.chunks for p in model.passes[:3]] == [[8], [8], [2, 6]]
+
+
+def test_bad_requests_are_refused_at_submit_naming_the_field_and_release_their_slot(
+    engine: Engine, tmp_path: Path
+) -> None:
+    engine.load_adapter("acme/up1:1", _shift_adapter(tmp_path / "up1", 1))
+    cases = {
+        "prompt": ([], Sampling()),
+        "sampling.max_tokens": ([1], Sampling(max_tokens=0)),
+        "sampling.temperature": ([1], Sampling(temperature=float("nan"))),
+        "sampling.top_p": ([1], Sampling(top_p=0.0)),
+        "sampling.seed": ([1], Sampling(temperature=0.5, seed=2**64)),
+        "sampling.stop": ([1], Sampling(stop=("",))),
+    }
+    for field, (prompt, sampling) in cases.items():
+        slot = engine.acquire("acme/up1:1")
+        with pytest.raises(InvalidArgument) as refused:
+            engine.submit(Request(prompt, "acme/up1:1", sampling, lambda event: None, slot=slot))
+        assert refused.value.violations[0].field == field
+    assert engine._pins == {}
+    assert engine.generate([3, 1, 4], "acme/up1:1", Sampling(max_tokens=2))[1].finish_reason == "length"
+
+
+def test_a_request_that_fails_before_its_first_step_fails_alone(
+    engine: Engine, model: CountingModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tuneforge.inference import engine as engine_module
+
+    real = engine_module._Row.__init__
+
+    def failing(self, request: Request, device: torch.device) -> None:  # type: ignore[no-untyped-def]
+        if request.prompt_ids == [6, 6, 6]:
+            raise RuntimeError("no row for this one")
+        real(self, request, device)
+
+    monkeypatch.setattr(engine_module._Row, "__init__", failing)
+    bad, good = Call(engine, [6, 6, 6], Sampling(max_tokens=2)), Call(engine, [3, 1], Sampling(max_tokens=2))
+    results = _queued_together(engine, model, [bad, good])
+    assert results[0][1].finish_reason == "error" and "no row for this one" in results[0][1].error
+    assert results[1][1].finish_reason == "length"
+    assert engine._thread.is_alive() and engine.pool.free_blocks() == engine.pool.blocks
+
+
+def test_a_caller_whose_callback_raises_does_not_stop_the_engine(engine: Engine) -> None:
+    def broken(event: Event) -> None:
+        raise RuntimeError("the caller's loop is closed")
+
+    request = Request([3, 1, 4], None, Sampling(max_tokens=3), broken)
+    request.cancelled.set()  # ends while still waiting: its final event is the one that raises
+    engine.submit(request)
+    engine.submit(Request([2, 2], None, Sampling(max_tokens=3), broken))  # every event it gets raises
+    assert engine.generate([1, 2], sampling=Sampling(max_tokens=2))[1].finish_reason == "length"
+    assert engine._thread.is_alive() and engine.pool.free_blocks() == engine.pool.blocks
+
+
+def test_files_are_verified_whenever_the_engine_reads_them_and_not_for_a_copy_from_host_memory(
+    model: CountingModel, tmp_path: Path
+) -> None:
+    for engine in _engine(model, max_adapters=1, host_cache_bytes=2**20):
+        checks: list[str] = []
+        paths = {n: _shift_adapter(tmp_path / f"up{n}", n) for n in (1, 2)}
+        for key, n in (("acme/up1:1", 1), ("acme/up2:1", 2), ("acme/up1:1", 1)):  # up1 evicted, then back
+            engine.acquire(key, paths[n], verify=functools.partial(checks.append, key))
+            engine.release(key)
+        assert checks == ["acme/up1:1", "acme/up2:1"]  # the third load was a copy from host memory
+        assert engine.evict("acme/up1:1")  # a deleted version leaves both tiers
+        engine.acquire("acme/up1:1", paths[1], verify=functools.partial(checks.append, "again"))
+        engine.release("acme/up1:1")
+        assert checks[-1] == "again"  # out of both tiers: its files are read, and checked, again
+
+
+def test_a_request_larger_than_the_whole_cache_is_a_400_naming_max_tokens_over_http() -> None:
+    from tuneforge.inference import http
+
+    response = http._from_domain(ResourceExhausted.never_fits("max_tokens", "needs 49 positions; 48 in all"))
+    assert response.status == 400 and "Retry-After" not in response.headers
+    assert json.loads(response.text)["error"]["param"] == "max_tokens"
+    limited = http._from_domain(ResourceExhausted("too many requests in flight"))
+    assert limited.status == 429 and limited.headers["Retry-After"]
+
+
+def test_sliding_window_models_are_refused_at_start() -> None:
+    model = torch.nn.Linear(1, 1)
+    model.config = SimpleNamespace(sliding_window=4096)  # type: ignore[assignment]  # Mistral's: no use_ flag
+    with pytest.raises(ValueError, match="sliding-window"):
+        kv.use_paged_attention(model)

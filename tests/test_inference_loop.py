@@ -73,7 +73,7 @@ class QuickEngine:
     def loaded(self) -> list[str]:
         return []
 
-    def acquire(self, key: str, directory: Path | None = None) -> int:
+    def acquire(self, key: str, directory: Path | None = None, verify: object = None) -> int:
         self.loads_started.release()
         self.loads_may_finish.wait()
         self.resident.add(key)

@@ -87,6 +87,17 @@ class ResourceExhausted(TuneforgeError):
     """A quota or size limit would be exceeded."""
 
     status = "RESOURCE_EXHAUSTED"
+    #: False where retrying cannot help (the request is larger than the whole resource): HTTP answers 400
+    #: naming `field` instead of 429 with Retry-After.
+    retryable = True
+    field = ""
+
+    @classmethod
+    def never_fits(cls, field: str, message: str) -> ResourceExhausted:
+        """RESOURCE_EXHAUSTED for a request no amount of waiting makes fit; `field` names what to lower."""
+        exc = cls(message)
+        exc.retryable, exc.field = False, field
+        return exc
 
 
 class Unavailable(TuneforgeError):

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 import torch
 from prometheus_client import Counter, Gauge, Histogram
 
-from tuneforge.common.errors import FailedPrecondition, ResourceExhausted
+from tuneforge.common.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from tuneforge.common.logging import get_logger
 from tuneforge.inference import kv
 from tuneforge.inference.lora import (
@@ -212,15 +212,23 @@ class Engine:
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        #: Token ids a prompt may hold (the embedding's rows; the fake models of tests: any id).
+        self.vocab_size: int = getattr(embeddings, "num_embeddings", None) or 2**62
         parameter = next(model.parameters())
         self.device = parameter.device
         self.max_rank = max_rank
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
         self.max_step_tokens = max_step_tokens
-        vocab = getattr(getattr(model, "config", None), "vocab_size", 0) or 0
-        # the step's activations, its logits and sampling's float64 copies
-        reserve = 2**30 + max_batch_size * vocab * 16 if self.device.type == "cuda" else 0
+        config = getattr(model, "config", None)
+        vocab = getattr(config, "vocab_size", 0) or 0
+        width = (getattr(config, "hidden_size", 0) or 0) * 6 + (getattr(config, "intermediate_size", 0) or 0) * 3
+        # a step's own memory: 1 GiB of workspace, its activations (`max_step_tokens` through the widest layers),
+        # its logits and sampling's float64 copies
+        reserve = 0
+        if self.device.type == "cuda":
+            reserve = 2**30 + max_step_tokens * width * parameter.element_size() + max_batch_size * vocab * 16
         check_slot_memory(model, max_adapters + 1, max_rank, targets, reserve_bytes=reserve)
         injected = inject(model, max_adapters + 1, max_rank, targets)  # slot 0: no adapter
         self.layers = injected["layers"]
@@ -230,9 +238,13 @@ class Engine:
         kv.use_paged_attention(model)
         layers, kv_heads, head_dim = kv.model_kv_shape(model)
         dtype = parameter.dtype
+        heads = getattr(config, "num_attention_heads", kv_heads) or kv_heads
+        # decoding gathers one layer's keys and values of its rows at a time (at most the pool's share of one
+        # layer), and SDPA may widen them to every query head: that much more per cached position, transiently
+        transient = (1 + heads / kv_heads) / layers
         tokens = kv.pool_tokens(
             requested=kv_cache_tokens,
-            bytes_per_token=kv.KVPool.bytes_per_token(layers, kv_heads, head_dim, dtype),
+            bytes_per_token=int(kv.KVPool.bytes_per_token(layers, kv_heads, head_dim, dtype) * (1 + transient)),
             device=self.device,
             memory_fraction=kv_memory_fraction,
             reserve_bytes=reserve,
@@ -284,7 +296,7 @@ class Engine:
         """Whether `key` is resident or in the host cache (its files were read and checked when it got there)."""
         return self.has_adapter(key) or (self.host_cache is not None and key in self.host_cache)
 
-    def acquire(self, key: str, directory: Path | None = None) -> int:
+    def acquire(self, key: str, directory: Path | None = None, verify: Callable[[], None] | None = None) -> int:
         """Makes `key` resident and pins it for one request; returns its slot (blocking: run it off the loop).
 
         The adapter is read and validated before any slot changes: FAILED_PRECONDITION if it does not
@@ -293,14 +305,16 @@ class Engine:
         slot = self.pin_if_loaded(key)
         if slot is not None:
             return slot
-        cached = self.host_cache is not None and key in self.host_cache
-        if directory is None and not cached:
+        if directory is None:
             raise FailedPrecondition(f"adapter {key} is not loaded on this replica")
         ADAPTER_MISSES.inc()
+        # `verify` (the files' hashes) runs whenever the files are read: not for a copy from host memory
         if self.host_cache is not None:
-            weights = self.host_cache.read(key, directory or Path(), self.layers, self.max_rank)
+            weights = self.host_cache.read(key, directory, self.layers, self.max_rank, verify)
         else:
-            weights = read_adapter(directory, self.layers, self.max_rank)  # type: ignore[arg-type]
+            if verify is not None:
+                verify()
+            weights = read_adapter(directory, self.layers, self.max_rank)
         with self._load_lock:
             slot = self.pin_if_loaded(key)
             if slot is not None:  # a concurrent call loaded it meanwhile
@@ -386,16 +400,42 @@ class Engine:
         if self._stopping.is_set():
             self.release(request.adapter_key)
             raise FailedPrecondition("the engine is shutting down")
+        try:
+            self._check(request)
+        except InvalidArgument:
+            self.release(request.adapter_key)
+            raise
         need = len(request.prompt_ids) + request.sampling.max_tokens
         if need > self.pool.capacity:
             self.release(request.adapter_key)
-            raise ResourceExhausted(
+            raise ResourceExhausted.never_fits(
+                "max_tokens",
                 f"prompt ({len(request.prompt_ids)} tokens) and max_tokens ({request.sampling.max_tokens}) need "
                 f"{need} positions of KV cache; this replica holds {self.pool.capacity} in all: shorten the "
-                "prompt or lower max_tokens"
+                "prompt or lower max_tokens",
             )
         self._queue.put(request)
         QUEUE_DEPTH.set(self.queue_depth())
+
+    def _check(self, request: Request) -> None:
+        """INVALID_ARGUMENT naming the field a request breaks: the engine's own guard, whoever built the request
+        (a Serve replica takes requests over HTTP); an id past the embedding would fail its whole step."""
+        ids = request.prompt_ids
+        if not ids:
+            raise InvalidArgument.for_field("prompt", "must hold at least one token")
+        if not all(isinstance(i, int) and 0 <= i < self.vocab_size for i in ids):
+            raise InvalidArgument.for_field("prompt", f"token ids must be integers in 0..{self.vocab_size - 1}")
+        sampling = request.sampling
+        if not isinstance(sampling.max_tokens, int) or sampling.max_tokens < 1:
+            raise InvalidArgument.for_field("sampling.max_tokens", "must be a positive integer")
+        if not isinstance(sampling.temperature, int | float) or not 0 <= sampling.temperature < float("inf"):
+            raise InvalidArgument.for_field("sampling.temperature", "must be a finite number >= 0")
+        if not isinstance(sampling.top_p, int | float) or not 0 < sampling.top_p <= 1:
+            raise InvalidArgument.for_field("sampling.top_p", "must be in (0, 1]")
+        if sampling.seed is not None and (not isinstance(sampling.seed, int) or not 0 <= sampling.seed < 2**63):
+            raise InvalidArgument.for_field("sampling.seed", "must be an integer in 0..2^63-1")
+        if not all(isinstance(stop, str) and stop for stop in sampling.stop):
+            raise InvalidArgument.for_field("sampling.stop", "must be non-empty strings")
 
     def generate(self, prompt_ids: list[int], adapter_key: str | None = None, sampling: Sampling | None = None):
         """Blocking convenience for tests and benchmarks: (text, final event)."""
@@ -455,12 +495,11 @@ class Engine:
             self._take_arrivals()
             if self._closing and not self._running and not self._waiting:
                 break
-            self._drop_cancelled()
-            self._admit()
-            if not self._running:
-                continue
             try:
-                self._step()
+                self._drop_cancelled()
+                self._admit()
+                if self._running:
+                    self._step()
             except Exception as exc:  # one failed pass ends the requests in it; the replica serves on
                 log.error("step_failed", error=repr(exc), rows=len(self._running))
                 for row in list(self._running):
@@ -472,9 +511,7 @@ class Engine:
             except queue.Empty:
                 return
             if request is not None:
-                request.finished = True
-                self.release(request.adapter_key)
-                request.emit(Event(finish_reason="error", error="the engine is shutting down"))
+                self._refuse(request, "the engine is shutting down")
 
     def _drop_cancelled(self) -> None:
         """Cancelled requests leave at once, waiting or running, and give back their KV blocks and slot."""
@@ -482,8 +519,8 @@ class Engine:
             kept: deque[Request] = deque()
             for request in self._waiting:
                 if request.cancelled.is_set():
-                    self._finish(request, "cancelled", "")
                     self.release(request.adapter_key)
+                    self._finish(request, "cancelled", "")
                 else:
                     kept.append(request)
             self._waiting = kept
@@ -501,17 +538,22 @@ class Engine:
         while self._waiting and len(self._running) < self.max_batch_size:
             request = self._waiting[0]
             prompt = request.prompt_ids
-            digests: list[bytes] = []
-            if request.prefix_scope is not None:
-                scope = f"{request.prefix_scope}\x00{request.adapter_key or ''}"
-                digests = kv.prefix_digests(scope, prompt, self.pool.block_size)
+            try:  # what can fail for this request alone, before it takes any block
+                row = _Row(request, self.device)
+                digests: list[bytes] = []
+                if request.prefix_scope is not None:
+                    scope = f"{request.prefix_scope}\x00{request.adapter_key or ''}"
+                    digests = kv.prefix_digests(scope, prompt, self.pool.block_size)
+            except Exception as exc:
+                self._waiting.popleft()
+                self._refuse(request, f"generation failed: {exc}")
+                continue
             # the prompt's last token is always run: it gives the first output token
             reusable = digests[: (len(prompt) - 1) // self.pool.block_size]
             taken = self.pool.allocate(len(prompt) + request.sampling.max_tokens, reusable)
             if taken is None:
                 break
             self._waiting.popleft()
-            row = _Row(request, self.device)
             row.blocks, reused = taken
             row.digests, row.published = digests, reused
             row.computed = reused * self.pool.block_size
@@ -544,10 +586,15 @@ class Engine:
             row.scheduled = 1
             chosen_for.append(row)
         budget = max(self.max_step_tokens - len(tokens), size)
-        for row in self._running:
+        # prompts with the least done first: one that just arrived goes in beside a long prompt still being
+        # prefilled (whose next chunk takes what is left), so a short request is never stuck behind it
+        prefilling = sorted(
+            (r for r in self._running if r.computed < len(r.request.prompt_ids)), key=lambda r: r.computed
+        )
+        for row in prefilling:
             prompt = row.request.prompt_ids
-            if row.computed >= len(prompt) or budget <= 0:
-                continue
+            if budget <= 0:
+                break
             start = row.computed
             n = min(len(prompt) - start, budget)
             budget -= n
@@ -640,6 +687,8 @@ class Engine:
         # a tiny temperature then gives -inf for the rest (greedy in the limit) instead of inf - inf = NaN
         wide = logits.double()
         probs = torch.softmax((wide - wide.max()) / sampling.temperature, dim=-1)
+        if not bool(torch.isfinite(probs).all()):  # NaN logits or none allowed: on CUDA multinomial would assert
+            raise ValueError("the next token's probabilities are not finite")
         if sampling.top_p < 1.0:
             ordered, order = probs.sort(descending=True)
             cut = ordered.cumsum(0) - ordered > sampling.top_p
@@ -713,11 +762,18 @@ class Engine:
         # complete characters only
         delta = text[request.sent :] if len(text) > request.sent else ""
         request.sent = max(request.sent, len(text))
-        request.emit(
-            Event(
-                delta=delta,
-                finish_reason=reason,
-                prompt_tokens=len(request.prompt_ids),
-                completion_tokens=len(request.output_ids),
-            )
+        event = Event(
+            delta=delta,
+            finish_reason=reason,
+            prompt_tokens=len(request.prompt_ids),
+            completion_tokens=len(request.output_ids),
         )
+        with contextlib.suppress(Exception):  # a caller that is gone cannot be told; the engine goes on
+            request.emit(event)
+
+    def _refuse(self, request: Request, error: str) -> None:
+        """Ends a request that never ran (its slot released first), with an error."""
+        request.finished = True
+        self.release(request.adapter_key)
+        with contextlib.suppress(Exception):
+            request.emit(Event(finish_reason="error", error=error, prompt_tokens=len(request.prompt_ids)))

@@ -156,6 +156,8 @@ class Target:
     renderer: ChatRenderer | None = None
     #: Cluster mode: the URL of the Serve application that serves the model version.
     route: str = ""
+    #: The adapter's files were hash-checked while resolving (a load right after need not check them again).
+    verified: bool = False
 
 
 class InferenceFrontend:
@@ -207,12 +209,14 @@ class InferenceFrontend:
             return await self.resolve_model(tenant, version, directory)
         self.check_lineage(version)
         key = f"{tenant}/{version.ref}"
+        verified = False
         if not self.engine.decoded(key):  # resident, or decoded in host memory: its files were checked then
             lock = self._loading.setdefault(key, asyncio.Lock())
             async with lock:  # files checked once per load, however many requests wait for it
                 if not self.engine.decoded(key):
                     await run_in(self.executors.files, self._verify_files, version, directory)
-        return Target(version.ref, key, version, directory)
+                    verified = True
+        return Target(version.ref, key, version, directory, verified=verified)
 
     async def resolve_model(self, tenant: str, version: AdapterVersionInfo, directory: Path) -> Target:
         """A model version's target, its engine loaded (files hash-checked first) so a bad one fails here."""
@@ -466,7 +470,9 @@ class InferenceFrontend:
         slot = self.engine.pin_if_loaded(target.adapter_key)
         if slot is not None:
             return slot
-        load = self.executors.loads.submit(self.engine.acquire, target.adapter_key, target.directory)
+        # if the engine reads its files (it dropped them from host memory since `resolve`), they are checked again
+        verify = None if target.verified else functools.partial(self._verify_files, target.version, target.directory)
+        load = self.executors.loads.submit(self.engine.acquire, target.adapter_key, target.directory, verify)
         return await _pinned_result(load, functools.partial(self.engine.release, target.adapter_key))
 
     async def check_response_format(

@@ -31,7 +31,7 @@ from aiohttp import web
 
 from tuneforge.catalog.feedback import FeedbackStore, new_response_id
 from tuneforge.common.auth import acting_principal
-from tuneforge.common.errors import InvalidArgument, TuneforgeError, Unavailable
+from tuneforge.common.errors import InvalidArgument, ResourceExhausted, TuneforgeError, Unavailable
 from tuneforge.common.logging import get_logger
 from tuneforge.common.settings import Settings
 from tuneforge.inference.engine import Event, Sampling
@@ -98,6 +98,8 @@ def _error_event(exc: Exception) -> bytes:
 def _from_domain(exc: TuneforgeError) -> web.Response:
     status, kind = STATUS.get(exc.status, (500, "server_error"))
     param = exc.violations[0].field if isinstance(exc, InvalidArgument) and exc.violations else None
+    if isinstance(exc, ResourceExhausted) and not exc.retryable:  # larger than the whole replica: retrying cannot help
+        status, kind, param = 400, "invalid_request_error", exc.field or None
     message = exc.message if status != 500 else "internal error"
     response = _error(status, kind, message, param, exc.status.lower())
     if status == 429:  # a real rate limit (the tenant's requests in flight): say when to come back

@@ -314,7 +314,8 @@ def use_paged_attention(model: Any) -> None:
     config = getattr(model, "config", None)
     if config is None:
         return
-    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", False):
+    sliding = "sliding_attention" in (getattr(config, "layer_types", None) or ())
+    if sliding or (getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)):
         raise ValueError("models with sliding-window attention are not served by the paged KV cache")
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation(PAGED)

@@ -26,7 +26,7 @@ import json
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -486,8 +486,18 @@ class HostAdapterCache:
         with self._lock:
             return list(self._entries)
 
-    def read(self, key: str, directory: Path, layers: dict[str, BatchedLoraLinear], max_rank: int) -> AdapterWeights:
-        """`key`'s adapter: from memory, else read and checked from `directory` (then kept, space permitting)."""
+    def read(
+        self,
+        key: str,
+        directory: Path,
+        layers: dict[str, BatchedLoraLinear],
+        max_rank: int,
+        verify: Callable[[], None] | None = None,
+    ) -> AdapterWeights:
+        """`key`'s adapter: from memory, else read and checked from `directory` (then kept, space permitting).
+
+        `verify` runs before the files are read (on a miss only): e.g. their hashes against the registry's.
+        """
         while True:
             with self._lock:
                 cached = self._entries.get(key)
@@ -505,6 +515,8 @@ class HostAdapterCache:
             with self._lock:
                 self.misses += 1
             HOST_CACHE_MISSES.inc()
+            if verify is not None:
+                verify()
             weights = read_adapter(directory, layers, max_rank)
             sample = next(iter(layers.values())).lora_a
             pin = self.pin if self.pin is not None else sample.is_cuda and torch.cuda.is_available()
