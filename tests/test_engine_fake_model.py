@@ -576,3 +576,26 @@ def test_sliding_window_models_are_refused_at_start() -> None:
     model.config = SimpleNamespace(sliding_window=4096)  # type: ignore[assignment]  # Mistral's: no use_ flag
     with pytest.raises(ValueError, match="sliding-window"):
         kv.use_paged_attention(model)
+
+
+def test_batched_sampling_draws_from_each_row_s_distribution_with_its_own_seed_and_top_p() -> None:
+    from tuneforge.inference.engine import _Row
+
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+
+    def rows(seeds: range, **sampling: float) -> list[_Row]:
+        return [
+            _Row(Request([1], None, Sampling(temperature=1.0, seed=s, **sampling), lambda e: None), torch.device("cpu"))
+            for s in seeds
+        ]
+
+    seeds = range(4000)
+    draws = Engine._sample_rows(logits.expand(len(seeds), -1).clone(), rows(seeds)).tolist()
+    shares = [draws.count(t) / len(draws) for t in range(4)]
+    assert all(abs(share - p) < 0.03 for share, p in zip(shares, [0.5, 0.3, 0.15, 0.05], strict=True)), shares
+    again = Engine._sample_rows(logits.expand(len(seeds), -1).clone(), rows(seeds)).tolist()
+    assert again == draws  # each row's seed decides its draw, whatever rows are beside it
+    alone = [Engine._sample_rows(logits[None].clone(), rows(range(s, s + 1)))[0].item() for s in range(50)]
+    assert alone == draws[:50]
+    nucleus = Engine._sample_rows(logits.expand(2000, -1).clone(), rows(range(2000), top_p=0.7)).tolist()
+    assert set(nucleus) == {0, 1}  # 0.5 + 0.3 reach 0.7: the tail is never drawn

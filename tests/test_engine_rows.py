@@ -71,24 +71,56 @@ def test_a_tiny_temperature_decodes_greedily_beside_other_rows(engine: Engine, m
 
 def test_a_row_whose_sampling_fails_ends_alone(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     alone = [engine.generate(prompt, sampling=Sampling(max_tokens=6))[0] for prompt in PROMPTS[1:]]
-    real = Engine._sample
+    real = Engine._sample_rows
 
-    def failing(logits, row):  # type: ignore[no-untyped-def]
-        if row.request.sampling.seed == 666:
-            raise RuntimeError("probability tensor contains either inf, nan or element < 0")
-        return real(logits, row)
+    def poisoned(logits, rows):  # type: ignore[no-untyped-def]
+        for i, row in enumerate(rows):  # NaN logits for one row: its probabilities are not finite
+            if row.request.sampling.seed == 666:
+                logits[i] = float("nan")
+        return real(logits, rows)
 
-    monkeypatch.setattr(Engine, "_sample", staticmethod(failing))
+    monkeypatch.setattr(Engine, "_sample_rows", staticmethod(poisoned))
     together = _run_together(
         engine,
-        [Sampling(max_tokens=6, temperature=0.7, seed=666), Sampling(max_tokens=6), Sampling(max_tokens=6)],
+        [
+            Sampling(max_tokens=6, temperature=0.7, seed=666),
+            Sampling(max_tokens=6),
+            Sampling(max_tokens=6, temperature=0.7, seed=5),
+        ],
         monkeypatch,
     )
     (_, failed), *others = together
-    assert failed.finish_reason == "error" and "sampling failed" in failed.error
+    assert failed.finish_reason == "error" and "probabilities are not finite" in failed.error
     assert [f.finish_reason for _, f in others] == ["length", "length"]
-    assert [text for text, _ in others] == alone
+    assert others[0][0] == alone[0]
+    seeded = engine.generate(PROMPTS[2], sampling=Sampling(max_tokens=6, temperature=0.7, seed=5))[0]
+    assert others[1][0] == seeded  # a sampled row beside the failing one: as its seed gives alone
     assert engine.generate(PROMPTS[0], sampling=Sampling(max_tokens=6))[1].finish_reason == "length"  # engine lives
+
+
+def test_a_batch_whose_sampling_raises_samples_row_by_row_so_only_the_culprit_fails(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seeded = engine.generate(PROMPTS[1], sampling=Sampling(max_tokens=6, temperature=0.7, seed=5))[0]
+    real = Engine._sample_rows
+
+    def raising(logits, rows):  # type: ignore[no-untyped-def]
+        if any(row.request.sampling.seed == 666 for row in rows):
+            raise RuntimeError("a setting sampling cannot take")
+        return real(logits, rows)
+
+    monkeypatch.setattr(Engine, "_sample_rows", staticmethod(raising))
+    together = _run_together(
+        engine,
+        [
+            Sampling(max_tokens=6, temperature=0.7, seed=666),
+            Sampling(max_tokens=6, temperature=0.7, seed=5),
+            Sampling(max_tokens=6),
+        ],
+        monkeypatch,
+    )
+    assert together[0][1].finish_reason == "error" and "a setting sampling cannot take" in together[0][1].error
+    assert together[1][0] == seeded and together[2][1].finish_reason == "length"
 
 
 def test_max_tokens_inside_a_multibyte_character_ends_before_it(engine: Engine) -> None:

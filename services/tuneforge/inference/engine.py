@@ -668,37 +668,53 @@ class Engine:
                 except Exception as exc:  # this row fails alone
                     row.error = f"structured output failed: {exc}"
         greedy = logits.argmax(dim=-1)
-        if all(r.generator is None for r in rows):
+        sampled = [i for i, row in enumerate(rows) if row.generator is not None and row.error is None]
+        if not sampled:
             return greedy
         chosen = greedy.clone()
-        for i, row in enumerate(rows):
-            if row.generator is None:
-                continue
-            try:
-                chosen[i] = self._sample(logits[i], row)
-            except Exception as exc:  # this row's request fails alone; the others in the batch decode on
-                row.error = f"sampling failed: {exc}"
+        index = torch.tensor(sampled, dtype=torch.long).to(logits.device, non_blocking=True)
+        try:
+            chosen.index_copy_(0, index, self._sample_rows(logits.index_select(0, index), [rows[i] for i in sampled]))
+        except Exception:  # the batch's sampling broke: each row on its own, so that only the culprit fails
+            for i in sampled:
+                try:
+                    chosen[i] = self._sample_rows(logits[i : i + 1], [rows[i]])[0]
+                except Exception as exc:
+                    rows[i].error = f"sampling failed: {exc}"
         return chosen
 
     @staticmethod
-    def _sample(logits: torch.Tensor, row: _Row) -> torch.Tensor:
-        sampling = row.request.sampling
-        # in float64 (a temperature of 1e-300 is 0 in float32), the largest logit subtracted before dividing:
-        # a tiny temperature then gives -inf for the rest (greedy in the limit) instead of inf - inf = NaN
+    def _sample_rows(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
+        """A token for every row at once, on the logits' device: each row's temperature and top-p, its own seed.
+
+        In float64 (a temperature of 1e-300 is 0 in float32), the largest logit subtracted before dividing: a
+        tiny temperature then gives -inf for the rest (greedy in the limit) instead of inf - inf = NaN. The
+        draw is the exponential race — argmax of p / E with E ~ Exp(1) from the row's generator is a sample of
+        p — so one kernel picks for every row. A row whose probabilities are not finite (NaN logits) gets -1
+        and fails alone, without a host sync here (multinomial would assert on CUDA).
+        """
+        device = logits.device
         wide = logits.double()
-        probs = torch.softmax((wide - wide.max()) / sampling.temperature, dim=-1)
-        if not bool(torch.isfinite(probs).all()):  # NaN logits or none allowed: on CUDA multinomial would assert
-            raise ValueError("the next token's probabilities are not finite")
-        if sampling.top_p < 1.0:
-            ordered, order = probs.sort(descending=True)
-            cut = ordered.cumsum(0) - ordered > sampling.top_p
-            ordered[cut] = 0.0
-            probs = torch.zeros_like(probs).scatter_(0, order, ordered)
-        return torch.multinomial(probs, 1, generator=row.generator)[0]
+        temperature = torch.tensor([r.request.sampling.temperature for r in rows], dtype=torch.float64)
+        probs = torch.softmax((wide - wide.max(dim=-1, keepdim=True).values) / temperature.to(device)[:, None], -1)
+        top_p = [r.request.sampling.top_p for r in rows]
+        if any(p < 1.0 for p in top_p):
+            limit = torch.tensor(top_p, dtype=torch.float64).to(device)[:, None]
+            ordered, order = probs.sort(dim=-1, descending=True)
+            ordered = ordered.masked_fill(ordered.cumsum(-1) - ordered > limit, 0.0)
+            probs = torch.zeros_like(probs).scatter_(1, order, ordered)
+        width = probs.shape[1]
+        noise = torch.stack(
+            [torch.empty(width, dtype=torch.float64, device=device).exponential_(generator=r.generator) for r in rows]
+        )
+        picks = (probs / noise).argmax(dim=-1)
+        return torch.where(torch.isfinite(probs).all(dim=-1), picks, torch.full_like(picks, -1))
 
     def _advance_or_fail(self, row: _Row, token: int) -> bool:
         """`_advance`, but a row whose sampling or text handling failed ends with an error on its own."""
         request = row.request
+        if token < 0 and row.error is None:
+            row.error = "sampling failed: the next token's probabilities are not finite"
         if row.error is None:
             try:
                 return self._advance(row, token)
