@@ -47,14 +47,25 @@ class PackedBatch:
         return int((self.targets != IGNORE).sum())
 
     def to(self, device: torch.device | str) -> PackedBatch:
+        """The batch on `device`. To a GPU through pinned memory, without blocking: a copy from pageable memory
+        makes the host wait until the device has run everything queued before it, so each step would start
+        from an empty queue (the FP8 spread in benchmarks/RESULTS.md)."""
+        device = torch.device(device)
         return PackedBatch(
-            self.input_ids.to(device),
-            self.position_ids.to(device),
-            self.targets.to(device),
-            self.cu_seqlens.to(device),
+            to_device(self.input_ids, device),
+            to_device(self.position_ids, device),
+            to_device(self.targets, device),
+            to_device(self.cu_seqlens, device),
             self.max_seqlen,
             self.num_tokens,
         )
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` on `device`; a host tensor goes to a GPU by a non-blocking copy from pinned memory."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def pack_rows(samples: Iterable[Sample], max_seq_len: int) -> list[list[Sample]]:

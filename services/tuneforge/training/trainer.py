@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
-from tuneforge.training.packing import PackedBatch, Sample, collate, pack_rows
+from tuneforge.training.packing import PackedBatch, Sample, collate, pack_rows, to_device
 from tuneforge.training.spec import DEFAULT_LEARNING_RATE, DEFAULT_LORA_TARGETS, spec_defaults
 from tuneforge.training.step import decoder_and_head, packed_loss
 
@@ -108,7 +108,8 @@ def _rank_world() -> tuple[int, int]:
 
 def _all_reduce_on_device(values: list[float | torch.Tensor], device: torch.device) -> torch.Tensor:
     """Sums of `values` over all ranks, computed and left on the training device (NCCL refuses CPU tensors)."""
-    tensor = torch.stack([torch.as_tensor(v).to(device, torch.float64) for v in values])
+    # host numbers reach the device without blocking (packing.to_device): no wait for the queued work
+    tensor = torch.stack([to_device(torch.as_tensor(v, dtype=torch.float64), device).double() for v in values])
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor)
     return tensor
