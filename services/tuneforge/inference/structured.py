@@ -175,6 +175,11 @@ class JsonConstraint:
         self._matcher = matcher
         self._vocab = vocab
         self._bits = torch.empty(((vocab + 31) // 32,), dtype=torch.int32)
+        if torch.cuda.is_available():
+            # pinned: the bitmask crosses to the GPU without blocking, so the mask's CPU work overlaps the step's
+            # forward pass still running there (the step's one sync is reading its tokens); the next mask is
+            # written only after that sync, so a copy in flight never reads a half-written buffer
+            self._bits = self._bits.pin_memory()
 
     def mask(self, logits: torch.Tensor) -> None:
         matcher = self._matcher
@@ -203,7 +208,7 @@ class JsonConstraint:
         shifts = self._SHIFTS.get(device)
         if shifts is None:
             shifts = self._SHIFTS[device] = torch.arange(32, dtype=torch.int32, device=device)
-        bits = self._bits.to(device)
+        bits = self._bits.to(device, non_blocking=self._bits.is_pinned())
         return ((bits.unsqueeze(-1) >> shifts) & 1).view(-1)[:known] == 0
 
     def accept(self, token: int) -> None:
