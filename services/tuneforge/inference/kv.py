@@ -171,6 +171,8 @@ class StepBatch:
     decode_cached: torch.Tensor | None = None  # [D, L] flat pool indices of each decoding sequence (padded)
     decode_mask: torch.Tensor | None = None  # [D, 1, 1, L] True for a decoding sequence's real positions
     prefills: list[PrefillSegment] = field(default_factory=list)
+    #: Decoding rows are the packed row's first tokens, in order (they are: the engine plans them first).
+    decode_leads: bool = False
 
 
 def current() -> StepBatch | None:
@@ -220,7 +222,9 @@ def build_step(
         step.decode_cached = tables[:, span // size] * size + span % size  # [D, L]
         lengths_t = torch.tensor(lengths, dtype=torch.long).to(device, non_blocking=True)
         step.decode_mask = (span.view(1, -1) < lengths_t.view(-1, 1)).view(len(decodes), 1, 1, longest)
-        step.decode_tokens = torch.tensor([index for index, _, _ in decodes], dtype=torch.long).to(device)
+        indices = [index for index, _, _ in decodes]
+        step.decode_tokens = torch.tensor(indices, dtype=torch.long).to(device)
+        step.decode_leads = indices == list(range(len(indices)))
     for start, length, table, cached in prefills:
         span = torch.arange(cached)
         flat = torch.tensor(table[: pool.blocks_for(cached)], dtype=torch.long)[span // size] * size + span % size
@@ -247,20 +251,31 @@ def attend(
     values.index_copy_(0, step.write, value[0].transpose(0, 1).to(values.dtype))
     heads, tokens, dim = query.shape[1], query.shape[2], query.shape[3]
     gqa = heads != keys.shape[1]
-    out = query.new_empty((tokens, heads, dim))
     q = query[0]  # [H, T, D]
+    decoded = None
     if step.decode_tokens is not None:
-        rows = q.index_select(1, step.decode_tokens).transpose(0, 1).unsqueeze(2)  # [D, H, 1, D]
-        k = keys[step.decode_cached].transpose(1, 2)  # [D, KV, L, D]
-        v = values[step.decode_cached].transpose(1, 2)
+        count, width = step.decode_cached.shape
+        leads = q[:, :count] if step.decode_leads else q.index_select(1, step.decode_tokens)
+        rows = leads.transpose(0, 1).unsqueeze(2)  # [D, H, 1, D]
+        flat = step.decode_cached.view(-1)
+        k = keys.index_select(0, flat).view(count, width, *keys.shape[1:]).transpose(1, 2)  # [D, KV, L, D]
+        v = values.index_select(0, flat).view(count, width, *values.shape[1:]).transpose(1, 2)
         o = torch.nn.functional.scaled_dot_product_attention(
             rows, k.to(rows.dtype), v.to(rows.dtype), attn_mask=step.decode_mask, scale=scaling, enable_gqa=gqa
         )
-        out.index_copy_(0, step.decode_tokens, o.squeeze(2))
+        decoded = o.squeeze(2)  # [D, H, D]
+        if not step.prefills and step.decode_leads:  # a step of decoding only: nothing to place
+            return decoded.unsqueeze(0)
+    out = query.new_empty((tokens, heads, dim))
+    if decoded is not None:
+        if step.decode_leads:
+            out[: decoded.shape[0]] = decoded
+        else:
+            out.index_copy_(0, step.decode_tokens, decoded)
     for segment in step.prefills:
         chunk = q[:, segment.start : segment.start + segment.length].unsqueeze(0)  # [1, H, n, D]
-        k = keys[segment.cached].transpose(0, 1).unsqueeze(0).to(chunk.dtype)  # [1, KV, L, D]
-        v = values[segment.cached].transpose(0, 1).unsqueeze(0).to(chunk.dtype)
+        k = keys.index_select(0, segment.cached).transpose(0, 1).unsqueeze(0).to(chunk.dtype)  # [1, KV, L, D]
+        v = values.index_select(0, segment.cached).transpose(0, 1).unsqueeze(0).to(chunk.dtype)
         o = torch.nn.functional.scaled_dot_product_attention(
             chunk, k, v, attn_mask=segment.mask, is_causal=segment.mask is None, scale=scaling, enable_gqa=gqa
         )
