@@ -130,11 +130,6 @@ class KVPool:
             else:
                 self._free.append(block)
 
-    def flat_positions(self, table: list[int], start: int, stop: int) -> list[int]:
-        """Flat pool indices of positions `start..stop-1` of a sequence with block table `table`."""
-        size = self.block_size
-        return [table[p // size] * size + p % size for p in range(start, stop)]
-
 
 def prefix_digests(scope: str, tokens: Sequence[int], block_size: int) -> list[bytes]:
     """Chained digests of each whole block of `tokens`: block i's names its tokens and everything before.
@@ -171,8 +166,6 @@ class StepBatch:
     decode_cached: torch.Tensor | None = None  # [D, L] flat pool indices of each decoding sequence (padded)
     decode_mask: torch.Tensor | None = None  # [D, 1, 1, L] True for a decoding sequence's real positions
     prefills: list[PrefillSegment] = field(default_factory=list)
-    #: Decoding rows are the packed row's first tokens, in order (they are: the engine plans them first).
-    decode_leads: bool = False
 
 
 def current() -> StepBatch | None:
@@ -204,7 +197,7 @@ def build_step(
     """A step's attention plan, its index tensors computed on the device from the block tables.
 
     `write`: flat pool index of every token of the packed row. `decodes`: (token index in the row,
-    block table, positions cached once this token is in) per decoding sequence. `prefills`: (first
+    block table, positions cached once this token is in) per decoding sequence; they lead the row. `prefills`: (first
     token index, chunk length, block table, positions cached once the chunk is in) per prefill chunk.
     """
     size = pool.block_size
@@ -223,8 +216,9 @@ def build_step(
         lengths_t = torch.tensor(lengths, dtype=torch.long).to(device, non_blocking=True)
         step.decode_mask = (span.view(1, -1) < lengths_t.view(-1, 1)).view(len(decodes), 1, 1, longest)
         indices = [index for index, _, _ in decodes]
+        if indices != list(range(len(indices))):
+            raise ValueError("decoding tokens must lead the packed row, in order")
         step.decode_tokens = torch.tensor(indices, dtype=torch.long).to(device)
-        step.decode_leads = indices == list(range(len(indices)))
     for start, length, table, cached in prefills:
         span = torch.arange(cached)
         flat = torch.tensor(table[: pool.blocks_for(cached)], dtype=torch.long)[span // size] * size + span % size
@@ -255,8 +249,7 @@ def attend(
     decoded = None
     if step.decode_tokens is not None:
         count, width = step.decode_cached.shape
-        leads = q[:, :count] if step.decode_leads else q.index_select(1, step.decode_tokens)
-        rows = leads.transpose(0, 1).unsqueeze(2)  # [D, H, 1, D]
+        rows = q[:, :count].transpose(0, 1).unsqueeze(2)  # [D, H, 1, D]: decoding tokens lead the row
         flat = step.decode_cached.view(-1)
         k = keys.index_select(0, flat).view(count, width, *keys.shape[1:]).transpose(1, 2)  # [D, KV, L, D]
         v = values.index_select(0, flat).view(count, width, *values.shape[1:]).transpose(1, 2)
@@ -264,14 +257,11 @@ def attend(
             rows, k.to(rows.dtype), v.to(rows.dtype), attn_mask=step.decode_mask, scale=scaling, enable_gqa=gqa
         )
         decoded = o.squeeze(2)  # [D, H, D]
-        if not step.prefills and step.decode_leads:  # a step of decoding only: nothing to place
+        if not step.prefills:  # a step of decoding only: nothing to place
             return decoded.unsqueeze(0)
     out = query.new_empty((tokens, heads, dim))
     if decoded is not None:
-        if step.decode_leads:
-            out[: decoded.shape[0]] = decoded
-        else:
-            out.index_copy_(0, step.decode_tokens, decoded)
+        out[: decoded.shape[0]] = decoded
     for segment in step.prefills:
         chunk = q[:, segment.start : segment.start + segment.length].unsqueeze(0)  # [1, H, n, D]
         k = keys.index_select(0, segment.cached).transpose(0, 1).unsqueeze(0).to(chunk.dtype)  # [1, KV, L, D]
